@@ -1,0 +1,91 @@
+"""Cost tables measured from the model itself: FLOPs per stage and device, bytes per stage boundary.
+
+FLOPs count multiply-adds x 2 of every convolution and linear layer (batch-norm, ReLU and pooling are
+a few percent and are left out, as in most early-exit papers). Bytes assume float32 activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from distree_env.model.network import MultiBranchNet
+
+BYTES_PER_ACTIVATION = 4  # float32 on the wire
+INPUT_BYTES = 32 * 32 * 3  # one uint8 CIFAR-10 image sent to each first-stage device
+
+
+@dataclass(frozen=True)
+class CostTables:
+    stage_flops: np.ndarray  # [K, D]
+    exit_flops: np.ndarray  # [K]
+    transfer_bytes: np.ndarray  # [K, D]
+    input_bytes: float
+
+
+def _layer_flops(module: nn.Module, out: torch.Tensor) -> float:
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        macs = out[0].numel() * (module.in_channels // module.groups) * kh * kw
+    elif isinstance(module, nn.Linear):
+        macs = out[0].numel() * module.in_features
+    else:
+        return 0.0
+    return 2.0 * macs
+
+
+@torch.no_grad()
+def measure_costs(model: MultiBranchNet) -> CostTables:
+    """Run one image through ``model`` with hooks and attribute every layer's FLOPs to its stage."""
+    cfg = model.config
+    k_stages, n_dev = cfg.num_stages, cfg.num_devices
+    branch_flops = np.zeros((cfg.num_branches, k_stages))
+    exit_flops = np.zeros(k_stages)
+    stage_shapes: list[tuple[int, ...]] = [()] * k_stages
+    handles = []
+
+    def add(array: np.ndarray, index: tuple[int, ...]):
+        def hook(module, _inputs, out):
+            array[index] += _layer_flops(module, out)
+
+        return hook
+
+    for b, branch in enumerate(model.branches):
+        for m in branch.stem.modules():  # the stem belongs to the first stage
+            handles.append(m.register_forward_hook(add(branch_flops, (b, 0))))
+        for k, stage in enumerate(branch.stages):
+            for m in stage.modules():
+                handles.append(m.register_forward_hook(add(branch_flops, (b, k))))
+            if b == 0:
+                handles.append(
+                    stage.register_forward_hook(
+                        lambda _m, _i, out, k=k: stage_shapes.__setitem__(k, tuple(out.shape[1:]))
+                    )
+                )
+    for k, head in enumerate(model.exits):
+        for m in head.modules():
+            handles.append(m.register_forward_hook(add(exit_flops, (k,))))
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, 3, 32, 32))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+    transfer = np.zeros((k_stages, n_dev))
+    if cfg.topology == "parallel":
+        stage_flops = branch_flops.T.copy()  # [K, D]: device d runs branch d
+        for k, shape in enumerate(stage_shapes):
+            transfer[k, :] = shape[0] * BYTES_PER_ACTIVATION  # pooled vector to the aggregator
+    else:
+        stage_flops = np.zeros((k_stages, n_dev))
+        for k, shape in enumerate(stage_shapes):
+            stage_flops[k, k] = branch_flops[0, k]  # segment k runs on device k
+            if k < k_stages - 1:
+                transfer[k, k] = int(np.prod(shape)) * BYTES_PER_ACTIVATION  # feature map to device k+1
+    return CostTables(stage_flops, exit_flops, transfer, float(INPUT_BYTES))

@@ -1,0 +1,231 @@
+"""CIFAR-10 from whatever form the user already has, decoded once and cached as arrays.
+
+Accepted sources (a path the user gives; nothing is ever downloaded):
+- a ``.tar.gz`` / ``.tgz`` ImageFolder archive (``<root>/train/<class>/*.jpg``, ``<root>/test/...``),
+- the same tree extracted to a folder,
+- the official ``cifar-10-batches-py`` folder (unpickled with a restricted unpickler: only numpy
+  arrays and plain types),
+- the official ``cifar-10-batches-bin`` folder.
+
+The decoded arrays (uint8 ``[n, 32, 32, 3]`` and int64 labels) are cached under
+``$DISTREE_CACHE`` (default ``~/.cache/distree_env``), keyed by the source's path, size and mtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from distree_env.io import atomic_write_bytes
+
+CLASS_NAMES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+IMAGE_SHAPE = (32, 32, 3)
+VAL_SIZE = 5000
+VAL_SEED = 20250221  # fixed: the validation split must never move between runs
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of CIFAR-10: images uint8 [n, 32, 32, 3] (HWC, RGB) and labels int64 [n]."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DISTREE_CACHE", Path.home() / ".cache" / "distree_env"))
+
+
+def load_cifar10(source: str | os.PathLike, split: str, val_size: int = VAL_SIZE) -> Split:
+    """Return ``split`` ("train", "val" or "test"); "val" is carved from the official training set.
+
+    The carve is seeded and fixed, and "train" excludes it, so training never sees validation images.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not allowed; choose one of {SPLITS}")
+    official_train, test = _load_official(Path(source))
+    if split == "test":
+        return test
+    n = len(official_train)
+    if not 0 < val_size < n:
+        raise ValueError(f"val_size={val_size} is not allowed; it must be in (0, {n})")
+    order = np.random.default_rng(VAL_SEED).permutation(n)
+    idx = np.sort(order[:val_size] if split == "val" else order[val_size:])
+    return Split(official_train.images[idx], official_train.labels[idx])
+
+
+def _load_official(source: Path) -> tuple[Split, Split]:
+    if not source.exists():
+        raise ValueError(f"CIFAR-10 source {str(source)!r} does not exist")
+    stat = source.stat()
+    key = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    cached = cache_dir() / f"cifar10-{key[:16]}.npz"
+    if cached.exists():
+        try:
+            with np.load(cached, allow_pickle=False) as z:
+                return (Split(z["train_x"], z["train_y"]), Split(z["test_x"], z["test_y"]))
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache is rebuilt, not trusted
+    train, test = _decode(source)
+    buf = io.BytesIO()
+    np.savez(buf, train_x=train.images, train_y=train.labels, test_x=test.images, test_y=test.labels)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(cached, buf.getvalue())
+    return train, test
+
+
+def _decode(source: Path) -> tuple[Split, Split]:
+    if source.is_file() and source.name.endswith((".tar.gz", ".tgz", ".tar")):
+        return _decode_image_archive(source)
+    if source.is_dir():
+        if (source / "data_batch_1").exists() and (source / "test_batch").exists():
+            return _decode_python_batches(source)
+        if (source / "data_batch_1.bin").exists() and (source / "test_batch.bin").exists():
+            return _decode_binary_batches(source)
+        for root in (source, *[p for p in source.iterdir() if p.is_dir()]):
+            if (root / "train").is_dir() and (root / "test").is_dir():
+                return _decode_image_folder(root)
+    raise ValueError(
+        f"CIFAR-10 source {str(source)!r} is not recognised; allowed: a .tar.gz ImageFolder archive, "
+        "its extracted folder (train/<class>/, test/<class>/), cifar-10-batches-py or "
+        "cifar-10-batches-bin"
+    )
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", mininterval=1.0)
+
+
+def _decode_jpeg(data: bytes, name: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    if arr.shape != IMAGE_SHAPE:
+        raise ValueError(f"image {name!r} has shape {arr.shape}; CIFAR-10 images are {IMAGE_SHAPE}")
+    return arr
+
+
+def _split_and_class(parts: tuple[str, ...]) -> tuple[str, int] | None:
+    """Map ``.../<split>/<class>/<file>`` to (split, label); None for anything else."""
+    if len(parts) < 3 or parts[-3] not in ("train", "test"):
+        return None
+    if parts[-2] not in CLASS_NAMES:
+        raise ValueError(f"class folder {parts[-2]!r} is not a CIFAR-10 class; allowed: {CLASS_NAMES}")
+    return parts[-3], CLASS_NAMES.index(parts[-2])
+
+
+def _collect(items: dict[str, list[tuple[str, np.ndarray, int]]]) -> tuple[Split, Split]:
+    out = []
+    for split in ("train", "test"):
+        rows = sorted(items[split], key=lambda r: r[0])  # stable order whatever the archive order
+        if not rows:
+            raise ValueError(f"the CIFAR-10 source has no {split!r} images")
+        images = np.stack([r[1] for r in rows])
+        labels = np.array([r[2] for r in rows], dtype=np.int64)
+        out.append(Split(images, labels))
+    return out[0], out[1]
+
+
+def _decode_image_archive(path: Path) -> tuple[Split, Split]:
+    items: dict[str, list] = {"train": [], "test": []}
+    with tarfile.open(path, "r:*") as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith((".jpg", ".jpeg", ".png"))]
+        with _progress(len(members), f"decoding {path.name}") as bar:
+            for m in members:
+                where = _split_and_class(Path(m.name).parts)
+                if where is not None:
+                    data = tar.extractfile(m).read()
+                    items[where[0]].append((m.name, _decode_jpeg(data, m.name), where[1]))
+                bar.update()
+    return _collect(items)
+
+
+def _decode_image_folder(root: Path) -> tuple[Split, Split]:
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png")
+    )
+    items: dict[str, list] = {"train": [], "test": []}
+    with _progress(len(files), f"decoding {root.name}") as bar:
+        for p in files:
+            where = _split_and_class(p.relative_to(root).parts)
+            if where is not None:
+                items[where[0]].append((str(p), _decode_jpeg(p.read_bytes(), str(p)), where[1]))
+            bar.update()
+    return _collect(items)
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Only numpy arrays and plain Python types: a batch file cannot run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR-10 batch file")
+
+
+def _read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = _SafeUnpickler(f, encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{str(path)!r} is not a valid cifar-10-batches-py file: {e}") from e
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise ValueError(f"{str(path)!r} has data of shape {data.shape}; expected [n, 3072]")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def _decode_python_batches(root: Path) -> tuple[Split, Split]:
+    parts = [_read_python_batch(root / f"data_batch_{i}") for i in range(1, 6) if (root / f"data_batch_{i}").exists()]
+    test = _read_python_batch(root / "test_batch")
+    return (
+        Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])),
+        Split(*test),
+    )
+
+
+def _read_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % 3073:
+        raise ValueError(f"{str(path)!r} has {raw.size} bytes; a cifar-10-batches-bin file holds n x 3073")
+    rows = raw.reshape(-1, 3073)
+    labels = rows[:, 0].astype(np.int64)
+    if labels.max() >= len(CLASS_NAMES):
+        raise ValueError(f"{str(path)!r} has label {labels.max()}; allowed 0..9")
+    return rows[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
+
+
+def _decode_binary_batches(root: Path) -> tuple[Split, Split]:
+    parts = [_read_binary_batch(root / f"data_batch_{i}.bin") for i in range(1, 6) if (root / f"data_batch_{i}.bin").exists()]
+    test = _read_binary_batch(root / "test_batch.bin")
+    return (
+        Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])),
+        Split(*test),
+    )
