@@ -76,10 +76,20 @@ def verify(path: str | os.PathLike, root: Path | None = None, required: bool = F
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parents[1])
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10, cwd=Path(__file__).resolve().parents[1])
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         if out.returncode:
             return "uncommitted"
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
@@ -88,7 +98,8 @@ def git_commit() -> str:
 
 
 def machine() -> str:
-    return f"{platform.machine()} {platform.processor() or 'cpu'}, {os.cpu_count()} cores, {platform.system()}"
+    cpu = platform.processor() or "cpu"
+    return f"{platform.machine()} {cpu}, {os.cpu_count()} cores, {platform.system()}"
 
 
 def command_line(module: str) -> str:
@@ -96,8 +107,9 @@ def command_line(module: str) -> str:
     return " ".join(["python", "-m", module, *sys.argv[1:]])
 
 
-def record(path: str | os.PathLike, command: str, metrics: dict | None = None,
-           root: Path | None = None) -> dict:
+def record(
+    path: str | os.PathLike, command: str, metrics: dict | None = None, root: Path | None = None
+) -> dict:
     """Add or replace ``path``'s entry (sha256, bytes, command, commit, machine, date, metrics)."""
     root = (root or checkpoints_dir()).resolve()
     rel = Path(path).resolve().relative_to(root).as_posix()

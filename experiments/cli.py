@@ -26,10 +26,14 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true or false")
 
 
-def parse_args(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None) -> T:
-    """Parse ``argv`` into ``cls``; the field's comment-free docstring comes from ``metadata['help']``."""
-    parser = argparse.ArgumentParser(description=description or cls.__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def parse_args(
+    cls: type[T], argv: Sequence[str] | None = None, description: str | None = None
+) -> T:
+    """Parse ``argv`` into ``cls``; a field's help text comes from ``metadata['help']``."""
+    parser = argparse.ArgumentParser(
+        description=description or cls.__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         hint = hints[f.name]

@@ -22,10 +22,16 @@ DEFAULT_DATA = "../shared/data/cifar10-jpeg.tar.gz"
 class Args:
     """Jointly train every branch and exit of the DistrEE network on CIFAR-10."""
 
-    data: str = field(default=DEFAULT_DATA, metadata={"help": "CIFAR-10: .tar.gz, folder, batches-py or -bin"})
+    data: str = field(
+        default=DEFAULT_DATA, metadata={"help": "CIFAR-10: .tar.gz, folder, batches-py or -bin"}
+    )
     topology: str = field(default="parallel", metadata={"choices": ["parallel", "pipeline"]})
-    num_devices: int = field(default=2, metadata={"help": "branches (parallel) or segments (pipeline)"})
-    widths: tuple[int, ...] = field(default=(48, 96, 192, 384), metadata={"help": "width of each stage"})
+    num_devices: int = field(
+        default=2, metadata={"help": "branches (parallel) or segments (pipeline)"}
+    )
+    widths: tuple[int, ...] = field(
+        default=(48, 96, 192, 384), metadata={"help": "width of each stage"}
+    )
     blocks: int = field(default=1, metadata={"help": "residual blocks per stage"})
     epochs: int = 24
     batch_size: int = 256
@@ -36,8 +42,15 @@ class Args:
     seed: int = 0
     bf16: bool = field(default=True, metadata={"help": "bfloat16 autocast on the CPU"})
     threads: int = field(default=2, metadata={"help": "torch threads"})
-    max_train_images: int = field(default=0, metadata={"help": "use only this many (0 = all; for tests)"})
-    run_name: str = field(default="", metadata={"help": "folder under runs/backbone (default: from args)"})
+    max_train_images: int = field(
+        default=0, metadata={"help": "use only this many (0 = all; for tests)"}
+    )
+    val_size: int = field(
+        default=5000, metadata={"help": "validation images carved from the training set"}
+    )
+    run_name: str = field(
+        default="", metadata={"help": "folder under runs/backbone (default: from args)"}
+    )
     runs_dir: str = "runs/backbone"
     output: str = field(default="checkpoints/backbone.pt", metadata={"help": "final weights"})
     resume: bool = field(default=False, metadata={"help": "continue from the run's last.pt"})
@@ -46,7 +59,6 @@ class Args:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(Args, argv)
-    import numpy as np
     import torch
 
     from distree_env.manifest import checkpoints_dir, command_line, record
@@ -57,23 +69,40 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     try:
-        net = NetConfig(topology=args.topology, num_devices=args.num_devices, widths=args.widths,
-                        blocks=args.blocks)
-        cfg = TrainConfig(net=net, loss=LossConfig(kd_weight=args.kd_weight, feature_weight=args.feature_weight),
-                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          weight_decay=args.weight_decay, seed=args.seed, bf16=args.bf16)
-        train = load_cifar10(args.data, "train")
-        val = load_cifar10(args.data, "val")
+        net = NetConfig(
+            topology=args.topology,
+            num_devices=args.num_devices,
+            widths=args.widths,
+            blocks=args.blocks,
+        )
+        cfg = TrainConfig(
+            net=net,
+            loss=LossConfig(kd_weight=args.kd_weight, feature_weight=args.feature_weight),
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            seed=args.seed,
+            bf16=args.bf16,
+        )
+        train = load_cifar10(args.data, "train", val_size=args.val_size)
+        val = load_cifar10(args.data, "val", val_size=args.val_size)
     except ValueError as e:
         fail(str(e))
     if args.max_train_images:
         train = Split(train.images[: args.max_train_images], train.labels[: args.max_train_images])
-        val = Split(val.images[: args.max_train_images], val.labels[: args.max_train_images])
 
-    name = args.run_name or f"cifar10__{args.topology}-{args.num_devices}x{'-'.join(map(str, args.widths))}__{args.seed}"
+    name = (
+        args.run_name
+        or f"cifar10__{args.topology}-{args.num_devices}x"
+        f"{'-'.join(map(str, args.widths))}__{args.seed}"
+    )
     run_dir = Path(args.runs_dir) / name
     if (run_dir / "last.pt").exists() and not args.resume:
-        fail(f"run {str(run_dir)!r} already has a checkpoint; pass --resume to continue it or choose --run-name")
+        fail(
+            f"run {str(run_dir)!r} already has a checkpoint; pass --resume to continue it or "
+            "choose --run-name"
+        )
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(run_dir))
@@ -99,7 +128,10 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.output).resolve()
     if out.is_relative_to(checkpoints_dir().resolve()):
         record(out, command_line("experiments.train_backbone"), metrics)
-    print(f"saved {args.output}: val exit accuracy {val_acc}, {time.time() - started:.0f}s this session")
+    print(
+        f"saved {args.output}: val exit accuracy {val_acc}, "
+        f"{time.time() - started:.0f}s this session"
+    )
     return metrics
 
 

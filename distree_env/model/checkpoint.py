@@ -29,20 +29,31 @@ def torch_save_atomic(obj: object, path: str | os.PathLike) -> None:
 
 
 def torch_load_safe(path: str | os.PathLike, what: str = "checkpoint") -> dict:
-    """``torch.load(weights_only=True)`` with a clear ValueError for a missing, truncated or foreign file."""
+    """``torch.load(weights_only=True)``; a missing, truncated or foreign file is a ValueError."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{what} file {str(path)!r} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ValueError(f"{what} file {str(path)!r} is corrupt, truncated or unsafe to load: {e}") from e
+    except (
+        RuntimeError,
+        EOFError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+    ) as e:
+        raise ValueError(
+            f"{what} file {str(path)!r} is corrupt, truncated or unsafe to load: {e}"
+        ) from e
     if not isinstance(obj, dict):
         raise ValueError(f"{what} file {str(path)!r} holds a {type(obj).__name__}, not a dict")
     return obj
 
 
-def save_backbone(model: MultiBranchNet, path: str | os.PathLike, metrics: dict | None = None) -> None:
+def save_backbone(
+    model: MultiBranchNet, path: str | os.PathLike, metrics: dict | None = None
+) -> None:
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     torch_save_atomic(
         {
@@ -61,7 +72,8 @@ def load_backbone(path: str | os.PathLike, expect: NetConfig | None = None) -> M
     obj = torch_load_safe(path, "backbone")
     if obj.get("format") != BACKBONE_FORMAT or obj.get("version") != BACKBONE_VERSION:
         raise ValueError(
-            f"backbone file {str(path)!r} has format={obj.get('format')!r} version={obj.get('version')!r}; "
+            f"backbone file {str(path)!r} has format={obj.get('format')!r} "
+            f"version={obj.get('version')!r}; "
             f"expected format={BACKBONE_FORMAT!r} version={BACKBONE_VERSION}"
         )
     config = NetConfig.from_dict(obj["config"])
@@ -84,7 +96,11 @@ def load_state(model: torch.nn.Module, state: dict, source: str) -> None:
     if missing or unexpected or wrong:
         detail = "; ".join(
             f"{label}: {keys[:3]}{'...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("wrong shape", wrong),
+            )
             if keys
         )
         raise ValueError(f"{source!r} is a checkpoint of another architecture ({detail})")

@@ -1,7 +1,8 @@
 """Cost tables measured from the model itself: FLOPs per stage and device, bytes per stage boundary.
 
-FLOPs count multiply-adds x 2 of every convolution and linear layer (batch-norm, ReLU and pooling are
-a few percent and are left out, as in most early-exit papers). Bytes assume float32 activations.
+FLOPs count multiply-adds x 2 of every convolution and linear layer (batch-norm, ReLU and
+pooling are a few percent and are left out, as in most early-exit papers). Bytes assume float32
+activations.
 """
 
 from __future__ import annotations
@@ -87,5 +88,7 @@ def measure_costs(model: MultiBranchNet) -> CostTables:
         for k, shape in enumerate(stage_shapes):
             stage_flops[k, k] = branch_flops[0, k]  # segment k runs on device k
             if k < k_stages - 1:
-                transfer[k, k] = int(np.prod(shape)) * BYTES_PER_ACTIVATION  # feature map to device k+1
+                transfer[k, k] = (
+                    int(np.prod(shape)) * BYTES_PER_ACTIVATION
+                )  # feature map to device k+1
     return CostTables(stage_flops, exit_flops, transfer, float(INPUT_BYTES))

@@ -1,7 +1,7 @@
 """CIFAR-10 from whatever form the user already has, decoded once and cached as arrays.
 
 Accepted sources (a path the user gives; nothing is ever downloaded):
-- a ``.tar.gz`` / ``.tgz`` ImageFolder archive (``<root>/train/<class>/*.jpg``, ``<root>/test/...``),
+- a ``.tar.gz`` / ``.tgz`` ImageFolder archive (``<root>/train/<class>/*.jpg``, ``<root>/test``),
 - the same tree extracted to a folder,
 - the official ``cifar-10-batches-py`` folder (unpickled with a restricted unpickler: only numpy
   arrays and plain types),
@@ -26,7 +26,16 @@ import numpy as np
 from distree_env.io import atomic_write_bytes
 
 CLASS_NAMES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 IMAGE_SHAPE = (32, 32, 3)
 VAL_SIZE = 5000
@@ -52,7 +61,7 @@ def cache_dir() -> Path:
 def load_cifar10(source: str | os.PathLike, split: str, val_size: int = VAL_SIZE) -> Split:
     """Return ``split`` ("train", "val" or "test"); "val" is carved from the official training set.
 
-    The carve is seeded and fixed, and "train" excludes it, so training never sees validation images.
+    The carve is seeded and fixed, and "train" excludes it: training never sees validation images.
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not allowed; choose one of {SPLITS}")
@@ -71,7 +80,9 @@ def _load_official(source: Path) -> tuple[Split, Split]:
     if not source.exists():
         raise ValueError(f"CIFAR-10 source {str(source)!r} does not exist")
     stat = source.stat()
-    key = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    key = hashlib.sha256(
+        f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    ).hexdigest()
     cached = cache_dir() / f"cifar10-{key[:16]}.npz"
     if cached.exists():
         try:
@@ -81,7 +92,9 @@ def _load_official(source: Path) -> tuple[Split, Split]:
             pass  # a damaged cache is rebuilt, not trusted
     train, test = _decode(source)
     buf = io.BytesIO()
-    np.savez(buf, train_x=train.images, train_y=train.labels, test_x=test.images, test_y=test.labels)
+    np.savez(
+        buf, train_x=train.images, train_y=train.labels, test_x=test.images, test_y=test.labels
+    )
     cached.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(cached, buf.getvalue())
     return train, test
@@ -99,7 +112,8 @@ def _decode(source: Path) -> tuple[Split, Split]:
             if (root / "train").is_dir() and (root / "test").is_dir():
                 return _decode_image_folder(root)
     raise ValueError(
-        f"CIFAR-10 source {str(source)!r} is not recognised; allowed: a .tar.gz ImageFolder archive, "
+        f"CIFAR-10 source {str(source)!r} is not recognised; allowed: a .tar.gz ImageFolder "
+        "archive, "
         "its extracted folder (train/<class>/, test/<class>/), cifar-10-batches-py or "
         "cifar-10-batches-bin"
     )
@@ -126,7 +140,9 @@ def _split_and_class(parts: tuple[str, ...]) -> tuple[str, int] | None:
     if len(parts) < 3 or parts[-3] not in ("train", "test"):
         return None
     if parts[-2] not in CLASS_NAMES:
-        raise ValueError(f"class folder {parts[-2]!r} is not a CIFAR-10 class; allowed: {CLASS_NAMES}")
+        raise ValueError(
+            f"class folder {parts[-2]!r} is not a CIFAR-10 class; allowed: {CLASS_NAMES}"
+        )
     return parts[-3], CLASS_NAMES.index(parts[-2])
 
 
@@ -145,7 +161,11 @@ def _collect(items: dict[str, list[tuple[str, np.ndarray, int]]]) -> tuple[Split
 def _decode_image_archive(path: Path) -> tuple[Split, Split]:
     items: dict[str, list] = {"train": [], "test": []}
     with tarfile.open(path, "r:*") as tar:
-        members = [m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith((".jpg", ".jpeg", ".png"))]
+        members = [
+            m
+            for m in tar.getmembers()
+            if m.isfile() and m.name.lower().endswith((".jpg", ".jpeg", ".png"))
+        ]
         with _progress(len(members), f"decoding {path.name}") as bar:
             for m in members:
                 where = _split_and_class(Path(m.name).parts)
@@ -181,6 +201,7 @@ class _SafeUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
         ("codecs", "encode"),
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str):
@@ -203,7 +224,11 @@ def _read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _decode_python_batches(root: Path) -> tuple[Split, Split]:
-    parts = [_read_python_batch(root / f"data_batch_{i}") for i in range(1, 6) if (root / f"data_batch_{i}").exists()]
+    parts = [
+        _read_python_batch(root / f"data_batch_{i}")
+        for i in range(1, 6)
+        if (root / f"data_batch_{i}").exists()
+    ]
     test = _read_python_batch(root / "test_batch")
     return (
         Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])),
@@ -214,7 +239,9 @@ def _decode_python_batches(root: Path) -> tuple[Split, Split]:
 def _read_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0 or raw.size % 3073:
-        raise ValueError(f"{str(path)!r} has {raw.size} bytes; a cifar-10-batches-bin file holds n x 3073")
+        raise ValueError(
+            f"{str(path)!r} has {raw.size} bytes; a cifar-10-batches-bin file holds n x 3073"
+        )
     rows = raw.reshape(-1, 3073)
     labels = rows[:, 0].astype(np.int64)
     if labels.max() >= len(CLASS_NAMES):
@@ -223,7 +250,11 @@ def _read_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _decode_binary_batches(root: Path) -> tuple[Split, Split]:
-    parts = [_read_binary_batch(root / f"data_batch_{i}.bin") for i in range(1, 6) if (root / f"data_batch_{i}.bin").exists()]
+    parts = [
+        _read_binary_batch(root / f"data_batch_{i}.bin")
+        for i in range(1, 6)
+        if (root / f"data_batch_{i}.bin").exists()
+    ]
     test = _read_binary_batch(root / "test_batch.bin")
     return (
         Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])),

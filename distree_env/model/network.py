@@ -1,11 +1,12 @@
 """The multi-branch early-exit network of DistrEE, and the pipeline layout of MDI-Exit.
 
 ``parallel`` (DistrEE, after NoNN): ``num_devices`` branches, each a small WideResNet-style network
-that sees the whole input and runs on its own device. After stage k every branch pools its feature map
-into a vector and sends it to the aggregator, where exit head k fuses the vectors into a prediction.
+that sees the whole input and runs on its own device. After stage k every branch pools its feature
+map into a vector and sends it to the aggregator, where exit head k fuses the vectors into a
+prediction.
 
-``pipeline`` (MDI-Exit): one backbone cut into ``num_stages`` segments on as many devices in sequence;
-exit head k runs on device k, and continuing ships the feature map to device k+1.
+``pipeline`` (MDI-Exit): one backbone cut into ``num_stages`` segments on as many devices in
+sequence; exit head k runs on device k, and continuing ships the feature map to device k+1.
 
 Both share one stage structure, so the two layouts differ only in how stages map to devices.
 """
@@ -35,11 +36,17 @@ class NetConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if self.topology not in TOPOLOGIES:
-            raise ValueError(f"topology={self.topology!r} is not allowed; choose one of {TOPOLOGIES}")
+            raise ValueError(
+                f"topology={self.topology!r} is not allowed; choose one of {TOPOLOGIES}"
+            )
         if not self.widths or any(w < 1 for w in self.widths):
-            raise ValueError(f"widths={self.widths} is not allowed; give one positive width per stage")
+            raise ValueError(
+                f"widths={self.widths} is not allowed; give one positive width per stage"
+            )
         if len(self.widths) > 5:
-            raise ValueError(f"widths={self.widths} has {len(self.widths)} stages; at most 5 fit 32x32 inputs")
+            raise ValueError(
+                f"widths={self.widths} has {len(self.widths)} stages; at most 5 fit 32x32 inputs"
+            )
         for name in ("num_devices", "embed_dim", "num_classes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} is not allowed; it must be >= 1")
@@ -80,7 +87,7 @@ def conv_bn(cin: int, cout: int) -> nn.Sequential:
 
 
 class ResidualBlock(nn.Module):
-    """Two 3x3 conv-BN-ReLU layers with an identity shortcut (WideResNet's basic block, post-norm)."""
+    """Two 3x3 conv-BN-ReLU layers with an identity shortcut (WideResNet's basic block)."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -94,18 +101,22 @@ class Stage(nn.Sequential):
     """Widen with a 3x3 conv, halve the resolution, then refine with residual blocks."""
 
     def __init__(self, cin: int, cout: int, blocks: int) -> None:
-        super().__init__(conv_bn(cin, cout), nn.MaxPool2d(2), *[ResidualBlock(cout) for _ in range(blocks)])
+        super().__init__(
+            conv_bn(cin, cout), nn.MaxPool2d(2), *[ResidualBlock(cout) for _ in range(blocks)]
+        )
 
 
 class Branch(nn.Module):
-    """One device's network: a stem and ``len(widths)`` stages; yields the feature map of every stage."""
+    """One device's network: a stem and one stage per width; yields every stage's feature map."""
 
     def __init__(self, widths: tuple[int, ...], blocks: int) -> None:
         super().__init__()
         stem = max(16, widths[0] // 2)
         self.stem = conv_bn(3, stem)
         chans = (stem, *widths)
-        self.stages = nn.ModuleList(Stage(chans[i], chans[i + 1], blocks) for i in range(len(widths)))
+        self.stages = nn.ModuleList(
+            Stage(chans[i], chans[i + 1], blocks) for i in range(len(widths))
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
@@ -119,8 +130,8 @@ class Branch(nn.Module):
 class ExitHead(nn.Module):
     """Fuse the pooled features of every branch into an embedding, then classify it.
 
-    The embedding (after ReLU, so non-negative) is what DistrEE's similarity criterion compares between
-    consecutive exits.
+    The embedding (after ReLU, so non-negative) is what DistrEE's similarity criterion compares
+    between consecutive exits.
     """
 
     def __init__(self, in_features: int, embed_dim: int, num_classes: int) -> None:
@@ -134,14 +145,17 @@ class ExitHead(nn.Module):
 
 
 class MultiBranchNet(nn.Module):
-    """Returns, for every exit k, the logits ``[B, C]`` and the fused embedding ``[B, embed_dim]``."""
+    """For every exit k: the logits ``[B, C]`` and the fused embedding ``[B, embed_dim]``."""
 
     def __init__(self, config: NetConfig) -> None:
         super().__init__()
         self.config = config
-        self.branches = nn.ModuleList(Branch(config.widths, config.blocks) for _ in range(config.num_branches))
+        self.branches = nn.ModuleList(
+            Branch(config.widths, config.blocks) for _ in range(config.num_branches)
+        )
         self.exits = nn.ModuleList(
-            ExitHead(w * config.num_branches, config.embed_dim, config.num_classes) for w in config.widths
+            ExitHead(w * config.num_branches, config.embed_dim, config.num_classes)
+            for w in config.widths
         )
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -63,7 +63,10 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "warmup_epochs"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0) or (name == "lr" and v == 0):
-                raise ValueError(f"{name}={v} is not allowed; it must be a finite number {'>' if name == 'lr' else '>='} 0")
+                raise ValueError(
+                    f"{name}={v} is not allowed; it must be a finite number "
+                    f"{'>' if name == 'lr' else '>='} 0"
+                )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -94,21 +97,26 @@ def augment(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.nd
 
 
 def exit_losses(
-    logits: list[torch.Tensor], embeddings: list[torch.Tensor], labels: torch.Tensor, cfg: LossConfig
+    logits: list[torch.Tensor],
+    embeddings: list[torch.Tensor],
+    labels: torch.Tensor,
+    cfg: LossConfig,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Total loss and the loss of each exit."""
     teacher_logits = logits[-1].detach().float()
     teacher_emb = F.normalize(embeddings[-1].detach().float(), dim=1)
     t = cfg.kd_temperature
     per_exit = []
-    for k, (out, emb) in enumerate(zip(logits, embeddings)):
+    for k, (out, emb) in enumerate(zip(logits, embeddings, strict=False)):
         out = out.float()
         loss = cfg.ce_weight * F.cross_entropy(out, labels)
         if k < len(logits) - 1:
             if cfg.kd_weight:
                 kd = F.kl_div(
-                    F.log_softmax(out / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                    reduction="batchmean", log_target=True,
+                    F.log_softmax(out / t, dim=1),
+                    F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean",
+                    log_target=True,
                 )
                 loss = loss + cfg.kd_weight * t * t * kd
             if cfg.feature_weight:
@@ -119,8 +127,13 @@ def exit_losses(
 
 
 @torch.no_grad()
-def predict(model: MultiBranchNet, images: np.ndarray, batch_size: int = 500, bf16: bool = True,
-            progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: MultiBranchNet,
+    images: np.ndarray,
+    batch_size: int = 500,
+    bf16: bool = True,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities ``[n, K, C]`` and embeddings ``[n, K, E]`` (float32) of every exit."""
     model.eval()
     probs, embs = [], []
@@ -143,7 +156,7 @@ def exit_accuracy(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warm-up to ``peak`` then linear decay to zero (one-cycle, as in fast CIFAR recipes)."""
+    """Linear warm-up to ``peak`` then linear decay to zero (one-cycle)."""
     if step < warmup:
         return peak * (0.1 + 0.9 * step / max(1, warmup))
     return peak * max(0.0, (total - step) / max(1, total - warmup))
@@ -152,14 +165,24 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
 class Trainer:
     """Owns the model, optimiser and RNG; saves ``last.pt`` every epoch so a killed run resumes."""
 
-    def __init__(self, cfg: TrainConfig, train: Split, val: Split, run_dir: Path,
-                 log: Callable[[str, float, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        train: Split,
+        val: Split,
+        run_dir: Path,
+        log: Callable[[str, float, int], None] | None = None,
+    ) -> None:
         self.cfg, self.train_split, self.val_split, self.run_dir = cfg, train, val, Path(run_dir)
         self.log = log or (lambda tag, value, step: None)
         torch.manual_seed(cfg.seed)
         self.model = MultiBranchNet(cfg.net).to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+            self.model.parameters(),
+            lr=cfg.lr,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=cfg.weight_decay,
         )
         self.rng = np.random.default_rng(cfg.seed)
         self.epoch = 0
@@ -191,7 +214,8 @@ class Trainer:
         if state.get("train_config") != self.cfg.to_dict():
             raise ValueError(
                 f"{str(self.checkpoint_path)!r} was written with another training configuration "
-                f"({state.get('train_config')}); resume with the same arguments or use a new run name"
+                f"({state.get('train_config')}); resume with the same arguments or use a new "
+                "run name"
             )
         load_state(self.model, state["model"], str(self.checkpoint_path))
         self.optimizer.load_state_dict(state["optimizer"])
@@ -206,7 +230,9 @@ class Trainer:
 
         cfg = self.cfg
         n = len(self.train_split)
-        steps_per_epoch = n // cfg.batch_size  # drop the ragged last batch: BN dislikes tiny batches
+        steps_per_epoch = (
+            n // cfg.batch_size
+        )  # drop the ragged last batch: BN dislikes tiny batches
         total = steps_per_epoch * cfg.epochs
         warmup = int(cfg.warmup_epochs * steps_per_epoch)
         while self.epoch < cfg.epochs:
@@ -214,8 +240,13 @@ class Trainer:
             order = self.rng.permutation(n)
             t0 = time.perf_counter()
             sums = np.zeros(cfg.net.num_stages)
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                       unit="batch", disable=not progress, mininterval=2.0)
+            bar = tqdm(
+                range(steps_per_epoch),
+                desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                unit="batch",
+                disable=not progress,
+                mininterval=2.0,
+            )
             for i in bar:
                 step = self.epoch * steps_per_epoch + i
                 lr = lr_at(step, total, warmup, cfg.lr)
@@ -228,7 +259,9 @@ class Trainer:
                     logits, embeddings = self.model(x)
                 loss, per_exit = exit_losses(logits, embeddings, y, cfg.loss)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch + 1}, step {i}")
+                    raise FloatingPointError(
+                        f"loss became {loss.item()} at epoch {self.epoch + 1}, step {i}"
+                    )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -249,7 +282,9 @@ class Trainer:
             self.history.append(record)
             for k in range(cfg.net.num_stages):
                 self.log(f"losses/exit_{k}", record["train_exit_loss"][k], self.epoch)
-                self.log(f"distree/val_accuracy_exit_{k}", record["val_exit_accuracy"][k], self.epoch)
+                self.log(
+                    f"distree/val_accuracy_exit_{k}", record["val_exit_accuracy"][k], self.epoch
+                )
             self.log("charts/learning_rate", lr, self.epoch)
             self.log("charts/images_per_s", record["images_per_s"], self.epoch)
             self.save()

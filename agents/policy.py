@@ -1,0 +1,163 @@
+"""A trained SB3 model as a ready exit policy: observation normalisation and action masks included.
+
+Why: callers (``evaluate``, the benchmark, users) should not have to know whether an agent was
+trained with ``VecNormalize`` or with MaskablePPO. Normalisation statistics are stored as a plain
+``.npz`` (read with ``allow_pickle=False``), not as SB3's pickled ``VecNormalize``, so loading
+them can never run code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distree_env.io import atomic_write
+
+__all__ = [
+    "ObsNormalizer",
+    "SB3Policy",
+    "as_policy",
+    "find_vecnormalize",
+    "load_vecnormalize",
+    "read_obs_normalizer",
+    "save_vecnormalize",
+    "sidecar",
+]
+
+_NORM_KEYS = ("obs_mean", "obs_var", "obs_count", "ret_mean", "ret_var", "ret_count",
+              "clip_obs", "clip_reward", "epsilon", "gamma", "norm_obs")
+
+
+@dataclass(frozen=True)
+class ObsNormalizer:
+    """VecNormalize's observation transform: ``clip((obs - mean) / sqrt(var + eps), +-clip)``."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    clip_obs: float
+    epsilon: float
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        scaled = (obs - self.mean) / np.sqrt(self.var + self.epsilon)
+        return np.clip(scaled, -self.clip_obs, self.clip_obs).astype(np.float32)
+
+
+def save_vecnormalize(path: str | os.PathLike, venv: Any) -> None:
+    """Write a ``VecNormalize``'s statistics to ``path`` (``.npz``) atomically."""
+    arrays = {
+        "obs_mean": venv.obs_rms.mean, "obs_var": venv.obs_rms.var,
+        "obs_count": np.float64(venv.obs_rms.count),
+        "ret_mean": np.float64(venv.ret_rms.mean), "ret_var": np.float64(venv.ret_rms.var),
+        "ret_count": np.float64(venv.ret_rms.count),
+        "clip_obs": np.float64(venv.clip_obs), "clip_reward": np.float64(venv.clip_reward),
+        "epsilon": np.float64(venv.epsilon), "gamma": np.float64(venv.gamma),
+        "norm_obs": np.float64(venv.norm_obs),
+    }  # fmt: skip
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _read_norm(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            values = {key: data[key] for key in _NORM_KEYS}
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise ValueError(
+            f"normalisation statistics {str(path)!r}: unreadable or incomplete ({exc}); "
+            f"expected an .npz with {list(_NORM_KEYS)}"
+        ) from exc
+    for key, value in values.items():
+        if value.dtype.kind != "f" or not np.isfinite(value).all():
+            raise ValueError(f"normalisation statistics {str(path)!r}: {key} must be finite floats")
+    if (values["obs_var"] < 0).any() or values["ret_var"] < 0:
+        raise ValueError(f"normalisation statistics {str(path)!r}: variances must be >= 0")
+    return values
+
+
+def load_vecnormalize(path: str | os.PathLike, venv: Any) -> None:
+    """Restore statistics saved by :func:`save_vecnormalize` into a ``VecNormalize``."""
+    v = _read_norm(path)
+    if v["obs_mean"].shape != venv.obs_rms.mean.shape:
+        raise ValueError(
+            f"normalisation statistics {str(path)!r}: shape {v['obs_mean'].shape} does not match "
+            f"the observation {venv.obs_rms.mean.shape}"
+        )
+    venv.obs_rms.mean, venv.obs_rms.var = v["obs_mean"], v["obs_var"]
+    venv.obs_rms.count = float(v["obs_count"])
+    venv.ret_rms.mean, venv.ret_rms.var = v["ret_mean"], v["ret_var"]
+    venv.ret_rms.count = float(v["ret_count"])
+
+
+def read_obs_normalizer(path: str | os.PathLike) -> ObsNormalizer | None:
+    """The inference-time observation transform stored at ``path`` (None: obs not normalised)."""
+    v = _read_norm(path)
+    if not v["norm_obs"]:
+        return None
+    return ObsNormalizer(v["obs_mean"], v["obs_var"], float(v["clip_obs"]), float(v["epsilon"]))
+
+
+def find_vecnormalize(model: Any) -> Any:
+    """The ``VecNormalize`` wrapper in ``model``'s env chain, or None."""
+    env = model.get_env()
+    while env is not None:
+        if hasattr(env, "obs_rms") and hasattr(env, "normalize_obs"):
+            return env
+        env = getattr(env, "venv", None)
+    return None
+
+
+class SB3Policy:
+    """An SB3 model behind the common ``predict``, normalising observations first if needed."""
+
+    def __init__(self, model: Any, normalizer: ObsNormalizer | None = None) -> None:
+        self.model = model
+        self.normalizer = normalizer
+        self.uses_action_masks = type(model).__name__ == "MaskablePPO"
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+        action_masks: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, Any]:
+        obs = np.asarray(observation, dtype=np.float32)
+        if self.normalizer is not None:
+            obs = self.normalizer(obs)
+        kwargs = {"action_masks": action_masks} if self.uses_action_masks else {}
+        return self.model.predict(obs, state, episode_start, deterministic, **kwargs)
+
+    def __repr__(self) -> str:
+        norm = ", normalised" if self.normalizer is not None else ""
+        return f"SB3Policy({type(self.model).__name__}{norm})"
+
+
+def _is_sb3_model(obj: Any) -> bool:
+    return any(
+        c.__module__ == "stable_baselines3.common.base_class" and c.__name__ == "BaseAlgorithm"
+        for c in type(obj).__mro__
+    )
+
+
+def as_policy(obj: Any) -> Any:
+    """``obj`` itself if it is already a policy; a bare SB3 model wrapped in :class:`SB3Policy`."""
+    if _is_sb3_model(obj):
+        norm = find_vecnormalize(obj)
+        if norm is None or not norm.norm_obs:
+            return SB3Policy(obj)
+        rms = norm.obs_rms
+        return SB3Policy(obj, ObsNormalizer(rms.mean.copy(), rms.var.copy(), norm.clip_obs,
+                                            norm.epsilon))
+    if not callable(getattr(obj, "predict", None)):
+        raise ValueError(f"{obj!r} is not a policy: it has no predict(obs, ...) method")
+    return obj
+
+
+def sidecar(path: str | os.PathLike) -> Path:
+    """Where an agent's normalisation statistics live: ``NAME.vecnormalize.npz`` beside it."""
+    p = Path(path)
+    return p.with_name(p.stem + ".vecnormalize.npz")

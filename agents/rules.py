@@ -1,0 +1,194 @@
+"""Hand-made exit rules, behind SB3's ``predict`` interface so one evaluation path serves all.
+
+Why: learned agents are only worth their cost if they beat the classic rules. Each rule reads the
+features it needs by name (``observation_names``), so it keeps working if the observation layout
+grows. ``bind(env)`` tells a rule the layout of the environment it will act in (and gives the
+Oracle its view of the labels and latencies); ``agents.evaluate`` calls it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ConfidenceThreshold",
+    "EntropyThreshold",
+    "FixedExit",
+    "LastExit",
+    "Oracle",
+    "RandomExit",
+    "RulePolicy",
+    "Similarity",
+]
+
+#: The confidence features every DistrEE observation starts with (resources follow).
+DEFAULT_FEATURES = ("max_prob", "margin", "entropy", "similarity", "progress")
+CONTINUE, EXIT = 0, 1
+
+
+def _check_unit(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
+    if not (math.isfinite(float(value)) and 0.0 <= float(value) <= 1.0):
+        raise ValueError(f"{name}: {value!r} is outside [0, 1]")
+    return float(value)
+
+
+class RulePolicy:
+    """Base of the rules: feature look-up by name and SB3's ``predict`` signature."""
+
+    def __init__(self) -> None:
+        self.observation_names: tuple[str, ...] = DEFAULT_FEATURES
+        self.num_exits: int | None = None
+
+    def bind(self, env: Any) -> RulePolicy:
+        """Adopt ``env``'s observation layout and exit count; returns self for chaining."""
+        self.observation_names = tuple(env.observation_names)
+        self.num_exits = int(env.num_exits)
+        return self
+
+    def feature(self, obs: np.ndarray, name: str) -> np.ndarray:
+        """Column ``name`` of a batch of observations, ``[n]``."""
+        try:
+            idx = self.observation_names.index(name)
+        except ValueError:
+            raise ValueError(
+                f"{type(self).__name__}: observation has no feature {name!r}; "
+                f"it has {list(self.observation_names)}"
+            ) from None
+        return obs[:, idx]
+
+    def exit_index(self, obs: np.ndarray) -> np.ndarray:
+        """0-based index of the current exit, from ``progress`` = k / (K - 1)."""
+        if self.num_exits is None:
+            raise ValueError(f"{type(self).__name__}: call bind(env) first (needs the exit count)")
+        last = self.num_exits - 1
+        k = np.rint(self.feature(obs, "progress") * last).astype(np.int64)
+        return np.clip(k, 0, last)
+
+    def decide(self, obs: np.ndarray) -> np.ndarray:
+        """Boolean ``[n]``: True where the rule exits."""
+        raise NotImplementedError
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, Any]:
+        obs = np.asarray(observation, dtype=np.float32)
+        single = obs.ndim == 1
+        batch = obs[None, :] if single else obs
+        actions = np.where(self.decide(batch), EXIT, CONTINUE).astype(np.int64)
+        return (actions[0] if single else actions), state
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class LastExit(RulePolicy):
+    """Never exit early: the full network, the accuracy reference of compute saving."""
+
+    def decide(self, obs: np.ndarray) -> np.ndarray:
+        return np.zeros(len(obs), dtype=bool)
+
+
+class FixedExit(RulePolicy):
+    """Always answer at exit ``k`` (0-based): the static split of a multi-exit network."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"FixedExit.k: expected an integer >= 0, got {k!r}")
+        self.k = int(k)
+
+    def bind(self, env: Any) -> FixedExit:
+        super().bind(env)
+        if self.k >= self.num_exits:
+            raise ValueError(
+                f"FixedExit.k: {self.k} but the environment has exits 0..{self.num_exits - 1}"
+            )
+        return self
+
+    def decide(self, obs: np.ndarray) -> np.ndarray:
+        return self.exit_index(obs) >= self.k
+
+    def __repr__(self) -> str:
+        return f"FixedExit({self.k})"
+
+
+class RandomExit(RulePolicy):
+    """Exit with probability ``p`` at each exit: the floor any informed rule must beat."""
+
+    def __init__(self, p: float, seed: int = 0) -> None:
+        super().__init__()
+        self.p = _check_unit("RandomExit.p", p)
+        self.seed(seed)
+
+    def seed(self, seed: int) -> None:
+        """Restart the rule's own generator (``evaluate`` does this, for reproducible runs)."""
+        self.rng = np.random.default_rng(seed)
+
+    def decide(self, obs: np.ndarray) -> np.ndarray:
+        return self.rng.random(len(obs)) < self.p
+
+    def __repr__(self) -> str:
+        return f"RandomExit({self.p:g})"
+
+
+class _Threshold(RulePolicy):
+    def __init__(self, t: float) -> None:
+        super().__init__()
+        self.t = _check_unit(f"{type(self).__name__}.t", t)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.t:g})"
+
+
+class ConfidenceThreshold(_Threshold):
+    """Exit when the top-1 probability reaches ``t`` (SDN, Kaya et al. 2019)."""
+
+    def decide(self, obs: np.ndarray) -> np.ndarray:
+        return self.feature(obs, "max_prob") >= self.t
+
+
+class EntropyThreshold(_Threshold):
+    """Exit when the normalised entropy is ``t`` or below (BranchyNet, Teerapittayanon 2016)."""
+
+    def decide(self, obs: np.ndarray) -> np.ndarray:
+        return self.feature(obs, "entropy") <= self.t
+
+
+class Similarity(_Threshold):
+    """Exit when consecutive exits agree, similarity >= ``t`` (DistrEE's criterion)."""
+
+    def decide(self, obs: np.ndarray) -> np.ndarray:
+        return self.feature(obs, "similarity") >= self.t
+
+
+class Oracle(RulePolicy):
+    """The best exit per request, knowing the label and the realised latencies: an upper bound.
+
+    It ignores the observation and asks the bound vector environment (``oracle_actions()``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.env: Any = None
+
+    def bind(self, env: Any) -> Oracle:
+        super().bind(env)
+        if not hasattr(env, "oracle_actions"):
+            raise ValueError("Oracle: the environment has no oracle_actions(); use DistrEEVecEnv")
+        self.env = env
+        return self
+
+    def decide(self, obs: np.ndarray) -> np.ndarray:
+        if self.env is None:
+            raise ValueError("Oracle: call bind(env) with the DistrEEVecEnv it acts in first")
+        return np.asarray(self.env.oracle_actions()) == EXIT
+

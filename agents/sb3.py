@@ -1,0 +1,156 @@
+"""stable-baselines3 glue: a ``VecEnv`` over the batched DistrEE env, and a metrics callback.
+
+Why: SB3's own vectorisation runs one Python env per slot; ``DistrEEVecEnv`` steps all slots with
+array operations, so the adapter hands SB3 whole batches and only touches Python per finished
+episode. The callback puts DistrEE's episode metrics next to SB3's curves in TensorBoard.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv, VecMonitor
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
+
+from distree_env.config import EnvConfig
+from distree_env.vector_env import DistrEEVecEnv
+
+__all__ = ["DistrEEMetricsCallback", "SB3VecEnv", "make_sb3_env"]
+
+
+class SB3VecEnv(VecEnv):
+    """SB3 ``VecEnv`` view of a :class:`DistrEEVecEnv` (SB3 semantics: auto-reset, list infos).
+
+    At an episode end ``infos[i]`` holds ``terminal_observation``, ``TimeLimit.truncated`` and
+    ``distree``: the env's episode metrics (accuracy, compute_saving, ...) for that episode.
+    ``env_method("action_masks")`` serves MaskablePPO.
+
+    ``request_episodes=True`` shows the learner every request as an episode of its own (``done``
+    when a request ends). Resources evolve independently of the actions, so this is the same
+    problem, but it removes the discounting bias of a long episode (an extra stage would
+    otherwise cost the average reward of a step, as it delays every later request) and lets
+    ``gamma = 1`` be used with short, low-variance returns. ``monitor`` statistics are then per
+    request.
+    """
+
+    def __init__(self, venv: DistrEEVecEnv, request_episodes: bool = False) -> None:
+        self.venv = venv
+        self.request_episodes = request_episodes
+        self.render_mode = None
+        super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
+        self._actions: np.ndarray | None = None
+
+    def reset(self) -> np.ndarray:
+        seed = self._seeds[0]
+        obs, _ = self.venv.reset(seed=seed)
+        self._reset_seeds()
+        self._reset_options()
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions).reshape(self.num_envs)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        if self.request_episodes:
+            request_done = (self._actions == 1) | ~self.venv.action_masks()[:, 0]
+        obs, rewards, terminated, truncated, infos = self.venv.step(self._actions)
+        episode_done = terminated | truncated
+        dones = request_done if self.request_episodes else episode_done
+        out: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        if not dones.any():
+            return obs, rewards.astype(np.float32), dones, out
+        for i in np.flatnonzero(dones).tolist():
+            out[i] = {"terminal_observation": obs[i], "TimeLimit.truncated": False}
+        if episode_done.any():
+            final_obs, final_info = infos["final_obs"], infos["final_info"]
+            keys = [key for key in final_info if not key.startswith("_")]
+            for i in np.flatnonzero(episode_done).tolist():
+                out[i] = {
+                    "terminal_observation": final_obs[i],
+                    "TimeLimit.truncated": bool(truncated[i] and not terminated[i]),
+                    "distree": {key: final_info[key][i] for key in keys},
+                }
+        return obs, rewards.astype(np.float32), dones, out
+
+    def close(self) -> None:
+        self.venv.close()
+
+    def _count(self, indices: VecEnvIndices) -> int:
+        return len(list(self._get_indices(indices)))
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        value = getattr(self, attr_name) if attr_name == "render_mode" else getattr(
+            self.venv, attr_name
+        )
+        return [value] * self._count(indices)
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        raise AttributeError(f"SB3VecEnv: the batched env's attributes are read-only ({attr_name})")
+
+    def env_method(
+        self,
+        method_name: str,
+        *method_args: Any,
+        indices: VecEnvIndices = None,
+        **method_kwargs: Any,
+    ) -> list[Any]:
+        result = getattr(self.venv, method_name)(*method_args, **method_kwargs)
+        rows = list(self._get_indices(indices))
+        if isinstance(result, np.ndarray) and result.shape[:1] == (self.num_envs,):
+            return [result[i] for i in rows]
+        return [result] * len(rows)
+
+    def env_is_wrapped(
+        self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None
+    ) -> list[bool]:
+        return [False] * self._count(indices)
+
+    def has_attr(self, attr_name: str) -> bool:
+        return hasattr(self.venv, attr_name)
+
+
+def make_sb3_env(
+    config: EnvConfig | dict | None, n_envs: int, seed: int, request_episodes: bool = False
+) -> VecMonitor:
+    """A monitored SB3 vector env of ``n_envs`` DistrEE envs, seeded for reproducible runs."""
+    env = SB3VecEnv(DistrEEVecEnv(n_envs, config), request_episodes)
+    env.seed(seed)
+    return VecMonitor(env)
+
+
+class DistrEEMetricsCallback(BaseCallback):
+    """Log DistrEE's episode metrics as ``distree/<metric>`` (means over the last ``window``).
+
+    Records ``distree/accuracy``, ``compute_saving``, ``latency_mean_ms``, ``latency_p95_ms``,
+    ``qos_rate``, ``exit_<k>`` and any reward components the env reports (``reward_*``).
+    """
+
+    def __init__(self, window: int = 100, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.window = window
+        self.buffers: dict[str, deque] = {}
+
+    def _add(self, key: str, value: float) -> None:
+        buf = self.buffers.setdefault(key, deque(maxlen=self.window))
+        buf.append(float(value))
+
+    def _on_step(self) -> bool:
+        infos: Sequence[dict[str, Any]] = self.locals.get("infos", ())
+        dones: Iterable[bool] = self.locals.get("dones", ())
+        finished = [infos[i]["distree"] for i in np.flatnonzero(dones) if "distree" in infos[i]]
+        for metrics in finished:
+            for key, value in metrics.items():
+                if key == "exit_fractions":
+                    for k, frac in enumerate(np.asarray(value).tolist()):
+                        self._add(f"exit_{k}", frac)
+                elif np.ndim(value) == 0:
+                    self._add(key, value)
+        if finished:
+            for key, buf in self.buffers.items():
+                self.logger.record(f"distree/{key}", float(np.mean(buf)))
+        return True

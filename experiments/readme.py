@@ -1,0 +1,25 @@
+"""Generated blocks in README.md: figures are written by the scripts that measure them, never typed.
+
+A block is the text between ``<!-- BEGIN name -->`` and ``<!-- END name -->``; scripts replace it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from distree_env.io import atomic_write_text
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def update_block(name: str, content: str, readme: Path = README) -> None:
+    """Replace the block ``name`` in ``readme``; a missing block is an error."""
+    text = readme.read_text(encoding="utf-8")
+    pattern = re.compile(
+        rf"(<!-- BEGIN {re.escape(name)} -->\n).*?(<!-- END {re.escape(name)} -->)", re.S
+    )
+    if not pattern.search(text):
+        raise ValueError(f"{readme} has no block '<!-- BEGIN {name} -->' ... '<!-- END {name} -->'")
+    new = pattern.sub(lambda m: m.group(1) + content.rstrip("\n") + "\n" + m.group(2), text)
+    atomic_write_text(readme, new)

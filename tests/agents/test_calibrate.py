@@ -1,0 +1,68 @@
+"""Calibration sweeps thresholds on val and never reads a test trace."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import distree_env.trace as trace_mod
+from agents import calibrate
+from distree_env.config import EnvConfig
+from distree_env.trace import synthetic_trace
+from tests.agents import SYNTH
+
+
+@pytest.fixture
+def shipped(checkpoints, monkeypatch):
+    """cifar10-val / cifar10-test look-alikes; records every trace file that is read."""
+    for split, seed in (("val", 0), ("test", 1)):
+        synthetic_trace(n=600, seed=seed).save(checkpoints / "traces" / f"cifar10-{split}.npz")
+    reads: list[str] = []
+    original = trace_mod.ExitTrace.load.__func__
+
+    def spy(cls, path):
+        reads.append(str(path))
+        return original(cls, path)
+
+    monkeypatch.setattr(trace_mod.ExitTrace, "load", classmethod(spy))
+    monkeypatch.setattr(trace_mod, "_CACHE", {})
+    return reads
+
+
+def test_calibrates_on_val_without_reading_test(shipped):
+    cal = calibrate("ConfidenceThreshold", EnvConfig(trace="cifar10-val"),
+                    grid=[0.5, 0.8, 0.95, 1.0], n_requests=512)
+    assert shipped and all("cifar10-val" in p for p in shipped)
+    assert cal.best_reward_param in (0.5, 0.8, 0.95, 1.0)
+    rewards = {p: m["mean_reward"] for p, m in cal.sweep}
+    assert rewards[cal.best_reward_param] == max(rewards.values())
+    assert cal.cheapest_param is not None  # t = 1.0 is last-exit, always within the budget
+    chosen = dict(cal.sweep)[cal.cheapest_param]
+    assert chosen["accuracy"] >= cal.last_exit_accuracy - cal.max_accuracy_loss
+
+
+@pytest.mark.parametrize("trace", ["cifar10-test", "elsewhere/cifar10-test.npz", "my_test.npz"])
+def test_refuses_test_trace_before_reading_it(shipped, trace):
+    with pytest.raises(ValueError, match="test"):
+        calibrate("Similarity", EnvConfig(trace=trace), grid=[0.5])
+    assert not shipped
+
+
+def test_refuses_trace_marked_test_in_metadata(checkpoints):
+    t = synthetic_trace(n=200)
+    marked = dataclasses.replace(t, metadata={**t.metadata, "split": "test"})
+    marked.save(checkpoints / "traces" / "renamed.npz")
+    with pytest.raises(ValueError, match="split='test'"):
+        calibrate("Similarity", EnvConfig(trace="renamed"), grid=[0.5])
+
+
+def test_fixed_exit_grid_covers_every_exit():
+    cal = calibrate("FixedExit", SYNTH, n_requests=256)
+    assert [p for p, _ in cal.sweep] == [0.0, 1.0, 2.0, 3.0]
+    assert cal.policy("reward").k == int(cal.best_reward_param)
+
+
+def test_unknown_rule_raises():
+    with pytest.raises(ValueError, match="rule"):
+        calibrate("Magic", SYNTH)

@@ -1,0 +1,54 @@
+"""evaluate(): one metrics dict for every policy, reproducible within and across processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from agents import METRICS, ConfidenceThreshold, RandomExit, evaluate
+from tests.agents import SYNTH
+
+CODE = (
+    "import json; from agents import evaluate, RandomExit; "
+    "print(json.dumps(evaluate(RandomExit(0.4), {'trace': 'synthetic'}, n_requests=1000, seed=7, "
+    "num_envs=8)))"
+)
+
+
+def test_metrics_shape_and_ranges():
+    m = evaluate(ConfidenceThreshold(0.8), SYNTH, n_requests=1000, seed=0, num_envs=8)
+    assert set(METRICS) | {"exit_fractions", "n_requests"} == set(m)
+    assert m["n_requests"] >= 1000
+    assert 0 <= m["accuracy"] <= 1 and 0 <= m["compute_saving"] <= 1 and 0 <= m["qos_rate"] <= 1
+    assert 0 < m["latency_mean_ms"] <= m["latency_p95_ms"] * 1.5
+    assert np.isclose(sum(m["exit_fractions"]), 1.0)
+
+
+def test_same_seed_same_numbers_other_seed_differs():
+    a = evaluate(RandomExit(0.4), SYNTH, n_requests=1000, seed=7, num_envs=8)
+    b = evaluate(RandomExit(0.4), SYNTH, n_requests=1000, seed=7, num_envs=8)
+    c = evaluate(RandomExit(0.4), SYNTH, n_requests=1000, seed=8, num_envs=8)
+    assert a == b
+    assert a != c
+
+
+def test_same_numbers_across_processes():
+    here = evaluate(RandomExit(0.4), SYNTH, n_requests=1000, seed=7, num_envs=8)
+    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == json.loads(json.dumps(here))
+
+
+@pytest.mark.parametrize("kwargs", [{"n_requests": 0}, {"seed": -1}, {"num_envs": 0},
+                                    {"n_requests": 1.5}])
+def test_bad_arguments_raise(kwargs):
+    with pytest.raises(ValueError):
+        evaluate(ConfidenceThreshold(0.5), SYNTH, **kwargs)
+
+
+def test_not_a_policy_raises():
+    with pytest.raises(ValueError, match="predict"):
+        evaluate(object(), SYNTH, n_requests=10)

@@ -1,0 +1,211 @@
+"""SB3 glue: the batched VecEnv adapter, TensorBoard metrics, saving and (safe) loading agents."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from stable_baselines3 import DQN, PPO  # noqa: E402
+from stable_baselines3.common.logger import configure  # noqa: E402
+from stable_baselines3.common.vec_env import VecNormalize  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
+    EventAccumulator,
+)
+
+from agents import evaluate, load_agent  # noqa: E402
+from agents.policy import SB3Policy, as_policy, sidecar  # noqa: E402
+from agents.sb3 import DistrEEMetricsCallback, SB3VecEnv, make_sb3_env  # noqa: E402
+from agents.training import (  # noqa: E402
+    AtomicCheckpointCallback,
+    latest_checkpoint,
+    load_replay_buffer,
+    save_model,
+)
+from distree_env.manifest import record  # noqa: E402
+from distree_env.vector_env import DistrEEVecEnv  # noqa: E402
+from tests.agents import SYNTH  # noqa: E402
+
+DISTREE_TAGS = {"distree/accuracy", "distree/compute_saving", "distree/latency_mean_ms",
+                "distree/latency_p95_ms", "distree/qos_rate", "distree/exit_0",
+                "distree/reward_correct", "distree/reward_latency", "distree/reward_deadline"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def test_adapter_autoresets_and_reports_episode_metrics():
+    env = SB3VecEnv(DistrEEVecEnv(4, SYNTH))
+    env.seed(0)
+    obs = env.reset()
+    assert obs.shape == (4, env.observation_space.shape[0])
+    returns, seen = np.zeros(4), 0
+    for _ in range(300):
+        obs, rewards, dones, infos = env.step(np.ones(4, dtype=np.int64))
+        returns += rewards
+        for i in np.flatnonzero(dones):
+            info = infos[i]
+            assert env.observation_space.contains(info["terminal_observation"])
+            parts = sum(info["distree"][f"reward_{c}"] for c in ("correct", "latency", "deadline"))
+            assert np.isclose(parts, returns[i], atol=1e-4)
+            returns[i], seen = 0.0, seen + 1
+    assert seen >= 4
+    masks = np.stack(env.env_method("action_masks"))
+    assert masks.shape == (4, 2) and masks[:, 1].all()
+    assert env.get_attr("num_exits") == [4] * 4
+
+
+def _scalar_tags(folder) -> set[str]:
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn"])
+def test_learn_writes_distree_scalars(tmp_path, algo):
+    env = make_sb3_env(SYNTH, 4, seed=0)
+    if algo == "ppo":
+        model = PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    else:
+        model = DQN("MlpPolicy", env, learning_starts=64, buffer_size=2000, seed=0, device="cpu")
+    model.set_logger(configure(str(tmp_path), ["tensorboard"]))
+    model.learn(1024, callback=DistrEEMetricsCallback(), log_interval=1)
+    assert DISTREE_TAGS <= _scalar_tags(tmp_path)
+
+
+def test_saved_agent_loads_and_predicts_the_same(tmp_path, checkpoints):
+    env = VecNormalize(make_sb3_env(SYNTH, 4, seed=0), norm_reward=False)
+    model = PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    model.learn(512)
+    path = checkpoints / "agents" / "tiny.zip"
+    save_model(model, path)
+    assert sidecar(path).is_file()
+    obs = np.random.default_rng(0).random((50, env.observation_space.shape[0])).astype(np.float32)
+    expected, _ = model.predict(env.normalize_obs(obs), deterministic=True)
+
+    with pytest.raises(ValueError, match="trust=True"):
+        load_agent("tiny")
+    record(path, "test", {})
+    record(sidecar(path), "test", {})
+    policy = load_agent("tiny")
+    assert isinstance(policy, SB3Policy) and policy.normalizer is not None
+    assert np.array_equal(policy.predict(obs)[0], expected)
+    first = evaluate(policy, SYNTH, n_requests=256, seed=1)
+    assert first == evaluate(load_agent("tiny"), SYNTH, n_requests=256, seed=1)
+
+
+def test_untrusted_or_damaged_agents_are_refused(tmp_path, checkpoints):
+    model = PPO("MlpPolicy", make_sb3_env(SYNTH, 2, seed=0), n_steps=32, batch_size=32,
+                device="cpu")
+    path = tmp_path / "elsewhere.zip"
+    save_model(model, path)
+    with pytest.raises(ValueError, match="not listed"):
+        load_agent(str(path))
+    assert load_agent(str(path), trust=True).predict(np.zeros((1, 14), np.float32))[0].shape == (1,)
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError, match="truncated, corrupt"):
+        load_agent(str(truncated), trust=True)
+    listed = checkpoints / "agents" / "swapped.zip"
+    save_model(model, listed)
+    record(listed, "test", {})
+    listed.write_bytes(path.read_bytes() + b"x")
+    with pytest.raises(ValueError, match="sha256"):
+        load_agent("swapped")
+    with pytest.raises(ValueError, match="not found"):
+        load_agent("missing")
+
+
+def test_dqn_checkpoint_restores_replay_buffer(tmp_path):
+    env = make_sb3_env(SYNTH, 2, seed=0)
+    model = DQN("MlpPolicy", env, learning_starts=10, buffer_size=500, seed=0, device="cpu")
+    callback = AtomicCheckpointCallback(10_000, tmp_path)
+    model.learn(300, callback=callback)
+    callback.save_now()
+    steps, path = latest_checkpoint(tmp_path)
+    assert steps == model.num_timesteps
+    fresh = DQN.load(path, env=env, device="cpu")
+    assert load_replay_buffer(fresh, path)
+    assert fresh.replay_buffer.pos == model.replay_buffer.pos
+    assert np.array_equal(fresh.replay_buffer.observations, model.replay_buffer.observations)
+    assert not list(tmp_path.glob("*.tmp"))
+    json.dumps(evaluate(SB3Policy(fresh), SYNTH, n_requests=64, seed=0))  # JSON-friendly
+
+
+def test_maskable_ppo_uses_masks():
+    from sb3_contrib import MaskablePPO
+
+    env = make_sb3_env(SYNTH, 4, seed=0)
+    model = MaskablePPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=1, device="cpu")
+    model.learn(256)
+    m = evaluate(model, SYNTH, n_requests=128, seed=0)
+    assert np.isclose(sum(m["exit_fractions"]), 1.0)
+
+
+def test_request_episodes_end_at_every_request():
+    env = SB3VecEnv(DistrEEVecEnv(4, SYNTH), request_episodes=True)
+    env.seed(0)
+    env.reset()
+    rng = np.random.default_rng(0)
+    steps_in_request, returns, requests, episodes = np.zeros(4, int), np.zeros(4), 0, 0
+    for _ in range(400):
+        last = ~env.venv.action_masks()[:, 0]
+        actions = rng.integers(0, 2, 4)
+        _, rewards, dones, infos = env.step(actions)
+        steps_in_request += 1
+        returns += rewards
+        assert np.array_equal(dones, (actions == 1) | last)
+        assert (steps_in_request <= env.venv.num_exits).all()
+        requests += int(dones.sum())
+        episodes += sum("distree" in infos[i] for i in np.flatnonzero(dones))
+        steps_in_request[dones], returns[dones] = 0, 0.0
+    assert episodes >= 1 and requests >= 32 * episodes
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "qrdqn", "maskable_ppo"])
+def test_every_algorithm_has_hyperparams_and_a_class(algo):
+    from agents.hyperparams import load_hyperparams
+    from agents.training import algo_class
+
+    hp = load_hyperparams(algo)
+    assert hp.n_envs >= 1 and hp.algo_kwargs["gamma"] == 1.0
+    assert algo_class(algo).__name__.lower().replace("maskableppo", "maskable_ppo") == algo
+
+
+def test_bare_model_with_vecnormalize_is_evaluated_with_its_statistics():
+    env = VecNormalize(make_sb3_env(SYNTH, 4, seed=0), norm_reward=False)
+    model = PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    model.learn(256)
+    policy = as_policy(model)
+    obs = np.random.default_rng(1).random((20, env.observation_space.shape[0]))
+    expected, _ = model.predict(env.normalize_obs(obs.astype(np.float32)), deterministic=True)
+    assert np.array_equal(policy.predict(obs)[0], expected)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "qrdqn", "maskable_ppo"])
+def test_load_agent_never_unpickles_and_infers_the_algorithm(tmp_path, algo, monkeypatch):
+    import stable_baselines3.common.save_util as save_util
+
+    from agents.loading import infer_algo
+    from agents.training import algo_class
+
+    model = algo_class(algo)("MlpPolicy", make_sb3_env(SYNTH, 2, seed=0), seed=0, device="cpu")
+    path = tmp_path / f"{algo}.zip"
+    save_model(model, path)
+    assert infer_algo(path) == algo
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("cloudpickle.loads called")
+
+    monkeypatch.setattr(save_util.cloudpickle, "loads", refuse)
+    policy = load_agent(str(path), trust=True)
+    obs = np.random.default_rng(0).random((32, 14)).astype(np.float32)
+    masks = np.ones((32, 2), dtype=bool)
+    kwargs = {"action_masks": masks} if algo == "maskable_ppo" else {}
+    expected, _ = model.predict(obs, deterministic=True, **kwargs)
+    assert np.array_equal(policy.predict(obs, **kwargs)[0], expected)

@@ -1,0 +1,119 @@
+"""experiments.train_agent: clean CLI errors, resume after SIGKILL, shipping to the manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from experiments import train_agent  # noqa: E402
+from tests.agents import SYNTH  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_PPO = """DistrEE-v0:
+  n_envs: 4
+  policy: 'MlpPolicy'
+  n_steps: 64
+  batch_size: 64
+  n_epochs: 1
+  policy_kwargs: "dict(net_arch=[16])"
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.yml"
+    path.write_text(TINY_PPO)
+    (tmp_path / "synthetic.json").write_text(json.dumps(SYNTH))
+    return path
+
+
+def _common(tmp_path, tiny) -> list[str]:
+    """Tiny settings on the synthetic trace (a later ``--config`` wins)."""
+    return ["--runs-dir", str(tmp_path / "runs"), "--hyperparams", str(tiny), "--progress",
+            "false", "--eval-episodes", "4", "--config", str(tmp_path / "synthetic.json")]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--algo", "sac"], "--algo"),
+        (["--timesteps", "-5"], "--timesteps"),
+        (["--timesteps", "ten"], "--timesteps"),
+        (["--n-envs", "-1"], "--n-envs"),
+        (["--config", "/nonexistent.json"], "--config"),
+        (["--save-to", "agent.pt"], "--save-to"),
+        (["--run-name", "a/b"], "--run-name"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train_agent.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert needle in err[-1] and "Traceback" not in "\n".join(err)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [("{not json", "cannot parse"), ('{"deadline_ms": -1}', "deadline_ms"),
+     ('{"colour": 1}', "colour"), ("[1, 2]", "mapping")],
+)
+def test_bad_config_file_exits_2(tmp_path, tiny, content, needle, capsys):
+    cfg = tmp_path / "env.json"
+    cfg.write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        train_agent.main([*_common(tmp_path, tiny), "--config", str(cfg)])
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_yaml_config_and_ship_to_manifest(tmp_path, tiny, checkpoints):
+    cfg = tmp_path / "env.yml"
+    cfg.write_text("trace: synthetic\nrequests_per_episode: 8\nreward:\n  latency_weight: 0.2\n")
+    dest = checkpoints / "agents" / "tiny.zip"
+    result = train_agent.main([*_common(tmp_path, tiny), "--config", str(cfg), "--timesteps",
+                               "512", "--eval-freq", "256", "--save-to", str(dest),
+                               "--eval-seeds", "2", "--eval-requests", "64"])
+    assert result["manifest"] and dest.is_file()
+    manifest = json.loads((checkpoints / "MANIFEST.json").read_text())
+    entry = manifest["files"]["agents/tiny.zip"]
+    assert entry["metrics"]["seeds"] == 2 and "mean" in entry["metrics"]["mean_reward"]
+    args = json.loads((Path(result["run_dir"]) / "args.json").read_text())
+    assert args["env_config"]["requests_per_episode"] == 8
+
+
+def test_resume_after_sigkill(tmp_path, tiny):
+    argv = [sys.executable, "-m", "experiments.train_agent", "--timesteps", "12000",
+            "--checkpoint-freq", "1024", "--eval-freq", "0", "--run-name", "killed",
+            *_common(tmp_path, tiny)]
+    ckpts = tmp_path / "runs" / "killed" / "checkpoints"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 300  # generous: a loaded 2-core machine imports torch slowly
+    while not list(ckpts.glob("ckpt_*.zip")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it was killed"
+    assert list(ckpts.glob("ckpt_*.zip")), "no checkpoint before the kill"
+    # the same command again: refuses to overwrite; with --resume it continues and finishes
+    again = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    resumed = subprocess.run([*argv, "--resume"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    result = json.loads(resumed.stdout[resumed.stdout.index("{"):])
+    assert result["timesteps"] >= 12000
+    assert (tmp_path / "runs" / "killed" / "final_model.zip").is_file()
+    finished = train_agent.main([*argv[3:], "--resume"])  # nothing left to do: still fine
+    assert finished["timesteps"] == result["timesteps"]

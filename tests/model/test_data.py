@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from distree_env.model.data import load_cifar10
+from tests.model.conftest import (
+    N_TEST,
+    N_TRAIN,
+    tiny_arrays,
+    write_archive,
+    write_binary_batches,
+    write_image_folder,
+    write_python_batches,
+)
+
+WRITERS = {
+    "archive": lambda tmp, a: write_archive(tmp, a),
+    "folder": lambda tmp, a: write_image_folder(tmp / "tree", a),
+    "batches-py": lambda tmp, a: write_python_batches(tmp / "cifar-10-batches-py", a),
+    "batches-bin": lambda tmp, a: write_binary_batches(tmp / "cifar-10-batches-bin", a),
+}
+
+
+def _sorted_pairs(images: np.ndarray, labels: np.ndarray) -> list[tuple[int, bytes]]:
+    return sorted((int(y), x.tobytes()) for x, y in zip(images, labels, strict=False))
+
+
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_every_format_loads_the_same_pixels(fmt, tmp_path):
+    arrays = tiny_arrays()
+    source = WRITERS[fmt](tmp_path, arrays)
+    test = load_cifar10(source, "test")
+    assert test.images.shape == (N_TEST, 32, 32, 3) and test.images.dtype == np.uint8
+    assert _sorted_pairs(test.images, test.labels) == _sorted_pairs(*arrays["test"])
+    train = load_cifar10(source, "train", val_size=8)
+    val = load_cifar10(source, "val", val_size=8)
+    assert len(train) == N_TRAIN - 8 and len(val) == 8
+    together = (
+        np.concatenate([train.images, val.images]),
+        np.concatenate([train.labels, val.labels]),
+    )
+    assert _sorted_pairs(*together) == _sorted_pairs(*arrays["train"])
+
+
+def test_validation_split_is_fixed_and_disjoint(tiny_cifar):
+    source, _ = tiny_cifar
+    a = load_cifar10(source, "val", val_size=8)
+    b = load_cifar10(source, "val", val_size=8)  # second call comes from the cache
+    train = load_cifar10(source, "train", val_size=8)
+    assert np.array_equal(a.images, b.images)
+    train_rows = {x.tobytes() for x in train.images}
+    assert not any(x.tobytes() in train_rows for x in a.images)
+
+
+def test_decoded_arrays_are_cached_outside_the_repo(tiny_cifar, tmp_path):
+    load_cifar10(tiny_cifar[0], "test")
+    assert list((tmp_path / "cache").glob("cifar10-*.npz"))
+
+
+def test_malicious_batch_pickle_is_refused(tmp_path):
+    root = write_python_batches(tmp_path / "cifar-10-batches-py", tiny_arrays())
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": []}, f)
+    with pytest.raises(ValueError, match="refusing to load"):
+        load_cifar10(root, "test")
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [("missing.tar.gz", "does not exist"), ("empty_dir", "not recognised")],
+)
+def test_bad_sources_are_named(tmp_path, source, message):
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(ValueError, match=message):
+        load_cifar10(tmp_path / source, "test")
+
+
+def test_bad_split_and_val_size(tiny_cifar):
+    with pytest.raises(ValueError, match="split='dev'"):
+        load_cifar10(tiny_cifar[0], "dev")
+    with pytest.raises(ValueError, match="val_size=0"):
+        load_cifar10(tiny_cifar[0], "val", val_size=0)
+
+
+def test_truncated_binary_batch_is_refused(tmp_path):
+    root = write_binary_batches(tmp_path / "cifar-10-batches-bin", tiny_arrays())
+    (root / "test_batch.bin").write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match="3073"):
+        load_cifar10(root, "test")

@@ -1,0 +1,99 @@
+"""Hypothesis fuzzing: random valid configs and random actions never raise, never produce NaN,
+and keep every observation inside the observation space."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from distree_env import DistrEEEnv, DistrEEVecEnv, EnvConfig
+
+share = st.floats(min_value=0.01, max_value=1.0, allow_nan=False)
+
+
+@st.composite
+def process(draw):
+    kind = draw(st.sampled_from(["constant", "iid", "markov"]))
+    if kind == "constant":
+        return {"kind": kind, "value": draw(share)}
+    if kind == "iid":
+        a, b = sorted((draw(share), draw(share)))
+        return {"kind": kind, "low": a, "high": b}
+    s = draw(st.integers(2, 4))
+    levels = [draw(share) for _ in range(s)]
+    rows = []
+    for _ in range(s):
+        w = np.array([draw(st.floats(0.0, 1.0)) for _ in range(s)]) + 1e-3
+        row = (w / w.sum()).tolist()
+        row[-1] = 1.0 - sum(row[:-1])
+        rows.append([max(0.0, x) for x in row])
+    for row in rows:  # re-normalise exactly after clipping
+        total = sum(row)
+        row[:] = [x / total for x in row]
+    return {"kind": kind, "levels": levels, "transition": rows}
+
+
+@st.composite
+def configs(draw):
+    topology = draw(st.sampled_from(["parallel", "pipeline"]))
+    exits = draw(st.integers(1, 5))
+    devices = exits if topology == "pipeline" else draw(st.integers(1, 5))
+    trace = (
+        f"synthetic:n=200,exits={exits},devices={devices},topology={topology},"
+        f"classes={draw(st.integers(2, 12))},seed={draw(st.integers(0, 3))}"
+    )
+    profiles = st.sampled_from(["raspberry-pi-4", "jetson-nano", "raspberry-pi-5"])
+    return EnvConfig.from_dict(
+        {
+            "trace": trace,
+            "requests_per_episode": draw(st.integers(1, 12)),
+            "deadline_ms": draw(st.floats(0.01, 1e4)),
+            "max_latency_ratio": draw(st.floats(1.0, 100.0)),
+            "cluster": {
+                "device_profile": draw(profiles),
+                "link_profile": draw(st.sampled_from(["wifi-4", "wifi-5", "ethernet-1g"])),
+                "compute": draw(process()),
+                "bandwidth": draw(process()),
+            },
+            "reward": {
+                "correct_bonus": draw(st.floats(0, 10)),
+                "wrong_penalty": draw(st.floats(0, 10)),
+                "latency_weight": draw(st.floats(0, 10)),
+                "deadline_penalty": draw(st.floats(0, 10)),
+            },
+        }
+    )
+
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(cfg=configs(), seed=st.integers(0, 2**31 - 1))
+def test_single_env_fuzz(cfg, seed):
+    env = DistrEEEnv(cfg)
+    rng = np.random.default_rng(seed)
+    obs, _ = env.reset(seed=seed)
+    for _ in range(100):
+        assert env.observation_space.contains(obs) and np.isfinite(obs).all()
+        obs, reward, term, trunc, info = env.step(int(rng.integers(2)))
+        assert np.isfinite(reward)
+        if term:
+            assert 0.0 <= info["accuracy"] <= 1.0 and np.isfinite(info["latency_p95_ms"])
+            obs, _ = env.reset()
+
+
+@FUZZ
+@given(cfg=configs(), seed=st.integers(0, 2**31 - 1), n=st.integers(1, 9))
+def test_vector_env_fuzz(cfg, seed, n):
+    venv = DistrEEVecEnv(n, cfg)
+    rng = np.random.default_rng(seed)
+    obs, _ = venv.reset(seed=seed)
+    for _ in range(40):
+        assert venv.observation_space.contains(obs) and np.isfinite(obs).all()
+        obs, reward, term, trunc, info = venv.step(rng.integers(0, 2, n))
+        assert np.isfinite(reward).all()
+        if "final_obs" in info:
+            for o in info["final_obs"][info["_final_obs"]]:
+                assert venv.single_observation_space.contains(o)

@@ -1,0 +1,28 @@
+"""Smoke tests of the environment-side scripts: the demo (``make demo``) and the speed benchmark."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments import bench_env, demo
+
+
+def test_demo_prints_a_table(capsys):
+    assert demo.main(["--episodes", "4", "--scenario", "stable"]) == 0
+    out = capsys.readouterr().out
+    for rule in demo.RULES:
+        assert rule in out
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--episodes", "0"])
+    assert exc.value.code == 2
+
+
+def test_bench_env_runs(capsys, tmp_path):
+    out_json = tmp_path / "bench.json"
+    assert bench_env.main(["--seconds", "0.02", "--rounds", "1", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "vector x1024" in out and "| single" in out
+    assert out_json.is_file()
+    with pytest.raises(SystemExit) as exc:
+        bench_env.main(["--seconds", "-1"])
+    assert exc.value.code == 2
