@@ -59,8 +59,12 @@ def _parse_dict(text: Any, where: str) -> dict[str, Any]:
         tree = ast.parse(text.strip(), mode="eval").body
     except SyntaxError as exc:
         raise ValueError(f"{where}: {text!r} is not a dict(...) expression ({exc.msg})") from None
-    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name)
-            and tree.func.id == "dict" and not tree.args):
+    if not (
+        isinstance(tree, ast.Call)
+        and isinstance(tree.func, ast.Name)
+        and tree.func.id == "dict"
+        and not tree.args
+    ):
         raise ValueError(f"{where}: expected dict(key=value, ...), got {text!r}")
     return {kw.arg: _literal(kw.value, f"{where}.{kw.arg}") for kw in tree.keywords}
 

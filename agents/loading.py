@@ -68,9 +68,18 @@ def _policy_kwargs(entry: dict, path: Path) -> dict[str, Any]:
     """Rebuild a pickled ``policy_kwargs`` from its JSON fields; classes from a short allow-list."""
     import torch  # noqa: PLC0415
 
-    allowed = (torch.nn.ReLU, torch.nn.Tanh, torch.nn.ELU, torch.nn.LeakyReLU, torch.nn.SiLU,
-               torch.nn.GELU, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop,
-               torch.optim.SGD)
+    allowed = (
+        torch.nn.ReLU,
+        torch.nn.Tanh,
+        torch.nn.ELU,
+        torch.nn.LeakyReLU,
+        torch.nn.SiLU,
+        torch.nn.GELU,
+        torch.optim.Adam,
+        torch.optim.AdamW,
+        torch.optim.RMSprop,
+        torch.optim.SGD,
+    )
     by_repr = {f"<class '{c.__module__}.{c.__qualname__}'>": c for c in allowed}
     kwargs = {}
     for key, value in entry.items():
@@ -78,8 +87,10 @@ def _policy_kwargs(entry: dict, path: Path) -> dict[str, Any]:
             continue
         if isinstance(value, str):
             if value not in by_repr:
-                raise ValueError(f"agent {str(path)!r}: policy_kwargs.{key}={value!r} is not an "
-                                 "allowed class (it could only be restored by unpickling)")
+                raise ValueError(
+                    f"agent {str(path)!r}: policy_kwargs.{key}={value!r} is not an "
+                    "allowed class (it could only be restored by unpickling)"
+                )
             value = by_repr[value]
         kwargs[key] = value
     return kwargs
@@ -92,8 +103,10 @@ def _pickle_free(data: dict, cls: type, path: Path) -> dict[str, Any]:
 
     obs, act = data.get("observation_space", {}), data.get("action_space", {})
     if "Box" not in str(obs.get(":type:")) or "Discrete" not in str(act.get(":type:")):
-        raise ValueError(f"agent {str(path)!r}: not a DistrEE agent (needs Box observations and "
-                         f"Discrete actions, got {obs.get(':type:')} / {act.get(':type:')})")
+        raise ValueError(
+            f"agent {str(path)!r}: not a DistrEE agent (needs Box observations and "
+            f"Discrete actions, got {obs.get(':type:')} / {act.get(':type:')})"
+        )
     try:
         raw = obs["_shape"]
         shape = tuple(int(x) for x in (json.loads(raw) if isinstance(raw, str) else raw))
@@ -128,8 +141,10 @@ def load_agent(
     path = agent_path(name_or_path)
     if not path.is_file():
         shipped = sorted(p.stem for p in (checkpoints_dir() / "agents").glob("*.zip"))
-        raise ValueError(f"agent {os.fspath(name_or_path)!r}: file {str(path)!r} not found "
-                         f"(shipped agents: {shipped or 'none'})")
+        raise ValueError(
+            f"agent {os.fspath(name_or_path)!r}: file {str(path)!r} not found "
+            f"(shipped agents: {shipped or 'none'})"
+        )
     listed = verify(path)
     if not listed and not trust:
         raise ValueError(

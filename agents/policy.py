@@ -28,8 +28,19 @@ __all__ = [
     "sidecar",
 ]
 
-_NORM_KEYS = ("obs_mean", "obs_var", "obs_count", "ret_mean", "ret_var", "ret_count",
-              "clip_obs", "clip_reward", "epsilon", "gamma", "norm_obs")
+_NORM_KEYS = (
+    "obs_mean",
+    "obs_var",
+    "obs_count",
+    "ret_mean",
+    "ret_var",
+    "ret_count",
+    "clip_obs",
+    "clip_reward",
+    "epsilon",
+    "gamma",
+    "norm_obs",
+)
 
 
 @dataclass(frozen=True)
@@ -150,8 +161,9 @@ def as_policy(obj: Any) -> Any:
         if norm is None or not norm.norm_obs:
             return SB3Policy(obj)
         rms = norm.obs_rms
-        return SB3Policy(obj, ObsNormalizer(rms.mean.copy(), rms.var.copy(), norm.clip_obs,
-                                            norm.epsilon))
+        return SB3Policy(
+            obj, ObsNormalizer(rms.mean.copy(), rms.var.copy(), norm.clip_obs, norm.epsilon)
+        )
     if not callable(getattr(obj, "predict", None)):
         raise ValueError(f"{obj!r} is not a policy: it has no predict(obs, ...) method")
     return obj

@@ -191,4 +191,3 @@ class Oracle(RulePolicy):
         if self.env is None:
             raise ValueError("Oracle: call bind(env) with the DistrEEVecEnv it acts in first")
         return np.asarray(self.env.oracle_actions()) == EXIT
-

@@ -62,10 +62,7 @@ class SB3VecEnv(VecEnv):
         episode_done = terminated | truncated
         dones = request_done if self.request_episodes else episode_done
         out: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-        if not dones.any():
-            return obs, rewards.astype(np.float32), dones, out
-        for i in np.flatnonzero(dones).tolist():
-            out[i] = {"terminal_observation": obs[i], "TimeLimit.truncated": False}
+        # A request end is a true termination (nothing to bootstrap), so its info stays empty.
         if episode_done.any():
             final_obs, final_info = infos["final_obs"], infos["final_info"]
             keys = [key for key in final_info if not key.startswith("_")]
@@ -84,8 +81,10 @@ class SB3VecEnv(VecEnv):
         return len(list(self._get_indices(indices)))
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        value = getattr(self, attr_name) if attr_name == "render_mode" else getattr(
-            self.venv, attr_name
+        value = (
+            getattr(self, attr_name)
+            if attr_name == "render_mode"
+            else getattr(self.venv, attr_name)
         )
         return [value] * self._count(indices)
 

@@ -79,8 +79,9 @@ def load_replay_buffer(model: Any, zip_path: Path) -> bool:
                 if key in data.files:
                     value = data[key]
                     if value.shape != getattr(buf, key).shape:
-                        raise ValueError(f"{key} has shape {value.shape}, "
-                                         f"expected {getattr(buf, key).shape}")
+                        raise ValueError(
+                            f"{key} has shape {value.shape}, expected {getattr(buf, key).shape}"
+                        )
                     setattr(buf, key, value)
             buf.pos, buf.full = int(data["pos"]), bool(data["full"])
     except (OSError, KeyError, EOFError) as exc:

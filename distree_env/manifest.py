@@ -55,22 +55,38 @@ def manifest_entry(path: str | os.PathLike, root: Path | None = None) -> dict | 
     return read_manifest(root)["files"].get(rel)
 
 
-def verify(path: str | os.PathLike, root: Path | None = None, required: bool = False) -> bool:
-    """Check ``path`` against its manifest sha256; True if listed and matching.
+_VERIFIED: dict[tuple[str, int, int], str] = {}
 
-    Raises ValueError if listed with another digest, or if ``required`` and not listed.
+
+def verify(path: str | os.PathLike, root: Path | None = None, required: bool = False) -> bool:
+    """Check ``path`` against its manifest entry (size, then sha256); True if listed and matching.
+
+    Raises ValueError naming the file if it is listed with another size or digest, or if
+    ``required`` and it is not listed. A file is hashed once per (path, mtime, size).
     """
-    entry = manifest_entry(path, root)
+    p = Path(path).resolve()
+    entry = manifest_entry(p, root)
     if entry is None:
         if required:
             raise ValueError(f"{str(path)!r} is not listed in checkpoints/MANIFEST.json")
         return False
-    digest = sha256_of(path)
+    stat = p.stat()
+    key = (str(p), stat.st_mtime_ns, stat.st_size)
+    if _VERIFIED.get(key) == entry.get("sha256"):
+        return True
+    size = entry.get("bytes")
+    if size is not None and int(size) != stat.st_size:
+        raise ValueError(
+            f"{str(path)!r} is {stat.st_size} bytes but checkpoints/MANIFEST.json records {size}; "
+            "the file is truncated or was replaced"
+        )
+    digest = sha256_of(p)
     if digest != entry.get("sha256"):
         raise ValueError(
             f"{str(path)!r} has sha256 {digest[:12]}..., but checkpoints/MANIFEST.json records "
             f"{str(entry.get('sha256'))[:12]}...; the file is damaged or was replaced"
         )
+    _VERIFIED[key] = digest
     return True
 
 

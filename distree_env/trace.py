@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from distree_env.fileio import atomic_write, checkpoints_dir, verify_manifest
+from distree_env.io import atomic_open
+from distree_env.manifest import checkpoints_dir, verify
 
 __all__ = [
     "SHIPPED_TRACES",
@@ -223,7 +224,7 @@ class ExitTrace:
             "metadata": np.array(json.dumps(self.metadata, sort_keys=True), dtype=np.str_),
             "input_bytes": np.array(float(self.input_bytes), dtype=np.float64),
         }
-        with atomic_write(path, "wb") as handle:
+        with atomic_open(path, "wb") as handle:
             np.savez_compressed(handle, **payload)
 
     @classmethod
@@ -503,7 +504,7 @@ def resolve_trace(name_or_path: str | os.PathLike[str]) -> ExitTrace:
         cached = _CACHE.get(key)
     if cached is not None:
         return cached
-    verify_manifest(path)
+    verify(path)
     trace = ExitTrace.load(path)
     with _CACHE_LOCK:
         _CACHE[key] = trace

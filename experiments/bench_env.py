@@ -24,7 +24,7 @@ import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv, CartPoleVectorEnv
 
 from distree_env import DistrEEEnv, DistrEEVecEnv
-from distree_env.fileio import atomic_write
+from distree_env.io import atomic_open
 
 VECTOR_SIZES = (1, 64, 1024)
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         update_block("bench-env", table)
     if args.json is not None:
         payload = {"results": results, "load_average": load, "python": sys.version}
-        with atomic_write(args.json, "w") as handle:
+        with atomic_open(args.json, "w") as handle:
             json.dump(payload, handle, indent=2)
     return 0
 

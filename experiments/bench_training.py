@@ -80,8 +80,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     env = VecMonitor(TimedAdapter(SB3VecEnv(TimedSimulator(n_envs), request_episodes=True)))
     env.seed(args.seed)
-    model = algo_class(args.algo)(hp.policy, env, seed=args.seed, device="cpu",
-                                  policy_kwargs=hp.policy_kwargs or None, **hp.algo_kwargs)
+    model = algo_class(args.algo)(
+        hp.policy,
+        env,
+        seed=args.seed,
+        device="cpu",
+        policy_kwargs=hp.policy_kwargs or None,
+        **hp.algo_kwargs,
+    )
     start = time.perf_counter()
     model.learn(args.timesteps)
     wall = time.perf_counter() - start
@@ -95,9 +101,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "env_plus_adapter_share": TimedAdapter.seconds / wall,
         "wall_s": wall,
     }
-    line = (f"{args.algo}: {result['steps_per_s']:.0f} env steps/s with {n_envs} envs, "
-            f"{args.threads} torch thread(s); environment {100 * result['env_share']:.1f}% of "
-            f"training time ({100 * result['env_plus_adapter_share']:.1f}% with the SB3 adapter)")
+    line = (
+        f"{args.algo}: {result['steps_per_s']:.0f} env steps/s with {n_envs} envs, "
+        f"{args.threads} torch thread(s); environment {100 * result['env_share']:.1f}% of "
+        f"training time ({100 * result['env_plus_adapter_share']:.1f}% with the SB3 adapter)"
+    )
     print(line)
     print(json.dumps(result))
     if args.readme:

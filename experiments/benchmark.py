@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from distree_env.config import SCENARIOS, EnvConfig
-from distree_env.fileio import checkpoints_dir
+from distree_env.manifest import checkpoints_dir
 from distree_env.trace import resolve_trace
 from experiments.benchmarking import plots, report
 from experiments.benchmarking.analysis import TOLERANCE, headline, summarize
@@ -41,47 +41,83 @@ from experiments.cli import fail, parse_args
 #: running every stage.
 PAPER_COMPUTE_SAVING = 0.276
 #: (seeds, requests per evaluation, thresholds per rule) of --quick and of the full run.
-QUICK = (3, 8192, 12)
-FULL = (5, 10000, 24)
+QUICK = (3, 8192, 16)
+FULL = (5, 10000, 32)
 REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
 class BenchmarkArgs:
-    """Benchmark learned exit policies against the rules on the test trace (see module doc)."""
+    """Benchmark learned exit policies against the rules on the test trace, per resource
+    scenario: CSV, Markdown table, headline figures and plots under --out."""
 
-    quick: bool = field(default=False, metadata={
-        "help": f"fewer seeds, requests and thresholds {QUICK} instead of {FULL}: < 5 min"})
-    scenarios: tuple[str, ...] = field(default=SCENARIOS, metadata={
-        "help": "resource scenarios", "choices": SCENARIOS})
-    seeds: int | None = field(default=None, metadata={
-        "help": "evaluation seeds 0..N-1 (default: 3 with --quick, else 5)"})
-    requests: int | None = field(default=None, metadata={
-        "help": "requests per evaluation (default: 8192 with --quick, else 10000)"})
-    thresholds: int | None = field(default=None, metadata={
-        "help": "thresholds per rule (default: 12 with --quick, else 24)"})
-    trace: str = field(default="cifar10-test", metadata={
-        "help": "test trace: a shipped name, 'synthetic...' or an .npz path"})
-    val_trace: str = field(default="auto", metadata={
-        "help": "trace to choose operating points and threshold grids on: 'auto' (the test "
-                "trace's val counterpart), 'none' (choose on test) or a trace"})
-    agents: tuple[str, ...] = field(default=("auto",), metadata={
-        "help": "learned agents: 'auto' (every agent in checkpoints/agents), 'none', or names "
-                "and paths (a file named ALGO_lwW.zip is taken as trained at latency weight W)"})
-    trust: bool = field(default=False, metadata={
-        "help": "load agent archives not listed in checkpoints/MANIFEST.json (they can run code)"})
+    quick: bool = field(
+        default=False,
+        metadata={
+            "help": f"fewer seeds, requests and thresholds {QUICK} instead of {FULL}: < 5 min"
+        },
+    )
+    scenarios: tuple[str, ...] = field(
+        default=SCENARIOS, metadata={"help": "resource scenarios", "choices": SCENARIOS}
+    )
+    seeds: int | None = field(
+        default=None,
+        metadata={
+            "help": f"evaluation seeds 0..N-1 (unset: {QUICK[0]} with --quick, else {FULL[0]})"
+        },
+    )
+    requests: int | None = field(
+        default=None,
+        metadata={
+            "help": f"requests per evaluation (unset: {QUICK[1]} with --quick, else {FULL[1]})"
+        },
+    )
+    thresholds: int | None = field(
+        default=None,
+        metadata={"help": f"thresholds per rule (unset: {QUICK[2]} with --quick, else {FULL[2]})"},
+    )
+    trace: str = field(
+        default="cifar10-test",
+        metadata={"help": "test trace: a shipped name, 'synthetic...' or an .npz path"},
+    )
+    val_trace: str = field(
+        default="auto",
+        metadata={
+            "help": "trace to choose operating points and threshold grids on: 'auto' (the test "
+            "trace's val counterpart), 'none' (choose on test) or a trace"
+        },
+    )
+    agents: tuple[str, ...] = field(
+        default=("auto",),
+        metadata={
+            "help": "learned agents: 'auto' (every agent in checkpoints/agents), 'none', or names "
+            "and paths (a file named ALGO_lwW.zip is taken as trained at latency weight W)"
+        },
+    )
+    trust: bool = field(
+        default=False,
+        metadata={
+            "help": "load agent archives not listed in checkpoints/MANIFEST.json"
+        },
+    )
     out: str = field(default="results", metadata={"help": "output folder"})
-    update_readme: bool = field(default=False, metadata={
-        "help": "replace README.md's benchmark block with the table and the main plot"})
-    readme: str = field(default=str(REPO / "README.md"), metadata={
-        "help": "README to update with --update-readme"})
+    update_readme: bool = field(
+        default=False,
+        metadata={"help": "replace README.md's benchmark block with the table and the main plot"},
+    )
+    readme: str = field(
+        default=str(REPO / "README.md"), metadata={"help": "README to update with --update-readme"}
+    )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
         if not self.scenarios or len(set(self.scenarios)) != len(self.scenarios):
             raise ValueError(f"--scenarios {' '.join(self.scenarios)}: give each scenario once")
-        for name, value, high in (("seeds", self.seeds, 1000), ("requests", self.requests, 10**7),
-                                  ("thresholds", self.thresholds, 1000)):
+        for name, value, high in (
+            ("seeds", self.seeds, 1000),
+            ("requests", self.requests, 10**7),
+            ("thresholds", self.thresholds, 1000),
+        ):
             low = 2 if name == "thresholds" else 1
             if value is not None and not low <= value <= high:
                 raise ValueError(f"--{name} {value}: must be an integer in [{low}, {high}]")
@@ -111,8 +147,9 @@ def val_counterpart(trace: str) -> str | None:
     return None
 
 
-def _policies(args: BenchmarkArgs, grid_trace: Any, thresholds: int, obs_dim: int,
-              default_lw: float) -> tuple[list[PolicySpec], list[str]]:
+def _policies(
+    args: BenchmarkArgs, grid_trace: Any, thresholds: int, obs_dim: int, default_lw: float
+) -> tuple[list[PolicySpec], list[str]]:
     """Rule sweeps, baselines and learned agents; notes on agents that were skipped."""
     from agents import load_agent
 
@@ -137,8 +174,10 @@ def _policies(args: BenchmarkArgs, grid_trace: Any, thresholds: int, obs_dim: in
         _one_thread()
         space = getattr(getattr(policy, "model", None), "observation_space", None)
         if space is not None and space.shape != (obs_dim,):
-            problem = (f"{spec.name} expects observations of shape {space.shape}, the trace "
-                       f"gives ({obs_dim},): it was trained for another network or cluster")
+            problem = (
+                f"{spec.name} expects observations of shape {space.shape}, the trace "
+                f"gives ({obs_dim},): it was trained for another network or cluster"
+            )
             if args.agents != ("auto",):
                 raise ValueError(problem)
             notes.append(f"skipped {problem}")
@@ -162,8 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         test_trace = resolve_trace(args.trace)
     except ValueError as exc:
         fail(f"--trace: {exc} (try --trace synthetic to run without the CIFAR-10 traces)")
-    val_name = val_counterpart(args.trace) if args.val_trace == "auto" else (
-        None if args.val_trace == "none" else args.val_trace)
+    val_name = (
+        val_counterpart(args.trace)
+        if args.val_trace == "auto"
+        else (None if args.val_trace == "none" else args.val_trace)
+    )
     try:
         grid_trace = resolve_trace(val_name) if val_name else test_trace
     except ValueError as exc:
@@ -173,16 +215,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from distree_env.vector_env import DistrEEVecEnv
 
         obs_dim = int(DistrEEVecEnv(1, base).single_observation_space.shape[0])
-        specs, notes = _policies(args, grid_trace, thresholds, obs_dim,
-                                 base.reward.latency_weight)
+        specs, notes = _policies(args, grid_trace, thresholds, obs_dim, base.reward.latency_weight)
     except ValueError as exc:
         fail(str(exc))
     try:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"--out {args.out}: cannot create the folder ({exc})")
-    plan = BenchmarkPlan(tuple(specs), args.scenarios, tuple(range(seeds)), requests, base,
-                         args.trace, val_name)
+    plan = BenchmarkPlan(
+        tuple(specs), args.scenarios, tuple(range(seeds)), requests, base, args.trace, val_name
+    )
     rows = _run(plan, args.progress)
     summary = summarize(rows)
     headlines = [headline(summary, s) for s in args.scenarios]
@@ -194,8 +236,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(plan: BenchmarkPlan, progress: bool) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
-    with tqdm(total=plan.tasks(), desc="benchmark", unit="eval", disable=not progress,
-              file=sys.stderr, mininterval=0.5) as bar:
+    with tqdm(
+        total=plan.tasks(),
+        desc="benchmark",
+        unit="eval",
+        disable=not progress,
+        file=sys.stderr,
+        mininterval=0.5,
+    ) as bar:
 
         def tick(label: str) -> None:
             bar.set_postfix_str(label, refresh=False)
@@ -206,17 +254,34 @@ def _run(plan: BenchmarkPlan, progress: bool) -> list[dict[str, Any]]:
 
 def _describe(plan: BenchmarkPlan, command: str) -> str:
     chosen = f"`{plan.val_trace}`" if plan.val_trace else "test (no val trace)"
-    return (f"Generated by `{command}`: trace `{plan.test_trace}`, operating points chosen on "
-            f"{chosen}, {len(plan.seeds)} seeds x {plan.n_requests} requests per point, deadline "
-            f"{plan.config.deadline_ms:g} ms; mean ± standard deviation over seeds.")
+    return (
+        f"Generated by `{command}`: trace `{plan.test_trace}`, operating points chosen on "
+        f"{chosen}, {len(plan.seeds)} seeds x {plan.n_requests} requests per point, deadline "
+        f"{plan.config.deadline_ms:g} ms; mean ± standard deviation over seeds."
+    )
 
 
-def _write(args: BenchmarkArgs, argv: list[str], plan: BenchmarkPlan, rows: list[dict],
-           summary: list[dict], headlines: list[dict], num_exits: int) -> dict[str, Path]:
+def _write(
+    args: BenchmarkArgs,
+    argv: list[str],
+    plan: BenchmarkPlan,
+    rows: list[dict],
+    summary: list[dict],
+    headlines: list[dict],
+    num_exits: int,
+) -> dict[str, Path]:
     out = Path(args.out)
-    paths = {name: out / name for name in ("benchmark_points.csv", "benchmark_summary.csv",
-                                           "benchmark.md", "benchmark.json", "pareto.png",
-                                           "exits.png")}
+    paths = {
+        name: out / name
+        for name in (
+            "benchmark_points.csv",
+            "benchmark_summary.csv",
+            "benchmark.md",
+            "benchmark.json",
+            "pareto.png",
+            "exits.png",
+        )
+    }
     command = shlex.join(["python", "-m", "experiments.benchmark", *argv])
     table = report.markdown_table(summary, args.scenarios)
     lines = report.headline_lines(headlines, PAPER_COMPUTE_SAVING)
@@ -225,12 +290,19 @@ def _write(args: BenchmarkArgs, argv: list[str], plan: BenchmarkPlan, rows: list
     report.write_csv(paths["benchmark_summary.csv"], summary)
     figures = "![Pareto curves](pareto.png)\n\n![Exit distribution](exits.png)\n"
     report.write_text(paths["benchmark.md"], f"# Benchmark\n\n{text}\n{figures}")
-    report.write_json(paths["benchmark.json"], {
-        "command": command, "trace": plan.test_trace, "val_trace": plan.val_trace,
-        "seeds": list(plan.seeds), "requests": plan.n_requests,
-        "deadline_ms": plan.config.deadline_ms, "paper_compute_saving": PAPER_COMPUTE_SAVING,
-        "headlines": headlines,
-    })
+    report.write_json(
+        paths["benchmark.json"],
+        {
+            "command": command,
+            "trace": plan.test_trace,
+            "val_trace": plan.val_trace,
+            "seeds": list(plan.seeds),
+            "requests": plan.n_requests,
+            "deadline_ms": plan.config.deadline_ms,
+            "paper_compute_saving": PAPER_COMPUTE_SAVING,
+            "headlines": headlines,
+        },
+    )
     title = f"{plan.test_trace}: accuracy vs latency and compute ({len(plan.seeds)} seeds)"
     pareto = plots.pareto_figure(summary, args.scenarios, PAPER_COMPUTE_SAVING, TOLERANCE, title)
     plots.save_png(pareto, paths["pareto.png"])
@@ -256,14 +328,21 @@ def _update_readme(readme: Path, pareto: Any, text: str) -> Path:
     return readme
 
 
-def _print(plan: BenchmarkPlan, summary: list[dict], headlines: list[dict], notes: list[str],
-           outputs: dict[str, Path]) -> None:
+def _print(
+    plan: BenchmarkPlan,
+    summary: list[dict],
+    headlines: list[dict],
+    notes: list[str],
+    outputs: dict[str, Path],
+) -> None:
     print(report.markdown_table(summary, plan.scenarios))
     print("\n".join(report.headline_lines(headlines, PAPER_COMPUTE_SAVING)))
     for note in notes:
         print(f"note: {note}")
-    print(f"\nresults: {outputs['benchmark.md']} (table), {outputs['benchmark_points.csv']} "
-          f"(every point), {outputs['benchmark.json']} (headline figures)")
+    print(
+        f"\nresults: {outputs['benchmark.md']} (table), {outputs['benchmark_points.csv']} "
+        f"(every point), {outputs['benchmark.json']} (headline figures)"
+    )
     print(f"plots: {outputs['pareto.png']}, {outputs['exits.png']}")
     if "readme" in outputs:
         print(f"README block updated: {outputs['readme']}")

@@ -45,6 +45,7 @@ class Args:
             raise ValueError(f"--max-accuracy-loss={self.max_accuracy_loss!r}: must be in [0, 1]")
 
 
+AGENT, ORACLE = "agent: ", "Oracle (upper bound)"
 COLUMNS = (
     ("mean_reward", "reward / request", 3),
     ("accuracy", "accuracy", 3),
@@ -59,8 +60,9 @@ def policies(args: Args, train_config: Any) -> list[tuple[str, Any]]:
     """(label, policy) rows: calibrated rules, loadable agents, the Oracle."""
     from agents import LastExit, Oracle, calibrate_all, load_agent
 
-    cal = calibrate_all(train_config, n_requests=args.calibration_requests,
-                        max_accuracy_loss=args.max_accuracy_loss)
+    cal = calibrate_all(
+        train_config, n_requests=args.calibration_requests, max_accuracy_loss=args.max_accuracy_loss
+    )
     rows: list[tuple[str, Any]] = [("LastExit", LastExit())]
     for name, c in cal.items():
         rows.append((f"{name}({c.best_reward_param:g}) [best reward]", c.policy("reward")))
@@ -68,27 +70,55 @@ def policies(args: Args, train_config: Any) -> list[tuple[str, Any]]:
             c.cheapest_param is not None
         ):
             loss = f"{100 * args.max_accuracy_loss:g}%"
-            rows.append((f"{name}({c.cheapest_param:g}) [cheapest, <= {loss} acc. loss]",
-                         c.policy("cheapest")))
+            rows.append(
+                (
+                    f"{name}({c.cheapest_param:g}) [cheapest, <= {loss} acc. loss]",
+                    c.policy("cheapest"),
+                )
+            )
     for agent in args.agents:
         try:
-            rows.append((f"agent: {agent}", load_agent(agent, trust=args.trust)))
+            rows.append((f"{AGENT}{agent}", load_agent(agent, trust=args.trust)))
         except ValueError as exc:
             print(f"skipping agent {agent!r}: {exc}")
-    rows.append(("Oracle (upper bound)", Oracle()))
+    rows.append((ORACLE, Oracle()))
     return rows
 
 
 def markdown(results: dict[str, dict[str, Any]], test_trace: str, seeds: int) -> str:
     head = "| policy | " + " | ".join(title for _, title, _ in COLUMNS) + " | exit fractions |"
-    lines = [f"Held-out trace `{test_trace}`, mean ± std over {seeds} seeds.", "", head,
-             "|" + "---|" * (len(COLUMNS) + 2)]
+    lines = [
+        f"Held-out trace `{test_trace}`, mean ± std over {seeds} seeds.",
+        "",
+        head,
+        "|" + "---|" * (len(COLUMNS) + 2),
+    ]
     for label, r in results.items():
-        cells = [f"{r[key]['mean']:.{digits}f} ± {r[key]['std']:.{digits}f}"
-                 for key, _, digits in COLUMNS]
+        cells = [
+            f"{r[key]['mean']:.{digits}f} ± {r[key]['std']:.{digits}f}"
+            for key, _, digits in COLUMNS
+        ]
         exits = " / ".join(f"{f:.2f}" for f in r["exit_fractions"])
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {exits} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *verdict(results)]) + "\n"
+
+
+def verdict(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Each agent against the best rule (paired over the same seeds) and the Oracle."""
+    oracle = results[ORACLE]["per_seed_reward"]
+    rules = {k: v for k, v in results.items() if not k.startswith(AGENT) and k != ORACLE}
+    best = max(rules, key=lambda k: results[k]["mean_reward"]["mean"])
+    lines = []
+    for label, r in results.items():
+        if label.startswith(AGENT):
+            diff = np.subtract(r["per_seed_reward"], rules[best]["per_seed_reward"])
+            gap = np.subtract(oracle, r["per_seed_reward"])
+            lines.append(
+                f"- {label[len(AGENT) :]}: reward {diff.mean():+.3f} per request against "
+                f"the best calibrated rule, {best} (per seed {diff.min():+.3f} to "
+                f"{diff.max():+.3f}); {gap.mean():.3f} below the Oracle."
+            )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -111,11 +141,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for label, policy in rows:
         runs = [evaluate(policy, test_config, args.n_requests, seed) for seed in range(args.seeds)]
         summary: dict[str, Any] = {
-            key: {"mean": float(np.mean([r[key] for r in runs])),
-                  "std": float(np.std([r[key] for r in runs]))}
+            key: {
+                "mean": float(np.mean([r[key] for r in runs])),
+                "std": float(np.std([r[key] for r in runs])),
+            }
             for key in METRICS
         }
         summary["exit_fractions"] = np.mean([r["exit_fractions"] for r in runs], axis=0).tolist()
+        summary["per_seed_reward"] = [r["mean_reward"] for r in runs]
         results[label] = summary
     table = markdown(results, test_config.trace, args.seeds)
     print(table)

@@ -161,12 +161,14 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
     found = latest_checkpoint(ckpt_dir) if args.resume else None
     done_steps = found[0] if found else 0
     env = make_sb3_env(config, n_envs, args.seed + done_steps, args.request_episodes)
-    eval_env = make_sb3_env(config, min(n_envs, args.eval_episodes), args.seed + 10_000,
-                            args.request_episodes)
+    eval_env = make_sb3_env(
+        config, min(n_envs, args.eval_episodes), args.seed + 10_000, args.request_episodes
+    )
     if hp.normalize is not None:
         env = VecNormalize(env, gamma=hp.algo_kwargs.get("gamma", 0.99), **hp.normalize)
-        eval_env = VecNormalize(eval_env, training=False, norm_reward=False,
-                                norm_obs=hp.normalize.get("norm_obs", True))
+        eval_env = VecNormalize(
+            eval_env, training=False, norm_reward=False, norm_obs=hp.normalize.get("norm_obs", True)
+        )
     if found:
         from agents.policy import load_vecnormalize, sidecar
 
@@ -176,8 +178,15 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
         load_replay_buffer(model, found[1])
         print(f"resuming {run_dir} from {found[1].name} ({done_steps} steps)")
     else:
-        model = cls(hp.policy, env, seed=args.seed, device="cpu", verbose=args.verbose,
-                    policy_kwargs=hp.policy_kwargs or None, **hp.algo_kwargs)
+        model = cls(
+            hp.policy,
+            env,
+            seed=args.seed,
+            device="cpu",
+            verbose=args.verbose,
+            policy_kwargs=hp.policy_kwargs or None,
+            **hp.algo_kwargs,
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "args.json", json.dumps(
         {"args": args.__dict__, "env_config": config.to_dict(), "n_envs": n_envs,
@@ -190,27 +199,41 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
         eval_cls = EvalCallback
         if args.algo == "maskable_ppo":
             from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback as eval_cls
-        callbacks.append(eval_cls(eval_env, n_eval_episodes=args.eval_episodes,
-                                  eval_freq=max(args.eval_freq // n_envs, 1), deterministic=True,
-                                  verbose=args.verbose))
+        callbacks.append(
+            eval_cls(
+                eval_env,
+                n_eval_episodes=args.eval_episodes,
+                eval_freq=max(args.eval_freq // n_envs, 1),
+                deterministic=True,
+                verbose=args.verbose,
+            )
+        )
     remaining = max(timesteps - model.num_timesteps, 0)
     if remaining:
-        model.learn(remaining, callback=CallbackList(callbacks), progress_bar=args.progress,
-                    reset_num_timesteps=not found, tb_log_name=run_dir.name)
+        model.learn(
+            remaining,
+            callback=CallbackList(callbacks),
+            progress_bar=args.progress,
+            reset_num_timesteps=not found,
+            tb_log_name=run_dir.name,
+        )
         checkpoint.save_now()
     final = run_dir / "final_model.zip"
     save_model(model, final)
-    result: dict[str, Any] = {"run_dir": str(run_dir), "model": str(final),
-                              "timesteps": int(model.num_timesteps)}
+    result: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "model": str(final),
+        "timesteps": int(model.num_timesteps),
+    }
     if args.save_to:
         result.update(ship(args, config, final))
     return result
 
 
 def ship(args: Args, config: Any, final: Path) -> dict[str, Any]:
-    """Copy the final model to ``--save-to`` and evaluate it on the held-out trace over
-    ``--eval-seeds`` seeds; record it (with the metrics) in the manifest when it lies under
-    checkpoints/."""
+    """Evaluate the final model on the held-out trace over ``--eval-seeds`` seeds, copy it to
+    ``--save-to`` and record it (with the metrics) in the manifest when it lies under
+    checkpoints/ (replacing an earlier entry)."""
     import numpy as np
 
     from agents.evaluate import METRICS, evaluate
@@ -220,21 +243,26 @@ def ship(args: Args, config: Any, final: Path) -> dict[str, Any]:
     from distree_env.io import atomic_write_bytes
     from distree_env.manifest import checkpoints_dir, command_line, record
 
-    dest = Path(args.save_to)
-    if sidecar(final).is_file():
-        atomic_write_bytes(sidecar(dest), sidecar(final).read_bytes())
-    atomic_write_bytes(dest, final.read_bytes())
-    policy = load_agent(str(dest), trust=True, algo=args.algo)
+    policy = load_agent(str(final), trust=True, algo=args.algo)  # the run's own file
     test_config = config.replace(trace=held_out_trace(config.trace))
-    runs = [evaluate(policy, test_config, args.eval_requests, seed)
-            for seed in range(args.eval_seeds)]
-    metrics: dict[str, Any] = {"algo": args.algo, "trained_on": config.trace,
-                               "evaluated_on": test_config.trace, "seeds": args.eval_seeds,
-                               "requests_per_seed": args.eval_requests}
+    runs = [
+        evaluate(policy, test_config, args.eval_requests, seed) for seed in range(args.eval_seeds)
+    ]
+    metrics: dict[str, Any] = {
+        "algo": args.algo,
+        "trained_on": config.trace,
+        "evaluated_on": test_config.trace,
+        "seeds": args.eval_seeds,
+        "requests_per_seed": args.eval_requests,
+    }
     for key in METRICS:
         values = np.array([r[key] for r in runs])
         metrics[key] = {"mean": float(values.mean()), "std": float(values.std())}
     metrics["exit_fractions"] = np.mean([r["exit_fractions"] for r in runs], axis=0).tolist()
+    dest = Path(args.save_to)  # copied only now, so it disagrees with the manifest briefly
+    if sidecar(final).is_file():
+        atomic_write_bytes(sidecar(dest), sidecar(final).read_bytes())
+    atomic_write_bytes(dest, final.read_bytes())
     try:
         dest.resolve().relative_to(checkpoints_dir().resolve())
     except ValueError:

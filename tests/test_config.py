@@ -125,17 +125,18 @@ def test_bad_config_types_and_scenario():
 @pytest.mark.parametrize("cls", [DistrEEEnv, lambda **kw: DistrEEVecEnv(2, **kw)])
 def test_device_count_must_match_trace(cls):
     with pytest.raises(ValueError, match=r"cluster.devices has 3 entries.*4 devices"):
-        cls(cluster={"devices": ["jetson-nano"] * 3})
+        cls(trace="synthetic", cluster={"devices": ["jetson-nano"] * 3})
     with pytest.raises(ValueError, match=r"cluster.links has 2 entries"):
-        cls(cluster={"links": ["wifi-4", "wifi-5"]})
+        cls(trace="synthetic", cluster={"links": ["wifi-4", "wifi-5"]})
 
 
 def test_explicit_numbers_and_mixed_profiles():
     env = DistrEEEnv(
+        trace="synthetic",
         cluster={
             "devices": ["jetson-nano", 5e9, "raspberry-pi-4", 1e10],
             "links": ["ethernet-1g", 2e6, "wifi-4", "wifi-5"],
-        }
+        },
     )
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)

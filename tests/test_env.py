@@ -131,7 +131,7 @@ def test_config_forms_at_construction():
 
 
 def test_observation_layout_and_masks():
-    env = DistrEEEnv()
+    env = DistrEEEnv(trace="synthetic")  # 4 devices
     names = env.observation_names
     assert names[:5] == ("max_prob", "margin", "entropy", "similarity", "progress")
     assert names[-1] == "latency_ratio"

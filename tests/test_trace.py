@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from distree_env import fileio
+from distree_env import io as dio
 from distree_env.trace import (
     TRACE_FORMAT_VERSION,
     ExitTrace,
@@ -210,11 +210,11 @@ def test_atomic_save_keeps_previous_file(tmp_path, small, monkeypatch):
 
 def test_atomic_write_text(tmp_path):
     p = tmp_path / "x.json"
-    with fileio.atomic_write(p, "w") as h:
+    with dio.atomic_open(p, "w") as h:
         h.write("{}")
     assert p.read_text() == "{}"
     with pytest.raises(ValueError, match="mode"):
-        with fileio.atomic_write(p, "a"):
+        with dio.atomic_open(p, "a"):
             pass
 
 

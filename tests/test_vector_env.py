@@ -200,6 +200,7 @@ def test_single_and_vector_identical_continuous_resources(tmp_path):
     csv.write_text("\n".join(",".join(f"{v:.3f}" for v in row) for row in rows))
     config = EnvConfig.from_dict(
         {
+            "trace": "synthetic",  # 4 devices, one CSV column each
             "requests_per_episode": 8,
             "cluster": {
                 "compute": {"kind": "trace", "csv": str(csv)},

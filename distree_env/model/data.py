@@ -105,9 +105,9 @@ def _decode(source: Path) -> tuple[Split, Split]:
         return _decode_image_archive(source)
     if source.is_dir():
         if (source / "data_batch_1").exists() and (source / "test_batch").exists():
-            return _decode_python_batches(source)
+            return _decode_batches(source, _read_python_batch, "")
         if (source / "data_batch_1.bin").exists() and (source / "test_batch.bin").exists():
-            return _decode_binary_batches(source)
+            return _decode_batches(source, _read_binary_batch, ".bin")
         for root in (source, *[p for p in source.iterdir() if p.is_dir()]):
             if (root / "train").is_dir() and (root / "test").is_dir():
                 return _decode_image_folder(root)
@@ -223,13 +223,11 @@ def _read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
-def _decode_python_batches(root: Path) -> tuple[Split, Split]:
-    parts = [
-        _read_python_batch(root / f"data_batch_{i}")
-        for i in range(1, 6)
-        if (root / f"data_batch_{i}").exists()
-    ]
-    test = _read_python_batch(root / "test_batch")
+def _decode_batches(root: Path, read, suffix: str) -> tuple[Split, Split]:
+    """The official releases: ``data_batch_1..5`` (train) and ``test_batch``, read by ``read``."""
+    names = [f"data_batch_{i}{suffix}" for i in range(1, 6)]
+    parts = [read(root / name) for name in names if (root / name).exists()]
+    test = read(root / f"test_batch{suffix}")
     return (
         Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])),
         Split(*test),
@@ -247,16 +245,3 @@ def _read_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if labels.max() >= len(CLASS_NAMES):
         raise ValueError(f"{str(path)!r} has label {labels.max()}; allowed 0..9")
     return rows[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
-
-
-def _decode_binary_batches(root: Path) -> tuple[Split, Split]:
-    parts = [
-        _read_binary_batch(root / f"data_batch_{i}.bin")
-        for i in range(1, 6)
-        if (root / f"data_batch_{i}.bin").exists()
-    ]
-    test = _read_binary_batch(root / "test_batch.bin")
-    return (
-        Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])),
-        Split(*test),
-    )

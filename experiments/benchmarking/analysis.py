@@ -67,8 +67,9 @@ def summarize(rows: Sequence[Row]) -> list[Row]:
             summary[metric] = float(values.mean())
             summary[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         out.append(summary)
-    last = {(r["split"], r["scenario"]): r["latency_mean_ms"]
-            for r in out if r["family"] == "LastExit"}
+    last = {
+        (r["split"], r["scenario"]): r["latency_mean_ms"] for r in out if r["family"] == "LastExit"
+    }
     for r in out:
         ref = last.get((r["split"], r["scenario"]))
         r["latency_saving"] = 1.0 - r["latency_mean_ms"] / ref if ref else math.nan
@@ -85,8 +86,7 @@ def pareto_front(rows: Sequence[Row], cost: str = "latency_mean_ms") -> list[Row
     return front
 
 
-def cost_at_accuracy(front: Sequence[Row], accuracy: float, cost: str = "latency_mean_ms"
-                     ) -> float:
+def cost_at_accuracy(front: Sequence[Row], accuracy: float, cost: str = "latency_mean_ms") -> float:
     """The ``cost`` a curve needs to reach ``accuracy``: linear between its front points (mixing
     two thresholds gets exactly that), its cheapest point's cost below its range, ``inf`` above."""
     if not front or accuracy > front[-1]["accuracy"]:
@@ -109,78 +109,99 @@ def split_rows(summary: Sequence[Row], split: str, scenario: str) -> list[Row]:
     return [r for r in summary if r["split"] == split and r["scenario"] == scenario]
 
 
-def _best(rows: Sequence[Row], members: Sequence[Row], metric: str, tolerance: float
-          ) -> Row | None:
+def _best(rows: Sequence[Row], members: Sequence[Row], metric: str, tolerance: float) -> Row | None:
     last = _last_exit(rows)
     if last is None:
         return None
     floor = last["accuracy"] - tolerance - 1e-12
-    return max((r for r in members if r["accuracy"] >= floor), key=lambda r: r[metric],
-               default=None)
+    return max(
+        (r for r in members if r["accuracy"] >= floor), key=lambda r: r[metric], default=None
+    )
 
 
-def select_point(summary: Sequence[Row], scenario: str, metric: str, *, kind: str | None = None,
-                 family: str | None = None, tolerance: float = TOLERANCE) -> Row | None:
+def select_point(
+    summary: Sequence[Row],
+    scenario: str,
+    metric: str,
+    *,
+    kind: str | None = None,
+    family: str | None = None,
+    tolerance: float = TOLERANCE,
+) -> Row | None:
     """The test row of the ``kind`` (or ``family``) point with the largest ``metric`` among
     those within ``tolerance`` of last-exit accuracy, chosen on the ``val`` split (on ``test``
     only when no val rows were run): operating points are never tuned on the test trace."""
     test = split_rows(summary, "test", scenario)
     choose = split_rows(summary, "val", scenario) or test
-    members = [r for r in choose
-               if (kind is None or r["kind"] == kind) and (family is None or r["family"] == family)]
+    members = [
+        r
+        for r in choose
+        if (kind is None or r["kind"] == kind) and (family is None or r["family"] == family)
+    ]
     choice = _best(choose, members, metric, tolerance)
     if choice is None:
         return None
     return next((r for r in test if r["policy"] == choice["policy"]), None)
 
 
+def _versus_rules(agent: Row, fronts: dict[str, list[Row]]) -> dict[str, Any]:
+    """One learned point against every rule curve at the point's accuracy."""
+    need = {f: cost_at_accuracy(fr, agent["accuracy"]) for f, fr in fronts.items()}
+    lat = agent["latency_mean_ms"]
+    finite = {f: v for f, v in need.items() if math.isfinite(v)}
+    closest = min(finite, key=finite.get, default=None)
+    worst = 1.0 - lat / finite[closest] if closest is not None else math.inf
+    return {
+        "policy": agent["policy"],
+        "accuracy": agent["accuracy"],
+        "latency_mean_ms": lat,
+        "latency_mean_ms_std": agent["latency_mean_ms_std"],
+        "qos_rate": agent["qos_rate"],
+        "rules_latency_ms": {f: (v if math.isfinite(v) else None) for f, v in need.items()},
+        "closest_rule": closest,
+        "margin_ms": None if closest is None else finite[closest] - lat,
+        "worst_margin": worst,
+        "ahead": bool(worst > 0),
+    }
+
+
 def front_comparison(summary: Sequence[Row]) -> dict[str, Any] | None:
-    """Is a learned point ahead of every rule curve at its own accuracy? Returns the learned
-    point with the largest worst-case relative margin, each rule family's mean latency at that
-    accuracy (None where the rule cannot reach it), ``ahead``, the closest rule and its margin
-    in ms (None if no rule reaches that accuracy); None without learned points."""
+    """Is a learned point ahead of every rule curve at its own accuracy (a lower mean latency
+    than each rule's front needs there)? Returns the learned point with the largest worst-case
+    relative margin: each rule family's latency at that accuracy (None where the rule cannot
+    reach it), the closest rule, the margin (ms and relative) and ``ahead``; ``points`` holds
+    the same for every learned point. None without learned points."""
     families: dict[str, list[Row]] = {}
     for r in summary:
         if r["kind"] == RULE_KIND:
             families.setdefault(r["family"], []).append(r)
     fronts = {f: pareto_front(rows) for f, rows in families.items()}
-    best: dict[str, Any] | None = None
-    for agent in (r for r in summary if r["kind"] == LEARNED_KIND):
-        need = {f: cost_at_accuracy(fr, agent["accuracy"]) for f, fr in fronts.items()}
-        lat = agent["latency_mean_ms"]
-        worst = min(((v - lat) / v if math.isfinite(v) else math.inf for v in need.values()),
-                    default=math.inf)
-        if best is None or worst > best["worst_margin"]:
-            best = {
-                "policy": agent["policy"],
-                "accuracy": agent["accuracy"],
-                "latency_mean_ms": lat,
-                "latency_mean_ms_std": agent["latency_mean_ms_std"],
-                "qos_rate": agent["qos_rate"],
-                "rules_latency_ms": {f: (v if math.isfinite(v) else None) for f, v in need.items()},
-                "worst_margin": worst,
-            }
-    if best is None:
+    points = [_versus_rules(r, fronts) for r in summary if r["kind"] == LEARNED_KIND]
+    if not points:
         return None
-    best["ahead"] = bool(best["worst_margin"] > 0)
-    finite = {f: v for f, v in best["rules_latency_ms"].items() if v is not None}
-    closest = min(finite, key=finite.get, default=None)
-    best["closest_rule"] = closest
-    best["margin_ms"] = None if closest is None else finite[closest] - best["latency_mean_ms"]
-    best["worst_margin"] = best["worst_margin"] if math.isfinite(best["worst_margin"]) else None
+    best = dict(max(points, key=lambda p: p["worst_margin"]))
+    best["points"] = points
     return best
 
 
 def _brief(row: Row | None) -> dict[str, Any] | None:
     if row is None:
         return None
-    keys = ("policy", "family", "accuracy", "accuracy_std", "compute_saving", "latency_saving",
-            "latency_mean_ms", "latency_mean_ms_std", "qos_rate")
+    keys = (
+        "policy",
+        "family",
+        "accuracy",
+        "accuracy_std",
+        "compute_saving",
+        "latency_saving",
+        "latency_mean_ms",
+        "latency_mean_ms_std",
+        "qos_rate",
+    )
     return {k: row[k] for k in keys}
 
 
-def headline(summary: Sequence[Row], scenario: str, tolerance: float = TOLERANCE
-             ) -> dict[str, Any]:
+def headline(summary: Sequence[Row], scenario: str, tolerance: float = TOLERANCE) -> dict[str, Any]:
     """The headline figures of one scenario on the test split, JSON-friendly (module docstring)."""
     rows = split_rows(summary, "test", scenario)
     learned = [r for r in rows if r["kind"] == LEARNED_KIND]
@@ -192,10 +213,14 @@ def headline(summary: Sequence[Row], scenario: str, tolerance: float = TOLERANCE
         "selected_on": "val" if split_rows(summary, "val", scenario) else "test",
         "last_exit": _brief(_last_exit(rows)),
         "oracle": _brief(next((r for r in rows if r["family"] == "Oracle"), None)),
-        "best_rule": {m: _brief(select_point(summary, scenario, m, kind=RULE_KIND,
-                                             tolerance=tolerance)) for m in metrics},
-        "learned": {m: _brief(select_point(summary, scenario, m, kind=LEARNED_KIND,
-                                           tolerance=tolerance)) for m in metrics},
+        "best_rule": {
+            m: _brief(select_point(summary, scenario, m, kind=RULE_KIND, tolerance=tolerance))
+            for m in metrics
+        },
+        "learned": {
+            m: _brief(select_point(summary, scenario, m, kind=LEARNED_KIND, tolerance=tolerance))
+            for m in metrics
+        },
         "learned_most_accurate": _brief(most_accurate),
         "front": front_comparison(rows),
     }
@@ -210,8 +235,9 @@ def table_rows(summary: Sequence[Row], scenario: str, tolerance: float = TOLERAN
     last = _last_exit(rows)
     picked: list[Row] = [last] if last is not None else []
     for family in dict.fromkeys(r["family"] for r in rows if r["kind"] == RULE_KIND):
-        point = select_point(summary, scenario, "compute_saving", family=family,
-                             tolerance=tolerance)
+        point = select_point(
+            summary, scenario, "compute_saving", family=family, tolerance=tolerance
+        )
         if point is None:
             point = max((r for r in rows if r["family"] == family), key=lambda r: r["accuracy"])
         picked.append(point)

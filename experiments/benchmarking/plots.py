@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from distree_env.fileio import atomic_write
+from distree_env.io import atomic_open
 from experiments.benchmarking.analysis import Row, pareto_front, split_rows, table_rows
 
 __all__ = ["exits_figure", "pareto_figure", "save_png"]
@@ -24,6 +24,10 @@ _BASELINE_STYLE = {
 }
 
 
+#: Curve colours: the default cycle without its gray (kept for RandomExit).
+_PALETTE = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9")
+
+
 def _families(rows: Sequence[Row]) -> dict[str, list[Row]]:
     out: dict[str, list[Row]] = {}
     for r in rows:
@@ -31,40 +35,82 @@ def _families(rows: Sequence[Row]) -> dict[str, list[Row]]:
     return out
 
 
-def _panel(ax, rows: Sequence[Row], x: str, scale: float, last: Row | None,
-           paper_saving: float | None, tolerance: float) -> None:
+def _panel(
+    ax,
+    rows: Sequence[Row],
+    x: str,
+    scale: float,
+    last: Row | None,
+    paper_saving: float | None,
+    tolerance: float,
+) -> None:
     """One family per line: its Pareto front (cost ``x`` lower is better unless it is a
     saving), dominated points faint; baselines as single markers."""
     saving = x == "compute_saving"
-    for i, (family, members) in enumerate(_families(rows).items()):
+    curves = 0
+    for family, members in _families(rows).items():
         if family in _BASELINE_STYLE:
-            ax.scatter([r[x] * scale for r in members], [100 * r["accuracy"] for r in members],
-                       label=family, **_BASELINE_STYLE[family])
+            ax.scatter(
+                [r[x] * scale for r in members],
+                [100 * r["accuracy"] for r in members],
+                label=family,
+                **_BASELINE_STYLE[family],
+            )
             continue
         learned = members[0]["kind"] == "learned"
-        color = f"C{i}"
-        front = pareto_front([{**r, "_cost": -r[x] if saving else r[x]} for r in members],
-                             cost="_cost")
-        ax.scatter([r[x] * scale for r in members], [100 * r["accuracy"] for r in members],
-                   color=color, s=10, alpha=0.3)
-        ax.plot([r[x] * scale for r in front], [100 * r["accuracy"] for r in front],
-                color=color, marker="*" if learned else "o", markersize=12 if learned else 4,
-                linewidth=2.2 if learned else 1.2, label=family, zorder=4 if learned else 3)
+        color = _PALETTE[curves % len(_PALETTE)]
+        curves += 1
+        front = pareto_front(
+            [{**r, "_cost": -r[x] if saving else r[x]} for r in members], cost="_cost"
+        )
+        ax.scatter(
+            [r[x] * scale for r in members],
+            [100 * r["accuracy"] for r in members],
+            color=color,
+            s=10,
+            alpha=0.3,
+        )
+        ax.plot(
+            [r[x] * scale for r in front],
+            [100 * r["accuracy"] for r in front],
+            color=color,
+            marker="*" if learned else "o",
+            markersize=12 if learned else 4,
+            linewidth=2.2 if learned else 1.2,
+            label=family,
+            zorder=4 if learned else 3,
+        )
     if last is not None:
         floor = 100 * (last["accuracy"] - tolerance)
-        ax.axhline(floor, color="gray", linestyle="--", linewidth=0.8,
-                   label=f"last-exit accuracy − {100 * tolerance:g} pt")
+        ax.axhline(
+            floor,
+            color="gray",
+            linestyle="--",
+            linewidth=0.8,
+            label=f"last-exit accuracy − {100 * tolerance:g} pt",
+        )
         if paper_saving is not None:
-            ax.scatter([100 * paper_saving], [100 * last["accuracy"]], marker="*", s=220,
-                       color="red", edgecolor="black", zorder=6,
-                       label=f"DistrEE paper: {100 * paper_saving:.1f}% saving at ≈ last-exit "
-                             "accuracy")
+            ax.scatter(
+                [100 * paper_saving],
+                [100 * last["accuracy"]],
+                marker="*",
+                s=220,
+                color="red",
+                edgecolor="black",
+                zorder=6,
+                label=f"DistrEE paper: {100 * paper_saving:.1f}% saving at ≈ last-exit accuracy",
+            )
     ax.grid(alpha=0.3)
     ax.set_ylabel("accuracy (%)")
 
 
-def pareto_figure(summary: Sequence[Row], scenarios: Sequence[str], paper_saving: float,
-                  tolerance: float, title: str) -> Figure:
+def pareto_figure(
+    summary: Sequence[Row],
+    scenarios: Sequence[str],
+    paper_saving: float,
+    tolerance: float,
+    title: str,
+) -> Figure:
     """Rows = scenarios; left: accuracy vs mean latency, right: accuracy vs compute saving (test
     split). One Pareto line per rule family and learned algorithm; the paper's point in red."""
     fig = Figure(figsize=(12, 4.0 * len(scenarios) + 1.2), layout="constrained")
@@ -91,15 +137,20 @@ def pareto_figure(summary: Sequence[Row], scenarios: Sequence[str], paper_saving
     return fig
 
 
+def _exit_rows(summary: Sequence[Row], scenario: str) -> list[Row]:
+    """The table's policies without the matched random exits (geometric by construction)."""
+    return [r for r in table_rows(summary, scenario) if r["family"] != "RandomExit"]
+
+
 def exits_figure(summary: Sequence[Row], scenarios: Sequence[str], num_exits: int) -> Figure:
     """Share of requests leaving at each exit, one bar per policy of the table, per scenario."""
-    counts = [len(table_rows(summary, s)) for s in scenarios]
-    fig = Figure(figsize=(9, 0.32 * sum(counts) + 0.9 * len(scenarios) + 0.8),
-                 layout="constrained")
-    axes = fig.subplots(len(scenarios), 1, squeeze=False, sharex=True,
-                        gridspec_kw={"height_ratios": counts})[:, 0]
+    counts = [len(_exit_rows(summary, s)) for s in scenarios]
+    fig = Figure(figsize=(9, 0.32 * sum(counts) + 0.9 * len(scenarios) + 0.8), layout="constrained")
+    axes = fig.subplots(
+        len(scenarios), 1, squeeze=False, sharex=True, gridspec_kw={"height_ratios": counts}
+    )[:, 0]
     for ax, scenario in zip(axes, scenarios, strict=True):
-        rows = table_rows(summary, scenario)[::-1]
+        rows = _exit_rows(summary, scenario)[::-1]
         names = [r["policy"] for r in rows]
         left = np.zeros(len(rows))
         for k in range(num_exits):
@@ -117,5 +168,5 @@ def exits_figure(summary: Sequence[Row], scenarios: Sequence[str], num_exits: in
 
 def save_png(fig: Figure, path: Path, dpi: int = 110) -> None:
     """Write ``fig`` as PNG, atomically."""
-    with atomic_write(path, "wb") as handle:
+    with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=dpi)

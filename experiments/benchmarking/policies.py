@@ -77,9 +77,7 @@ def threshold_grid(trace: ExitTrace, feature: str, exits_above: bool, points: in
     column = feats[:, EXIT_FEATURES.index(feature)].reshape(trace.n, k)
     values = column[:, : max(k - 1, 1)].ravel().astype(np.float64)
     n_low = points // 2
-    rates = np.concatenate(
-        [np.linspace(0.0, 1.0, points - n_low), np.geomspace(0.005, 0.3, n_low)]
-    )
+    rates = np.concatenate([np.linspace(0.0, 1.0, points - n_low), np.geomspace(0.005, 0.3, n_low)])
     levels = 1.0 - rates if exits_above else rates
     grid = np.unique(np.round(np.quantile(values, np.clip(levels, 0.0, 1.0)), 4))
     return [float(t) for t in np.clip(grid, 0.0, 1.0)]
@@ -93,8 +91,11 @@ def rule_specs(grid_trace: ExitTrace, points: int) -> list[PolicySpec]:
     ]
     for cls, feature, above in _THRESHOLD_RULES:
         for t in threshold_grid(grid_trace, feature, above, points):
-            specs.append(PolicySpec(cls.__name__, f"{cls.__name__}({t:g})", RULE, t,
-                                    lambda cls=cls, t=t: cls(t)))
+            specs.append(
+                PolicySpec(
+                    cls.__name__, f"{cls.__name__}({t:g})", RULE, t, lambda cls=cls, t=t: cls(t)
+                )
+            )
     return specs
 
 
@@ -162,8 +163,15 @@ def learned_specs(agents: Sequence[AgentFile], load: Callable[[str], Any]) -> li
             return cache[ref]
 
         family = agent.algo.upper()
-        specs.append(PolicySpec(family, f"{family}(lw={agent.latency_weight:g})", LEARNED,
-                                agent.latency_weight, build))
+        specs.append(
+            PolicySpec(
+                family,
+                f"{family}(lw={agent.latency_weight:g})",
+                LEARNED,
+                agent.latency_weight,
+                build,
+            )
+        )
     return specs
 
 
@@ -202,5 +210,6 @@ def random_exit_probability(target_saving: float, trace: ExitTrace) -> float:
 def matched_random_spec(target: str, target_saving: float, trace: ExitTrace) -> PolicySpec:
     """``RandomExit`` spending the compute of the policy ``target``: the floor it must beat."""
     p = round(random_exit_probability(target_saving, trace), 4)
-    return PolicySpec("RandomExit", f"RandomExit({p:g}) ~ {target}", BASELINE, p,
-                      lambda p=p: RandomExit(p))
+    return PolicySpec(
+        "RandomExit", f"RandomExit({p:g}) ~ {target}", BASELINE, p, lambda p=p: RandomExit(p)
+    )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from distree_env.fileio import atomic_write
+from distree_env.io import atomic_open
 from experiments.benchmarking.analysis import Row, table_rows
 
 __all__ = [
@@ -47,7 +47,7 @@ def _cell(value: Any) -> Any:
 def write_csv(path: Path, rows: Sequence[Row]) -> None:
     """All ``rows`` (union of their columns, in first-seen order), floats written exactly."""
     columns = list(dict.fromkeys(c for row in rows for c in row))
-    with atomic_write(path, "w") as handle:
+    with atomic_open(path, "w") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
@@ -70,7 +70,7 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    with atomic_write(path, "w") as handle:
+    with atomic_open(path, "w") as handle:
         handle.write(text)
 
 
@@ -101,7 +101,7 @@ def _pct(x: float | None) -> str:
 def _saving(point: dict[str, Any] | None, metric: str) -> str:
     if point is None:
         return "none within tolerance"
-    return f"{_pct(point[metric])} with {point['policy']}"
+    return f"{_pct(point[metric])} with {point['policy']} ({100 * point['accuracy']:.2f}%)"
 
 
 def _pair(h: dict[str, Any], metric: str, has_learned: bool) -> str:
@@ -129,16 +129,20 @@ def headline_lines(headlines: Sequence[dict[str, Any]], paper_saving: float) -> 
             f"{_pair(h, 'latency_saving', has_learned)}."
         )
         qos = [f"last-exit {_pct(last['qos_rate'])}"]
-        for label, point in (("best rule", rule["latency_saving"]),
-                             ("learned", learned["latency_saving"])):
+        for label, point in (
+            ("best rule", rule["latency_saving"]),
+            ("learned", learned["latency_saving"]),
+        ):
             if point is not None:
                 qos.append(f"{label} {_pct(point['qos_rate'])}")
         text += " Deadline met: " + ", ".join(qos) + "."
         if has_learned and learned["compute_saving"] is None:
             best = h["learned_most_accurate"]
             gap = 100 * (last["accuracy"] - best["accuracy"])
-            text += (f" The most accurate learned agent, {best['policy']}, is {gap:.2f} points "
-                     "below last-exit.")
+            text += (
+                f" The most accurate learned agent, {best['policy']}, is {gap:.2f} points "
+                "below last-exit."
+            )
         if h["selected_on"] == "val":
             text += " (Operating points chosen on the val trace, numbers measured on test.)"
         lines.append(text)
@@ -153,8 +157,10 @@ def headline_lines(headlines: Sequence[dict[str, Any]], paper_saving: float) -> 
             if front["closest_rule"] is not None:
                 margin, spread = front["margin_ms"], front["latency_mean_ms_std"]
                 noise = ", within the seeds' spread" if abs(margin) <= spread else ""
-                by = (f" (closest: {front['closest_rule']}, {margin:+.2f} ms = "
-                      f"{100 * front['worst_margin']:+.1f}%{noise})")
+                by = (
+                    f" (closest: {front['closest_rule']}, {margin:+.2f} ms = "
+                    f"{100 * front['worst_margin']:+.1f}%{noise})"
+                )
             lines.append(
                 f"  - accuracy-latency front: {front['policy']} reaches "
                 f"{100 * front['accuracy']:.2f}% at {front['latency_mean_ms']:.2f} ± "

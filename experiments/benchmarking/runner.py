@@ -47,16 +47,19 @@ class BenchmarkPlan:
 
     def tasks(self) -> int:
         """Evaluations the plan needs, matched random exits included (for the progress bar)."""
-        learned = sum(spec.kind == LEARNED for spec in self.specs)
-        per_scenario = len(self.specs) * len(self.splits()) + max(learned, 1)
+        learned = [spec.param for spec in self.specs if spec.kind == LEARNED]
+        shipped = sum(p == self.config.reward.latency_weight for p in learned)
+        per_scenario = len(self.specs) * len(self.splits()) + (shipped or len(learned) or 1)
         return per_scenario * len(self.scenarios) * len(self.seeds)
 
 
-def evaluate_point(spec: PolicySpec, split: str, config: EnvConfig, scenario: str, seed: int,
-                   n_requests: int) -> dict[str, Any]:
+def evaluate_point(
+    spec: PolicySpec, split: str, config: EnvConfig, scenario: str, seed: int, n_requests: int
+) -> dict[str, Any]:
     """One row: ``agents.evaluate`` of ``spec`` on ``config`` under ``scenario`` with ``seed``."""
-    metrics = evaluate(spec.build(), config.with_scenario(scenario), n_requests=n_requests,
-                       seed=seed)
+    metrics = evaluate(
+        spec.build(), config.with_scenario(scenario), n_requests=n_requests, seed=seed
+    )
     row: dict[str, Any] = {
         "split": split,
         "scenario": scenario,
@@ -72,20 +75,23 @@ def evaluate_point(spec: PolicySpec, split: str, config: EnvConfig, scenario: st
     return row
 
 
-def _random_targets(rows: list[dict[str, Any]], scenario: str) -> list[tuple[str, float]]:
-    """Policies whose compute the matched ``RandomExit`` copies: every learned agent, or (with
-    none) the rule chosen as the cheapest within 0.5 points of last-exit accuracy."""
+def _random_targets(
+    rows: list[dict[str, Any]], scenario: str, latency_weight: float
+) -> list[tuple[str, float]]:
+    """Policies whose compute the matched ``RandomExit`` copies: the learned agents trained at
+    the benchmark's latency weight (the shipped ones; every learned agent if none is), or
+    without agents the rule chosen as the cheapest within 0.5 points of last-exit accuracy."""
     summary = summarize(rows)
     test = split_rows(summary, "test", scenario)
-    learned = [(r["policy"], r["compute_saving"]) for r in test if r["kind"] == LEARNED]
-    if learned:
-        return learned
+    learned = [r for r in test if r["kind"] == LEARNED]
+    shipped = [r for r in learned if r["param"] == latency_weight] or learned
+    if shipped:
+        return [(r["policy"], r["compute_saving"]) for r in shipped]
     best = select_point(summary, scenario, "compute_saving", kind=RULE)
     return [(best["policy"], best["compute_saving"])] if best is not None else []
 
 
-def run_benchmark(plan: BenchmarkPlan, progress: Progress | None = None
-                  ) -> list[dict[str, Any]]:
+def run_benchmark(plan: BenchmarkPlan, progress: Progress | None = None) -> list[dict[str, Any]]:
     """Every spec on every split, scenario and seed, then (on test) ``RandomExit`` matched to
     each learned agent's mean compute saving in that scenario."""
     tick = progress or (lambda _label: None)
@@ -96,14 +102,16 @@ def run_benchmark(plan: BenchmarkPlan, progress: Progress | None = None
             config = plan.config.replace(trace=trace)
             for spec in plan.specs:
                 for seed in plan.seeds:
-                    rows.append(evaluate_point(spec, split, config, scenario, seed,
-                                               plan.n_requests))
+                    rows.append(
+                        evaluate_point(spec, split, config, scenario, seed, plan.n_requests)
+                    )
                     tick(f"{split} {scenario} {spec.name}")
         flops = resolve_trace(plan.test_trace)
-        for target, saving in _random_targets(rows, scenario):
+        for target, saving in _random_targets(rows, scenario, plan.config.reward.latency_weight):
             spec = matched_random_spec(target, saving, flops)
             for seed in plan.seeds:
-                rows.append(evaluate_point(spec, "test", test_config, scenario, seed,
-                                           plan.n_requests))
+                rows.append(
+                    evaluate_point(spec, "test", test_config, scenario, seed, plan.n_requests)
+                )
                 tick(f"test {scenario} {spec.name}")
     return rows

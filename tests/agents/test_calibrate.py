@@ -31,8 +31,12 @@ def shipped(checkpoints, monkeypatch):
 
 
 def test_calibrates_on_val_without_reading_test(shipped):
-    cal = calibrate("ConfidenceThreshold", EnvConfig(trace="cifar10-val"),
-                    grid=[0.5, 0.8, 0.95, 1.0], n_requests=512)
+    cal = calibrate(
+        "ConfidenceThreshold",
+        EnvConfig(trace="cifar10-val"),
+        grid=[0.5, 0.8, 0.95, 1.0],
+        n_requests=512,
+    )
     assert shipped and all("cifar10-val" in p for p in shipped)
     assert cal.best_reward_param in (0.5, 0.8, 0.95, 1.0)
     rewards = {p: m["mean_reward"] for p, m in cal.sweep}

@@ -42,8 +42,9 @@ def test_same_numbers_across_processes():
     assert json.loads(out.stdout) == json.loads(json.dumps(here))
 
 
-@pytest.mark.parametrize("kwargs", [{"n_requests": 0}, {"seed": -1}, {"num_envs": 0},
-                                    {"n_requests": 1.5}])
+@pytest.mark.parametrize(
+    "kwargs", [{"n_requests": 0}, {"seed": -1}, {"num_envs": 0}, {"n_requests": 1.5}]
+)
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         evaluate(ConfidenceThreshold(0.5), SYNTH, **kwargs)

@@ -19,8 +19,15 @@ from distree_env.trace import resolve_trace
 from distree_env.vector_env import DistrEEVecEnv
 from tests.agents import SYNTH
 
-RULES = [LastExit(), FixedExit(1), RandomExit(0.5), ConfidenceThreshold(0.8),
-         EntropyThreshold(0.3), Similarity(0.6), Oracle()]
+RULES = [
+    LastExit(),
+    FixedExit(1),
+    RandomExit(0.5),
+    ConfidenceThreshold(0.8),
+    EntropyThreshold(0.3),
+    Similarity(0.6),
+    Oracle(),
+]
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +87,17 @@ def test_single_observation_gives_scalar(venv):
     assert np.ndim(action) == 0
 
 
-@pytest.mark.parametrize("make", [lambda: ConfidenceThreshold(1.5), lambda: EntropyThreshold(-0.1),
-                                  lambda: Similarity(float("nan")), lambda: RandomExit(2),
-                                  lambda: FixedExit(-1), lambda: ConfidenceThreshold("0.5")])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ConfidenceThreshold(1.5),
+        lambda: EntropyThreshold(-0.1),
+        lambda: Similarity(float("nan")),
+        lambda: RandomExit(2),
+        lambda: FixedExit(-1),
+        lambda: ConfidenceThreshold("0.5"),
+    ],
+)
 def test_bad_parameters_raise(make):
     with pytest.raises(ValueError):
         make()

@@ -29,9 +29,17 @@ from distree_env.manifest import record  # noqa: E402
 from distree_env.vector_env import DistrEEVecEnv  # noqa: E402
 from tests.agents import SYNTH  # noqa: E402
 
-DISTREE_TAGS = {"distree/accuracy", "distree/compute_saving", "distree/latency_mean_ms",
-                "distree/latency_p95_ms", "distree/qos_rate", "distree/exit_0",
-                "distree/reward_correct", "distree/reward_latency", "distree/reward_deadline"}
+DISTREE_TAGS = {
+    "distree/accuracy",
+    "distree/compute_saving",
+    "distree/latency_mean_ms",
+    "distree/latency_p95_ms",
+    "distree/qos_rate",
+    "distree/exit_0",
+    "distree/reward_correct",
+    "distree/reward_latency",
+    "distree/reward_deadline",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -100,8 +108,9 @@ def test_saved_agent_loads_and_predicts_the_same(tmp_path, checkpoints):
 
 
 def test_untrusted_or_damaged_agents_are_refused(tmp_path, checkpoints):
-    model = PPO("MlpPolicy", make_sb3_env(SYNTH, 2, seed=0), n_steps=32, batch_size=32,
-                device="cpu")
+    model = PPO(
+        "MlpPolicy", make_sb3_env(SYNTH, 2, seed=0), n_steps=32, batch_size=32, device="cpu"
+    )
     path = tmp_path / "elsewhere.zip"
     save_model(model, path)
     with pytest.raises(ValueError, match="not listed"):
@@ -114,7 +123,12 @@ def test_untrusted_or_damaged_agents_are_refused(tmp_path, checkpoints):
     listed = checkpoints / "agents" / "swapped.zip"
     save_model(model, listed)
     record(listed, "test", {})
-    listed.write_bytes(path.read_bytes() + b"x")
+    listed.write_bytes(path.read_bytes() + b"x")  # another size: refused before hashing
+    with pytest.raises(ValueError, match="truncated or was replaced"):
+        load_agent("swapped")
+    damaged = bytearray(listed.read_bytes()[:-1])
+    damaged[-1] ^= 0xFF  # same size, other bytes: refused by sha256
+    listed.write_bytes(bytes(damaged))
     with pytest.raises(ValueError, match="sha256"):
         load_agent("swapped")
     with pytest.raises(ValueError, match="not found"):

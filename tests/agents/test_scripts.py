@@ -16,9 +16,22 @@ def test_compare_policies_prints_every_policy(tmp_path, capsys):
     out = tmp_path / "results.json"
     cfg = tmp_path / "env.json"
     cfg.write_text(json.dumps(SYNTH))
-    results = compare_policies.main(["--config", str(cfg), "--seeds", "2", "--n-requests", "64",
-                                     "--calibration-requests", "64", "--agents", "missing",
-                                     "--json-out", str(out)])
+    results = compare_policies.main(
+        [
+            "--config",
+            str(cfg),
+            "--seeds",
+            "2",
+            "--n-requests",
+            "64",
+            "--calibration-requests",
+            "64",
+            "--agents",
+            "missing",
+            "--json-out",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert "skipping agent 'missing'" in text
     labels = list(results)

@@ -38,8 +38,18 @@ def tiny(tmp_path):
 
 def _common(tmp_path, tiny) -> list[str]:
     """Tiny settings on the synthetic trace (a later ``--config`` wins)."""
-    return ["--runs-dir", str(tmp_path / "runs"), "--hyperparams", str(tiny), "--progress",
-            "false", "--eval-episodes", "4", "--config", str(tmp_path / "synthetic.json")]
+    return [
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--hyperparams",
+        str(tiny),
+        "--progress",
+        "false",
+        "--eval-episodes",
+        "4",
+        "--config",
+        str(tmp_path / "synthetic.json"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -64,8 +74,12 @@ def test_bad_arguments_exit_2_with_one_line(argv, needle, capsys):
 
 @pytest.mark.parametrize(
     ("content", "needle"),
-    [("{not json", "cannot parse"), ('{"deadline_ms": -1}', "deadline_ms"),
-     ('{"colour": 1}', "colour"), ("[1, 2]", "mapping")],
+    [
+        ("{not json", "cannot parse"),
+        ('{"deadline_ms": -1}', "deadline_ms"),
+        ('{"colour": 1}', "colour"),
+        ("[1, 2]", "mapping"),
+    ],
 )
 def test_bad_config_file_exits_2(tmp_path, tiny, content, needle, capsys):
     cfg = tmp_path / "env.json"
@@ -80,25 +94,70 @@ def test_yaml_config_and_ship_to_manifest(tmp_path, tiny, checkpoints):
     cfg = tmp_path / "env.yml"
     cfg.write_text("trace: synthetic\nrequests_per_episode: 8\nreward:\n  latency_weight: 0.2\n")
     dest = checkpoints / "agents" / "tiny.zip"
-    result = train_agent.main([*_common(tmp_path, tiny), "--config", str(cfg), "--timesteps",
-                               "512", "--eval-freq", "256", "--save-to", str(dest),
-                               "--eval-seeds", "2", "--eval-requests", "64"])
+    result = train_agent.main(
+        [
+            *_common(tmp_path, tiny),
+            "--config",
+            str(cfg),
+            "--timesteps",
+            "512",
+            "--eval-freq",
+            "256",
+            "--save-to",
+            str(dest),
+            "--eval-seeds",
+            "2",
+            "--eval-requests",
+            "64",
+        ]
+    )
     assert result["manifest"] and dest.is_file()
     manifest = json.loads((checkpoints / "MANIFEST.json").read_text())
     entry = manifest["files"]["agents/tiny.zip"]
     assert entry["metrics"]["seeds"] == 2 and "mean" in entry["metrics"]["mean_reward"]
     args = json.loads((Path(result["run_dir"]) / "args.json").read_text())
     assert args["env_config"]["requests_per_episode"] == 8
+    again = train_agent.main(
+        [
+            *_common(tmp_path, tiny),
+            "--config",
+            str(cfg),
+            "--timesteps",
+            "256",
+            "--eval-freq",
+            "0",
+            "--save-to",
+            str(dest),
+            "--seed",
+            "2",
+            "--eval-seeds",
+            "1",
+            "--eval-requests",
+            "32",
+        ]
+    )  # replaces it
+    manifest = json.loads((checkpoints / "MANIFEST.json").read_text())
+    assert again["manifest"] and manifest["files"]["agents/tiny.zip"]["sha256"] != entry["sha256"]
 
 
 def test_resume_after_sigkill(tmp_path, tiny):
-    argv = [sys.executable, "-m", "experiments.train_agent", "--timesteps", "12000",
-            "--checkpoint-freq", "1024", "--eval-freq", "0", "--run-name", "killed",
-            *_common(tmp_path, tiny)]
+    argv = [
+        sys.executable,
+        "-m",
+        "experiments.train_agent",
+        "--timesteps",
+        "12000",
+        "--checkpoint-freq",
+        "1024",
+        "--eval-freq",
+        "0",
+        "--run-name",
+        "killed",
+        *_common(tmp_path, tiny),
+    ]
     ckpts = tmp_path / "runs" / "killed" / "checkpoints"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300  # generous: a loaded 2-core machine imports torch slowly
     while not list(ckpts.glob("ckpt_*.zip")) and time.time() < deadline:
         time.sleep(0.05)
@@ -108,11 +167,12 @@ def test_resume_after_sigkill(tmp_path, tiny):
     # the same command again: refuses to overwrite; with --resume it continues and finishes
     again = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
     assert again.returncode == 2 and "--resume" in again.stderr
-    resumed = subprocess.run([*argv, "--resume"], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        [*argv, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
-    result = json.loads(resumed.stdout[resumed.stdout.index("{"):])
+    result = json.loads(resumed.stdout[resumed.stdout.index("{") :])
     assert result["timesteps"] >= 12000
     assert (tmp_path / "runs" / "killed" / "final_model.zip").is_file()
     finished = train_agent.main([*argv[3:], "--resume"])  # nothing left to do: still fine

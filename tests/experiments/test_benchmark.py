@@ -26,8 +26,18 @@ from experiments.benchmarking.policies import (
     random_exit_probability,
 )
 
-SMALL = ["--trace", "synthetic", "--seeds", "2", "--requests", "256", "--thresholds", "4",
-         "--progress", "false"]
+SMALL = [
+    "--trace",
+    "synthetic",
+    "--seeds",
+    "2",
+    "--requests",
+    "256",
+    "--thresholds",
+    "4",
+    "--progress",
+    "false",
+]
 README = "# Title\n\nintro\n\n<!-- BEGIN benchmark -->\nold text\n<!-- END benchmark -->\n\nrest\n"
 
 
@@ -41,16 +51,34 @@ def quick_run(tmp_path_factory) -> Path:
     """One small ``--quick`` run (rules only) with a README to update."""
     out = tmp_path_factory.mktemp("bench")
     (out / "README.md").write_text(README, encoding="utf-8")
-    argv = ["--quick", *SMALL, "--scenarios", "stable", "fluctuating", "--agents", "none",
-            "--out", str(out / "results"), "--update-readme", "--readme", str(out / "README.md")]
+    argv = [
+        "--quick",
+        *SMALL,
+        "--scenarios",
+        "stable",
+        "fluctuating",
+        "--agents",
+        "none",
+        "--out",
+        str(out / "results"),
+        "--update-readme",
+        "--readme",
+        str(out / "README.md"),
+    ]
     assert benchmark.main(argv) == 0
     return out
 
 
 def test_quick_run_writes_every_output(quick_run: Path, capsys) -> None:
     results = quick_run / "results"
-    for name in ("benchmark_points.csv", "benchmark_summary.csv", "benchmark.md",
-                 "benchmark.json", "pareto.png", "exits.png"):
+    for name in (
+        "benchmark_points.csv",
+        "benchmark_summary.csv",
+        "benchmark.md",
+        "benchmark.json",
+        "pareto.png",
+        "exits.png",
+    ):
         assert (results / name).stat().st_size > 0, name
     assert not list(results.glob(".*.tmp")), "temporary files left behind"
     data = json.loads((results / "benchmark.json").read_text())
@@ -88,20 +116,32 @@ def test_table_equals_agents_evaluate(quick_run: Path) -> None:
     summary = _read_csv(quick_run / "results" / "benchmark_summary.csv")
     table = (quick_run / "results" / "benchmark.md").read_text(encoding="utf-8")
     config = EnvConfig(trace="synthetic").with_scenario("fluctuating")
-    rule = next(r for r in summary if r["split"] == "test" and r["scenario"] == "fluctuating"
-                and r["family"] == "ConfidenceThreshold")
-    for name, policy in (("LastExit", LastExit()),
-                         (rule["policy"], ConfidenceThreshold(float(rule["param"])))):
+    rule = next(
+        r
+        for r in summary
+        if r["split"] == "test"
+        and r["scenario"] == "fluctuating"
+        and r["family"] == "ConfidenceThreshold"
+    )
+    for name, policy in (
+        ("LastExit", LastExit()),
+        (rule["policy"], ConfidenceThreshold(float(rule["param"]))),
+    ):
         expected = [evaluate(policy, config, n_requests=256, seed=s) for s in (0, 1)]
-        got = [r for r in points if r["split"] == "test" and r["scenario"] == "fluctuating"
-               and r["policy"] == name]
+        got = [
+            r
+            for r in points
+            if r["split"] == "test" and r["scenario"] == "fluctuating" and r["policy"] == name
+        ]
         assert [int(r["seed"]) for r in got] == [0, 1]
         for row, metrics in zip(got, expected, strict=True):
-            for key in ("accuracy", "compute_saving", "latency_mean_ms", "qos_rate",
-                        "mean_reward"):
+            for key in ("accuracy", "compute_saving", "latency_mean_ms", "qos_rate", "mean_reward"):
                 assert float(row[key]) == metrics[key], (name, key)
-        mean = next(r for r in summary if r["split"] == "test"
-                    and r["scenario"] == "fluctuating" and r["policy"] == name)
+        mean = next(
+            r
+            for r in summary
+            if r["split"] == "test" and r["scenario"] == "fluctuating" and r["policy"] == name
+        )
         accuracy = np.mean([m["accuracy"] for m in expected])
         assert float(mean["accuracy"]) == pytest.approx(accuracy, abs=1e-15)
         if name == "LastExit":
@@ -121,7 +161,7 @@ def test_same_arguments_give_identical_files(tmp_path: Path) -> None:
 
 def test_learned_agent_and_matched_random(tmp_path: Path, checkpoints: Path) -> None:
     """An agent file named ``ALGO_lwW.zip`` is evaluated as latency weight W, and a RandomExit
-    spending its compute is added; the front comparison names it."""
+    spending the compute of the agent at the default weight (0.5) is added."""
     torch = pytest.importorskip("torch")
     from stable_baselines3 import PPO
 
@@ -129,22 +169,38 @@ def test_learned_agent_and_matched_random(tmp_path: Path, checkpoints: Path) -> 
 
     torch.set_num_threads(1)
     env = make_sb3_env(EnvConfig(trace="synthetic"), n_envs=2, seed=0)
-    path = tmp_path / "ppo_lw0.2.zip"
-    PPO("MlpPolicy", env, n_steps=16, batch_size=16, seed=0, device="cpu").save(path)
+    paths = [tmp_path / f"ppo_lw{w}.zip" for w in ("0.2", "0.5")]
+    for seed, path in enumerate(paths):
+        PPO("MlpPolicy", env, n_steps=16, batch_size=16, seed=seed, device="cpu").save(path)
     out = tmp_path / "results"
-    argv = [*SMALL, "--scenarios", "fluctuating", "--agents", str(path), "--trust", "--seeds",
-            "1", "--val-trace", "none", "--out", str(out)]
+    argv = [
+        *SMALL,
+        "--scenarios",
+        "fluctuating",
+        "--agents",
+        *map(str, paths),
+        "--trust",
+        "--seeds",
+        "1",
+        "--val-trace",
+        "none",
+        "--out",
+        str(out),
+    ]
     assert benchmark.main(argv) == 0
     summary = _read_csv(out / "benchmark_summary.csv")
     learned = [r for r in summary if r["kind"] == "learned"]
     assert [(r["family"], r["policy"], float(r["param"])) for r in learned] == [
-        ("PPO", "PPO(lw=0.2)", 0.2)]
-    random_row = next(r for r in summary if r["family"] == "RandomExit")
-    assert random_row["policy"].endswith("~ PPO(lw=0.2)")
+        ("PPO", "PPO(lw=0.2)", 0.2),
+        ("PPO", "PPO(lw=0.5)", 0.5),
+    ]
+    (random_row,) = [r for r in summary if r["family"] == "RandomExit"]
+    assert random_row["policy"].endswith("~ PPO(lw=0.5)")
     assert float(random_row["compute_saving"]) == pytest.approx(
-        float(learned[0]["compute_saving"]), abs=0.06)
+        float(learned[1]["compute_saving"]), abs=0.06
+    )
     headline = json.loads((out / "benchmark.json").read_text())["headlines"][0]
-    assert headline["front"]["policy"] == "PPO(lw=0.2)"
+    assert {p["policy"] for p in headline["front"]["points"]} == {"PPO(lw=0.2)", "PPO(lw=0.5)"}
     assert headline["selected_on"] == "test"
 
 
@@ -171,19 +227,35 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, capsys, checkpoints) 
 
 # ---- analysis on hand-made rows -----------------------------------------------------------
 def _row(family: str, kind: str, acc: float, lat: float, split: str = "test", **extra) -> dict:
-    return {"split": split, "scenario": "s", "family": family, "kind": kind,
-            "policy": extra.pop("policy", f"{family}({acc},{lat})"), "param": None,
-            "accuracy": acc, "latency_mean_ms": lat, "latency_mean_ms_std": 0.1,
-            "compute_saving": 1 - lat / 40, "latency_saving": 1 - lat / 40, "qos_rate": 1.0,
-            "accuracy_std": 0.0, **extra}
+    return {
+        "split": split,
+        "scenario": "s",
+        "family": family,
+        "kind": kind,
+        "policy": extra.pop("policy", f"{family}({acc},{lat})"),
+        "param": None,
+        "accuracy": acc,
+        "latency_mean_ms": lat,
+        "latency_mean_ms_std": 0.1,
+        "compute_saving": 1 - lat / 40,
+        "latency_saving": 1 - lat / 40,
+        "qos_rate": 1.0,
+        "accuracy_std": 0.0,
+        **extra,
+    }
 
 
 def test_pareto_front_and_interpolation() -> None:
-    rows = [_row("R", "rule", a, lat) for a, lat in
-            ((0.70, 10), (0.80, 20), (0.78, 25), (0.90, 40), (0.85, 45))]
+    rows = [
+        _row("R", "rule", a, lat)
+        for a, lat in ((0.70, 10), (0.80, 20), (0.78, 25), (0.90, 40), (0.85, 45))
+    ]
     front = pareto_front(rows)
     assert [(r["accuracy"], r["latency_mean_ms"]) for r in front] == [
-        (0.70, 10), (0.80, 20), (0.90, 40)]
+        (0.70, 10),
+        (0.80, 20),
+        (0.90, 40),
+    ]
     assert cost_at_accuracy(front, 0.85) == pytest.approx(30.0)
     assert cost_at_accuracy(front, 0.60) == 10.0
     assert math.isinf(cost_at_accuracy(front, 0.95))
@@ -205,10 +277,10 @@ def test_operating_point_is_chosen_on_val() -> None:
     rows = [
         _row("LastExit", "baseline", 0.90, 40, policy="LastExit"),
         _row("LastExit", "baseline", 0.90, 40, "val", policy="LastExit"),
-        _row("C", "rule", 0.897, 20, policy="C(a)"), _row("C", "rule", 0.880, 30, "val",
-                                                          policy="C(a)"),
-        _row("C", "rule", 0.880, 25, policy="C(b)"), _row("C", "rule", 0.898, 35, "val",
-                                                          policy="C(b)"),
+        _row("C", "rule", 0.897, 20, policy="C(a)"),
+        _row("C", "rule", 0.880, 30, "val", policy="C(a)"),
+        _row("C", "rule", 0.880, 25, policy="C(b)"),
+        _row("C", "rule", 0.898, 35, "val", policy="C(b)"),
     ]
     point = select_point(rows, "s", "compute_saving", kind="rule")
     assert point["policy"] == "C(b)" and point["split"] == "test"
@@ -231,6 +303,9 @@ def test_agent_names_give_algorithm_and_latency_weight(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"")
     found = discover_agents(tmp_path, default_latency_weight=0.5)
     assert [(a.algo, a.latency_weight, Path(a.ref).name) for a in found] == [
-        ("dqn", 0.5, "dqn"), ("ppo", 0.2, "ppo_lw0.2.zip"), ("ppo", 0.5, "ppo")]
+        ("dqn", 0.5, "dqn"),
+        ("ppo", 0.2, "ppo_lw0.2.zip"),
+        ("ppo", 0.5, "ppo"),
+    ]
     assert agent_file("maskable_ppo_lw1.zip", 0.5).algo == "maskable_ppo"
     assert agent_file("maskable_ppo_lw1.zip", 0.5).latency_weight == 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -54,6 +55,10 @@ def _train_cmd(data: Path, tmp: Path, epochs: int, *extra: str) -> list[str]:
     ]
 
 
+def _run(cmd: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, env=_env(tmp), capture_output=True, text=True, timeout=300)
+
+
 def _env(tmp: Path) -> dict:
     return {
         **os.environ,
@@ -82,28 +87,14 @@ def test_killed_training_resumes_to_the_same_weights(tiny_cifar, tmp_path):
     done = torch.load(last, weights_only=True)["epoch"]
     assert 1 <= done < epochs
 
-    out = subprocess.run(
-        _train_cmd(data, tmp_path, epochs, "--resume"),
-        cwd=ROOT,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = _run(_train_cmd(data, tmp_path, epochs, "--resume"), tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "resumed" in out.stdout
     resumed = torch.load(tmp_path / "bb.pt", weights_only=True)["state_dict"]
 
     fresh_dir = tmp_path / "fresh"
     fresh_dir.mkdir()
-    out = subprocess.run(
-        _train_cmd(data, fresh_dir, epochs),
-        cwd=ROOT,
-        env=_env(fresh_dir),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = _run(_train_cmd(data, fresh_dir, epochs), fresh_dir)
     assert out.returncode == 0, out.stderr[-2000:]
     fresh = torch.load(fresh_dir / "bb.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(resumed[k], fresh[k]) for k in fresh)
@@ -111,65 +102,24 @@ def test_killed_training_resumes_to_the_same_weights(tiny_cifar, tmp_path):
 
 def test_existing_run_without_resume_is_refused(tiny_cifar, tmp_path):
     data, _ = tiny_cifar
-    assert (
-        subprocess.run(
-            _train_cmd(data, tmp_path, 1),
-            cwd=ROOT,
-            env=_env(tmp_path),
-            capture_output=True,
-            timeout=300,
-        ).returncode
-        == 0
-    )
-    out = subprocess.run(
-        _train_cmd(data, tmp_path, 1),
-        cwd=ROOT,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    assert _run(_train_cmd(data, tmp_path, 1), tmp_path).returncode == 0
+    out = _run(_train_cmd(data, tmp_path, 1), tmp_path)
     assert out.returncode == 2 and "--resume" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_export_writes_valid_traces_and_manifest(tiny_cifar, tmp_path):
     data, _ = tiny_cifar
     ckpt = tmp_path / "ckpt"
-    subprocess.run(
-        _train_cmd(data, tmp_path, 1, "--output", str(ckpt / "backbone.pt")),
-        cwd=ROOT,
-        env=_env(tmp_path),
-        check=True,
-        capture_output=True,
-        timeout=300,
+    assert (
+        _run(
+            _train_cmd(data, tmp_path, 1, "--output", str(ckpt / "backbone.pt")), tmp_path
+        ).returncode
+        == 0
     )
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.export_traces",
-            "--data",
-            str(data),
-            "--backbone",
-            str(ckpt / "backbone.pt"),
-            "--out-dir",
-            str(ckpt / "traces"),
-            "--val-size",
-            "8",
-            "--threads",
-            "1",
-            "--bf16",
-            "false",
-        ],
-        cwd=ROOT,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    export = [sys.executable, "-m", "experiments.export_traces", "--data", str(data)]
+    export += ["--backbone", str(ckpt / "backbone.pt"), "--out-dir", str(ckpt / "traces")]
+    out = _run([*export, "--val-size", "8", "--threads", "1", "--bf16", "false"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    import json
-
     manifest = json.loads((ckpt / "MANIFEST.json").read_text())["files"]
     assert {"backbone.pt", "traces/cifar10-val.npz", "traces/cifar10-test.npz"} <= set(manifest)
     for split, n in (("val", 8), ("test", 20)):
@@ -191,12 +141,5 @@ def test_export_writes_valid_traces_and_manifest(tiny_cifar, tmp_path):
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.train_backbone", *TINY_ARGS, *args],
-        cwd=ROOT,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = _run([sys.executable, "-m", "experiments.train_backbone", *TINY_ARGS, *args], tmp_path)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
