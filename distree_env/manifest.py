@@ -6,6 +6,7 @@ refused instead of silently giving other numbers.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -129,7 +130,6 @@ def record(
     """Add or replace ``path``'s entry (sha256, bytes, command, commit, machine, date, metrics)."""
     root = (root or checkpoints_dir()).resolve()
     rel = Path(path).resolve().relative_to(root).as_posix()
-    manifest = read_manifest(root)
     entry = {
         "sha256": sha256_of(path),
         "bytes": Path(path).stat().st_size,
@@ -139,7 +139,11 @@ def record(
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "metrics": metrics or {},
     }
-    manifest["files"][rel] = entry
-    manifest["files"] = dict(sorted(manifest["files"].items()))
-    atomic_write_text(root / "MANIFEST.json", json.dumps(manifest, indent=2) + "\n")
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".MANIFEST.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two scripts shipping at once must not lose an entry
+        manifest = read_manifest(root)
+        manifest["files"][rel] = entry
+        manifest["files"] = dict(sorted(manifest["files"].items()))
+        atomic_write_text(root / "MANIFEST.json", json.dumps(manifest, indent=2) + "\n")
     return entry

@@ -96,9 +96,7 @@ class BenchmarkArgs:
     )
     trust: bool = field(
         default=False,
-        metadata={
-            "help": "load agent archives not listed in checkpoints/MANIFEST.json"
-        },
+        metadata={"help": "load agent archives not listed in checkpoints/MANIFEST.json"},
     )
     out: str = field(default="results", metadata={"help": "output folder"})
     update_readme: bool = field(
@@ -346,7 +344,10 @@ def _print(
     print(f"plots: {outputs['pareto.png']}, {outputs['exits.png']}")
     if "readme" in outputs:
         print(f"README block updated: {outputs['readme']}")
-    print("TensorBoard logs of the agents' training: runs/ (tensorboard --logdir runs)")
+    print(
+        "TensorBoard: `python -m experiments.train_agent ...` logs to runs/ "
+        "(tensorboard --logdir runs); the shipped agents' metrics are in checkpoints/MANIFEST.json"
+    )
 
 
 if __name__ == "__main__":
