@@ -1,4 +1,4 @@
-"""Smoke tests of the environment-side scripts: the demo (``make demo``) and the speed benchmark."""
+"""Smoke tests of the environment-side scripts: the demo tour and the speed benchmark."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from experiments import bench_env, demo
 
 
 def test_demo_prints_a_table(capsys):
-    assert demo.main(["--episodes", "4", "--scenario", "stable"]) == 0
+    assert demo.main(["--requests", "64", "--scenario", "stable"]) == 0
     out = capsys.readouterr().out
-    for rule in demo.RULES:
-        assert rule in out
+    for policy in ("last exit", "first exit", "confidence", "entropy", "similarity", "oracle"):
+        assert policy in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("last exit")]
+    assert float(rows[0][3]) == 0.0  # last exit saves no compute
     with pytest.raises(SystemExit) as exc:
-        demo.main(["--episodes", "0"])
+        demo.main(["--requests", "0"])
     assert exc.value.code == 2
 
 
