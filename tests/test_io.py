@@ -1,0 +1,53 @@
+"""Atomic writes: a writer killed with SIGKILL mid-write leaves the previous file intact."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from distree_env.io import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SLOW_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from distree_env.io import atomic_open
+    with atomic_open(sys.argv[1], "wb") as f:
+        for _ in range(1000):
+            f.write(b"new" * 1000)
+            f.flush()
+            print("wrote", flush=True)
+            time.sleep(0.01)
+    """
+)
+
+
+def test_sigkill_mid_write_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "data.bin"
+    target.write_bytes(b"old content")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(target)], cwd=ROOT, stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    for _ in range(5):  # the writer is well into the new file
+        assert proc.stdout.readline() == b"wrote\n"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.read_bytes() == b"old content"
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "data.bin"]
+    assert all(name.startswith(".data.bin.") and name.endswith(".tmp") for name in leftovers)
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    path = tmp_path / "x.txt"
+    atomic_write_text(path, "hi")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert path.read_text() == "hi"
