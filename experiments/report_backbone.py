@@ -39,7 +39,7 @@ def exit_table(val, test, training: dict | None = None) -> str:
     rows.append("")
     rows.append(
         f"Network: `{model.get('topology')}`, {model.get('num_devices')} devices, stage widths "
-        f"{model.get('widths')}, {model.get('blocks')} residual block(s) per stage; "
+        f"{model.get('widths')}, residual blocks per stage {model.get('blocks')}; "
         f"{test.n} test / {val.n} val images."
     )
     if training:

@@ -32,7 +32,9 @@ class Args:
     widths: tuple[int, ...] = field(
         default=(48, 96, 192, 384), metadata={"help": "width of each stage"}
     )
-    blocks: int = field(default=1, metadata={"help": "residual blocks per stage"})
+    blocks: tuple[int, ...] = field(
+        default=(1,), metadata={"help": "residual blocks per stage: one number, or one per stage"}
+    )
     epochs: int = 24
     batch_size: int = 256
     lr: float = 0.1
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
             topology=args.topology,
             num_devices=args.num_devices,
             widths=args.widths,
-            blocks=args.blocks,
+            blocks=args.blocks[0] if len(args.blocks) == 1 else args.blocks,
         )
         cfg = TrainConfig(
             net=net,

@@ -29,12 +29,15 @@ class NetConfig:
     topology: str = "parallel"
     num_devices: int = 2  # parallel: branches; pipeline: must equal num_stages
     widths: tuple[int, ...] = (64, 128, 256)  # per stage (and per branch); len = number of exits
-    blocks: int = 1  # residual blocks per stage
+    blocks: int | tuple[int, ...] = 1  # residual blocks per stage: one number, or one per stage
     embed_dim: int = 128  # width of each exit head's fused embedding
     num_classes: int = 10
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if isinstance(self.blocks, int):
+            object.__setattr__(self, "blocks", (self.blocks,) * len(self.widths))
+        object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
         if self.topology not in TOPOLOGIES:
             raise ValueError(
                 f"topology={self.topology!r} is not allowed; choose one of {TOPOLOGIES}"
@@ -50,8 +53,11 @@ class NetConfig:
         for name in ("num_devices", "embed_dim", "num_classes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} is not allowed; it must be >= 1")
-        if self.blocks < 0:
-            raise ValueError(f"blocks={self.blocks} is not allowed; it must be >= 0")
+        if len(self.blocks) != len(self.widths) or any(b < 0 for b in self.blocks):
+            raise ValueError(
+                f"blocks={self.blocks} is not allowed; give one number >= 0, or one per stage "
+                f"({len(self.widths)})"
+            )
         if self.topology == "pipeline" and self.num_devices != self.num_stages:
             raise ValueError(
                 f"num_devices={self.num_devices} is not allowed for topology='pipeline'; "
@@ -69,6 +75,7 @@ class NetConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["widths"] = list(self.widths)
+        d["blocks"] = list(self.blocks)
         return d
 
     @classmethod
@@ -109,13 +116,13 @@ class Stage(nn.Sequential):
 class Branch(nn.Module):
     """One device's network: a stem and one stage per width; yields every stage's feature map."""
 
-    def __init__(self, widths: tuple[int, ...], blocks: int) -> None:
+    def __init__(self, widths: tuple[int, ...], blocks: tuple[int, ...]) -> None:
         super().__init__()
         stem = max(16, widths[0] // 2)
         self.stem = conv_bn(3, stem)
         chans = (stem, *widths)
         self.stages = nn.ModuleList(
-            Stage(chans[i], chans[i + 1], blocks) for i in range(len(widths))
+            Stage(chans[i], chans[i + 1], blocks[i]) for i in range(len(widths))
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -130,7 +130,8 @@ def test_truncated_backbone_is_refused(tmp_path):
         ("widths", (), "widths=()"),
         ("widths", (4, 0), "widths=(4, 0)"),
         ("num_devices", 0, "num_devices=0"),
-        ("blocks", -1, "blocks=-1"),
+        ("blocks", -1, "blocks=(-1, -1)"),
+        ("blocks", (1, 2, 3), "blocks=(1, 2, 3)"),
     ],
 )
 def test_bad_net_config_is_named(field, value, message):
