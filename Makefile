@@ -17,7 +17,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/python -m pip install -c constraints.txt -e ".[train,dev]"
+	$(BIN)/python -m pip install -c constraints.txt -e ".[train,dev,test]"
 	touch $(STAMP)
 
 test: $(STAMP)

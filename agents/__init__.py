@@ -1,40 +1,60 @@
-"""Exit policies for DistrEE: rules, calibration, one evaluation path, and SB3 agents.
+"""Exit policies for DistrEE: rules, strong baselines, the Oracle, calibration on val, one
+evaluation path, and SB3 agents.
 
-Rules and ``evaluate`` need only numpy; ``load_agent`` imports torch and stable-baselines3 when
-called.
+Rules, baselines and ``evaluate`` need only numpy; ``load_agent`` imports torch and
+stable-baselines3 when called.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from agents.calibrate import CALIBRATED_RULES, Calibration, calibrate, calibrate_all
-from agents.evaluate import METRICS, evaluate
+from agents.baselines import DeadlineAware, LoadAware, PerExitThreshold, Planner
+from agents.calibrate import (
+    BASELINES,
+    CALIBRATED_RULES,
+    BaselineFit,
+    Calibration,
+    calibrate,
+    calibrate_all,
+    calibrate_baselines,
+)
+from agents.evaluate import METRICS, EvalResult, evaluate
+from agents.oracle import Oracle
+from agents.policy import Policy
 from agents.rules import (
     ConfidenceThreshold,
     EntropyThreshold,
+    FeatureDifference,
     FixedExit,
     LastExit,
-    Oracle,
     RandomExit,
     RulePolicy,
-    Similarity,
 )
 
 __all__ = [
+    "BASELINES",
     "CALIBRATED_RULES",
     "METRICS",
+    "BaselineFit",
     "Calibration",
     "ConfidenceThreshold",
+    "DeadlineAware",
     "EntropyThreshold",
+    "EvalResult",
+    "FeatureDifference",
     "FixedExit",
     "LastExit",
+    "LoadAware",
     "Oracle",
+    "PerExitThreshold",
+    "Planner",
+    "Policy",
     "RandomExit",
     "RulePolicy",
-    "Similarity",
     "calibrate",
     "calibrate_all",
+    "calibrate_baselines",
     "evaluate",
     "load_agent",
 ]

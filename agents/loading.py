@@ -1,19 +1,30 @@
-"""Load a trained agent as a ready policy, but only from a file the project vouches for.
+"""Open stable-baselines3 archives without running code: shipped agents, user agents, checkpoints.
 
-Why: an SB3 ``.zip`` holds cloudpickled objects, so loading one can run arbitrary code. A shipped
-agent (``"ppo"`` -> ``checkpoints/agents/ppo.zip``) must match its sha256 in
-``checkpoints/MANIFEST.json``; any other file needs ``trust=True`` from the caller. Even then
-nothing is unpickled: every pickled entry of the archive's JSON header is replaced by an object
-built here (policy class, spaces from their JSON fields, placeholders for training-only
-schedules), and the weights are read by SB3 with ``torch.load(weights_only=True)``. The loaded
-model is for inference; continuing its training would use default schedules.
+Why: an SB3 ``.zip`` holds cloudpickled objects, and SB3's own ``load`` unpickles them and hands
+the header's ``env`` to ``gym.make`` (whose ``"module:Id"`` form imports a module). Every archive
+the project opens, for inference (:func:`load_agent`) and to resume training
+(``experiments.train_agent --resume``), goes through :func:`restore_model` instead: it unpickles
+nothing and imports nothing named in the file. The JSON header is read with declared sizes capped;
+only allow-listed plain fields are kept (numbers and flags, type- and range-checked); the policy
+class, spaces and ``policy_kwargs`` are rebuilt here from their JSON fields; ``env`` and every
+pickled entry (schedules, buffers' classes) are ignored, so training-only schedules come from
+SB3's defaults or the caller's hyperparameters; the weights are read with
+``torch.load(weights_only=True)``. A shipped agent (``"ppo"`` -> ``checkpoints/agents/ppo.zip``)
+must also match ``checkpoints/MANIFEST.json``; any other file needs ``trust=True``.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
+import pickle
+import warnings
 import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,36 +32,166 @@ import numpy as np
 
 from agents.policy import SB3Policy, read_obs_normalizer, sidecar
 from agents.training import ALGOS, algo_class
-from distree_env.manifest import checkpoints_dir, verify
+from distree_env.io import error_line, require_input_file
+from distree_env.manifest import checkpoints_dir, manifest_entry, verify
 
-__all__ = ["agent_path", "infer_algo", "load_agent"]
+__all__ = ["agent_path", "infer_algo", "load_agent", "restore_model"]
+
+#: Caps on what an archive may declare, checked before anything is decompressed.
+MAX_MEMBERS = 64
+MAX_HEADER_BYTES = 4 << 20
+MAX_WEIGHTS_BYTES = 64 << 20
+#: Largest network an archive may ask for (observation size, hidden width, hidden layers).
+MAX_OBS_DIM = 4096
+MAX_WIDTH = 4096
+MAX_LAYERS = 16
+
+#: What a failing library call may raise on a hostile or damaged archive: each becomes one
+#: ValueError naming the file (MemoryError: a declared size; RecursionError: nested JSON).
+_LOAD_ERRORS = (
+    ArithmeticError,
+    AssertionError,
+    AttributeError,
+    EOFError,
+    IndexError,
+    KeyError,
+    MemoryError,
+    NotImplementedError,
+    OSError,
+    RecursionError,
+    RuntimeError,
+    TypeError,
+    ValueError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
+
+_INT, _FLOAT, _BOOL = "int", "float", "bool"
+_BIG = 10**15
+#: Plain header fields kept, with their kind and bounds; everything else in a header is ignored.
+_FIELDS: dict[str, tuple[str, float, float]] = {
+    "verbose": (_INT, 0, 2),
+    "num_timesteps": (_INT, 0, _BIG),
+    "_total_timesteps": (_INT, 0, _BIG),
+    "_num_timesteps_at_start": (_INT, 0, _BIG),
+    "_episode_num": (_INT, 0, _BIG),
+    "_n_updates": (_INT, 0, _BIG),
+    "_n_calls": (_INT, 0, _BIG),
+    "_stats_window_size": (_INT, 1, 10**6),
+    "sde_sample_freq": (_INT, -1, 10**6),
+    "n_envs": (_INT, 1, 1024),
+    "n_steps": (_INT, 1, 1 << 16),
+    "batch_size": (_INT, 1, 1 << 20),
+    "n_epochs": (_INT, 1, 10**4),
+    "buffer_size": (_INT, 1, 10**7),
+    "learning_starts": (_INT, 0, _BIG),
+    "gradient_steps": (_INT, -1, 10**4),
+    "target_update_interval": (_INT, 1, _BIG),
+    "n_quantiles": (_INT, 1, 1024),
+    "learning_rate": (_FLOAT, 0.0, 10.0),
+    "gamma": (_FLOAT, 0.0, 1.0),
+    "gae_lambda": (_FLOAT, 0.0, 1.0),
+    "ent_coef": (_FLOAT, 0.0, 1e3),
+    "vf_coef": (_FLOAT, 0.0, 1e3),
+    "max_grad_norm": (_FLOAT, 0.0, 1e9),
+    "tau": (_FLOAT, 0.0, 1.0),
+    "target_kl": (_FLOAT, 0.0, 1e9),
+    "_current_progress_remaining": (_FLOAT, -1.0, 1.0),
+    "exploration_initial_eps": (_FLOAT, 0.0, 1.0),
+    "exploration_final_eps": (_FLOAT, 0.0, 1.0),
+    "exploration_fraction": (_FLOAT, 0.0, 1.0),
+    "exploration_rate": (_FLOAT, 0.0, 1.0),
+    "use_sde": (_BOOL, 0, 1),
+    "normalize_advantage": (_BOOL, 0, 1),
+    "optimize_memory_usage": (_BOOL, 0, 1),
+    "use_sde_at_warmup": (_BOOL, 0, 1),
+}
+#: ``policy_kwargs`` keys rebuilt (others are refused: they would need classes from the file).
+_POLICY_FLAGS = ("ortho_init", "normalize_images", "share_features_extractor")
+#: The MLP policy's alias where an algorithm names it otherwise.
+_MLP_ALIAS = {"recurrent_ppo": "MlpLstmPolicy"}
 
 
 def agent_path(name_or_path: str | os.PathLike) -> Path:
-    """``"ppo"`` -> ``<checkpoints>/agents/ppo.zip``; anything with a suffix or ``/`` is a path."""
+    """``"ppo"`` -> ``<checkpoints>/agents/ppo.zip``; anything with a suffix or ``/`` is a path.
+
+    :param name_or_path: a shipped agent's name or a path to an archive.
+    """
     text = os.fspath(name_or_path)
     if text.endswith(".zip") or "/" in text or os.sep in text:
         return Path(text).expanduser()
     return checkpoints_dir() / "agents" / f"{text}.zip"
 
 
-def _header(path: Path) -> dict:
+@contextmanager
+def _failures_as_value_error(path: Path, doing: str) -> Iterator[None]:
+    """Turn what a library raises on a bad archive into one ValueError naming the file."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read("data"))
-    except (zipfile.BadZipFile, KeyError, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        yield
+    except _LOAD_ERRORS as exc:
+        raise ValueError(f"agent {str(path)!r}: {doing} failed ({error_line(exc)})") from None
+
+
+def _member(archive: zipfile.ZipFile, name: str, limit: int, path: Path) -> bytes | None:
+    """The bytes of one member (None if absent), refused when it declares more than ``limit``."""
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        return None
+    if info.file_size > limit:
         raise ValueError(
-            f"agent {str(path)!r}: not a readable stable-baselines3 archive ({type(e).__name__}: "
-            f"{e}); it is truncated, corrupt or not an agent"
+            f"agent {str(path)!r}: member {name!r} declares {info.file_size} bytes, over the "
+            f"cap of {limit} (a damaged or hostile archive)"
+        )
+    return archive.read(info)  # zipfile never inflates past the declared size
+
+
+@contextmanager
+def _open_archive(path: Path) -> Iterator[zipfile.ZipFile]:
+    require_input_file(path, "agent")
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise ValueError(
+            f"agent {str(path)!r}: not a readable stable-baselines3 archive ({error_line(exc)}); "
+            "it is truncated, corrupt or not an agent"
         ) from None
+    with archive:
+        if len(archive.infolist()) > MAX_MEMBERS:
+            raise ValueError(
+                f"agent {str(path)!r}: {len(archive.infolist())} members, over the cap of "
+                f"{MAX_MEMBERS}; not a stable-baselines3 archive"
+            )
+        yield archive
+
+
+def _header(archive: zipfile.ZipFile, path: Path) -> dict[str, Any]:
+    """The archive's JSON header as plain data (nothing in it is decoded further)."""
+    with _failures_as_value_error(path, "reading the header"):
+        raw = _member(archive, "data", MAX_HEADER_BYTES, path)
+        if raw is None:
+            raise ValueError("no 'data' member: not a stable-baselines3 archive")
+        data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError(f"agent {str(path)!r}: the header is not a JSON object")
+    return data
 
 
 def infer_algo(path: str | os.PathLike) -> str:
-    """The algorithm of an SB3 archive, from its JSON header (policy class and fields)."""
-    data = _header(Path(path))
-    module = str(data.get("policy_class", {}).get("__module__", ""))
+    """The algorithm of an SB3 archive, from its JSON header (policy class and fields).
+
+    :param path: the archive.
+    """
+    p = Path(path)
+    with _open_archive(p) as archive:
+        data = _header(archive, p)
+    policy = data.get("policy_class")
+    module = str(policy.get("__module__", "")) if isinstance(policy, dict) else ""
     if "qrdqn" in module:
         return "qrdqn"
+    if "recurrent" in module:
+        return "recurrent_ppo"
     if "maskable" in module:
         return "maskable_ppo"
     if "dqn" in module:
@@ -60,13 +201,26 @@ def infer_algo(path: str | os.PathLike) -> str:
     if "n_steps" in data:
         return "a2c"
     raise ValueError(
-        f"agent {str(path)!r}: cannot tell the algorithm; pass algo= one of {list(ALGOS)}"
+        f"agent {str(p)!r}: cannot tell the algorithm; pass algo= one of {list(ALGOS)}"
     )
 
 
-def _policy_kwargs(entry: dict, path: Path) -> dict[str, Any]:
-    """Rebuild a pickled ``policy_kwargs`` from its JSON fields; classes from a short allow-list."""
-    import torch  # noqa: PLC0415
+def _number(value: Any, kind: str, low: float, high: float, where: str) -> Any:
+    """``value`` checked as a JSON int / float / bool within [low, high], else ValueError."""
+    if kind == _BOOL:
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if kind == _INT and isinstance(value, int) and low <= value <= high:
+            return value
+        if kind == _FLOAT and math.isfinite(value) and low <= value <= high:
+            return float(value)
+    raise ValueError(f"{where}={value!r} is not allowed: a {kind} in [{low:g}, {high:g}]")
+
+
+def _allowed_classes() -> dict[str, type]:
+    """Activation and optimizer classes a ``policy_kwargs`` may name, by their ``repr``."""
+    import torch  # noqa: PLC0415 (loading an agent needs torch anyway)
 
     allowed = (
         torch.nn.ReLU,
@@ -80,53 +234,191 @@ def _policy_kwargs(entry: dict, path: Path) -> dict[str, Any]:
         torch.optim.RMSprop,
         torch.optim.SGD,
     )
-    by_repr = {f"<class '{c.__module__}.{c.__qualname__}'>": c for c in allowed}
-    kwargs = {}
+    return {f"<class '{c.__module__}.{c.__qualname__}'>": c for c in allowed}
+
+
+def _widths(value: Any, where: str) -> list[int]:
+    if not isinstance(value, list) or len(value) > MAX_LAYERS:
+        raise ValueError(f"{where}={value!r}: expected a list of at most {MAX_LAYERS} widths")
+    return [_number(w, _INT, 1, MAX_WIDTH, f"{where}[{i}]") for i, w in enumerate(value)]
+
+
+def _policy_kwargs(entry: Any) -> dict[str, Any]:
+    """``policy_kwargs`` rebuilt from its JSON fields; classes only from a short allow-list."""
+    if entry is None:
+        return {}
+    if not isinstance(entry, dict):
+        raise ValueError(f"policy_kwargs={entry!r}: expected an object")
+    kwargs: dict[str, Any] = {}
     for key, value in entry.items():
+        where = f"policy_kwargs.{key}"
         if key in (":type:", ":serialized:"):
             continue
-        if isinstance(value, str):
-            if value not in by_repr:
+        if key == "net_arch":
+            if isinstance(value, dict):
+                if not set(value) <= {"pi", "vf", "qf"}:
+                    raise ValueError(f"{where} keys {sorted(value)}: allowed pi, vf, qf")
+                kwargs[key] = {k: _widths(v, f"{where}.{k}") for k, v in value.items()}
+            else:
+                kwargs[key] = _widths(value, where)
+        elif key in ("activation_fn", "optimizer_class"):
+            classes = _allowed_classes()
+            if value not in classes:
                 raise ValueError(
-                    f"agent {str(path)!r}: policy_kwargs.{key}={value!r} is not an "
-                    "allowed class (it could only be restored by unpickling)"
+                    f"{where}={value!r} is not an allowed class (it could only be restored by "
+                    "unpickling)"
                 )
-            value = by_repr[value]
-        kwargs[key] = value
+            kwargs[key] = classes[value]
+        elif key == "optimizer_kwargs":
+            if not isinstance(value, dict) or len(value) > 16:
+                raise ValueError(f"{where}={value!r}: expected an object of numbers")
+            kwargs[key] = {
+                str(k): _number(v, _BOOL, 0, 1, f"{where}.{k}")
+                if isinstance(v, bool)
+                else _number(v, _FLOAT, -1e9, 1e9, f"{where}.{k}")
+                for k, v in value.items()
+            }
+        elif key in _POLICY_FLAGS:
+            kwargs[key] = _number(value, _BOOL, 0, 1, where)
+        elif key == "n_quantiles":
+            kwargs[key] = _number(value, _INT, 1, 1024, where)
+        elif key in ("lstm_hidden_size", "n_lstm_layers"):  # RecurrentPPO
+            kwargs[key] = _number(value, _INT, 1, 4096, where)
+        elif key in ("shared_lstm", "enable_critic_lstm"):
+            kwargs[key] = _number(value, _BOOL, 0, 1, where)
+        else:
+            raise ValueError(f"{where} is not supported by the pickle-free loader")
     return kwargs
 
 
-def _pickle_free(data: dict, cls: type, path: Path) -> dict[str, Any]:
-    """``custom_objects`` for SB3's ``load`` that replace every cloudpickled header entry."""
-    from gymnasium import spaces  # noqa: PLC0415
-    from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit  # noqa: PLC0415
-
-    obs, act = data.get("observation_space", {}), data.get("action_space", {})
-    if "Box" not in str(obs.get(":type:")) or "Discrete" not in str(act.get(":type:")):
+def _spaces(data: dict[str, Any]) -> tuple[int, int]:
+    """(observation size, number of actions) from the spaces' JSON fields."""
+    obs, act = data.get("observation_space"), data.get("action_space")
+    if not isinstance(obs, dict) or not isinstance(act, dict):
+        raise ValueError("the header has no observation_space / action_space")
+    if "spaces.box.Box" not in str(obs.get(":type:")) or "spaces.discrete.Discrete" not in str(
+        act.get(":type:")
+    ):
         raise ValueError(
-            f"agent {str(path)!r}: not a DistrEE agent (needs Box observations and "
-            f"Discrete actions, got {obs.get(':type:')} / {act.get(':type:')})"
+            "not a DistrEE agent (needs Box observations and Discrete actions, got "
+            f"{str(obs.get(':type:'))[:80]} / {str(act.get(':type:'))[:80]})"
         )
-    try:
-        raw = obs["_shape"]
-        shape = tuple(int(x) for x in (json.loads(raw) if isinstance(raw, str) else raw))
-        n = int(act["n"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"agent {str(path)!r}: unreadable space description ({exc})") from None
-    replacements = {
-        "policy_class": cls.policy_aliases["MlpPolicy"],
-        "observation_space": spaces.Box(-np.inf, np.inf, shape, np.float32),
-        "action_space": spaces.Discrete(n),
-        "clip_range": 0.2,
-        "train_freq": TrainFreq(1, TrainFrequencyUnit.STEP),
-    }
-    if isinstance(data.get("policy_kwargs"), dict) and ":serialized:" in data["policy_kwargs"]:
-        replacements["policy_kwargs"] = _policy_kwargs(data["policy_kwargs"], path)
-    return {
-        key: replacements.get(key)
-        for key, value in data.items()
-        if isinstance(value, dict) and ":serialized:" in value
-    }
+    shape = obs.get("_shape")
+    if not (isinstance(shape, list) and len(shape) == 1):
+        raise ValueError(f"observation_space._shape={str(shape)[:80]}: expected one dimension")
+    dim = _number(shape[0], _INT, 1, MAX_OBS_DIM, "observation_space._shape[0]")
+    n = act.get("n")
+    if str(n) != "2" or str(act.get("start", "0")) != "0":
+        raise ValueError(f"action_space.n={str(n)[:20]!r}: DistrEE's actions are Discrete(2)")
+    return dim, 2
+
+
+def _fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The allow-listed plain fields of a header, checked; ``env`` and pickles are never read."""
+    kept = {}
+    for key, (kind, low, high) in _FIELDS.items():
+        value = data.get(key)
+        if value is None or (isinstance(value, dict) and ":serialized:" in value):
+            continue  # absent, or pickled: SB3's default or the caller's hyperparameters
+        kept[key] = _number(value, kind, low, high, key)
+    return kept
+
+
+def restore_model(
+    path: str | os.PathLike,
+    algo: str,
+    env: Any = None,
+    overrides: dict[str, Any] | None = None,
+) -> Any:
+    """An SB3 model rebuilt from an archive without unpickling or importing anything it names.
+
+    With ``env`` (a VecEnv) the model can continue training: the archive's spaces must match the
+    env's, and ``overrides`` (the run's hyperparameters) replace what the header holds only
+    pickled (schedules, ``train_freq``, ``clip_range``). Without it the model is for inference
+    and allocates no rollout or replay memory. Any problem is one ValueError naming the file.
+
+    :param path: the ``.zip`` archive.
+    :param algo: one of :data:`agents.training.ALGOS`.
+    :param env: the environment to train on, or None for inference.
+    :param overrides: model attributes set before the model is built (resume: hyperparameters).
+    """
+    p = Path(path)
+    cls = algo_class(algo)
+    with _open_archive(p) as archive:
+        data = _header(archive, p)
+        try:
+            obs_dim, n_actions = _spaces(data)
+            fields = _fields(data)
+            policy_kwargs = _policy_kwargs(data.get("policy_kwargs"))
+        except ValueError as exc:
+            raise ValueError(f"agent {str(p)!r}: {exc}") from None
+        if env is not None:
+            got = (env.observation_space.shape, getattr(env.action_space, "n", None))
+            if got != ((obs_dim,), n_actions):
+                raise ValueError(
+                    f"agent {str(p)!r} observes {obs_dim} values with {n_actions} actions, but "
+                    f"the environment gives {got[0]} with {got[1]}: another configuration"
+                )
+            fields.pop("n_envs", None)
+        else:
+            fields.update(n_envs=1, buffer_size=1)  # inference: no rollout or replay memory
+        fields.update(overrides or {})
+        with _failures_as_value_error(p, f"building the {algo} model"):
+            import torch  # noqa: PLC0415
+            from gymnasium import spaces  # noqa: PLC0415
+
+            model = cls(
+                policy=cls.policy_aliases[_MLP_ALIAS.get(algo, "MlpPolicy")],
+                env=env,
+                device="cpu",
+                _init_setup_model=False,
+            )
+            if env is None:
+                model.observation_space = spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+                model.action_space = spaces.Discrete(n_actions)
+            model.__dict__.update(fields)
+            model.policy_kwargs = policy_kwargs
+            model._last_obs = None  # forces a reset before training, as SB3's load does
+            model._setup_model()
+        names = model._get_torch_save_params()[0]  # none of ALGOS has extra torch variables
+        params = {}
+        for name in names:
+            with _failures_as_value_error(p, f"reading the weights {name}.pth"):
+                raw = _member(archive, f"{name}.pth", MAX_WEIGHTS_BYTES, p)
+                if raw is None:
+                    raise ValueError(f"the archive has no {name}.pth")
+                with warnings.catch_warnings():  # torch warns about odd pickles; we refuse them
+                    warnings.simplefilter("ignore")
+                    params[name] = torch.load(
+                        io.BytesIO(raw), map_location="cpu", weights_only=True
+                    )
+        with _failures_as_value_error(p, f"restoring the weights as {algo}"):
+            model.set_parameters(params, exact_match=True, device="cpu")
+    return model
+
+
+def _normalizer(path: Path, listed: bool) -> Any:
+    """The agent's observation normalisation: for a listed agent exactly the sidecars its
+    MANIFEST entry lists (a leftover from an earlier version of the file is refused)."""
+    norm_path = sidecar(path)
+    if listed:
+        entry = manifest_entry(path) or {}
+        expected = {checkpoints_dir() / rel for rel in entry.get("sidecars") or {}}
+        if norm_path.exists() and not any(norm_path.resolve() == e.resolve() for e in expected):
+            raise ValueError(
+                f"agent {str(path)!r}: {str(norm_path)!r} is not part of the agent's entry in "
+                "checkpoints/MANIFEST.json (left from an earlier version?); remove it or ship "
+                "the agent again"
+            )
+        if expected and not norm_path.exists():
+            raise ValueError(
+                f"agent {str(path)!r}: its normalisation statistics {str(norm_path)!r}, listed "
+                "in checkpoints/MANIFEST.json, are missing"
+            )
+    if not norm_path.exists():
+        return None
+    verify(norm_path, required=listed)
+    return read_obs_normalizer(norm_path)
 
 
 def load_agent(
@@ -136,32 +428,32 @@ def load_agent(
 
     Raises ValueError when the file is missing, fails its manifest check, is not listed and
     ``trust`` is False, or is not a valid archive. Normalisation statistics beside the archive
-    (``NAME.vecnormalize.npz``) are applied to observations.
+    (``NAME.vecnormalize.npz``) are applied to observations; a shipped agent's must be listed
+    in its MANIFEST entry.
+
+    :param name_or_path: a shipped agent's name or a path to an archive.
+    :param trust: load a file that is not listed in the manifest (a file you made yourself).
+    :param algo: the algorithm (default: read from the archive's header).
     """
     path = agent_path(name_or_path)
-    if not path.is_file():
+    if not path.exists():
         shipped = sorted(p.stem for p in (checkpoints_dir() / "agents").glob("*.zip"))
         raise ValueError(
             f"agent {os.fspath(name_or_path)!r}: file {str(path)!r} not found "
             f"(shipped agents: {shipped or 'none'})"
         )
+    require_input_file(path, "agent")
     listed = verify(path)
     if not listed and not trust:
         raise ValueError(
-            f"agent {str(path)!r} is not listed in checkpoints/MANIFEST.json; SB3 archives can run "
-            "code when loaded, so pass trust=True (--trust) only for files you made yourself"
+            f"agent {str(path)!r} is not listed in checkpoints/MANIFEST.json; pass trust=True "
+            "(--trust) only for files you made yourself"
         )
-    algo = algo or infer_algo(path)
-    norm_path = sidecar(path)
-    normalizer = None
-    if norm_path.is_file():
-        if listed:
-            verify(norm_path, required=True)
-        normalizer = read_obs_normalizer(norm_path)
-    cls = algo_class(algo)
-    custom = _pickle_free(_header(path), cls, path)
-    try:
-        model = cls.load(path, device="cpu", custom_objects=custom)
-    except (zipfile.BadZipFile, RuntimeError, KeyError, EOFError) as exc:
-        raise ValueError(f"agent {str(path)!r}: cannot be loaded as {algo} ({exc})") from None
+    normalizer = _normalizer(path, listed)
+    model = restore_model(path, algo or infer_algo(path))
+    if normalizer is not None and normalizer.mean.shape != model.observation_space.shape:
+        raise ValueError(
+            f"agent {str(path)!r}: its normalisation statistics {str(sidecar(path))!r} are for "
+            f"{normalizer.mean.shape} observations, the agent takes {model.observation_space.shape}"
+        )
     return SB3Policy(model, normalizer)

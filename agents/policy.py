@@ -1,4 +1,5 @@
-"""A trained SB3 model as a ready exit policy: observation normalisation and action masks included.
+"""What an exit policy is (:class:`Policy`), and a trained SB3 model as one: observation
+normalisation and action masks included.
 
 Why: callers (``evaluate``, the benchmark, users) should not have to know whether an agent was
 trained with ``VecNormalize`` or with MaskablePPO. Normalisation statistics are stored as a plain
@@ -11,14 +12,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from distree_env.io import atomic_write
+from distree_env.io import atomic_write, read_npz
 
 __all__ = [
+    "BindablePolicy",
     "ObsNormalizer",
+    "Policy",
     "SB3Policy",
     "as_policy",
     "find_vecnormalize",
@@ -27,6 +30,31 @@ __all__ = [
     "save_vecnormalize",
     "sidecar",
 ]
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Anything that maps a batch of observations to actions the way SB3 models do: rules,
+    baselines, the Oracle, :class:`SB3Policy`. ``observation`` is ``[n, obs_dim]`` (or one
+    ``[obs_dim]`` row); the result is ``([n] int actions, 0 = continue / 1 = exit; state)``."""
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, Any]: ...
+
+
+@runtime_checkable
+class BindablePolicy(Policy, Protocol):
+    """A :class:`Policy` that must learn the environment's layout before acting:
+    ``bind(env)`` reads ``env.observation_names`` and ``env.num_exits`` (the Oracle also keeps
+    the env) and returns the policy. ``agents.evaluate`` calls it when present."""
+
+    def bind(self, env: Any) -> BindablePolicy: ...
+
 
 _NORM_KEYS = (
     "obs_mean",
@@ -72,14 +100,11 @@ def save_vecnormalize(path: str | os.PathLike, venv: Any) -> None:
 
 
 def _read_norm(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            values = {key: data[key] for key in _NORM_KEYS}
-    except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise ValueError(
-            f"normalisation statistics {str(path)!r}: unreadable or incomplete ({exc}); "
-            f"expected an .npz with {list(_NORM_KEYS)}"
-        ) from exc
+    arrays = read_npz(path, "normalisation statistics", 1 << 20)  # sizes checked, no pickles
+    missing = [key for key in _NORM_KEYS if key not in arrays]
+    if missing:
+        raise ValueError(f"normalisation statistics {str(path)!r}: incomplete, missing {missing}")
+    values = {key: arrays[key] for key in _NORM_KEYS}
     for key, value in values.items():
         if value.dtype.kind != "f" or not np.isfinite(value).all():
             raise ValueError(f"normalisation statistics {str(path)!r}: {key} must be finite floats")

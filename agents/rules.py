@@ -2,8 +2,9 @@
 
 Why: learned agents are only worth their cost if they beat the classic rules. Each rule reads the
 features it needs by name (``observation_names``), so it keeps working if the observation layout
-grows. ``bind(env)`` tells a rule the layout of the environment it will act in (and gives the
-Oracle its view of the labels and latencies); ``agents.evaluate`` calls it.
+grows. ``bind(env)`` tells a rule the layout and exit count of the environment it will act in;
+``agents.evaluate`` calls it. The stronger, calibrated baselines live in ``agents.baselines``, the
+hindsight bound in ``agents.oracle``.
 """
 
 from __future__ import annotations
@@ -14,18 +15,20 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "CONTINUE",
+    "EXIT",
     "ConfidenceThreshold",
     "EntropyThreshold",
+    "FeatureDifference",
     "FixedExit",
     "LastExit",
-    "Oracle",
     "RandomExit",
     "RulePolicy",
-    "Similarity",
 ]
 
-#: The confidence features every DistrEE observation starts with (resources follow).
-DEFAULT_FEATURES = ("max_prob", "margin", "entropy", "similarity", "progress")
+#: The confidence features every DistrEE observation starts with (resources, time and queue
+#: follow); the layout of an unbound rule.
+DEFAULT_FEATURES = ("max_prob", "margin", "entropy", "feature_diff", "progress")
 CONTINUE, EXIT = 0, 1
 
 
@@ -163,31 +166,9 @@ class EntropyThreshold(_Threshold):
         return self.feature(obs, "entropy") <= self.t
 
 
-class Similarity(_Threshold):
-    """Exit when consecutive exits agree, similarity >= ``t`` (DistrEE's criterion)."""
+class FeatureDifference(_Threshold):
+    """Exit at exit k >= 1 when consecutive exits agree, ``feature_diff <= t`` (DistrEE's
+    criterion: half the distance between the normalised embeddings of exits k-1 and k)."""
 
     def decide(self, obs: np.ndarray) -> np.ndarray:
-        return self.feature(obs, "similarity") >= self.t
-
-
-class Oracle(RulePolicy):
-    """The best exit per request, knowing the label and the realised latencies: an upper bound.
-
-    It ignores the observation and asks the bound vector environment (``oracle_actions()``).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.env: Any = None
-
-    def bind(self, env: Any) -> Oracle:
-        super().bind(env)
-        if not hasattr(env, "oracle_actions"):
-            raise ValueError("Oracle: the environment has no oracle_actions(); use DistrEEVecEnv")
-        self.env = env
-        return self
-
-    def decide(self, obs: np.ndarray) -> np.ndarray:
-        if self.env is None:
-            raise ValueError("Oracle: call bind(env) with the DistrEEVecEnv it acts in first")
-        return np.asarray(self.env.oracle_actions()) == EXIT
+        return (self.feature(obs, "feature_diff") <= self.t) & (self.feature(obs, "progress") > 0)

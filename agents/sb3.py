@@ -8,11 +8,12 @@ episode. The callback puts DistrEE's episode metrics next to SB3's curves in Ten
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
@@ -31,14 +32,20 @@ class SB3VecEnv(VecEnv):
     ``env_method("action_masks")`` serves MaskablePPO.
 
     ``request_episodes=True`` shows the learner every request as an episode of its own (``done``
-    when a request ends). Resources evolve independently of the actions, so this is the same
-    problem, but it removes the discounting bias of a long episode (an extra stage would
-    otherwise cost the average reward of a step, as it delays every later request) and lets
-    ``gamma = 1`` be used with short, low-variance returns. ``monitor`` statistics are then per
-    request.
+    when a request ends). With isolated requests (no queue) this is the same problem, but it
+    removes the discounting bias of a long episode and lets ``gamma = 1`` be used with short,
+    low-variance returns; ``monitor`` statistics are then per request. With a request stream it
+    hides from the learner what an answer does to the requests waiting behind it: leave it off
+    there.
     """
 
     def __init__(self, venv: DistrEEVecEnv, request_episodes: bool = False) -> None:
+        mode = venv.metadata.get("autoreset_mode")
+        if mode != AutoresetMode.SAME_STEP:
+            raise ValueError(
+                f"SB3VecEnv: the DistrEEVecEnv's autoreset_mode is {mode}; SB3 needs "
+                "AutoresetMode.SAME_STEP (DistrEEVecEnv(..., autoreset_mode='same_step'))"
+            )
         self.venv = venv
         self.request_episodes = request_episodes
         self.render_mode = None
@@ -117,16 +124,40 @@ def make_sb3_env(
     config: EnvConfig | dict | None, n_envs: int, seed: int, request_episodes: bool = False
 ) -> VecMonitor:
     """A monitored SB3 vector env of ``n_envs`` DistrEE envs, seeded for reproducible runs."""
-    env = SB3VecEnv(DistrEEVecEnv(n_envs, config), request_episodes)
+    venv = DistrEEVecEnv(n_envs, config, autoreset_mode=AutoresetMode.SAME_STEP)
+    env = SB3VecEnv(venv, request_episodes)
     env.seed(seed)
     return VecMonitor(env)
 
 
-class DistrEEMetricsCallback(BaseCallback):
-    """Log DistrEE's episode metrics as ``distree/<metric>`` (means over the last ``window``).
+#: Episode metrics that are totals over an episode; every other ``episode_*`` metric is a mean
+#: (or share) over the episode's requests.
+EPISODE_TOTALS = (
+    "episode_return",
+    "episode_reward_correct",
+    "episode_reward_latency",
+    "episode_reward_deadline",
+    "episode_reward_drop",
+    "episode_requests",
+)
 
-    Records ``distree/accuracy``, ``compute_saving``, ``latency_mean_ms``, ``latency_p95_ms``,
-    ``qos_rate``, ``exit_<k>`` and any reward components the env reports (``reward_*``).
+
+def metric_tag(key: str) -> str | None:
+    """The TensorBoard tag of an episode metric of the env: ``distree_train/per_episode/<name>``
+    for totals over an episode, ``distree_train/per_request/<name>`` for means over requests
+    (``episode_`` dropped from the name); None for what is not a metric."""
+    if not key.startswith("episode_") or key == "episode_done":
+        return None
+    scope = "per_episode" if key in EPISODE_TOTALS else "per_request"
+    return f"distree_train/{scope}/{key.removeprefix('episode_')}"
+
+
+class DistrEEMetricsCallback(BaseCallback):
+    """Log the env's episode metrics of the training episodes that ended (means over the last
+    ``window`` episodes), named so that totals and per-request figures cannot be mixed up:
+    ``distree_train/per_request/<metric>`` (accuracy, qos_rate, reward_per_request, ...,
+    ``exit_<k>_share``) and ``distree_train/per_episode/<metric>`` (return, reward parts,
+    requests); see :func:`metric_tag`.
     """
 
     def __init__(self, window: int = 100, verbose: int = 0) -> None:
@@ -140,16 +171,18 @@ class DistrEEMetricsCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         infos: Sequence[dict[str, Any]] = self.locals.get("infos", ())
-        dones: Iterable[bool] = self.locals.get("dones", ())
-        finished = [infos[i]["distree"] for i in np.flatnonzero(dones) if "distree" in infos[i]]
+        finished = [info["distree"] for info in infos if "distree" in info]
         for metrics in finished:
             for key, value in metrics.items():
-                if key == "exit_fractions":
+                tag = metric_tag(key)
+                if tag is None:
+                    continue
+                if key == "episode_exit_fractions":
                     for k, frac in enumerate(np.asarray(value).tolist()):
-                        self._add(f"exit_{k}", frac)
-                elif np.ndim(value) == 0:
-                    self._add(key, value)
+                        self._add(f"distree_train/per_request/exit_{k}_share", frac)
+                elif np.ndim(value) == 0 and np.isfinite(value):
+                    self._add(tag, value)
         if finished:
             for key, buf in self.buffers.items():
-                self.logger.record(f"distree/{key}", float(np.mean(buf)))
+                self.logger.record(key, float(np.mean(buf)))
         return True

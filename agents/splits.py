@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distree_env.config import EnvConfig
-from distree_env.trace import resolve_trace, trace_path
+from distree_env.traces import resolve_trace, trace_path
 
 __all__ = ["check_not_test", "held_out_trace", "is_test_name", "trace_split"]
 

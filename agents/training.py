@@ -10,19 +10,24 @@ Replay buffers and normalisation statistics are plain ``.npz`` (no pickle).
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.callbacks import CheckpointCallback
+from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 
-from agents.policy import find_vecnormalize, save_vecnormalize, sidecar
-from distree_env.io import atomic_write
+from agents.evaluate import METRICS, evaluate
+from agents.policy import as_policy, find_vecnormalize, save_vecnormalize, sidecar
+from distree_env.io import atomic_write, read_npz
 
 __all__ = [
     "ALGOS",
+    "METRIC_GUIDE",
     "AtomicCheckpointCallback",
+    "RunTextCallback",
+    "ValEvalCallback",
     "algo_class",
     "latest_checkpoint",
     "load_replay_buffer",
@@ -36,6 +41,7 @@ ALGOS: dict[str, tuple[str, str]] = {
     "dqn": ("stable_baselines3", "DQN"),
     "qrdqn": ("sb3_contrib", "QRDQN"),
     "maskable_ppo": ("sb3_contrib", "MaskablePPO"),
+    "recurrent_ppo": ("sb3_contrib", "RecurrentPPO"),
 }
 _CKPT = re.compile(r"^ckpt_(\d+)_steps\.zip$")
 _REPLAY_KEYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
@@ -53,6 +59,8 @@ def save_model(model: Any, path: str | Path) -> None:
     norm = find_vecnormalize(model)
     if norm is not None:
         save_vecnormalize(sidecar(path), norm)
+    else:  # statistics of an earlier model saved at this path must not apply to this one
+        sidecar(path).unlink(missing_ok=True)
     atomic_write(path, lambda f: model.save(f))
 
 
@@ -73,21 +81,21 @@ def load_replay_buffer(model: Any, zip_path: Path) -> bool:
     if not path.is_file() or getattr(model, "replay_buffer", None) is None:
         return False
     buf = model.replay_buffer
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            for key in _REPLAY_KEYS:
-                if key in data.files:
-                    value = data[key]
-                    if value.shape != getattr(buf, key).shape:
-                        raise ValueError(
-                            f"{key} has shape {value.shape}, expected {getattr(buf, key).shape}"
-                        )
-                    setattr(buf, key, value)
-            buf.pos, buf.full = int(data["pos"]), bool(data["full"])
-    except (OSError, KeyError, EOFError) as exc:
-        raise ValueError(f"replay buffer {str(path)!r}: unreadable ({exc})") from exc
-    except ValueError as exc:
-        raise ValueError(f"replay buffer {str(path)!r}: {exc}") from exc
+    expected = {key: getattr(buf, key) for key in _REPLAY_KEYS if hasattr(buf, key)}
+    limit = sum(value.nbytes for value in expected.values()) + (1 << 20)
+    data = read_npz(path, "replay buffer", limit)  # no pickles; sizes checked before reading
+    for key, current in expected.items():
+        if key in data:
+            if data[key].shape != current.shape or data[key].dtype != current.dtype:
+                raise ValueError(
+                    f"replay buffer {str(path)!r}: {key} is {data[key].dtype}{data[key].shape}, "
+                    f"expected {current.dtype}{current.shape}"
+                )
+            setattr(buf, key, data[key])
+    pos, full = data.get("pos"), data.get("full")
+    if pos is None or full is None or pos.shape or not 0 <= int(pos) < buf.buffer_size:
+        raise ValueError(f"replay buffer {str(path)!r}: pos / full missing or out of range")
+    buf.pos, buf.full = int(pos), bool(full)
     return True
 
 
@@ -132,3 +140,92 @@ class AtomicCheckpointCallback(CheckpointCallback):
         for _, old in ckpts[: -self.keep]:
             for f in (old, _replay_path(old), sidecar(old)):  # un-mark first
                 f.unlink(missing_ok=True)
+
+
+#: What the TensorBoard tags of a run mean (logged as text with every run).
+METRIC_GUIDE = """\
+- `distree_val/per_request/*`: `agents.evaluate` of the current model on the val config (the
+  same function and metrics as the benchmark): means over requests (`mean_reward` is reward per
+  request; `exit_<k>_share` the share of requests answered at exit k).
+- `distree_train/per_request/*`: the same quantities over the training episodes that ended
+  (means over their requests).
+- `distree_train/per_episode/*`: sums over one training episode (`return`, reward parts,
+  `requests` answered): a per-episode total, not comparable with per-request figures.
+- `rollout/ep_rew_mean`, `eval/mean_reward` (SB3): sums over what the learner sees as one
+  episode: one request when it trains on request-episodes, else a whole env episode.
+"""
+
+
+def _text_block(data: Any) -> str:
+    return "```\n" + json.dumps(data, indent=2, default=str) + "\n```"
+
+
+class RunTextCallback(BaseCallback):
+    """Log the run's hyperparameters, environment config and :data:`METRIC_GUIDE` as
+    TensorBoard text at the start of training (``run/*``)."""
+
+    def __init__(self, hyperparameters: dict[str, Any], env_config: dict[str, Any]) -> None:
+        super().__init__()
+        self.texts = {
+            "run/hyperparameters": _text_block(hyperparameters),
+            "run/env_config": _text_block(env_config),
+            "run/metric_guide": METRIC_GUIDE,
+        }
+
+    def _on_training_start(self) -> None:
+        for key, text in self.texts.items():
+            self.logger.record(key, text, exclude=("stdout", "log", "json", "csv"))
+        self.logger.dump(self.num_timesteps)
+
+    def _on_step(self) -> bool:
+        return True
+
+
+class ValEvalCallback(BaseCallback):
+    """Every ``eval_freq`` calls: :func:`agents.evaluate` of the current model on the val
+    ``config``, logged as ``distree_val/per_request/*``; the model with the best val reward per
+    request is saved at ``best_path`` (the run's choice is made on val).
+
+    :param config: the val environment.
+    :param eval_freq: callback calls (vector steps) between evaluations.
+    :param n_requests: requests per evaluation; ``seed``: its seed (fixed, so evaluations
+        along the run are comparable).
+    :param best_path: where the best model goes (None: not saved).
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        eval_freq: int,
+        n_requests: int = 2048,
+        seed: int = 0,
+        best_path: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.config, self.eval_freq = config, eval_freq
+        self.n_requests, self.seed = n_requests, seed
+        self.best_path = None if best_path is None else Path(best_path)
+        self.best_reward = -np.inf
+        self.history: list[tuple[int, float]] = []
+
+    def _on_step(self) -> bool:
+        if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
+            self.evaluate_now()
+        return True
+
+    def evaluate_now(self) -> dict[str, Any]:
+        """Evaluate, log and keep the best; returns the metrics."""
+        metrics = evaluate(as_policy(self.model), self.config, self.n_requests, self.seed)
+        for key in METRICS:
+            self.logger.record(f"distree_val/per_request/{key}", float(metrics[key]))
+        for k, share in enumerate(metrics["exit_fractions"]):
+            self.logger.record(f"distree_val/per_request/exit_{k}_share", float(share))
+        self.logger.dump(self.num_timesteps)
+        reward = float(metrics["mean_reward"])
+        self.history.append((int(self.num_timesteps), reward))
+        if reward > self.best_reward:
+            self.best_reward = reward
+            if self.best_path is not None:
+                self.best_path.parent.mkdir(parents=True, exist_ok=True)
+                save_model(self.model, self.best_path)
+        return dict(metrics)

@@ -1,12 +1,13 @@
 """Environment configuration: frozen, JSON-friendly dataclasses with every field validated.
 
 Why: people will pass odd values. A bad value must fail at construction with a ValueError that
-names the field (dotted path), the value and what is allowed, never later as a NaN reward. All
-defaults live here, in the dataclass fields, and nowhere else.
+names the field (dotted path), the value and what is allowed (with the physical reason for a
+bound), never later as a NaN reward. All defaults live here, in the dataclass fields; the defaults
+are the v1 default scenario ``steady-stream``; named scenarios are override dicts on top of them.
 
 Use ``EnvConfig()``, ``EnvConfig.from_dict({...})`` (nested dicts, unknown keys rejected),
-``EnvConfig.scenario("congested")`` and ``config.replace({"reward.latency_weight": 0.2})``
-(dotted keys or nested dicts).
+``EnvConfig.scenario("bursty-stream")`` and ``config.replace({"reward.latency_weight": 0.2})``
+(dotted keys or nested dicts). numpy scalars and arrays are accepted where the value is fine.
 """
 
 from __future__ import annotations
@@ -18,31 +19,67 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from distree_env.cluster import DEVICE_PROFILES, LINK_PROFILES, RESOURCE_PROCESSES
+import numpy as np
+
+from distree_env.cluster.arrivals import ARRIVAL_PROCESSES
+from distree_env.cluster.profiles import DEVICE_PROFILES, LINK_PROFILES
+from distree_env.cluster.queue import OVERFLOW_POLICIES, QUEUE_HARD_CAP
+from distree_env.cluster.resources import (
+    CLOCKS,
+    HSDPA_SPLITS,
+    MAX_MARKOV_LEVELS,
+    MIN_SHARE,
+    RESOURCE_PROCESSES,
+)
 
 __all__ = [
     "DEFAULT_PIPELINE_TRACE",
     "DEFAULT_TRACE",
+    "EPISODE_ENDS",
+    "MAX_REQUESTS_PER_EPISODE",
+    "REWARD_TIMINGS",
     "SCENARIOS",
+    "SCENARIO_SOURCES",
+    "ArrivalConfig",
     "ClusterConfig",
     "EnvConfig",
     "ProcessConfig",
+    "QueueConfig",
     "RewardConfig",
     "build_config",
+    "top_level_fields",
 ]
 
-#: The trace used by ``EnvConfig()``. Switch to "cifar10-val" once the exported traces are shipped.
+#: The exit trace used by ``EnvConfig()`` (tune and train on val; test only measures).
 DEFAULT_TRACE = "cifar10-val"
-#: The trace used by the pipeline-topology variant.
-DEFAULT_PIPELINE_TRACE = "synthetic-pipeline"
-#: Named cluster presets, see :meth:`EnvConfig.scenario`.
-SCENARIOS = ("stable", "fluctuating", "congested")
+#: The trace of the pipeline-topology variants.
+DEFAULT_PIPELINE_TRACE = "cifar10-pipeline-val"
+#: How an episode ends after ``requests_per_episode`` answered requests: ``terminate`` (the
+#: first version: the episode is over) or ``truncate`` (the stream goes on; a time limit).
+EPISODE_ENDS = ("terminate", "truncate")
+#: When the latency cost is paid: ``stage`` (every decision pays the time since the request's
+#: previous decision, the first version) or ``request`` (the exit step pays the request's total).
+REWARD_TIMINGS = ("stage", "request")
+#: Cap on ``requests_per_episode`` (per-episode buffers are allocated for it).
+MAX_REQUESTS_PER_EPISODE = 100_000
+#: Physical ranges, with the reason shown in errors.
+_DEADLINE_MS = (1e-3, 1e7, "a deadline between 1 microsecond and about 3 hours")
+_FLOPS = (1e3, 1e18, "a device rate between 1 kFLOP/s and 1 EFLOP/s")
+_BYTES_PER_S = (1e2, 1e13, "a link rate between 100 B/s and 10 TB/s")
+_LATENCY_MS = (0.0, 1e4, "a per-message latency between 0 and 10 s")
+_RATE_PER_S = (
+    1e-6,
+    1e4,
+    "one request per ~12 days to 1e4 per second; beyond that the edge "
+    "cluster is not the serving system",
+)
+_COST_CAP = 1e3
 
 _PATH: contextvars.ContextVar[str] = contextvars.ContextVar("distree_config_path", default="")
 
 
 def _bad(name: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"{_PATH.get()}{name}={value!r} is not allowed: {allowed}")
+    return ValueError(f"{_PATH.get()}{name}={value!r:.200} is not allowed: {allowed}")
 
 
 def _number(
@@ -52,14 +89,22 @@ def _number(
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
+    why: str = "",
 ) -> float:
-    """A finite real number within bounds (bool is not a number here)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A finite real number within bounds (bool is not a number here; numpy scalars are)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
         raise _bad(name, value, "expected a finite number")
-    v = float(value)
-    lo = "" if low is None else (f"> {low}" if low_open else f">= {low}")
-    hi = "" if high is None else f"<= {high}"
+    if isinstance(value, np.complexfloating):
+        raise _bad(name, value, "expected a real number")
+    lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
+    hi = "" if high is None else f"<= {high:g}"
     allowed = "a finite number " + " and ".join(x for x in (lo, hi) if x)
+    if why:
+        allowed += f" ({why})"
+    try:
+        v = float(value)
+    except OverflowError:
+        raise _bad(name, value, allowed) from None
     if not math.isfinite(v):
         raise _bad(name, value, allowed)
     if low is not None and (v <= low if low_open else v < low):
@@ -69,34 +114,68 @@ def _number(
     return v
 
 
-def _integer(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+def _integer(name: str, value: Any, low: int, high: int, cap: str = "") -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise _bad(name, value, f"expected an integer in [{low}, {high}]")
-    if not low <= value <= high:
-        raise _bad(name, value, f"an integer in [{low}, {high}]")
+    if not low <= int(value) <= high:
+        raise _bad(name, value, f"an integer in [{low}, {high}]" + (f" ({cap})" if cap else ""))
+    return int(value)
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise _bad(name, value, f"one of {', '.join(allowed)}")
     return value
 
 
 def _share(name: str, value: Any) -> float:
-    return _number(name, value, low=0.0, high=1.0, low_open=True)
+    return _number(
+        name,
+        value,
+        low=MIN_SHARE,
+        high=1.0,
+        why=f"an availability share; below {MIN_SHARE} a resource is down, not slow (MIN_SHARE)",
+    )
 
 
-def _tuple(value: Any) -> Any:
-    """JSON lists become tuples, recursively, so configs stay hashable and frozen."""
-    if isinstance(value, list):
-        return tuple(_tuple(v) for v in value)
+def _plain(value: Any) -> Any:
+    """numpy scalars become Python numbers, lists and arrays become tuples (recursively), so
+    configs stay hashable, frozen and JSON-friendly."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
     return value
+
+
+def _normalise(obj: Any) -> None:
+    """Apply :func:`_plain` to every field of a dataclass instance (before validation), and
+    build nested sections given as dicts."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        section = _NESTED.get(type(obj), {}).get(f.name)
+        if section is not None and isinstance(value, dict):
+            value = _build(section, value, f"{_PATH.get()}{f.name}.")
+        object.__setattr__(obj, f.name, _plain(value))
 
 
 # ---- nested sections --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ProcessConfig:
-    """How availability (share of peak, in (0, 1]) evolves from request to request.
+    """How availability (a share of peak, in [MIN_SHARE, 1]) of the devices or links evolves.
 
-    kind: ``constant`` (``value``), ``iid`` (uniform in [``low``, ``high``]), ``markov``
-    (states idle / busy / overloaded with availability ``levels`` and row-stochastic
-    ``transition``; starts from its stationary distribution), or ``trace`` (replays ``csv``: one
-    row per request, one column per device or link, values in (0, 1]; random start offset).
+    kind: ``constant`` (``value``), ``iid`` (a fresh uniform level in [``low``, ``high``] every
+    step), ``markov`` (``levels`` with a row-stochastic ``transition`` per step, stationary start),
+    ``trace`` (``csv``: a path to a CSV of shares, rows = steps, one column per resource or one
+    shared column; or ``"hsdpa"``: the shipped 3G traces of ``split``, ``val`` or ``test``).
+    A step is one request (``cluster.clock="request"``) or ``step_ms`` of wall-clock time
+    (``clock="time"``); mean dwell in Markov level i is ``step_ms / (1 - transition[i][i])``.
     """
 
     kind: str = "markov"
@@ -109,22 +188,27 @@ class ProcessConfig:
         (0.20, 0.70, 0.10),
         (0.10, 0.30, 0.60),
     )
+    step_ms: float = 100.0
     csv: str | None = None
+    split: str = "val"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "levels", _tuple(self.levels))
-        object.__setattr__(self, "transition", _tuple(self.transition))
-        if self.kind not in RESOURCE_PROCESSES:
-            raise _bad("kind", self.kind, f"one of {', '.join(RESOURCE_PROCESSES)}")
+        _normalise(self)
+        _choice("kind", self.kind, RESOURCE_PROCESSES)
         _share("value", self.value)
         lo, hi = _share("low", self.low), _share("high", self.high)
         if lo > hi:
             raise _bad("low", self.low, f"<= high ({self.high})")
-        if not isinstance(self.levels, tuple) or len(self.levels) < 2:
-            raise _bad("levels", self.levels, "a list of at least 2 availability levels in (0, 1]")
-        for i, level in enumerate(self.levels):
+        levels = self.levels
+        if not isinstance(levels, tuple) or not 2 <= len(levels) <= MAX_MARKOV_LEVELS:
+            raise _bad(
+                "levels",
+                levels,
+                f"a list of 2 to {MAX_MARKOV_LEVELS} availability levels (MAX_MARKOV_LEVELS)",
+            )
+        for i, level in enumerate(levels):
             _share(f"levels[{i}]", level)
-        s = len(self.levels)
+        s = len(levels)
         t = self.transition
         if (
             not isinstance(t, tuple)
@@ -138,14 +222,16 @@ class ProcessConfig:
             total = sum(float(p) for p in row)
             if abs(total - 1.0) > 1e-6:
                 raise _bad(f"transition[{i}]", row, f"a row summing to 1 (sums to {total:.6g})")
+        _number("step_ms", self.step_ms, low=1e-3, high=1e7, why="1 microsecond to ~3 hours")
+        _choice("split", self.split, tuple(HSDPA_SPLITS))
         if self.kind == "trace":
-            if not isinstance(self.csv, str) or not self.csv:
-                raise _bad("csv", self.csv, "a path to an availability CSV when kind='trace'")
+            if not isinstance(self.csv, str) or not self.csv.strip():
+                raise _bad("csv", self.csv, "'hsdpa' or a path to a share CSV when kind='trace'")
         elif self.csv is not None:
             raise _bad("csv", self.csv, "None unless kind='trace'")
 
 
-def _default_bandwidth() -> ProcessConfig:
+def _wifi5_bandwidth() -> ProcessConfig:
     return ProcessConfig(
         levels=(1.0, 0.4, 0.1),
         transition=((0.85, 0.12, 0.03), (0.25, 0.65, 0.10), (0.15, 0.35, 0.50)),
@@ -154,12 +240,17 @@ def _default_bandwidth() -> ProcessConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Devices, links and how their availability fluctuates.
+    """Devices, links, how their availability evolves, and what the policy can measure.
 
     ``devices``/``links``: one entry per device (the trace fixes the count): a profile name from
-    ``cluster.DEVICE_PROFILES`` / ``LINK_PROFILES`` or an explicit effective rate (FLOP/s,
-    bytes/s). ``None`` repeats ``device_profile`` / ``link_profile``. Link ``d`` is device
-    ``d``'s network link. ``link_latency_ms`` is the per-message latency of links given as numbers.
+    ``DEVICE_PROFILES`` / ``LINK_PROFILES`` or an effective rate (FLOP/s, bytes/s); ``None``
+    repeats ``device_profile`` / ``link_profile``. Link d is device d's link.
+    ``link_latency_ms``: per-message latency of links given as numbers. ``stage_overhead_ms``:
+    fixed cost of every stage (dispatch, serialisation). ``decision_bytes``: the continue
+    decision the aggregator sends back to every device (parallel topology; 0 = none).
+    ``clock``: ``time`` (processes run in wall-clock time on a ``tick_ms`` grid) or ``request``
+    (levels drawn once per request, the first version). ``measurement_period_ms``: the policy sees
+    the levels measured at the last multiple of this period (0: the present tick).
     """
 
     devices: tuple[str | float, ...] | None = None
@@ -167,82 +258,178 @@ class ClusterConfig:
     links: tuple[str | float, ...] | None = None
     link_profile: str = "wifi-5"
     link_latency_ms: float = 1.0
+    stage_overhead_ms: float = 0.0
+    decision_bytes: float = 64.0
+    clock: str = "time"
+    tick_ms: float = 10.0
+    measurement_period_ms: float = 100.0
     compute: ProcessConfig = field(default_factory=ProcessConfig)
-    bandwidth: ProcessConfig = field(default_factory=_default_bandwidth)
+    bandwidth: ProcessConfig = field(default_factory=_wifi5_bandwidth)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "devices", _tuple(self.devices))
-        object.__setattr__(self, "links", _tuple(self.links))
-        if self.device_profile not in DEVICE_PROFILES:
-            raise _bad("device_profile", self.device_profile, f"one of {sorted(DEVICE_PROFILES)}")
-        if self.link_profile not in LINK_PROFILES:
-            raise _bad("link_profile", self.link_profile, f"one of {sorted(LINK_PROFILES)}")
-        for name, entries, profiles, unit in (
-            ("devices", self.devices, DEVICE_PROFILES, "FLOP/s"),
-            ("links", self.links, LINK_PROFILES, "bytes/s"),
+        _normalise(self)
+        for name, profiles in (
+            ("device_profile", DEVICE_PROFILES),
+            ("link_profile", LINK_PROFILES),
+        ):
+            _choice(name, getattr(self, name), tuple(sorted(profiles)))
+        for name, entries, profiles, bounds in (
+            ("devices", self.devices, DEVICE_PROFILES, _FLOPS),
+            ("links", self.links, LINK_PROFILES, _BYTES_PER_S),
         ):
             if entries is None:
                 continue
-            if not isinstance(entries, tuple) or not entries:
-                raise _bad(name, entries, "None or a non-empty list")
+            if not isinstance(entries, tuple) or not 1 <= len(entries) <= 64:
+                raise _bad(name, entries, "None or a list of 1 to 64 entries")
             for i, entry in enumerate(entries):
                 if isinstance(entry, str):
-                    if entry not in profiles:
-                        raise _bad(f"{name}[{i}]", entry, f"a profile in {sorted(profiles)}")
+                    _choice(f"{name}[{i}]", entry, tuple(sorted(profiles)))
                 else:
-                    _number(f"{name}[{i}]", entry, low=0.0, low_open=True)
-                    if float(entry) > 1e18:
-                        raise _bad(f"{name}[{i}]", entry, f"a plausible rate in {unit} (<= 1e18)")
-        _number("link_latency_ms", self.link_latency_ms, low=0.0, high=1e5)
+                    _number(f"{name}[{i}]", entry, low=bounds[0], high=bounds[1], why=bounds[2])
+        _number("link_latency_ms", self.link_latency_ms, low=_LATENCY_MS[0],
+                high=_LATENCY_MS[1], why=_LATENCY_MS[2])  # fmt: skip
+        _number("stage_overhead_ms", self.stage_overhead_ms, low=0.0, high=1e4,
+                why="a fixed per-stage cost between 0 and 10 s")  # fmt: skip
+        _number("decision_bytes", self.decision_bytes, low=0.0, high=1e6,
+                why="a small control message, at most 1 MB")  # fmt: skip
+        _choice("clock", self.clock, CLOCKS)
+        _number("tick_ms", self.tick_ms, low=0.1, high=1e4,
+                why="the resource time grid, 0.1 ms to 10 s")  # fmt: skip
+        period = _number("measurement_period_ms", self.measurement_period_ms, low=0.0, high=6e5,
+                         why="0 (exact) up to 10 minutes")  # fmt: skip
+        if 0.0 < period < self.tick_ms:
+            raise _bad("measurement_period_ms", self.measurement_period_ms,
+                       f"0 (exact) or >= tick_ms ({self.tick_ms}): levels change on the tick "
+                       "grid")  # fmt: skip
         for name in ("compute", "bandwidth"):
-            if not isinstance(getattr(self, name), ProcessConfig):
-                raise _bad(name, getattr(self, name), "a ProcessConfig or a dict")
+            proc = getattr(self, name)
+            if not isinstance(proc, ProcessConfig):
+                raise _bad(name, proc, "a ProcessConfig or a dict")
+            if self.clock == "time" and proc.step_ms < self.tick_ms:
+                raise _bad(f"{name}.step_ms", proc.step_ms,
+                           f">= tick_ms ({self.tick_ms}): a process cannot step faster than the "
+                           "time grid")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ArrivalConfig:
+    """How requests arrive: ``kind`` in ``isolated`` (the next request arrives when the previous
+    one is answered; no queue), ``poisson``, ``bursty`` (on/off MMPP: exponential periods of mean
+    ``on_ms``/``off_ms``, the off rate ``off_share`` times the on rate), ``periodic`` (a camera at
+    ``rate_per_s`` frames per second), ``trace`` (arrival times in ms from ``csv``).
+
+    The mean rate is ``rate_per_s`` or, if that is None, ``utilisation`` / (mean last-exit
+    service time with resources at their stationary levels).
+    """
+
+    kind: str = "poisson"
+    rate_per_s: float | None = None
+    utilisation: float | None = 0.7
+    on_ms: float = 1000.0
+    off_ms: float = 3000.0
+    off_share: float = 0.25
+    csv: str | None = None
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+        _choice("kind", self.kind, ARRIVAL_PROCESSES)
+        if self.rate_per_s is not None:
+            _number("rate_per_s", self.rate_per_s, low=_RATE_PER_S[0], high=_RATE_PER_S[1],
+                    why=_RATE_PER_S[2])  # fmt: skip
+        if self.utilisation is not None:
+            _number("utilisation", self.utilisation, low=1e-3, high=10.0,
+                    why="offered load relative to the last-exit service time")  # fmt: skip
+        if self.kind in ("poisson", "bursty", "periodic") and (
+            (self.rate_per_s is None) == (self.utilisation is None)
+        ):
+            raise _bad("rate_per_s", self.rate_per_s,
+                       f"exactly one of rate_per_s and utilisation set for kind={self.kind!r} "
+                       f"(utilisation={self.utilisation!r})")  # fmt: skip
+        for name in ("on_ms", "off_ms"):
+            _number(name, getattr(self, name), low=1e-3, high=1e8, why="a mean period duration")
+        _number("off_share", self.off_share, low=0.0, high=1.0,
+                why="the off state's rate as a share of the on state's")  # fmt: skip
+        if self.kind == "trace":
+            if not isinstance(self.csv, str) or not self.csv.strip():
+                raise _bad("csv", self.csv, "a path to a CSV of arrival times when kind='trace'")
+        elif self.csv is not None:
+            raise _bad("csv", self.csv, "None unless kind='trace'")
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """Requests waiting for the devices: at most ``capacity``; ``overflow`` says what happens to
+    a request that arrives when the queue is full: ``drop`` (refused) or ``admit`` (admitted
+    anyway, counted as an overflow; at most QUEUE_HARD_CAP wait)."""
+
+    capacity: int = 16
+    overflow: str = "drop"
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+        _integer("capacity", self.capacity, 1, QUEUE_HARD_CAP, "QUEUE_HARD_CAP")
+        _choice("overflow", self.overflow, OVERFLOW_POLICIES)
 
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Per-step reward: every visited stage costs ``latency_weight * stage_ms / deadline_ms``; the
-    exit adds ``correct_bonus`` (or ``-wrong_penalty``) and ``-deadline_penalty`` if the request's
-    total latency exceeds the deadline."""
+    """Reward of a request: ``correct_bonus`` if its answer is right (else ``-wrong_penalty``),
+    minus ``latency_weight * latency_ms / deadline_ms`` (latency from its arrival), minus
+    ``deadline_penalty`` if it missed the deadline. ``timing`` says when the latency cost is
+    paid (see REWARD_TIMINGS). A dropped request costs ``wrong_penalty + deadline_penalty``."""
 
     correct_bonus: float = 1.0
     wrong_penalty: float = 0.0
     latency_weight: float = 0.5
     deadline_penalty: float = 0.5
+    timing: str = "request"
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _number(f.name, getattr(self, f.name), low=0.0, high=1e6)
+        _normalise(self)
+        for name in ("correct_bonus", "wrong_penalty", "latency_weight", "deadline_penalty"):
+            _number(name, getattr(self, name), low=0.0, high=_COST_CAP,
+                    why=f"reward weights are capped at {_COST_CAP:g}")  # fmt: skip
+        _choice("timing", self.timing, REWARD_TIMINGS)
 
 
 # ---- top level --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EnvConfig:
-    """Everything that defines a DistrEE environment (see the env's docstring card).
+    """Everything that defines a DistrEE environment (see the env's card).
 
-    trace: ``"synthetic"``, ``"synthetic-pipeline"``, ``"synthetic:key=value,..."``, a shipped
-    name (``"cifar10-val"``, ``"cifar10-test"``) or a path to an exit-trace ``.npz``.
-    requests_per_episode: inference requests per episode. deadline_ms: QoS deadline of one
-    request. max_latency_ratio: upper bound of the ``latency_ratio`` observation (clipped).
+    :param trace: ``"synthetic"``, ``"synthetic-pipeline"``, ``"synthetic:key=value,..."``, a
+        shipped name (``"cifar10-val"``, ``"cifar10-test"``) or a path to an exit-trace ``.npz``.
+    :param requests_per_episode: answered requests per episode (cap MAX_REQUESTS_PER_EPISODE).
+    :param deadline_ms: QoS deadline of a request, counted from its arrival.
+    :param max_elapsed_ratio: upper clip of ``elapsed_ratio`` and ``oldest_wait_ratio``.
+    :param episode_end: ``truncate`` (the stream continues) or ``terminate``.
+    :param arrivals: the request stream; :param queue: the waiting queue; :param cluster: devices,
+        links and resource processes; :param reward: reward weights and timing.
     """
 
     trace: str = DEFAULT_TRACE
-    requests_per_episode: int = 32
-    deadline_ms: float = 40.0
-    max_latency_ratio: float = 4.0
+    requests_per_episode: int = 128
+    deadline_ms: float = 100.0
+    max_elapsed_ratio: float = 4.0
+    episode_end: str = "truncate"
+    arrivals: ArrivalConfig = field(default_factory=ArrivalConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
 
     def __post_init__(self) -> None:
+        _normalise(self)
         if not isinstance(self.trace, str) or not self.trace.strip():
             raise _bad("trace", self.trace, "a trace name or a path to an .npz file")
-        _integer("requests_per_episode", self.requests_per_episode, 1, 1_000_000)
-        _number("deadline_ms", self.deadline_ms, low=0.0, high=1e7, low_open=True)
-        _number("max_latency_ratio", self.max_latency_ratio, low=1.0, high=1e6)
-        if not isinstance(self.cluster, ClusterConfig):
-            raise _bad("cluster", self.cluster, "a ClusterConfig or a dict")
-        if not isinstance(self.reward, RewardConfig):
-            raise _bad("reward", self.reward, "a RewardConfig or a dict")
+        _integer("requests_per_episode", self.requests_per_episode, 1, MAX_REQUESTS_PER_EPISODE,
+                 "MAX_REQUESTS_PER_EPISODE")  # fmt: skip
+        _number("deadline_ms", self.deadline_ms, low=_DEADLINE_MS[0], high=_DEADLINE_MS[1],
+                why=_DEADLINE_MS[2])  # fmt: skip
+        _number("max_elapsed_ratio", self.max_elapsed_ratio, low=1.0, high=1e3)
+        _choice("episode_end", self.episode_end, EPISODE_ENDS)
+        for name, cls in _NESTED[EnvConfig].items():
+            if not isinstance(getattr(self, name), cls):
+                raise _bad(name, getattr(self, name), f"a {cls.__name__} or a dict")
 
     # ---- conversion ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -256,41 +443,40 @@ class EnvConfig:
 
     def replace(self, overrides: dict[str, Any] | None = None, **kwargs: Any) -> EnvConfig:
         """A copy with overrides: dotted keys (``"reward.latency_weight"``) or nested dicts."""
+        if overrides is not None and not isinstance(overrides, dict):
+            raise ValueError(f"overrides={overrides!r:.200} is not allowed: expected a dict")
         merged = self.to_dict()
         for key, value in {**(overrides or {}), **kwargs}.items():
+            if not isinstance(key, str):
+                raise ValueError(
+                    f"override key {key!r:.100} is not allowed: field names are strings "
+                    "(dotted for nested fields, e.g. 'reward.latency_weight')"
+                )
             _merge(merged, key, value)
         return EnvConfig.from_dict(merged)
 
     # ---- scenarios ----------------------------------------------------------------------------
     @classmethod
     def scenario(cls, name: str, **overrides: Any) -> EnvConfig:
-        """Named cluster preset: ``stable`` (constant full availability), ``fluctuating`` (the
-        default Markov processes), ``congested`` (links often slow, devices often overloaded)."""
+        """The named scenario (see ``SCENARIOS``), with optional overrides."""
         return cls().with_scenario(name).replace(overrides)
 
     def with_scenario(self, name: str) -> EnvConfig:
-        """This config with the cluster's resource processes replaced by the preset ``name``."""
-        if name not in SCENARIOS:
-            raise ValueError(f"scenario={name!r} is not allowed: one of {', '.join(SCENARIOS)}")
-        if name == "stable":
-            compute, bandwidth = ProcessConfig(kind="constant"), ProcessConfig(kind="constant")
-        elif name == "fluctuating":
-            compute, bandwidth = ProcessConfig(), _default_bandwidth()
-        else:
-            compute = ProcessConfig(
-                levels=(1.0, 0.5, 0.2),
-                transition=((0.60, 0.30, 0.10), (0.15, 0.60, 0.25), (0.05, 0.25, 0.70)),
+        """This config with the fields that scenario ``name`` sets replaced."""
+        if not isinstance(name, str) or name not in SCENARIOS:
+            raise ValueError(
+                f"scenario={name!r:.100} is not allowed: one of {', '.join(SCENARIOS)}"
             )
-            bandwidth = ProcessConfig(
-                levels=(1.0, 0.3, 0.08),
-                transition=((0.50, 0.35, 0.15), (0.10, 0.60, 0.30), (0.05, 0.25, 0.70)),
-            )
-        cluster = dataclasses.replace(self.cluster, compute=compute, bandwidth=bandwidth)
-        return dataclasses.replace(self, cluster=cluster)
+        return self.replace(SCENARIOS[name])
 
 
 _NESTED: dict[type, dict[str, type]] = {
-    EnvConfig: {"cluster": ClusterConfig, "reward": RewardConfig},
+    EnvConfig: {
+        "arrivals": ArrivalConfig,
+        "queue": QueueConfig,
+        "cluster": ClusterConfig,
+        "reward": RewardConfig,
+    },
     ClusterConfig: {"compute": ProcessConfig, "bandwidth": ProcessConfig},
 }
 
@@ -300,8 +486,13 @@ def _build(cls: type, data: Any, path: str) -> Any:
         return data
     if not isinstance(data, dict):
         where = path.rstrip(".") or "config"
-        raise ValueError(f"{where}={data!r} is not allowed: expected a dict or {cls.__name__}")
+        raise ValueError(
+            f"{where}={data!r:.200} is not allowed: expected a dict (or {cls.__name__})"
+        )
     names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if not isinstance(key, str):
+            raise ValueError(f"{path}{key!r:.100} is not allowed: field names are strings")
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(
@@ -318,22 +509,123 @@ def _build(cls: type, data: Any, path: str) -> Any:
         _PATH.reset(token)
 
 
-def _merge(target: dict[str, Any], key: str, value: Any) -> None:
+def _merge(target: dict[str, Any], key: str, value: Any, create: bool = False) -> None:
     """Set a dotted key (or merge a nested dict) into a to_dict()-style mapping."""
     head, _, rest = key.partition(".")
     if rest:
         sub = target.get(head)
+        if sub is None and create:
+            sub = target[head] = {}
         if not isinstance(sub, dict):
             raise ValueError(f"{key} is not a known field: {head!r} is not a section")
-        _merge(sub, rest, value)
+        _merge(sub, rest, value, create)
         return
-    if isinstance(value, dict) and isinstance(target.get(head), dict):
+    if isinstance(value, dict) and (isinstance(target.get(head), dict) or create):
+        target.setdefault(head, {})
+        if not isinstance(target[head], dict):
+            target[head] = {}
         for sub_key, sub_value in value.items():
-            _merge(target[head], sub_key, sub_value)
+            if not isinstance(sub_key, str):
+                raise ValueError(f"{key}.{sub_key!r:.100} is not allowed: field names are strings")
+            _merge(target[head], sub_key, sub_value, create)
         return
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = json.loads(json.dumps(dataclasses.asdict(value)))
     target[head] = value
+
+
+# ---- scenarios: override dicts on top of the defaults (= steady-stream) ------------------------
+_ISOLATED: dict[str, Any] = {
+    "requests_per_episode": 32,
+    "deadline_ms": 40.0,
+    "episode_end": "terminate",
+    "arrivals": {"kind": "isolated"},
+    "cluster": {"clock": "request", "decision_bytes": 0.0},
+    "reward": {"timing": "stage"},
+}
+_CONGESTED = {
+    "cluster": {
+        "compute": {
+            "levels": [1.0, 0.5, 0.2],
+            "transition": [[0.60, 0.30, 0.10], [0.15, 0.60, 0.25], [0.05, 0.25, 0.70]],
+        },
+        "bandwidth": {
+            "levels": [1.0, 0.3, 0.08],
+            "transition": [[0.50, 0.35, 0.15], [0.10, 0.60, 0.30], [0.05, 0.25, 0.70]],
+        },
+    }
+}
+
+
+def _merged(*parts: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            _merge(out, key, json.loads(json.dumps(value)), create=True)
+    return out
+
+
+#: Named scenarios: overrides on top of ``EnvConfig()``'s defaults (which are ``steady-stream``).
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "isolated": _ISOLATED,
+    "stable": _merged(
+        _ISOLATED, {"cluster": {"compute": {"kind": "constant"}, "bandwidth": {"kind": "constant"}}}
+    ),
+    "fluctuating": _ISOLATED,
+    "congested": _merged(_ISOLATED, _CONGESTED),
+    "steady-stream": {},
+    "bursty-stream": {"arrivals": {"kind": "bursty", "utilisation": 0.95}},
+    "wifi-contention": {
+        "cluster": {
+            "link_profile": "wifi-4",
+            "compute": {"kind": "constant"},
+            "bandwidth": {
+                "levels": [0.5, 0.1, 0.02],
+                "transition": [[0.80, 0.15, 0.05], [0.20, 0.65, 0.15], [0.10, 0.30, 0.60]],
+                "step_ms": 50.0,
+            },
+        }
+    },
+    "cellular": {
+        "deadline_ms": 1000.0,
+        "cluster": {
+            "link_profile": "hsdpa-3g",
+            "tick_ms": 50.0,
+            "bandwidth": {"kind": "trace", "csv": "hsdpa", "split": "val", "step_ms": 100.0},
+        },
+    },
+    "pipeline": {"trace": DEFAULT_PIPELINE_TRACE},
+}
+
+#: What each scenario's numbers stand for (shown in the env card and the README).
+SCENARIO_SOURCES: dict[str, str] = {
+    "isolated": "The first version's dynamics (DistrEE-v0): one request at a time, resources drawn "
+    "per request from Markov chains (idle/busy/overloaded), 40 ms deadline.",
+    "stable": "isolated, with constant full availability: exits trade accuracy for compute only.",
+    "fluctuating": "isolated (the first version's default processes).",
+    "congested": "isolated, with links often slow and devices often overloaded.",
+    "steady-stream": "A camera or sensor stream into a small edge cluster: Poisson arrivals at 70% "
+    "of the last-exit service capacity (moderate load), a 100 ms deadline (the response time that "
+    "feels instantaneous, Nielsen, Usability Engineering, 1993), a 16-request queue, device load "
+    "and Wi-Fi 5 throughput as Markov chains in time, measured every 100 ms.",
+    "bursty-stream": "Event-triggered cameras: on/off Markov-modulated Poisson arrivals (the "
+    "standard bursty-traffic model, Heffes & Lucantoni, IEEE JSAC 1986), 1 s bursts every ~4 s, "
+    "mean utilisation 0.95 (bursts overload the cluster, quiet periods drain it).",
+    "wifi-contention": "A link-bound cluster: dedicated devices (constant compute) on Wi-Fi 4 "
+    "links shared with other stations; under 802.11 DCF saturation each of n stations gets about "
+    "1/n of the goodput (Bianchi, IEEE JSAC 2000): 50%, 10% or 2% (2, 10 or 50 busy stations), "
+    "changing every ~100-250 ms.",
+    "cellular": "Devices on 3G/HSDPA uplinks: every link replays measured commute throughput "
+    "(Riiser et al., MMSys 2013, the traces used by Pensieve), val files to train, test files to "
+    "measure; 50 ms per message (assumed), 1 s deadline, levels on a 50 ms grid.",
+    "pipeline": "steady-stream on the pipeline topology (MDI-Exit): one backbone cut across the "
+    "devices, feature maps shipped between them; one request in service at a time.",
+}
+
+
+def top_level_fields() -> frozenset[str]:
+    """Names an override keyword may start with (the env raises TypeError for others)."""
+    return frozenset(f.name for f in dataclasses.fields(EnvConfig))
 
 
 def build_config(
@@ -342,8 +634,13 @@ def build_config(
     overrides: dict[str, Any] | None = None,
 ) -> EnvConfig:
     """The config an environment is constructed with: ``config`` (an EnvConfig, a dict or None
-    for the defaults), then the ``scenario`` preset, then keyword ``overrides`` (dotted keys or
-    nested dicts)."""
+    for the defaults), then the ``scenario``'s overrides, then keyword ``overrides`` (dotted keys
+    or nested dicts).
+
+    :param config: base configuration.
+    :param scenario: a name from ``SCENARIOS`` or None.
+    :param overrides: field overrides applied last.
+    """
     if config is None:
         cfg = EnvConfig()
     elif isinstance(config, EnvConfig):
@@ -351,7 +648,9 @@ def build_config(
     elif isinstance(config, dict):
         cfg = EnvConfig.from_dict(config)
     else:
-        raise ValueError(f"config={config!r} is not allowed: expected an EnvConfig, a dict or None")
+        raise ValueError(
+            f"config={config!r:.200} is not allowed: expected an EnvConfig, a dict or None"
+        )
     if scenario is not None:
         cfg = cfg.with_scenario(scenario)
     if overrides:

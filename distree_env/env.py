@@ -8,25 +8,92 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from distree_env._core import METRICS, BankSource, Dynamics, EpisodeBank
-from distree_env.config import EnvConfig, build_config
+from distree_env.config import EnvConfig, build_config, top_level_fields
+from distree_env.dynamics import (
+    EXIT_FEATURES,
+    Dynamics,
+    observation_names,
+)
+from distree_env.render import RENDER_MODES, Renderer, RenderState
 
-__all__ = ["DistrEEEnv", "check_action"]
+__all__ = ["DistrEEEnv", "check_action", "check_seed", "observation_table", "split_kwargs"]
 
 _ACTION_HELP = "allowed: 0 (continue) or 1 (exit), as int or a 0-d integer array"
+#: Meaning and range of each observation (``<d>`` = device index).
+OBSERVATION_MEANINGS: dict[str, tuple[str, str]] = {
+    "max_prob": ("largest class probability at the current exit", "[0, 1]"),
+    "margin": ("top-1 minus top-2 class probability", "[0, 1]"),
+    "entropy": ("entropy of the exit's prediction / log(classes)", "[0, 1]"),
+    "feature_diff": (
+        "DistrEE's feature difference to the previous exit (1 at exit 0; small = exits agree)",
+        "[0, 1]",
+    ),
+    "progress": ("current exit k / (K - 1)", "[0, 1]"),
+    "compute_<d>": ("measured compute share of device d", "[0.01, 1]"),
+    "bandwidth_<d>": ("measured bandwidth share of device d's link", "[0.01, 1]"),
+    "elapsed_ratio": (
+        "time since this request ARRIVED / deadline (waiting included)",
+        "[0, max_elapsed_ratio]",
+    ),
+    "queue_len": ("waiting requests / queue capacity (0 when isolated)", "[0, 1]"),
+    "oldest_wait_ratio": (
+        "age of the oldest waiting request / deadline (0 when none)",
+        "[0, max_elapsed_ratio]",
+    ),
+}
+
+
+def observation_table(names: tuple[str, ...] | None = None) -> str:
+    """A Markdown table (name, meaning, range) of the observation layout ``names`` (default:
+    the generic layout with ``compute_<d>``/``bandwidth_<d>`` rows), for the env card and README.
+
+    :param names: ``env.observation_names`` of a concrete env, or None.
+    """
+    if names is None:
+        names = (*EXIT_FEATURES, "compute_<d>", "bandwidth_<d>", *observation_names(0)[5:])
+    lines = ["| name | meaning | range |", "| --- | --- | --- |"]
+    for name in names:
+        key = name
+        for prefix in ("compute_", "bandwidth_"):
+            if name.startswith(prefix):
+                key = prefix + "<d>"
+        meaning, bounds = OBSERVATION_MEANINGS[key]
+        lines.append(f"| `{name}` | {meaning} | {bounds} |")
+    return "\n".join(lines)
 
 
 def check_action(action: Any) -> int:
     """Coerce one action to 0 or 1, or raise ValueError saying what is allowed."""
-    if isinstance(action, (int, np.integer)):
+    if isinstance(action, (int, np.integer)) and not isinstance(action, (bool, np.bool_)):
         value = int(action)
-    elif isinstance(action, np.ndarray) and action.shape == () and action.dtype.kind in "iub":
+    elif isinstance(action, np.ndarray) and action.shape == () and action.dtype.kind in "iu":
         value = int(action)
     else:
-        raise ValueError(f"action={action!r} is outside Discrete(2); {_ACTION_HELP}")
+        raise ValueError(f"action={action!r:.100} is outside Discrete(2); {_ACTION_HELP}")
     if value != 0 and value != 1:
-        raise ValueError(f"action={action!r} is outside Discrete(2); {_ACTION_HELP}")
+        raise ValueError(f"action={action!r:.100} is outside Discrete(2); {_ACTION_HELP}")
     return value
+
+
+def check_seed(seed: Any) -> int | None:
+    """None or an integer in [0, 2**63); anything else is a ValueError naming it."""
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed={seed!r:.100} is not allowed: None or an integer in [0, 2**63)")
+    if not 0 <= int(seed) < 2**63:
+        raise ValueError(f"seed={seed!r:.100} is not allowed: None or an integer in [0, 2**63)")
+    return int(seed)
+
+
+def split_kwargs(owner: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Config overrides among keyword arguments; a keyword that is no config field is a
+    TypeError, as for any Python callable (libraries fall back on it)."""
+    fields = top_level_fields()
+    for key in overrides:
+        if key.partition(".")[0] not in fields:
+            raise TypeError(f"{owner}() got an unexpected keyword argument {key!r}")
+    return overrides
 
 
 class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
@@ -35,10 +102,14 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     ## Description
     A multi-branch (early-exit) network is split across edge devices whose compute and link
     bandwidth fluctuate (DistrEE, Peng et al., GLOBECOM 2024; the ``pipeline`` topology follows
-    MDI-Exit). Each inference request runs stage by stage; after stage k an exit head predicts.
-    The agent decides at every exit whether to answer now or to continue. An episode is a stream
-    of ``requests_per_episode`` requests drawn from an exit trace (the recorded outputs of a real
-    or synthetic network); the cluster's resources evolve from request to request.
+    MDI-Exit). Inference requests arrive as a stream, wait in a bounded queue while the devices
+    serve one request at a time, and run stage by stage; after stage k an exit head predicts and
+    the agent decides: answer now (the devices turn to the next request) or continue. A request's
+    deadline counts from its arrival, so waiting counts, and an early exit shortens the wait of
+    the requests behind it. Resource levels evolve in wall-clock time, so later stages can meet
+    other levels; the agent sees levels measured every ``measurement_period_ms``. Requests come
+    from an exit trace (the recorded outputs of a real or synthetic network). Scenarios:
+    ``distree_env.SCENARIOS`` (sources in ``SCENARIO_SOURCES``).
 
     ## Action Space
     ``Discrete(2)``: 0 = continue to the next stage, 1 = exit (answer with this exit's
@@ -46,45 +117,63 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     returns the valid actions (``[False, True]`` at the last exit) for MaskablePPO.
 
     ## Observation Space
-    ``Box(float32)`` with names in ``observation_names``: ``max_prob``, ``margin`` (top-1 minus
-    top-2 probability), ``entropy`` (normalised by log C), ``similarity`` (DistrEE's
-    feature similarity to the previous exit, 0 at the first), ``progress`` (k / (K-1)),
-    ``compute_<d>`` (available compute share of device d), ``bandwidth_<d>`` (available
-    bandwidth share of device d's link), ``latency_ratio`` (latency spent on this request /
-    deadline, clipped to ``max_latency_ratio``). All in [0, 1] except ``latency_ratio``.
+    ``Box(float32)``, columns named by ``observation_names`` in this order (``<d>`` runs over
+    devices; ``observation_table()`` renders it):
+
+    <<OBSERVATION_TABLE>>
 
     ## Rewards
-    Every step costs ``latency_weight * stage_ms / deadline_ms`` for the stage that produced the
-    current exit. Exiting adds ``correct_bonus`` if the prediction is right (else
-    ``-wrong_penalty``) and ``-deadline_penalty`` if the request took longer than ``deadline_ms``.
-    ``info`` holds ``reward_correct``, ``reward_latency``, ``reward_deadline`` every step.
+    Per request: ``correct_bonus`` if its answer is right (else ``-wrong_penalty``), minus
+    ``latency_weight * latency / deadline`` (latency from arrival), minus ``deadline_penalty`` if
+    late. ``reward.timing="request"`` (v1): paid on the exit step, continue steps earn 0.
+    ``"stage"`` (v0): every decision pays the latency since the request's previous decision.
+    A request dropped at a full queue costs ``wrong_penalty + deadline_penalty`` on the step
+    during which it arrived. The parts are in ``info``.
 
     ## Starting State
-    The first exit of the first request of an episode; requests are random trace samples;
-    resource processes start from their stationary distribution (``markov``) or a random offset
-    (``trace``).
+    ``reset(seed=s)`` starts a fresh stream at time 0 (empty queue; resource paths drawn from
+    ``s``, replayed from random offsets; Markov processes at their stationary distribution); the
+    first observation is the first request's exit 0.
 
     ## Episode End
-    Terminated after the last exit decision of the last request (never truncated). ``info``
-    then holds ``accuracy``, ``compute_saving`` (1 - FLOPs used / FLOPs of always taking the last
-    exit), ``latency_mean_ms``, ``latency_p95_ms``, ``qos_rate`` (share of requests within the
-    deadline) and ``exit_fractions`` (``[K]``). At the end of every request ``info["request"]``
-    is a record: ``index``, ``exit``, ``correct``, ``latency_ms``, ``flops``, ``deadline_met``.
+    After ``requests_per_episode`` answered requests: ``episode_end="truncate"`` (v1) truncates
+    (the stream goes on: ``reset()`` without a seed continues it, same clock, queue and resources;
+    the observation returned is the next decision's, so value bootstrapping is exact);
+    ``"terminate"`` (v0) terminates and ``reset()`` starts a fresh stream.
+
+    ## Info
+    Every step and ``reset`` return the same keys (numpy scalars): ``reward_correct``,
+    ``reward_latency``, ``reward_deadline``, ``reward_drop`` (this step's reward parts; they sum
+    to the reward), ``request_done`` (a request was answered this step), ``request_exit`` (-1 if
+    none), ``request_correct``, ``request_latency_ms`` and ``request_wait_ms`` (from arrival;
+    0 if none), ``dropped`` (requests refused this step), ``queue_len`` (waiting now),
+    ``episode_done`` (this step ends an episode) and the episode metrics ``episode_*``
+    (``distree_env.dynamics.EPISODE_METRICS``; 0 except when ``episode_done``): accuracy over
+    answered requests, compute saving against last-exit, mean and p95 latency, QoS rate
+    (answered in time over answered plus dropped), drop and overflow rates, mean wait,
+    utilisation, reward sums, return, reward per request, exit fractions.
 
     ## Arguments
-    ``gym.make("DistrEE-v0", config=EnvConfig(...) | dict | None, scenario=None, **overrides)``:
-    ``scenario`` is ``"stable"``, ``"fluctuating"`` or ``"congested"``; overrides are
-    ``EnvConfig`` fields, nested dicts (``reward={"latency_weight": 0.2}``) or dotted keys
-    (``**{"reward.latency_weight": 0.2}``). Invalid values raise ValueError.
-
-    For the Oracle: ``request_latencies_ms`` and ``request_correct`` (``[K]``, current request)
-    and ``oracle_actions()`` (the action of the reward-maximising exit choice).
+    ``gym.make("DistrEE-v1", config=EnvConfig(...) | dict | None, scenario=None,
+    render_mode=None, **overrides)``: overrides are ``EnvConfig`` fields, nested dicts
+    (``reward={"latency_weight": 0.2}``) or dotted keys (``**{"reward.latency_weight": 0.2}``).
+    A keyword that is no field raises TypeError; a wrong value raises ValueError naming it.
+    For a hindsight Oracle: ``request_latencies_ms``, ``request_correct`` (``[K]``, the request
+    in service, true future resource levels) and ``oracle_actions()``.
 
     ## Version History
-    * v0: initial version.
+    * v1: request streams (Poisson, bursty MMPP, periodic, trace arrivals) with a bounded queue
+      and deadlines from arrival; resources evolve in wall-clock time and are observed by
+      periodic measurement; the parallel topology also pays for the input sent to every device
+      and the continue decision sent back; a link-bound Wi-Fi scenario and replayed 3G/HSDPA
+      link traces; per-request rewards and truncated stream episodes; observation adds
+      ``queue_len`` and ``oldest_wait_ratio``, and ``elapsed_ratio`` replaces ``latency_ratio``.
+    * v0: initial version (isolated requests, resources drawn per request); the v0 ids keep
+      these dynamics (scenario ``isolated``) with the current observation layout and
+      ``feature_diff`` in place of ``similarity``.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}
 
     def __init__(
         self,
@@ -94,141 +183,157 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
         render_mode: str | None = None,
         **overrides: Any,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+        """:param config: an EnvConfig, a dict of fields, or None for the defaults.
+        :param scenario: a name from ``distree_env.SCENARIOS``, applied on top of ``config``.
+        :param render_mode: None, ``"ansi"``, ``"rgb_array"`` or ``"human"``.
+        :param overrides: config fields (dotted keys or nested dicts), applied last."""
+        if render_mode is not None and render_mode not in RENDER_MODES:
             raise ValueError(
-                f"render_mode={render_mode!r} is not allowed: None or one of "
-                f"{self.metadata['render_modes']}"
+                f"render_mode={render_mode!r:.100} is not allowed: None or one of {RENDER_MODES}"
             )
-        self.config: EnvConfig = build_config(config, scenario, overrides)
+        self.config: EnvConfig = build_config(
+            config, scenario, split_kwargs("DistrEEEnv", overrides)
+        )
         self.render_mode = render_mode
-        self._dyn = Dynamics(self.config)
-        self.num_exits, self.num_devices = self._dyn.K, self._dyn.D
-        self.observation_names: tuple[str, ...] = self._dyn.observation_names
+        self._setup()
+
+    def _setup(self) -> None:
+        dyn = self._dyn = Dynamics(self.config, 1)
+        self.num_exits, self.num_devices = dyn.K, dyn.D
+        self.observation_names: tuple[str, ...] = dyn.tables.observation_names
         self.action_space = spaces.Discrete(2)
-        self.observation_space = spaces.Box(self._dyn.obs_low, self._dyn.obs_high, dtype=np.float32)
-        self._source = BankSource(self._dyn)
-        self._i = -1  # flat position r*K + k; -1 = needs reset
-        self._r = self._k = 0
+        high = dyn.tables.obs_high
+        self.observation_space = spaces.Box(np.zeros_like(high), high.copy(), dtype=np.float32)
+        self._renderer = (
+            Renderer(self.render_mode, self.metadata["render_fps"])
+            if self.render_mode in ("rgb_array", "human")
+            else None
+        )
+        self._ready = False  # a step needs reset() first
+        self._started = False  # a stream exists (reset() without seed may continue it)
+        self._obs = np.zeros(len(self.observation_names), dtype=np.float32)
+        self._last: tuple[int, bool, bool] | None = None
+        self._episode_over = False
+        self._terminate = self.config.episode_end == "terminate"
 
     # ---- gymnasium API ----------------------------------------------------------------------
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        super().reset(seed=seed)
+        seed = check_seed(seed)
         if options:
-            raise ValueError(f"options={options!r} is not allowed: this env takes no options")
-        if seed is not None:
-            self._source.clear()
-        self._load(*self._source.take(self.np_random))
-        return self._obs[0].copy(), {}
+            raise ValueError(f"options={options!r:.100} is not allowed: this env takes no options")
+        super().reset(seed=seed)
+        dyn, envs = self._dyn, np.zeros(1, dtype=np.int64)
+        if seed is not None or dyn.pool is None:
+            dyn.seed_pool(seed if seed is not None else int(self.np_random.integers(2**63)))
+        if seed is not None or not self._started or self.config.episode_end == "terminate":
+            dyn.restart(self.np_random, envs)
+        else:
+            dyn.begin_episode(envs)
+        self._started = self._ready = True
+        self._last, self._episode_over = None, False
+        self._obs = dyn.observe_one()
+        info = dyn.neutral_info.copy()
+        info["episode_exit_fractions"] = np.zeros(self.num_exits)
+        info["queue_len"] = dyn.counts[dyn.queue.size.item()]
+        return self._obs.copy(), info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if action.__class__ is not int or (action != 0 and action != 1):
             action = check_action(action)
-        i = self._i
-        if i < 0:
+        if not self._ready:
             raise gym.error.ResetNeeded("call reset() before step() (and after the episode ends)")
-        k = self._k
-        r_lat = self._rlat[i]
-        if action == 0 and k != self._last:
-            self._k = k + 1
-            self._i = i + 1
-            info = {"reward_correct": 0.0, "reward_latency": r_lat, "reward_deadline": 0.0}
-            return self._obs[i + 1].copy(), r_lat, False, False, info
-        # exit: the request ends here
-        r_cor, r_dead, r = self._rcor[i], self._rdead[i], self._r
-        latency = self._cum[i]
-        self._exits[r] = k
-        info = {
-            "reward_correct": r_cor,
-            "reward_latency": r_lat,
-            "reward_deadline": r_dead,
-            "request": {
-                "index": r,
-                "exit": k,
-                "correct": self._corr[i],
-                "latency_ms": latency,
-                "flops": self._flops[k],
-                "deadline_met": latency <= self._deadline,
-            },
-        }
-        reward = self._rexit[i]
-        if r + 1 == self._R:
-            self._i = -1
-            info.update(self._episode_metrics())
-            return self._obs[i].copy(), reward, True, False, info
-        self._r, self._k = r + 1, 0
-        self._i = (r + 1) * self._K
-        return self._obs[self._i].copy(), reward, False, False, info
+        dyn = self._dyn
+        obs, reward, info, ended = dyn.step_one(self._np_random, action == 1)
+        if ended:
+            info.update(_single(dyn.episode_metrics(np.zeros(1, dtype=np.int64))))
+        if self._renderer is not None and info["request_done"]:
+            self._last = (int(info["request_exit"]), bool(info["request_correct"]),
+                          bool(info["request_latency_ms"] <= dyn.deadline))  # fmt: skip
+        self._obs = obs  # a fresh array each step: returned as is
+        terminated = ended and self._terminate
+        truncated = ended and not terminated
+        self._ready = not ended
+        self._episode_over = ended
+        return obs, reward, terminated, truncated, info
 
-    def render(self) -> str | None:
-        if self.render_mode != "ansi":
+    def render(self) -> str | np.ndarray | None:
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; pass render_mode=...")
             return None
-        if self._i < 0:
-            return "DistrEE: episode over (call reset)"
-        obs = self._obs[self._i]
-        parts = " ".join(f"{n}={v:.3f}" for n, v in zip(self.observation_names, obs, strict=True))
-        return f"request {self._r}/{self._R} exit {self._k}/{self._K - 1}: {parts}"
+        if self.render_mode == "ansi":
+            if not self._started:
+                return "DistrEE: call reset() first"
+            parts = " ".join(
+                f"{n}={v:.3f}" for n, v in zip(self.observation_names, self._obs, strict=True)
+            )
+            dyn = self._dyn
+            return (
+                f"t={dyn.t[0]:.1f} ms request {int(dyn.ep_answered[0])}/{dyn.R} "
+                f"exit {int(dyn.k[0])}/{self.num_exits - 1}: {parts}"
+            )
+        assert self._renderer is not None
+        dyn = self._dyn
+        state = RenderState.from_observation(
+            self.observation_names,
+            self._obs,
+            topology=dyn.tables.trace.topology,
+            num_exits=self.num_exits,
+            request_index=min(int(dyn.ep_answered[0]), dyn.R - 1),
+            requests_per_episode=dyn.R,
+            queue_capacity=0 if dyn.isolated else dyn.capacity,
+            last_request=self._last,
+            episode_over=self._episode_over,
+        )
+        return self._renderer.render(state)
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+        super().close()
 
     # ---- extras -----------------------------------------------------------------------------
     def action_masks(self) -> np.ndarray:
         """Valid actions ``[continue, exit]``: only exit at the last exit."""
-        return np.array([self._k < self._last, True])
+        return np.array([int(self._dyn.k[0]) < self.num_exits - 1, True])
 
     @property
     def request_latencies_ms(self) -> np.ndarray:
-        """``[K]`` latency of the current request if it exits at each exit (ms)."""
-        return self._ep_cum[min(self._r, self._R - 1)].copy()
+        """``[K]`` latency (ms, from arrival) of the request in service if it exits at each exit,
+        at the true future resource levels (NaN before the current exit)."""
+        return self._dyn.outlook()[0][0]
 
     @property
     def request_correct(self) -> np.ndarray:
-        """``[K]`` whether each exit of the current request predicts the label."""
-        return self._ep_correct[min(self._r, self._R - 1)].copy()
+        """``[K]`` whether each exit of the request in service predicts the label."""
+        return self._dyn.outlook()[1][0]
 
     def oracle_actions(self) -> int:
-        """The action (0/1) now of the exit choice that maximises this request's reward."""
-        r = min(self._r, self._R - 1)
-        r_lat = self._ep_rlat[r]
-        best = self._dyn.oracle_exit(r_lat, self._ep_rexit[r] - r_lat, np.asarray(self._k))
-        return int(best == self._k)
+        """The action now of the exit choice that maximises this request's own reward (hindsight:
+        its correctness and latency at every later exit; blind to its effect on later requests)."""
+        return int(self._dyn.oracle_actions()[0])
 
-    # ---- internals --------------------------------------------------------------------------
-    def _load(self, bank: EpisodeBank, j: int) -> None:
-        dyn = self._dyn
-        k, r = dyn.K, dyn.R
-        self._K, self._R, self._last = k, r, k - 1
-        self._deadline = dyn.deadline_ms
-        tables = bank.tables if bank.tables is not None else dyn.tables
-        ar = np.arange(k)
-        jk = (bank.table_base[j][:, None] + ar).reshape(-1)  # [R*K] request-table positions
-        fk = (bank.sample_base[j][:, None] + ar).reshape(-1)  # [R*K] trace positions
-        rec = dyn.gather(tables, jk, fk)  # the vector env's step records, float32
-        self._obs = np.ascontiguousarray(rec[:, dyn.obs_slice])
-        r_cor, r_lat = rec[:, 0], rec[:, -2]
-        r_exit = rec[:, -1] + r_cor  # the same float32 arithmetic as the vector env
-        cum = tables.cum_ms.take(jk)
-        correct = dyn.correct_flat.take(fk)
-        missed = cum > dyn.deadline_ms
-        self._rlat = r_lat.tolist()
-        self._rexit = r_exit.tolist()
-        self._rcor = r_cor.tolist()
-        self._rdead = np.where(missed, -self.config.reward.deadline_penalty, 0.0).tolist()
-        self._cum = cum.tolist()
-        self._corr = correct.tolist()
-        self._flops = dyn.cum_flops.tolist()
-        self._ep_cum, self._ep_correct = cum.reshape(r, k), correct.reshape(r, k)
-        r_lat64 = tables.r_latency.take(jk)
-        self._ep_rlat = r_lat64.reshape(r, k)
-        self._ep_rexit = (tables.exit_lat.take(jk) + dyn.rc_flat.take(fk)).reshape(r, k)
-        self._tables, self._jk, self._fk = tables, jk, fk
-        self._exits = [0] * r
-        self._r = self._k = self._i = 0
+    # ---- pickling: tables and pools are rebuilt from the config and the pool seed ------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_renderer", None)
+        return state
 
-    def _episode_metrics(self) -> dict[str, Any]:
-        dyn = self._dyn
-        exits = np.asarray(self._exits)[None, :]
-        at = exits + np.arange(self._R) * self._K
-        values = dyn.episode_metrics(self._tables, self._jk.take(at), self._fk.take(at), exits)[0]
-        out: dict[str, Any] = {key: float(values[c]) for c, key in enumerate(METRICS[:5])}
-        out["exit_fractions"] = values[len(METRICS) :].copy()
-        return out
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._renderer = (
+            Renderer(self.render_mode, self.metadata["render_fps"])
+            if self.render_mode in ("rgb_array", "human")
+            else None
+        )
+
+
+def _single(info: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Row 0 of batched info arrays, as numpy scalars (arrays for per-exit values)."""
+    return {key: value[0].copy() if value.ndim > 1 else value[0] for key, value in info.items()}
+
+
+DistrEEEnv.__doc__ = (DistrEEEnv.__doc__ or "").replace(
+    "<<OBSERVATION_TABLE>>", observation_table().replace("\n", "\n    ")
+)

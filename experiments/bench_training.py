@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             TimedAdapter.seconds += time.perf_counter() - start
             return out
 
-    env = VecMonitor(TimedAdapter(SB3VecEnv(TimedSimulator(n_envs), request_episodes=True)))
+    simulator = TimedSimulator(n_envs, autoreset_mode="SameStep")  # what SB3 expects
+    env = VecMonitor(TimedAdapter(SB3VecEnv(simulator, request_episodes=True)))
     env.seed(args.seed)
     model = algo_class(args.algo)(
         hp.policy,

@@ -1,18 +1,22 @@
-"""Benchmark every exit policy on the test trace: learned agents against the rules, per scenario.
+"""Benchmark every exit policy per scenario: learned agents against the best non-learned policy
+that sees the same observation, and the Oracle.
 
-Rules are swept over their thresholds (a curve each), shipped agents are evaluated at every
-latency weight found in checkpoints/agents, RandomExit is matched to each agent's compute, and
-LastExit and the Oracle bound the picture. Operating points are chosen on the val trace and
-measured on test. Writes a CSV of every point, a Markdown table, headline figures (JSON) and
-PNG plots under --out; prints the table.
+Per scenario: the strong baselines (``agents.calibrate_baselines``) are calibrated on the val
+split, the classic rules are swept over thresholds placed on val, and every policy (rules,
+baselines, the scenario's learned agents, last exit, Oracle) is evaluated on val and on test with
+the same seeds. Every choice (the best baseline, the best agent, operating points, the point of
+equal accuracy) is made on val; test only measures. Writes a CSV of every point, a Markdown
+table, headline figures (JSON) and PNG plots under --out; prints the headline. This is the one
+source of the README's results block.
 
-    python -m experiments.benchmark --quick                  # shipped checkpoints, < 5 minutes
-    python -m experiments.benchmark --quick --update-readme  # also refresh README's block
+    python -m experiments.benchmark --quick                  # `make demo`: small, < 90 s
+    python -m experiments.benchmark --update-readme          # the full run behind the README
     python -m experiments.benchmark --trace synthetic        # no network trace needed
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import sys
@@ -22,43 +26,50 @@ from pathlib import Path
 from typing import Any
 
 from distree_env.config import SCENARIOS, EnvConfig
+from distree_env.io import require_output_dir, require_output_file
 from distree_env.manifest import checkpoints_dir
-from distree_env.trace import resolve_trace
+from distree_env.traces import resolve_trace
 from experiments.benchmarking import plots, report
 from experiments.benchmarking.analysis import TOLERANCE, headline, summarize
 from experiments.benchmarking.policies import (
-    PolicySpec,
+    AgentFile,
     agent_file,
-    baseline_specs,
     discover_agents,
-    learned_specs,
-    rule_specs,
 )
-from experiments.benchmarking.runner import BenchmarkPlan, run_benchmark
-from experiments.cli import fail, parse_args
+from experiments.benchmarking.runner import BenchmarkPlan, Calibration, run_benchmark
+from experiments.cli import fail, one_line_errors, parse_args
 
 #: DistrEE (Peng et al., GLOBECOM 2024): 27.6% less computation at accuracy comparable to
 #: running every stage.
 PAPER_COMPUTE_SAVING = 0.276
 #: (seeds, requests per evaluation, thresholds per rule) of --quick and of the full run.
-QUICK = (3, 8192, 16)
-FULL = (5, 10000, 32)
+QUICK = (2, 2048, 4)
+FULL = (5, 4096, 8)
+#: Baseline calibration of --quick and of the full run.
+QUICK_CALIBRATION = Calibration(
+    n_requests=1024, points=4, rounds=1, data_steps=16_384, features=("max_prob", "entropy")
+)
+FULL_CALIBRATION = Calibration(n_requests=2048, points=8, rounds=2, data_steps=32_768)
 REPO = Path(__file__).resolve().parents[1]
+#: The scenarios of the headline: the isolated requests of the first version (parity expected)
+#: and the load-coupled streams.
+DEFAULT_SCENARIOS = ("isolated", "steady-stream", "bursty-stream", "wifi-contention", "cellular")
 
 
 @dataclass(frozen=True)
 class BenchmarkArgs:
-    """Benchmark learned exit policies against the rules on the test trace, per resource
-    scenario: CSV, Markdown table, headline figures and plots under --out."""
+    """Benchmark learned exit policies against the best non-learned policies, per scenario:
+    CSV, Markdown table, headline figures and plots under --out."""
 
     quick: bool = field(
         default=False,
         metadata={
-            "help": f"fewer seeds, requests and thresholds {QUICK} instead of {FULL}: < 5 min"
+            "help": f"fewer seeds, requests and thresholds {QUICK} instead of {FULL} and a "
+            "smaller calibration (make demo)"
         },
     )
     scenarios: tuple[str, ...] = field(
-        default=SCENARIOS, metadata={"help": "resource scenarios", "choices": SCENARIOS}
+        default=DEFAULT_SCENARIOS, metadata={"help": "scenarios", "choices": tuple(SCENARIOS)}
     )
     seeds: int | None = field(
         default=None,
@@ -76,6 +87,20 @@ class BenchmarkArgs:
         default=None,
         metadata={"help": f"thresholds per rule (unset: {QUICK[2]} with --quick, else {FULL[2]})"},
     )
+    calibration_requests: int | None = field(
+        default=None,
+        metadata={
+            "help": "requests per val evaluation while calibrating the baselines (unset: "
+            f"{QUICK_CALIBRATION.n_requests} with --quick, else {FULL_CALIBRATION.n_requests})"
+        },
+    )
+    calibration_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "val transitions the baselines are fitted to (unset: "
+            f"{QUICK_CALIBRATION.data_steps} with --quick, else {FULL_CALIBRATION.data_steps})"
+        },
+    )
     trace: str = field(
         default="cifar10-test",
         metadata={"help": "test trace: a shipped name, 'synthetic...' or an .npz path"},
@@ -83,15 +108,15 @@ class BenchmarkArgs:
     val_trace: str = field(
         default="auto",
         metadata={
-            "help": "trace to choose operating points and threshold grids on: 'auto' (the test "
-            "trace's val counterpart), 'none' (choose on test) or a trace"
+            "help": "trace every choice is made on: 'auto' (the test trace's val counterpart) "
+            "or a trace"
         },
     )
     agents: tuple[str, ...] = field(
         default=("auto",),
         metadata={
             "help": "learned agents: 'auto' (every agent in checkpoints/agents), 'none', or names "
-            "and paths (a file named ALGO_lwW.zip is taken as trained at latency weight W)"
+            "and paths (ALGO-SCENARIO.zip is evaluated on SCENARIO only, ALGO.zip on all)"
         },
     )
     trust: bool = field(
@@ -101,10 +126,14 @@ class BenchmarkArgs:
     out: str = field(default="results", metadata={"help": "output folder"})
     update_readme: bool = field(
         default=False,
-        metadata={"help": "replace README.md's benchmark block with the table and the main plot"},
+        metadata={"help": "replace README.md's benchmark block with the headline and table"},
     )
     readme: str = field(
         default=str(REPO / "README.md"), metadata={"help": "README to update with --update-readme"}
+    )
+    jobs: int = field(
+        default=min(2, os.cpu_count() or 1),
+        metadata={"help": "scenarios evaluated at once, in worker processes"},
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
@@ -115,12 +144,20 @@ class BenchmarkArgs:
             ("seeds", self.seeds, 1000),
             ("requests", self.requests, 10**7),
             ("thresholds", self.thresholds, 1000),
+            ("calibration_requests", self.calibration_requests, 10**7),
+            ("calibration_steps", self.calibration_steps, 10**8),
         ):
             low = 2 if name == "thresholds" else 1
             if value is not None and not low <= value <= high:
-                raise ValueError(f"--{name} {value}: must be an integer in [{low}, {high}]")
+                flag = name.replace("_", "-")
+                raise ValueError(f"--{flag} {value}: must be an integer in [{low}, {high}]")
+        if not 1 <= self.jobs <= 64:
+            raise ValueError(f"--jobs {self.jobs}: must be an integer in [1, 64]")
         if not self.out.strip():
             raise ValueError("--out: must be a folder name, got an empty string")
+        require_output_dir(self.out, "--out")  # checked before the work, not after it
+        if self.update_readme:
+            require_output_file(self.readme, "--readme")
         if ("auto" in self.agents or "none" in self.agents) and len(self.agents) > 1:
             raise ValueError(f"--agents {' '.join(self.agents)}: 'auto' and 'none' stand alone")
 
@@ -129,6 +166,15 @@ class BenchmarkArgs:
         base = QUICK if self.quick else FULL
         given = (self.seeds, self.requests, self.thresholds)
         return tuple(v if v is not None else d for v, d in zip(given, base, strict=True))
+
+    def calibration(self) -> Calibration:
+        """Calibration sizes after the --quick defaults."""
+        base = QUICK_CALIBRATION if self.quick else FULL_CALIBRATION
+        return dataclasses.replace(
+            base,
+            n_requests=self.calibration_requests or base.n_requests,
+            data_steps=self.calibration_steps or base.data_steps,
+        )
 
 
 def val_counterpart(trace: str) -> str | None:
@@ -145,43 +191,44 @@ def val_counterpart(trace: str) -> str | None:
     return None
 
 
-def _policies(
-    args: BenchmarkArgs, grid_trace: Any, thresholds: int, obs_dim: int, default_lw: float
-) -> tuple[list[PolicySpec], list[str]]:
-    """Rule sweeps, baselines and learned agents; notes on agents that were skipped."""
+def _agents(args: BenchmarkArgs, obs_dim: int) -> tuple[list[AgentFile], list[str]]:
+    """The learned agents to evaluate (loadable, with this env's observation shape) and notes on
+    those skipped."""
     from agents import load_agent
 
-    specs = [*baseline_specs(), *rule_specs(grid_trace, thresholds)]
     notes: list[str] = []
     if args.agents == ("none",):
-        return specs, notes
+        return [], notes
     if args.agents == ("auto",):
-        found = discover_agents(checkpoints_dir() / "agents", default_lw)
+        found = discover_agents(checkpoints_dir() / "agents")
         if not found:
-            notes.append(f"no learned agents in {checkpoints_dir() / 'agents'}: rules only")
+            notes.append(f"no learned agents in {checkpoints_dir() / 'agents'}: baselines only")
     else:
-        found = [agent_file(ref, default_lw) for ref in args.agents]
-    for spec in learned_specs(found, lambda ref: load_agent(ref, trust=args.trust)):
+        found = [agent_file(ref) for ref in args.agents]
+    kept = []
+    for agent in found:
         try:
-            policy = spec.build()
+            policy = load_agent(agent.ref, trust=args.trust)
         except ValueError as exc:
             if args.agents != ("auto",):
                 raise
-            notes.append(f"skipped {spec.name}: {exc}")
+            notes.append(f"skipped {agent.ref}: {exc}")
             continue
         _one_thread()
         space = getattr(getattr(policy, "model", None), "observation_space", None)
         if space is not None and space.shape != (obs_dim,):
             problem = (
-                f"{spec.name} expects observations of shape {space.shape}, the trace "
-                f"gives ({obs_dim},): it was trained for another network or cluster"
+                f"{agent.ref} expects observations of shape {space.shape}, the environment "
+                f"gives ({obs_dim},): it was trained for another version, network or cluster"
             )
             if args.agents != ("auto",):
                 raise ValueError(problem)
             notes.append(f"skipped {problem}")
             continue
-        specs.append(spec)
-    return specs, notes
+        if agent.scenario is not None and agent.scenario not in args.scenarios:
+            continue
+        kept.append(agent)
+    return kept, notes
 
 
 def _one_thread() -> None:
@@ -191,29 +238,30 @@ def _one_thread() -> None:
         torch.set_num_threads(1)
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(BenchmarkArgs, argv)
     seeds, requests, thresholds = args.sizes()
+    val_name = val_counterpart(args.trace) if args.val_trace == "auto" else args.val_trace
+    if val_name is None:
+        fail(f"--val-trace auto: no val counterpart of --trace {args.trace!r}; give --val-trace")
     try:
         test_trace = resolve_trace(args.trace)
     except ValueError as exc:
         fail(f"--trace: {exc} (try --trace synthetic to run without the CIFAR-10 traces)")
-    val_name = (
-        val_counterpart(args.trace)
-        if args.val_trace == "auto"
-        else (None if args.val_trace == "none" else args.val_trace)
-    )
     try:
-        grid_trace = resolve_trace(val_name) if val_name else test_trace
+        resolve_trace(val_name)  # fail early, with the argument's name
     except ValueError as exc:
-        fail(f"--val-trace: {exc} (pass --val-trace none to choose operating points on test)")
-    base = EnvConfig(trace=args.trace)
+        fail(f"--val-trace: {exc}")
+    base = EnvConfig()
     try:
         from distree_env.vector_env import DistrEEVecEnv
 
-        obs_dim = int(DistrEEVecEnv(1, base).single_observation_space.shape[0])
-        specs, notes = _policies(args, grid_trace, thresholds, obs_dim, base.reward.latency_weight)
+        obs_dim = int(
+            DistrEEVecEnv(1, base.replace(trace=args.trace)).single_observation_space.shape[0]
+        )
+        agents, notes = _agents(args, obs_dim)
     except ValueError as exc:
         fail(str(exc))
     try:
@@ -221,23 +269,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         fail(f"--out {args.out}: cannot create the folder ({exc})")
     plan = BenchmarkPlan(
-        tuple(specs), args.scenarios, tuple(range(seeds)), requests, base, args.trace, val_name
+        scenarios=args.scenarios,
+        seeds=tuple(range(seeds)),
+        n_requests=requests,
+        config=base,
+        test_trace=args.trace,
+        val_trace=val_name,
+        thresholds=thresholds,
+        calibration=args.calibration(),
+        agents=tuple(agents),
+        trust=args.trust,
     )
-    rows = _run(plan, args.progress)
+    try:
+        rows, calibrated = _run(plan, args.jobs, args.progress)
+    except ValueError as exc:
+        fail(str(exc))
     summary = summarize(rows)
-    headlines = [headline(summary, s) for s in args.scenarios]
-    outputs = _write(args, argv, plan, rows, summary, headlines, test_trace.num_exits)
+    headlines = [headline(summary, rows, s) for s in args.scenarios]
+    outputs = _write(args, argv, plan, rows, summary, headlines, calibrated, test_trace.num_exits)
     _print(plan, summary, headlines, notes, outputs)
     return 0
 
 
-def _run(plan: BenchmarkPlan, progress: bool) -> list[dict[str, Any]]:
+def _run(plan: BenchmarkPlan, jobs: int, progress: bool) -> tuple[list, dict]:
     from tqdm.auto import tqdm
 
     with tqdm(
-        total=plan.tasks(),
+        total=len(plan.scenarios),
         desc="benchmark",
-        unit="eval",
+        unit="scenario",
         disable=not progress,
         file=sys.stderr,
         mininterval=0.5,
@@ -247,15 +307,16 @@ def _run(plan: BenchmarkPlan, progress: bool) -> list[dict[str, Any]]:
             bar.set_postfix_str(label, refresh=False)
             bar.update()
 
-        return run_benchmark(plan, tick)
+        return run_benchmark(plan, jobs, tick)
 
 
 def _describe(plan: BenchmarkPlan, command: str) -> str:
-    chosen = f"`{plan.val_trace}`" if plan.val_trace else "test (no val trace)"
     return (
-        f"Generated by `{command}`: trace `{plan.test_trace}`, operating points chosen on "
-        f"{chosen}, {len(plan.seeds)} seeds x {plan.n_requests} requests per point, deadline "
-        f"{plan.config.deadline_ms:g} ms; mean ± standard deviation over seeds."
+        f"Generated by `{command}`: every choice (calibrated baselines, best non-learned policy, "
+        f"best agent, operating points) made on `{plan.val_trace}`, every figure measured on "
+        f"`{plan.test_trace}` (held-out arrival and link traces where a scenario replays "
+        f"traces), {len(plan.seeds)} seeds x {plan.n_requests} requests per point; "
+        "mean ± standard deviation over seeds."
     )
 
 
@@ -266,6 +327,7 @@ def _write(
     rows: list[dict],
     summary: list[dict],
     headlines: list[dict],
+    calibrated: dict[str, Any],
     num_exits: int,
 ) -> dict[str, Path]:
     out = Path(args.out)
@@ -282,7 +344,7 @@ def _write(
     }
     command = shlex.join(["python", "-m", "experiments.benchmark", *argv])
     table = report.markdown_table(summary, args.scenarios)
-    lines = report.headline_lines(headlines, PAPER_COMPUTE_SAVING)
+    lines = report.headline_lines(headlines)
     text = "\n".join([_describe(plan, command), "", *lines, "", table])
     report.write_csv(paths["benchmark_points.csv"], rows)
     report.write_csv(paths["benchmark_summary.csv"], summary)
@@ -296,8 +358,7 @@ def _write(
             "val_trace": plan.val_trace,
             "seeds": list(plan.seeds),
             "requests": plan.n_requests,
-            "deadline_ms": plan.config.deadline_ms,
-            "paper_compute_saving": PAPER_COMPUTE_SAVING,
+            "calibrated_baselines": calibrated,
             "headlines": headlines,
         },
     )
@@ -334,7 +395,7 @@ def _print(
     outputs: dict[str, Path],
 ) -> None:
     print(report.markdown_table(summary, plan.scenarios))
-    print("\n".join(report.headline_lines(headlines, PAPER_COMPUTE_SAVING)))
+    print("\n".join(report.headline_lines(headlines)))
     for note in notes:
         print(f"note: {note}")
     print(
@@ -344,10 +405,6 @@ def _print(
     print(f"plots: {outputs['pareto.png']}, {outputs['exits.png']}")
     if "readme" in outputs:
         print(f"README block updated: {outputs['readme']}")
-    print(
-        "TensorBoard: `python -m experiments.train_agent ...` logs to runs/ "
-        "(tensorboard --logdir runs); the shipped agents' metrics are in checkpoints/MANIFEST.json"
-    )
 
 
 if __name__ == "__main__":

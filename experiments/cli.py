@@ -1,20 +1,32 @@
 """Command lines built from a dataclass of arguments (CleanRL's pattern, without a dependency).
 
 Every field becomes ``--field-name``; bad values end the program with exit code 2 and one line that
-names the argument, the value and what is allowed, never a traceback.
+names the argument, the value and what is allowed, never a traceback. :func:`one_line_errors` gives
+a script's ``main`` the same ending for what fails later (a bad file, a full disk).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import time
 import typing
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import ParamSpec, TypeVar
+
+from distree_env.io import error_line
 
 T = TypeVar("T")
+P = ParamSpec("P")
+#: Largest seed a script takes (numpy's legacy seeding and SB3 need 32 bits) and the most requests
+#: one evaluation may ask for (a cap keeps a typo like 10**13 from running for ever).
+MAX_SEED = 2**32 - 1
+MAX_REQUESTS = 10**7
+#: Failures a script reports in one line (bad input, a file problem, a size past the machine's):
+#: anything else is a bug and keeps its traceback.
+EXPECTED_FAILURES = (ValueError, OSError, MemoryError, RecursionError, OverflowError)
 
 
 def _parse_bool(text: str) -> bool:
@@ -26,11 +38,24 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true or false")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (``prog: error: ...; see --help``), exit 2,
+    instead of the full usage block followed by the error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
 def parse_args(
     cls: type[T], argv: Sequence[str] | None = None, description: str | None = None
 ) -> T:
-    """Parse ``argv`` into ``cls``; a field's help text comes from ``metadata['help']``."""
-    parser = argparse.ArgumentParser(
+    """Parse ``argv`` into ``cls``; a field's help text comes from ``metadata['help']``.
+
+    :param cls: a dataclass whose fields are the options.
+    :param argv: the arguments (default ``sys.argv[1:]``).
+    :param description: the ``--help`` text (default the dataclass's docstring).
+    """
+    parser = OneLineParser(
         description=description or cls.__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -58,7 +83,7 @@ def parse_args(
     try:
         return cls(**values)
     except ValueError as e:
-        parser.error(str(e))  # exit code 2, one line
+        parser.error(error_line(e))  # exit code 2, one line
         raise  # unreachable: parser.error exits
 
 
@@ -68,6 +93,22 @@ def run_name(env_id: str, experiment: str, seed: int) -> str:
 
 
 def fail(message: str) -> typing.NoReturn:
-    """End a script with a one-line error and exit code 2."""
-    print(f"error: {message}", file=sys.stderr)
+    """End a script with a one-line error and exit code 2.
+
+    :param message: what went wrong (newlines are joined, so it stays one line).
+    """
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def one_line_errors(main: Callable[P, T]) -> Callable[P, T]:
+    """Wrap a script's ``main``: an expected failure ends it with exit code 2 and one line."""
+
+    @functools.wraps(main)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return main(*args, **kwargs)
+        except EXPECTED_FAILURES as exc:
+            fail(error_line(exc))
+
+    return wrapper

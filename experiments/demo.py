@@ -10,33 +10,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from experiments.cli import parse_args
+from experiments.cli import MAX_REQUESTS, MAX_SEED, one_line_errors, parse_args
 
 
 @dataclass(frozen=True)
 class Args:
     """Evaluate a few exit rules and the Oracle on the default DistrEE environment."""
 
-    requests: int = field(default=2048, metadata={"help": "requests per policy (>= 1)"})
-    seed: int = 0
+    requests: int = field(
+        default=2048, metadata={"help": f"requests per policy (1 to {MAX_REQUESTS})"}
+    )
+    seed: int = field(default=0, metadata={"help": f"random seed (0 to {MAX_SEED})"})
     scenario: str = field(
         default="fluctuating", metadata={"choices": ["stable", "fluctuating", "congested"]}
     )
 
     def __post_init__(self) -> None:
-        if self.requests < 1:
-            raise ValueError(f"requests={self.requests} is not allowed; it must be >= 1")
+        if not 1 <= self.requests <= MAX_REQUESTS:
+            raise ValueError(
+                f"--requests={self.requests} is not allowed: an integer in [1, {MAX_REQUESTS}]"
+            )
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--seed={self.seed} is not allowed: an integer in [0, {MAX_SEED}]")
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(Args, argv)
     from agents import (
         ConfidenceThreshold,
         EntropyThreshold,
+        FeatureDifference,
         FixedExit,
         LastExit,
         Oracle,
-        Similarity,
         evaluate,
     )
     from distree_env import EnvConfig
@@ -47,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         "first exit": FixedExit(0),
         "confidence >= 0.8": ConfidenceThreshold(0.8),
         "entropy <= 0.3": EntropyThreshold(0.3),
-        "similarity >= 0.7": Similarity(0.7),
+        "feature_diff <= 0.25": FeatureDifference(0.25),
         "oracle (bound)": Oracle(),
     }
     print(

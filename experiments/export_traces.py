@@ -1,18 +1,24 @@
-"""Run the trained network over the validation and test splits and ship their exit traces.
+"""Run a trained backbone over the validation and test splits and ship their exit traces.
 
-    python -m experiments.export_traces --data ../shared/data/cifar10-jpeg.tar.gz
+    python -m experiments.export_traces --backbone checkpoints/backbone-parallel.pt
+    python -m experiments.export_traces --backbone checkpoints/backbone-pipeline.pt
 
-Writes ``checkpoints/traces/cifar10-val.npz`` and ``cifar10-test.npz`` (the names the environment
-knows) and records them in ``checkpoints/MANIFEST.json`` with per-exit accuracy.
+Writes ``checkpoints/traces/PREFIX-val.npz`` and ``PREFIX-test.npz``, PREFIX being ``cifar10`` for
+a parallel backbone and ``cifar10-pipeline`` for a pipeline one (the names the environment knows),
+and records them in ``checkpoints/MANIFEST.json`` with per-exit accuracy and compute.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.cli import fail, parse_args
 from experiments.train_backbone import DEFAULT_DATA
+
+PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+DEFAULT_PREFIX = {"parallel": "cifar10", "pipeline": "cifar10-pipeline"}
 
 
 @dataclass(frozen=True)
@@ -20,43 +26,63 @@ class Args:
     """Export exit traces of a trained backbone."""
 
     data: str = field(default=DEFAULT_DATA, metadata={"help": "CIFAR-10 source (as for training)"})
-    backbone: str = field(default="checkpoints/backbone.pt", metadata={"help": "trained weights"})
+    backbone: str = field(
+        default="checkpoints/backbone-parallel.pt", metadata={"help": "trained weights"}
+    )
     out_dir: str = field(default="checkpoints/traces", metadata={"help": "where traces go"})
     prefix: str = field(
-        default="cifar10", metadata={"help": "trace names: PREFIX-val, PREFIX-test"}
+        default="",
+        metadata={"help": "trace names PREFIX-val, PREFIX-test ('' = cifar10[-pipeline])"},
     )
     splits: tuple[str, ...] = field(default=("val", "test"), metadata={"help": "splits to export"})
     val_size: int = field(default=5000, metadata={"help": "as given to train_backbone"})
     max_images: int = field(
         default=0, metadata={"help": "only the first N of each split (0 = all)"}
     )
+    tta: bool = field(default=True, metadata={"help": "flip test-time augmentation"})
     bf16: bool = True
     threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"--threads {self.threads} is not allowed; it must be >= 1")
+        if self.max_images < 0:
+            raise ValueError(f"--max-images {self.max_images} is not allowed; it must be >= 0")
+        if self.prefix and not PREFIX_PATTERN.fullmatch(self.prefix):
+            raise ValueError(
+                f"--prefix {self.prefix!r} is not allowed; use letters, digits, '.', '_' and '-' "
+                "only (a name inside --out-dir, not a path)"
+            )
+        bad = [s for s in self.splits if s not in ("val", "test")]
+        if bad:
+            raise ValueError(
+                f"--splits {bad} is not allowed; choose from val, test (never train: it was seen)"
+            )
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(Args, argv)
     import torch
 
+    from distree_env.io import require_output_file
     from distree_env.manifest import checkpoints_dir, command_line, record
     from distree_env.model.checkpoint import load_backbone
     from distree_env.model.data import Split, load_cifar10
     from distree_env.model.export import export_trace
 
     torch.set_num_threads(args.threads)
-    bad = [s for s in args.splits if s not in ("val", "test")]
-    if bad:
-        fail(f"--splits {bad} not allowed; choose from val, test (never export train: it was seen)")
     try:
         model = load_backbone(args.backbone)
+        prefix = args.prefix or DEFAULT_PREFIX[model.config.topology]
+        paths = {
+            s: require_output_file(Path(args.out_dir) / f"{prefix}-{s}.npz", "--out-dir")
+            for s in args.splits
+        }
+        splits = {s: load_cifar10(args.data, s, val_size=args.val_size) for s in args.splits}
     except ValueError as e:
         fail(str(e))
     results = {}
-    for split_name in args.splits:
-        try:
-            split = load_cifar10(args.data, split_name, val_size=args.val_size)
-        except ValueError as e:
-            fail(str(e))
+    for split_name, split in splits.items():
         if args.max_images:
             split = Split(split.images[: args.max_images], split.labels[: args.max_images])
         trace = export_trace(
@@ -65,14 +91,17 @@ def main(argv: list[str] | None = None) -> dict:
             split_name,
             metadata={"backbone": Path(args.backbone).name},
             bf16=args.bf16,
+            tta=args.tta,
             progress=True,
         )
-        path = Path(args.out_dir) / f"{args.prefix}-{split_name}.npz"
+        path = paths[split_name]
         trace.save(path)
         metrics = {
             "n": trace.n,
             "exit_accuracy": trace.metadata["exit_accuracy"],
             "exit_cumulative_gflops": trace.metadata["exit_cumulative_gflops"],
+            "backbone": Path(args.backbone).name,
+            "flip_tta": args.tta,
         }
         if path.resolve().is_relative_to(checkpoints_dir().resolve()):
             record(path, command_line("experiments.export_traces"), metrics)

@@ -1,69 +1,165 @@
-"""Per-exit accuracy and compute of the shipped network, as a Markdown table (and into README).
+"""Per-exit accuracy, compute, traffic and exit-signal quality of the shipped networks.
 
-    python -m experiments.report_backbone [--update-readme]
+    python -m experiments.report_backbone [--out docs/backbone.md] [--update-readme]
 
-Reads only the shipped traces (checked against checkpoints/MANIFEST.json), so it needs no dataset.
+For each topology with shipped traces: per exit, the val and test accuracy, the cumulative FLOPs
+and their share of the full network, the bytes that cross the boundary after the stage, and, on
+test, the AUC with which each exit criterion separates right from wrong answers (1.0 = perfect,
+0.5 = no information; entropy and feature difference count as confident when low). Reads only the
+shipped traces and MANIFEST (verified), so it needs no dataset.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from experiments.cli import fail, parse_args
 
+#: Trace name prefix and backbone file of each topology.
+TOPOLOGY_FILES = {
+    "parallel": ("cifar10", "backbone-parallel.pt"),
+    "pipeline": ("cifar10-pipeline", "backbone-pipeline.pt"),
+}
+#: Exit criteria whose AUC is reported, and whether a high value means "confident".
+CRITERIA = {"max_prob": True, "margin": True, "entropy": False, "feature_diff": False}
+
 
 @dataclass(frozen=True)
 class Args:
-    """Print the per-exit table of the shipped CIFAR-10 network."""
+    """Print (and write) the per-exit table of the shipped CIFAR-10 networks."""
 
-    val: str = "cifar10-val"
-    test: str = "cifar10-test"
+    out: str = field(default="docs/backbone.md", metadata={"help": "Markdown output ('' = none)"})
     update_readme: bool = False
 
 
-def exit_table(val, test, training: dict | None = None) -> str:
-    """Markdown: one row per exit with accuracy on val and test and the cumulative compute."""
+def auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` for ``positive`` (Mann-Whitney, ties count half).
+
+    :param score: higher = more likely positive.
+    :param positive: boolean labels; NaN when one class is empty.
+    """
+    score = np.asarray(score, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = ((ends - counts + 1 + ends) / 2)[inverse]  # 1-based ranks, ties share their mean
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def criterion_aucs(trace) -> dict[str, list[float]]:
+    """Per criterion, per exit: AUC of separating right from wrong answers on ``trace``."""
+    from distree_env.dynamics import EXIT_FEATURES, exit_features
+
+    feats, correct = exit_features(trace)
+    feats = feats.reshape(trace.n, trace.num_exits, len(EXIT_FEATURES))
+    correct = np.asarray(correct).reshape(trace.n, trace.num_exits)
+    out = {}
+    for name, high_is_confident in CRITERIA.items():
+        col = feats[:, :, EXIT_FEATURES.index(name)]
+        sign = 1.0 if high_is_confident else -1.0
+        out[name] = [auc(sign * col[:, k], correct[:, k]) for k in range(trace.num_exits)]
+    return out
+
+
+def _boundary_bytes(trace, k: int) -> str:
+    sent = trace.transfer_bytes[k]
+    if trace.topology == "parallel":
+        return f"{int(sent.max())} x {trace.num_devices} up, 1 x {trace.num_devices} down"
+    if k == trace.num_exits - 1:
+        return "-"
+    return f"{int(sent.sum()):,}"
+
+
+def topology_table(topology: str, val, test, entry: dict | None) -> str:
+    """Markdown section of one topology: the per-exit table and how the network was made."""
     cum = np.cumsum(test.stage_flops.sum(axis=1) + test.exit_flops)
-    rows = [
-        "| exit | val accuracy | test accuracy | cumulative GFLOPs | compute vs last exit |",
-        "|---:|---:|---:|---:|---:|",
-    ]
+    aucs = criterion_aucs(test)
+    head = "| exit | val acc | test acc | cum. MFLOPs | compute share | bytes after stage |"
+    rule = "|---:|---:|---:|---:|---:|---:|"
+    head += "".join(f" AUC {c} |" for c in CRITERIA)
+    rule += "---:|" * len(CRITERIA)
+    rows = [head, rule]
     for k in range(test.num_exits):
-        rows.append(
-            f"| {k} | {100 * val.exit_accuracy[k]:.2f}% | {100 * test.exit_accuracy[k]:.2f}% | "
-            f"{cum[k] / 1e9:.3f} | {100 * cum[k] / cum[-1]:.0f}% |"
-        )
-    model = test.metadata.get("model", {})
-    rows.append("")
-    rows.append(
-        f"Network: `{model.get('topology')}`, {model.get('num_devices')} devices, stage widths "
-        f"{model.get('widths')}, residual blocks per stage {model.get('blocks')}; "
-        f"{test.n} test / {val.n} val images."
+        cells = [
+            str(k),
+            f"{100 * val.exit_accuracy[k]:.2f}%",
+            f"{100 * test.exit_accuracy[k]:.2f}%",
+            f"{cum[k] / 1e6:.1f}",
+            f"{100 * cum[k] / cum[-1]:.0f}%",
+            _boundary_bytes(test, k),
+            *(f"{aucs[c][k]:.3f}" if np.isfinite(aucs[c][k]) else "-" for c in CRITERIA),
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    meta = test.metadata
+    m = (entry or {}).get("metrics", {})
+    cfg = m.get("config", {})
+    loss = cfg.get("loss", {})
+    layout = (
+        f"{test.num_devices} parallel branches fused at every exit by an aggregator"
+        if topology == "parallel"
+        else f"one backbone cut into {test.num_devices} segments on {test.num_devices} devices"
     )
-    if training:
-        m = training.get("metrics", {})
-        rows.append(
-            f"Trained {m.get('epochs')} epochs on {m.get('train_images')} images in "
-            f"{m.get('train_seconds', 0) / 60:.0f} minutes ({training.get('machine')}, "
-            f"{training.get('created')})."
+    lines = [
+        f"### {topology}: {meta.get('architecture', '?')} ({layout})",
+        "",
+        *rows,
+        "",
+        f"Exits after blocks {meta.get('model', {}).get('exits')} of the pre-activation "
+        "WideResNet (BN-ReLU-conv, stride-2 convolutions, groups at 32/16/8 px, global average "
+        f"pooling). Input: {int(test.input_bytes)} bytes "
+        f"{'to every device' if topology == 'parallel' else 'to device 0'}; bytes are float32 "
+        f"activations{', pooled vectors up and the exit decision down' if topology == 'parallel' else ' of the feature map shipped to the next device'}. "  # noqa: E501
+        f"{test.n} test / {val.n} val images; flip TTA: {meta.get('flip_tta')}.",
+    ]
+    if entry:
+        lines.append(
+            f"Recipe: {m.get('distillation')}; KD alpha {loss.get('kd_alpha')}, T "
+            f"{loss.get('kd_temperature')}, attention transfer "
+            f"{loss.get('attention_weight') if cfg.get('teacher') else 'none'}, "
+            f"feature transfer {loss.get('feature_weight')}, label smoothing "
+            f"{loss.get('label_smoothing')}, cutout {cfg.get('cutout')}, one-cycle SGD lr "
+            f"{cfg.get('lr')}, batch {cfg.get('batch_size')}, bf16 {cfg.get('bf16')}; "
+            f"{m.get('epochs')} epochs on {m.get('train_images')} images in "
+            f"{m.get('train_seconds', 0) / 60:.0f} min on {entry.get('machine')} "
+            f"({entry.get('created')})."
         )
-    rows.append("Generated by `python -m experiments.report_backbone`.")
-    return "\n".join(rows)
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(Args, argv)
+    from distree_env.io import require_output_file
     from distree_env.manifest import read_manifest
-    from distree_env.trace import resolve_trace
+    from distree_env.traces import resolve_trace
 
+    sections = []
     try:
-        training = read_manifest()["files"].get("backbone.pt")
-        table = exit_table(resolve_trace(args.val), resolve_trace(args.test), training)
+        if args.out:
+            require_output_file(args.out, "--out")
+        files = read_manifest()["files"]
+        for topology, (prefix, backbone) in TOPOLOGY_FILES.items():
+            if f"traces/{prefix}-test.npz" not in files:
+                continue
+            val, test = resolve_trace(f"{prefix}-val"), resolve_trace(f"{prefix}-test")
+            sections.append(topology_table(topology, val, test, files.get(backbone)))
     except ValueError as e:
         fail(str(e))
+    if not sections:
+        fail("no shipped CIFAR-10 traces are listed in checkpoints/MANIFEST.json")
+    table = "\n\n".join(
+        [*sections, "Generated by `python -m experiments.report_backbone` from the shipped traces."]
+    )
     print(table)
+    if args.out:
+        from distree_env.io import atomic_write_text
+
+        atomic_write_text(Path(args.out), "# Backbones\n\n" + table + "\n")
     if args.update_readme:
         from experiments.readme import update_block
 

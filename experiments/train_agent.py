@@ -1,15 +1,29 @@
-"""Train an exit-policy agent (stable-baselines3) on DistrEE-v0, with TensorBoard and resume.
+"""Train an exit-policy agent (stable-baselines3) on one DistrEE scenario, with TensorBoard and
+resume.
 
-    python -m experiments.train_agent --algo ppo --timesteps 300000 --seed 1
+    python -m experiments.train_agent --algo ppo --scenario bursty-stream --timesteps 300000
     python -m experiments.train_agent --algo dqn --seed 1 --resume      # continue a killed run
-    python -m experiments.train_agent --algo ppo --save-to checkpoints/agents/ppo.zip
+    python -m experiments.train_agent --algo ppo --save-to checkpoints/agents/ppo-steady-stream.zip
 
-Runs are named CleanRL-style ``DistrEE-v0__<exp>__<seed>__<unixtime>`` under ``runs/``
-(``tensorboard --logdir runs``): SB3's curves plus ``distree/*`` episode metrics and
-``eval/mean_reward`` on the val trace. ``--resume`` continues the newest run of the same
-experiment and seed from its last checkpoint (model, replay buffer, normalisation statistics).
-By default the learner sees every request as an episode (``--request-episodes``, see
-``agents.sb3.SB3VecEnv``), so ``rollout/ep_rew_mean`` and ``eval/mean_reward`` are per request.
+Runs are named CleanRL-style ``<env id>__<algo>-<scenario>__<seed>__<unixtime>`` under ``runs/``
+(``tensorboard --logdir runs``): SB3's curves, ``distree_train/per_request/*`` and
+``distree_train/per_episode/*`` (the training episodes' metrics, means over requests and totals
+over an episode, never mixed), ``distree_val/per_request/*`` (``agents.evaluate`` on the val
+config every ``--eval-freq`` steps: the same metrics as the benchmark) and, as text, the
+hyperparameters, the environment config and a guide to these names (``run/*``). The model with
+the best val reward per request is the one shipped (a choice made on val).
+``--resume`` continues the newest run of the same experiment and seed from its last checkpoint
+(model, replay buffer, normalisation statistics), read without unpickling anything
+(``agents.loading.restore_model``); it refuses another ``--algo`` or environment config than the
+run's ``args.json`` records.
+``--request-episodes true`` (the default) shows the learner every request as an episode
+(``rollout/ep_rew_mean`` is then per request); ``false`` shows it the env's episodes of a request
+stream (a total over one episode), ``auto`` does so except where requests are isolated; see
+``agents.sb3.SB3VecEnv``. Why the default: discounting per decision step over a stream makes
+every extra stage delay all later rewards by one step, so PPO collapses to "always exit 0"
+(measured on steady-stream: val reward 0.602 after 150k steps, against 0.699 with request
+episodes). A request's reward includes its own wait; the wait it causes for the requests
+behind it is not credited to it.
 """
 
 from __future__ import annotations
@@ -19,22 +33,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.hyperparams import ENV_ID
+from agents.hyperparams import MAX_ENVS, MAX_FILE_BYTES, MAX_TIMESTEPS, safe_yaml
 from agents.training import ALGOS
-from experiments.cli import fail, parse_args, run_name
+from distree_env.config import SCENARIOS
+from distree_env.io import (
+    error_line,
+    read_text_capped,
+    require_input_file,
+    require_output_dir,
+    require_output_file,
+)
+from experiments.cli import MAX_REQUESTS, MAX_SEED, fail, one_line_errors, parse_args, run_name
+
+#: Most torch threads accepted.
+MAX_THREADS = 256
 
 
-def _positive(name: str, value: int, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+def _bounded(name: str, value: int, low: int = 1, high: int = MAX_TIMESTEPS) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         flag = "--" + name.replace("_", "-")
-        raise ValueError(f"{flag}={value!r} is not allowed: an integer >= {low}")
+        raise ValueError(f"{flag}={value!r} is not allowed: an integer in [{low}, {high}]")
 
 
 @dataclass(frozen=True)
 class Args:
-    """Train an exit policy for DistrEE-v0 with stable-baselines3."""
+    """Train an exit policy for one DistrEE scenario with stable-baselines3."""
 
     algo: str = field(default="ppo", metadata={"choices": list(ALGOS)})
+    scenario: str = field(
+        default="isolated",
+        metadata={
+            "choices": list(SCENARIOS),
+            "help": "the scenario (isolated = DistrEE-v0's dynamics; --config overrides it)",
+        },
+    )
     timesteps: int = field(default=0, metadata={"help": "environment steps (0 = from hyperparams)"})
     seed: int = 1
     n_envs: int = field(default=0, metadata={"help": "parallel envs (0 = from hyperparams)"})
@@ -47,9 +79,14 @@ class Args:
     runs_dir: str = "runs"
     resume: bool = field(default=False, metadata={"help": "continue the newest matching run"})
     eval_freq: int = field(default=20_000, metadata={"help": "steps between val evals (0 = off)"})
-    eval_episodes: int = field(default=256, metadata={"help": "episodes per val evaluation"})
-    request_episodes: bool = field(
-        default=True, metadata={"help": "the learner sees each request as an episode"}
+    val_requests: int = field(default=2048, metadata={"help": "requests per val evaluation"})
+    request_episodes: str = field(
+        default="true",
+        metadata={
+            "choices": ["auto", "true", "false"],
+            "help": "the learner sees each request as an episode (auto: where requests are "
+            "isolated)",
+        },
     )
     checkpoint_freq: int = field(default=20_000, metadata={"help": "steps between checkpoints"})
     save_to: str | None = field(
@@ -62,46 +99,73 @@ class Args:
     verbose: int = 0
 
     def __post_init__(self) -> None:
-        _positive("timesteps", self.timesteps, 0)
-        _positive("seed", self.seed, 0)
-        _positive("n_envs", self.n_envs, 0)
-        _positive("eval_freq", self.eval_freq, 0)
-        _positive("eval_episodes", self.eval_episodes)
-        _positive("checkpoint_freq", self.checkpoint_freq)
-        _positive("eval_seeds", self.eval_seeds)
-        _positive("eval_requests", self.eval_requests)
-        _positive("threads", self.threads)
-        if self.config is not None and not Path(self.config).is_file():
-            raise ValueError(f"--config={self.config!r}: file not found")
-        if self.hyperparams is not None and not Path(self.hyperparams).is_file():
-            raise ValueError(f"--hyperparams={self.hyperparams!r}: file not found")
-        if self.save_to is not None and not self.save_to.endswith(".zip"):
-            raise ValueError(f"--save-to={self.save_to!r} is not allowed: a path ending in .zip")
+        _bounded("timesteps", self.timesteps, 0)
+        _bounded("seed", self.seed, 0, MAX_SEED)
+        _bounded("n_envs", self.n_envs, 0, MAX_ENVS)
+        _bounded("eval_freq", self.eval_freq, 0)
+        _bounded("val_requests", self.val_requests, 1, MAX_REQUESTS)
+        _bounded("checkpoint_freq", self.checkpoint_freq)
+        _bounded("eval_seeds", self.eval_seeds, 1, 1000)
+        _bounded("eval_requests", self.eval_requests, 1, MAX_REQUESTS)
+        _bounded("threads", self.threads, 1, MAX_THREADS)
+        _bounded("verbose", self.verbose, 0, 2)
+        if self.config is not None:
+            require_input_file(self.config, "--config")
+        if self.hyperparams is not None:
+            require_input_file(self.hyperparams, "--hyperparams")
+        if self.save_to is not None:
+            if not self.save_to.endswith(".zip"):
+                raise ValueError(
+                    f"--save-to={self.save_to!r} is not allowed: a path ending in .zip"
+                )
+            require_output_file(self.save_to, "--save-to")
+        require_output_dir(self.runs_dir, "--runs-dir")
         for name in ("exp_name", "run_name"):
             value = getattr(self, name)
             if "/" in value or value in (".", ".."):
                 raise ValueError(f"--{name.replace('_', '-')}={value!r}: a plain name, no '/'")
 
 
-def load_env_config(path: str | None) -> Any:
-    """EnvConfig from a JSON or YAML file of (possibly nested or dotted) overrides."""
+def env_id_for(scenario: str) -> str:
+    """The registered id whose only setting is ``scenario`` (e.g. ``bursty-stream`` ->
+    ``DistrEE-Bursty-v1``, ``isolated`` -> ``DistrEE-v0``), else ``DistrEE-v1``: names runs and
+    picks the rl-zoo3 hyperparameter entry."""
+    from distree_env.registration import ENV_IDS
+
+    return next((i for i, kw in ENV_IDS.items() if kw == {"scenario": scenario}), "DistrEE-v1")
+
+
+def request_episodes(args: Args, config: Any) -> bool:
+    """``--request-episodes``: ``auto`` is True exactly where requests are isolated (no queue
+    couples them)."""
+    if args.request_episodes == "auto":
+        return config.arrivals.kind == "isolated"
+    return args.request_episodes == "true"
+
+
+def load_env_config(path: str | None, scenario: str | None = None) -> Any:
+    """EnvConfig of ``scenario`` (default: the default config) with the overrides of a JSON or
+    YAML file of (possibly nested or dotted) fields."""
     from distree_env.config import EnvConfig
 
+    base = EnvConfig() if scenario is None else EnvConfig.scenario(scenario)
     if path is None:
-        return EnvConfig()
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        if path.endswith((".yml", ".yaml")):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
+        return base
+    text = read_text_capped(path, "--config", MAX_FILE_BYTES)
+    if path.endswith((".yml", ".yaml")):
+        data = safe_yaml(text, f"--config {path!r}")
+    else:
+        try:
             data = json.loads(text)
-    except Exception as exc:  # noqa: BLE001 (any parse error becomes one clear line)
-        raise ValueError(f"--config {path!r}: cannot parse ({exc})") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            detail = " ".join(str(exc).split())[:200]
+            raise ValueError(f"--config {path!r}: cannot parse ({detail})") from None
     if not isinstance(data, dict):
         raise ValueError(f"--config {path!r}: expected a mapping of EnvConfig fields")
-    return EnvConfig().replace(data)
+    try:
+        return base.replace(data)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"--config {path!r}: {exc}") from None
 
 
 def find_run(runs_dir: Path, prefix: str) -> Path | None:
@@ -110,6 +174,7 @@ def find_run(runs_dir: Path, prefix: str) -> Path | None:
     return max(runs, key=lambda p: int(p.name[len(prefix) + 2 :])) if runs else None
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(Args, argv)
     import torch
@@ -117,68 +182,68 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     from agents.hyperparams import load_hyperparams
 
-    try:
-        config = load_env_config(args.config)
-        hp = load_hyperparams(args.algo, args.hyperparams)
-    except ValueError as exc:
-        fail(str(exc))
-    exp = args.exp_name or args.algo
+    config = load_env_config(args.config, args.scenario)
+    env_id = env_id_for(args.scenario)
+    hp = load_hyperparams(args.algo, args.hyperparams, env_id)
+    exp = args.exp_name or f"{args.algo}-{args.scenario}"
     runs_dir = Path(args.runs_dir)
     run_dir = runs_dir / args.run_name if args.run_name else None
     if args.resume and run_dir is None:
-        run_dir = find_run(runs_dir, f"{ENV_ID}__{exp}__{args.seed}")
+        run_dir = find_run(runs_dir, f"{env_id}__{exp}__{args.seed}")
     if run_dir is None:
-        run_dir = runs_dir / run_name(ENV_ID, exp, args.seed)
+        run_dir = runs_dir / run_name(env_id, exp, args.seed)
     if not args.resume and (run_dir / "checkpoints").exists():
         fail(f"run {str(run_dir)!r} exists; pass --resume to continue it or choose --run-name")
-    try:
-        result = _train(args, config, hp, run_dir)
-    except ValueError as exc:
-        fail(str(exc))
+    result = _train(args, config, hp, run_dir)
     print(json.dumps(result, indent=2))
     return result
 
 
-def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
-    from stable_baselines3.common.callbacks import CallbackList, EvalCallback
-    from stable_baselines3.common.logger import configure
-    from stable_baselines3.common.vec_env import VecNormalize
+def _same_run(args: Args, config: Any, run_dir: Path, checkpoint: Path | None) -> dict | None:
+    """The run's ``args.json`` record, after checking that this call continues the same run:
+    the same ``--algo`` and environment config (ValueError naming both otherwise)."""
+    from agents.loading import infer_algo
 
-    from agents.sb3 import DistrEEMetricsCallback, make_sb3_env
-    from agents.training import (
-        AtomicCheckpointCallback,
-        algo_class,
-        latest_checkpoint,
-        load_replay_buffer,
-        save_model,
-    )
-    from distree_env.io import atomic_write_text
-
-    cls = algo_class(args.algo)
-    n_envs = args.n_envs or hp.n_envs
-    timesteps = args.timesteps or hp.n_timesteps
-    ckpt_dir = run_dir / "checkpoints"
-    found = latest_checkpoint(ckpt_dir) if args.resume else None
-    done_steps = found[0] if found else 0
-    env = make_sb3_env(config, n_envs, args.seed + done_steps, args.request_episodes)
-    eval_env = make_sb3_env(
-        config, min(n_envs, args.eval_episodes), args.seed + 10_000, args.request_episodes
-    )
-    if hp.normalize is not None:
-        env = VecNormalize(env, gamma=hp.algo_kwargs.get("gamma", 0.99), **hp.normalize)
-        eval_env = VecNormalize(
-            eval_env, training=False, norm_reward=False, norm_obs=hp.normalize.get("norm_obs", True)
+    record_path = run_dir / "args.json"
+    record = None
+    if record_path.is_file():
+        try:
+            record = json.loads(read_text_capped(record_path, "run record", MAX_FILE_BYTES))
+            before_algo = record["args"]["algo"]
+            before_config, before_file = record["env_config"], record["args"].get("config")
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(
+                f"--resume: {str(record_path)!r} is not a readable run record; start a new run"
+            ) from None
+        if before_algo != args.algo:
+            raise ValueError(
+                f"--resume: run {str(run_dir)!r} was trained with --algo {before_algo}, this call "
+                f"asks for --algo {args.algo}; use the same algorithm or start a new run"
+            )
+        now = json.loads(json.dumps(config.to_dict(), default=str))
+        if now != before_config:
+            changed = sorted(
+                k for k in set(now) | set(before_config) if now.get(k) != before_config.get(k)
+            )
+            raise ValueError(
+                f"--resume: run {str(run_dir)!r} was trained with --config {before_file!r}, this "
+                f"call gives --config {args.config!r}, another environment (fields "
+                f"{', '.join(changed)}); use the same config or start a new run"
+            )
+    if checkpoint is not None and infer_algo(checkpoint) != args.algo:
+        raise ValueError(
+            f"--resume: checkpoint {str(checkpoint)!r} holds a {infer_algo(checkpoint)} agent, "
+            f"this call asks for --algo {args.algo}"
         )
-    if found:
-        from agents.policy import load_vecnormalize, sidecar
+    return record
 
-        model = cls.load(found[1], env=env, device="cpu")
-        if isinstance(env, VecNormalize):
-            load_vecnormalize(sidecar(found[1]), env)
-        load_replay_buffer(model, found[1])
-        print(f"resuming {run_dir} from {found[1].name} ({done_steps} steps)")
-    else:
-        model = cls(
+
+def _build_model(args: Args, hp: Any, env: Any) -> Any:
+    """A new model from the hyperparameters (their errors become one line naming the file)."""
+    from agents.training import algo_class
+
+    try:
+        return algo_class(args.algo)(
             hp.policy,
             env,
             seed=args.seed,
@@ -187,27 +252,72 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
             policy_kwargs=hp.policy_kwargs or None,
             **hp.algo_kwargs,
         )
+    except (TypeError, ValueError, AssertionError, KeyError) as exc:
+        where = args.hyperparams or f"experiments/hyperparams/{args.algo}.yml"
+        raise ValueError(f"--hyperparams {where!r}: {args.algo} refuses them ({exc})") from None
+
+
+def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
+    from stable_baselines3.common.callbacks import CallbackList
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from agents.loading import restore_model
+    from agents.sb3 import DistrEEMetricsCallback, make_sb3_env
+    from agents.training import (
+        AtomicCheckpointCallback,
+        RunTextCallback,
+        ValEvalCallback,
+        latest_checkpoint,
+        load_replay_buffer,
+        save_model,
+    )
+    from distree_env.io import atomic_write_text
+
+    n_envs = args.n_envs or hp.n_envs
+    timesteps = args.timesteps or hp.n_timesteps
+    ckpt_dir = run_dir / "checkpoints"
+    found = latest_checkpoint(ckpt_dir) if args.resume else None
+    record = _same_run(args, config, run_dir, found[1] if found else None) if args.resume else None
+    done_steps = found[0] if found else 0
+    per_request = request_episodes(args, config)
+    env = make_sb3_env(config, n_envs, args.seed + done_steps, per_request)
+    if hp.normalize is not None:
+        env = VecNormalize(env, gamma=hp.algo_kwargs.get("gamma", 0.99), **hp.normalize)
+    if found:
+        from agents.policy import load_vecnormalize, sidecar
+
+        overrides = {**hp.algo_kwargs, "verbose": args.verbose}
+        model = restore_model(found[1], args.algo, env=env, overrides=overrides)
+        try:
+            if isinstance(env, VecNormalize):
+                load_vecnormalize(sidecar(found[1]), env)
+            load_replay_buffer(model, found[1])
+        except (MemoryError, OverflowError) as exc:  # a size declared by a damaged file
+            raise ValueError(f"--resume: {str(found[1])!r}: {error_line(exc)}") from None
+        print(f"resuming {run_dir} from {found[1].name} ({done_steps} steps)")
+    else:
+        model = _build_model(args, hp, env)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "args.json", json.dumps(
-        {"args": args.__dict__, "env_config": config.to_dict(), "n_envs": n_envs,
-         "timesteps": timesteps}, indent=2, default=str))  # fmt: skip
+    this_call = {"args": args.__dict__, "env_config": config.to_dict(), "n_envs": n_envs,
+                 "timesteps": timesteps}  # fmt: skip
+    if record is not None:  # the first call's record stays; resumptions are appended
+        record.setdefault("resumed", []).append({**this_call, "from_step": done_steps})
+    atomic_write_text(run_dir / "args.json", json.dumps(record or this_call, indent=2, default=str))
     formats = ["tensorboard"] + (["stdout"] if args.verbose else [])
     model.set_logger(configure(str(run_dir), formats))
     checkpoint = AtomicCheckpointCallback(max(args.checkpoint_freq // n_envs, 1), ckpt_dir)
-    callbacks = [DistrEEMetricsCallback(), checkpoint]
-    if args.eval_freq:
-        eval_cls = EvalCallback
-        if args.algo == "maskable_ppo":
-            from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback as eval_cls
-        callbacks.append(
-            eval_cls(
-                eval_env,
-                n_eval_episodes=args.eval_episodes,
-                eval_freq=max(args.eval_freq // n_envs, 1),
-                deterministic=True,
-                verbose=args.verbose,
-            )
-        )
+    hyperparameters = {"algo": args.algo, "env_id": env_id_for(args.scenario), "n_envs": n_envs,
+                       "timesteps": timesteps, "request_episodes": per_request,
+                       "policy": hp.policy, "policy_kwargs": hp.policy_kwargs,
+                       "normalize": hp.normalize, **hp.algo_kwargs}  # fmt: skip
+    best = run_dir / "best_model.zip"
+    val = ValEvalCallback(
+        config, max(args.eval_freq // n_envs, 1) if args.eval_freq else 0, args.val_requests,
+        seed=10_000, best_path=best,
+    )  # fmt: skip
+    callbacks = [RunTextCallback(hyperparameters, config.to_dict()), DistrEEMetricsCallback(),
+                 checkpoint, val]  # fmt: skip
     remaining = max(timesteps - model.num_timesteps, 0)
     if remaining:
         model.learn(
@@ -220,20 +330,26 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
         checkpoint.save_now()
     final = run_dir / "final_model.zip"
     save_model(model, final)
+    if args.eval_freq:
+        val.evaluate_now()  # the final model competes for "best on val" too
+    chosen = best if args.eval_freq and best.is_file() else final
     result: dict[str, Any] = {
         "run_dir": str(run_dir),
-        "model": str(final),
+        "model": str(chosen),
         "timesteps": int(model.num_timesteps),
+        "val_history": val.history,
     }
     if args.save_to:
-        result.update(ship(args, config, final))
+        result.update(ship(args, config, chosen, val.best_reward))
     return result
 
 
-def ship(args: Args, config: Any, final: Path) -> dict[str, Any]:
-    """Evaluate the final model on the held-out trace over ``--eval-seeds`` seeds, copy it to
+def ship(args: Args, config: Any, final: Path, val_reward: float) -> dict[str, Any]:
+    """Evaluate the chosen model on the held-out split (test exit trace, test link traces) over
+    ``--eval-seeds`` seeds, copy it to
     ``--save-to`` and record it (with the metrics) in the manifest when it lies under
-    checkpoints/ (replacing an earlier entry)."""
+    checkpoints/ (replacing an earlier entry). Its normalisation statistics travel with it and
+    are listed in its entry; a sidecar left by an earlier agent at that path is removed."""
     import numpy as np
 
     from agents.evaluate import METRICS, evaluate
@@ -244,12 +360,17 @@ def ship(args: Args, config: Any, final: Path) -> dict[str, Any]:
     from distree_env.manifest import checkpoints_dir, command_line, record
 
     policy = load_agent(str(final), trust=True, algo=args.algo)  # the run's own file
-    test_config = config.replace(trace=held_out_trace(config.trace))
+    test_config = config.replace(
+        {"trace": held_out_trace(config.trace), "cluster.bandwidth.split": "test"}
+    )
     runs = [
         evaluate(policy, test_config, args.eval_requests, seed) for seed in range(args.eval_seeds)
     ]
     metrics: dict[str, Any] = {
         "algo": args.algo,
+        "scenario": args.scenario,
+        "model_chosen_on": "val",
+        "val_reward_per_request": float(val_reward),
         "trained_on": config.trace,
         "evaluated_on": test_config.trace,
         "seeds": args.eval_seeds,
@@ -262,15 +383,15 @@ def ship(args: Args, config: Any, final: Path) -> dict[str, Any]:
     dest = Path(args.save_to)  # copied only now, so it disagrees with the manifest briefly
     if sidecar(final).is_file():
         atomic_write_bytes(sidecar(dest), sidecar(final).read_bytes())
+    else:
+        sidecar(dest).unlink(missing_ok=True)  # an earlier agent's statistics must not apply
     atomic_write_bytes(dest, final.read_bytes())
     try:
         dest.resolve().relative_to(checkpoints_dir().resolve())
     except ValueError:
         return {"saved_to": str(dest), "metrics": metrics}
-    command = command_line("experiments.train_agent")
-    if sidecar(dest).is_file():
-        record(sidecar(dest), command, {"normalisation_of": dest.name})
-    record(dest, command, metrics)
+    sidecars = [sidecar(dest)] if sidecar(dest).is_file() else []
+    record(dest, command_line("experiments.train_agent"), metrics, sidecars=sidecars)
     return {"saved_to": str(dest), "metrics": metrics, "manifest": True}
 
 

@@ -1,9 +1,15 @@
-"""Train the multi-branch network jointly on CIFAR-10 and ship it to checkpoints/backbone.pt.
+"""Train the early-exit WideResNet network on CIFAR-10 and ship it to checkpoints/.
 
-    python -m experiments.train_backbone --data ../shared/data/cifar10-jpeg.tar.gz
-    python -m experiments.train_backbone --data ... --resume      # continue a killed run
+    # 1. the pipeline backbone (one WRN-16-2 cut into 4 segments), self-distilled:
+    python -m experiments.train_backbone --topology pipeline --kd-alpha 0.5
+    # 2. the parallel branches (2 x WRN-16-1), distilled from the pipeline backbone's final exit:
+    python -m experiments.train_backbone --topology parallel \
+        --teacher checkpoints/backbone-pipeline.pt
+    python -m experiments.train_backbone ... --resume      # continue a killed run
 
-TensorBoard: ``tensorboard --logdir runs/backbone``. A checkpoint is written every epoch.
+``--preset cpu`` (default) is sized for a 2-core CPU, ``gpu`` for one H100 in about 10 minutes,
+``tiny`` for tests. TensorBoard: ``tensorboard --logdir runs/backbone``. A checkpoint is written
+every epoch.
 """
 
 from __future__ import annotations
@@ -20,30 +26,34 @@ DEFAULT_DATA = "../shared/data/cifar10-jpeg.tar.gz"
 
 @dataclass(frozen=True)
 class Args:
-    """Jointly train every branch and exit of the DistrEE network on CIFAR-10."""
+    """Jointly train every branch and exit of the early-exit WideResNet on CIFAR-10."""
 
     data: str = field(
         default=DEFAULT_DATA, metadata={"help": "CIFAR-10: .tar.gz, folder, batches-py or -bin"}
     )
+    preset: str = field(default="cpu", metadata={"choices": ["cpu", "gpu", "tiny"]})
     topology: str = field(default="parallel", metadata={"choices": ["parallel", "pipeline"]})
-    num_devices: int = field(
-        default=2, metadata={"help": "branches (parallel) or segments (pipeline)"}
+    teacher: str = field(
+        default="", metadata={"help": "backbone .pt whose final exit teaches ('' = self)"}
     )
-    widths: tuple[int, ...] = field(
-        default=(48, 96, 192, 384), metadata={"help": "width of each stage"}
-    )
-    blocks: tuple[int, ...] = field(
-        default=(1,), metadata={"help": "residual blocks per stage: one number, or one per stage"}
-    )
-    epochs: int = 24
-    batch_size: int = 256
-    lr: float = 0.1
+    widen: int = field(default=0, metadata={"help": "WRN widening factor (0 = preset)"})
+    epochs: int = field(default=0, metadata={"help": "0 = preset"})
+    batch_size: int = field(default=0, metadata={"help": "0 = preset"})
+    lr: float = field(default=0.0, metadata={"help": "peak one-cycle learning rate (0 = preset)"})
     weight_decay: float = 5e-4
-    kd_weight: float = 0.5
-    feature_weight: float = 0.1
+    kd_alpha: float = field(default=0.9, metadata={"help": "weight of the KD term (NoNN: 0.9)"})
+    kd_temperature: float = field(default=4.0, metadata={"help": "KD temperature (NoNN: 4)"})
+    attention_weight: float = field(
+        default=500.0, metadata={"help": "attention transfer weight (teacher runs)"}
+    )
+    feature_weight: float = field(
+        default=0.5, metadata={"help": "feature transfer between consecutive exits"}
+    )
+    label_smoothing: float = 0.1
+    cutout: int = field(default=8, metadata={"help": "cutout square side in pixels (0 = none)"})
     seed: int = 0
-    bf16: bool = field(default=True, metadata={"help": "bfloat16 autocast on the CPU"})
-    threads: int = field(default=2, metadata={"help": "torch threads"})
+    bf16: bool = field(default=True, metadata={"help": "bfloat16 autocast"})
+    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     max_train_images: int = field(
         default=0, metadata={"help": "use only this many (0 = all; for tests)"}
     )
@@ -51,53 +61,87 @@ class Args:
         default=5000, metadata={"help": "validation images carved from the training set"}
     )
     run_name: str = field(
-        default="", metadata={"help": "folder under runs/backbone (default: from args)"}
+        default="", metadata={"help": "folder under --runs-dir (default: from args)"}
     )
     runs_dir: str = "runs/backbone"
-    output: str = field(default="checkpoints/backbone.pt", metadata={"help": "final weights"})
+    output: str = field(
+        default="", metadata={"help": "final weights (default checkpoints/backbone-TOPOLOGY.pt)"}
+    )
     resume: bool = field(default=False, metadata={"help": "continue from the run's last.pt"})
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name, low in (("threads", 1), ("max_train_images", 0), ("widen", 0), ("epochs", 0),
+                          ("batch_size", 0)):  # fmt: skip
+            if getattr(self, name) < low:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} {getattr(self, name)} is not allowed; "
+                    f"it must be >= {low}"
+                )
+
+    @property
+    def output_path(self) -> str:
+        return self.output or f"checkpoints/backbone-{self.topology}.pt"
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(Args, argv)
     import torch
 
+    from distree_env.io import require_output_dir, require_output_file
     from distree_env.manifest import checkpoints_dir, command_line, record
     from distree_env.model.checkpoint import load_backbone, save_backbone
     from distree_env.model.data import Split, load_cifar10
     from distree_env.model.network import NetConfig
+    from distree_env.model.presets import preset
     from distree_env.model.train import LossConfig, TrainConfig, Trainer, exit_accuracy, predict
 
     torch.set_num_threads(args.threads)
     try:
-        net = NetConfig(
-            topology=args.topology,
-            num_devices=args.num_devices,
-            widths=args.widths,
-            blocks=args.blocks[0] if len(args.blocks) == 1 else args.blocks,
-        )
+        require_output_file(args.output_path, "--output")
+        require_output_dir(args.runs_dir, "--runs-dir")
+        p = preset(args.preset, args.topology)
+        net_kw = p["net"] | ({"widen": args.widen} if args.widen else {})
+        net = NetConfig(**net_kw)
+        teacher = load_backbone(args.teacher) if args.teacher else None
         cfg = TrainConfig(
             net=net,
-            loss=LossConfig(kd_weight=args.kd_weight, feature_weight=args.feature_weight),
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
+            loss=LossConfig(
+                kd_alpha=args.kd_alpha,
+                kd_temperature=args.kd_temperature,
+                attention_weight=args.attention_weight,
+                feature_weight=args.feature_weight,
+                label_smoothing=args.label_smoothing,
+            ),
+            epochs=args.epochs or p["epochs"],
+            batch_size=args.batch_size or p["batch_size"],
+            lr=args.lr or p["lr"],
             weight_decay=args.weight_decay,
+            cutout=args.cutout,
             seed=args.seed,
             bf16=args.bf16,
+            teacher=Path(args.teacher).name if args.teacher else "",
+            device=p["device"],
         )
+        if cfg.device != "cpu" and not torch.cuda.is_available():
+            raise ValueError(f"--preset {args.preset} needs a CUDA GPU, and none is available")
         train = load_cifar10(args.data, "train", val_size=args.val_size)
         val = load_cifar10(args.data, "val", val_size=args.val_size)
+        if args.max_train_images:
+            train = Split(
+                train.images[: args.max_train_images], train.labels[: args.max_train_images]
+            )
+        if cfg.batch_size > len(train):
+            raise ValueError(
+                f"--batch-size {cfg.batch_size} is not allowed; it must be at most the number "
+                f"of training images ({len(train)})"
+            )
     except ValueError as e:
         fail(str(e))
-    if args.max_train_images:
-        train = Split(train.images[: args.max_train_images], train.labels[: args.max_train_images])
 
-    name = (
-        args.run_name
-        or f"cifar10__{args.topology}-{args.num_devices}x"
-        f"{'-'.join(map(str, args.widths))}__{args.seed}"
+    name = args.run_name or (
+        f"cifar10__{args.topology}-{net.num_devices}x{net.name}__{args.preset}"
+        f"{'__kd-' + Path(args.teacher).stem if args.teacher else ''}__{args.seed}"
     )
     run_dir = Path(args.runs_dir) / name
     if (run_dir / "last.pt").exists() and not args.resume:
@@ -109,29 +153,39 @@ def main(argv: list[str] | None = None) -> dict:
 
     writer = SummaryWriter(str(run_dir))
     writer.add_text("config", json.dumps(cfg.to_dict()))
-    trainer = Trainer(cfg, train, val, run_dir, log=writer.add_scalar)
-    if args.resume and trainer.resume():
-        print(f"resumed {run_dir} at epoch {trainer.epoch}/{cfg.epochs}")
+    trainer = Trainer(cfg, train, val, run_dir, log=writer.add_scalar, teacher=teacher)
+    try:
+        if args.resume and trainer.resume():
+            print(f"resumed {run_dir} at epoch {trainer.epoch}/{cfg.epochs}")
+    except ValueError as e:
+        fail(str(e))
     started = time.time()
     history = trainer.fit(progress=args.progress)
     writer.close()
 
-    save_backbone(trainer.model, args.output)
-    model = load_backbone(args.output)  # measure what ships: the float16-stored weights
-    probs, _ = predict(model, val.images, bf16=cfg.bf16)
-    val_acc = [round(float(a), 4) for a in exit_accuracy(probs, val.labels)]
+    out = Path(args.output_path)
+    save_backbone(trainer.model, out)
     metrics = {
-        "val_exit_accuracy": val_acc,
+        "architecture": f"{net.num_branches} x pre-activation {net.name}, exits after blocks "
+        f"{list(net.exits)}",
+        "distillation": f"teacher {cfg.teacher} (final exit), KD + attention transfer"
+        if cfg.teacher
+        else "self-distillation from the deepest exit",
         "epochs": cfg.epochs,
         "train_seconds": round(sum(h["seconds"] for h in history), 1),
         "train_images": len(train),
         "config": cfg.to_dict(),
     }
-    out = Path(args.output).resolve()
-    if out.is_relative_to(checkpoints_dir().resolve()):
+    shipped = out.resolve().is_relative_to(checkpoints_dir().resolve())
+    if shipped:
+        record(out, command_line("experiments.train_backbone"), metrics)
+    model = load_backbone(out)  # measure what ships: the float16-stored weights
+    probs, _ = predict(model, val.images, bf16=cfg.bf16)
+    metrics["val_exit_accuracy"] = [round(float(a), 4) for a in exit_accuracy(probs, val.labels)]
+    if shipped:
         record(out, command_line("experiments.train_backbone"), metrics)
     print(
-        f"saved {args.output}: val exit accuracy {val_acc}, "
+        f"saved {out}: val exit accuracy {metrics['val_exit_accuracy']}, "
         f"{time.time() - started:.0f}s this session"
     )
     return metrics

@@ -1,4 +1,5 @@
-"""Atomic writes: a writer killed with SIGKILL mid-write leaves the previous file intact."""
+"""Atomic writes: a writer killed with SIGKILL mid-write leaves the previous file intact, and its
+temporary file is removed by the next write."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def test_sigkill_mid_write_keeps_the_previous_file(tmp_path):
     assert target.read_bytes() == b"old content"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "data.bin"]
     assert all(name.startswith(".data.bin.") and name.endswith(".tmp") for name in leftovers)
+    atomic_write_text(target, "next")  # the next write of the file removes the dead writer's
+    assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
 
 
 def test_written_files_get_ordinary_permissions(tmp_path):
@@ -51,3 +54,17 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
     assert path.read_text() == "hi"
+
+
+def test_atomic_write_text_and_mode_check(tmp_path):
+    import pytest
+
+    from distree_env.io import atomic_open
+
+    path = tmp_path / "x.json"
+    with atomic_open(path, "w") as handle:
+        handle.write("{}")
+    assert path.read_text() == "{}"
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_open(path, "a"):
+            pass

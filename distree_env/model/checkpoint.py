@@ -19,7 +19,7 @@ from distree_env.io import atomic_write_bytes
 from distree_env.model.network import MultiBranchNet, NetConfig
 
 BACKBONE_FORMAT = "distree-backbone"
-BACKBONE_VERSION = 1
+BACKBONE_VERSION = 2  # 2: pre-activation WideResNet branches
 
 
 def torch_save_atomic(obj: object, path: str | os.PathLike) -> None:
@@ -68,7 +68,17 @@ def save_backbone(
 
 
 def load_backbone(path: str | os.PathLike, expect: NetConfig | None = None) -> MultiBranchNet:
-    """Load a backbone; refuse another format, version or (if ``expect`` is given) architecture."""
+    """Load a backbone; refuse another format, version or (if ``expect`` is given) architecture.
+
+    A file in the checkpoints folder is checked against its MANIFEST sha256 first; the declared
+    architecture is validated (sizes capped) before any weight tensor is allocated.
+
+    :param path: the ``.pt`` file written by :func:`save_backbone`.
+    :param expect: the architecture the caller needs, if any.
+    """
+    from distree_env.manifest import verify
+
+    verify(path)
     obj = torch_load_safe(path, "backbone")
     if obj.get("format") != BACKBONE_FORMAT or obj.get("version") != BACKBONE_VERSION:
         raise ValueError(
@@ -76,7 +86,16 @@ def load_backbone(path: str | os.PathLike, expect: NetConfig | None = None) -> M
             f"version={obj.get('version')!r}; "
             f"expected format={BACKBONE_FORMAT!r} version={BACKBONE_VERSION}"
         )
-    config = NetConfig.from_dict(obj["config"])
+    for key, kind in (("config", dict), ("state_dict", dict)):
+        if not isinstance(obj.get(key), kind):
+            raise ValueError(
+                f"backbone file {str(path)!r}: {key!r} is "
+                f"{'missing' if key not in obj else type(obj[key]).__name__}; expected a dict"
+            )
+    try:
+        config = NetConfig.from_dict(obj["config"])
+    except ValueError as e:
+        raise ValueError(f"backbone file {str(path)!r}: {e}") from None
     if expect is not None and config != expect:
         raise ValueError(
             f"backbone file {str(path)!r} was made for architecture {config.to_dict()}; "
@@ -91,8 +110,12 @@ def load_state(model: torch.nn.Module, state: dict, source: str) -> None:
     """``load_state_dict`` whose failure says which file does not fit which architecture."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    unexpected = sorted(map(str, set(state) - set(own)))
+    wrong = sorted(
+        k
+        for k in set(own) & set(state)
+        if not isinstance(state[k], torch.Tensor) or own[k].shape != state[k].shape
+    )
     if missing or unexpected or wrong:
         detail = "; ".join(
             f"{label}: {keys[:3]}{'...' if len(keys) > 3 else ''}"

@@ -2,7 +2,9 @@
 
 FLOPs count multiply-adds x 2 of every convolution and linear layer (batch-norm, ReLU and
 pooling are a few percent and are left out, as in most early-exit papers). Bytes assume float32
-activations.
+activations. Per boundary: ``parallel`` sends the uint8 image to every device, each device's
+pooled vector of stage k to the aggregator, and the aggregator's exit-or-continue decision back
+(:data:`DECISION_BYTES`); ``pipeline`` ships stage k's feature map from device k to device k + 1.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from distree_env.model.network import MultiBranchNet
 
 BYTES_PER_ACTIVATION = 4  # float32 on the wire
 INPUT_BYTES = 32 * 32 * 3  # one uint8 CIFAR-10 image sent to each first-stage device
+DECISION_BYTES = 1  # the aggregator's exit-or-continue answer to each device
 
 
 @dataclass(frozen=True)

@@ -18,25 +18,15 @@ import io
 import os
 import pickle
 import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from distree_env.constants import CIFAR10_CLASS_NAMES
 from distree_env.io import atomic_write_bytes
 
-CLASS_NAMES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
 IMAGE_SHAPE = (32, 32, 3)
 VAL_SIZE = 5000
 VAL_SEED = 20250221  # fixed: the validation split must never move between runs
@@ -139,11 +129,11 @@ def _split_and_class(parts: tuple[str, ...]) -> tuple[str, int] | None:
     """Map ``.../<split>/<class>/<file>`` to (split, label); None for anything else."""
     if len(parts) < 3 or parts[-3] not in ("train", "test"):
         return None
-    if parts[-2] not in CLASS_NAMES:
+    if parts[-2] not in CIFAR10_CLASS_NAMES:
         raise ValueError(
-            f"class folder {parts[-2]!r} is not a CIFAR-10 class; allowed: {CLASS_NAMES}"
+            f"class folder {parts[-2]!r} is not a CIFAR-10 class; allowed: {CIFAR10_CLASS_NAMES}"
         )
-    return parts[-3], CLASS_NAMES.index(parts[-2])
+    return parts[-3], CIFAR10_CLASS_NAMES.index(parts[-2])
 
 
 def _collect(items: dict[str, list[tuple[str, np.ndarray, int]]]) -> tuple[Split, Split]:
@@ -242,6 +232,62 @@ def _read_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         )
     rows = raw.reshape(-1, 3073)
     labels = rows[:, 0].astype(np.int64)
-    if labels.max() >= len(CLASS_NAMES):
+    if labels.max() >= len(CIFAR10_CLASS_NAMES):
         raise ValueError(f"{str(path)!r} has label {labels.max()}; allowed 0..9")
     return rows[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
+
+
+#: The uint8 sample of the CIFAR-10 test split that the live runtime serves (no dataset needed).
+TEST_SAMPLE_FILE = "cifar10-test-sample.npz"
+MAX_SAMPLE_IMAGES = 1000
+
+
+def load_image_sample(path: str | os.PathLike) -> tuple[Split, np.ndarray]:
+    """The image sample written by ``experiments.export_images``: the split and the indices of
+    its images in the CIFAR-10 test split. A shipped file is checked against the MANIFEST first.
+
+    :param path: the ``.npz`` file.
+    """
+    from distree_env.manifest import verify
+
+    verify(path)
+    expected = {"images": 4, "labels": 1, "indices": 1}
+    try:
+        shapes = _npz_shapes(path)
+        n = shapes.get("labels", (0,))[0] if len(shapes.get("labels", ())) == 1 else 0
+        if not 0 < n <= MAX_SAMPLE_IMAGES or shapes != {
+            "images": (n, *IMAGE_SHAPE),
+            "labels": (n,),
+            "indices": (n,),
+        }:
+            raise ValueError(
+                f"image sample {str(path)!r} holds {shapes}; expected {sorted(expected)}: images "
+                f"[n, 32, 32, 3], labels [n], indices [n] with 0 < n <= {MAX_SAMPLE_IMAGES}"
+            )
+        with np.load(path, allow_pickle=False) as z:
+            images, labels, indices = z["images"], z["labels"], z["indices"]
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"image sample {str(path)!r} cannot be read: {e}") from None
+    if images.dtype != np.uint8 or labels.dtype.kind not in "iu" or indices.dtype.kind not in "iu":
+        raise ValueError(
+            f"image sample {str(path)!r} has dtypes images={images.dtype}, labels={labels.dtype}, "
+            f"indices={indices.dtype}; expected uint8 images and integer labels and indices"
+        )
+    if labels.min() < 0 or labels.max() >= len(CIFAR10_CLASS_NAMES):
+        raise ValueError(f"image sample {str(path)!r} has labels outside 0..9")
+    return Split(images, labels.astype(np.int64)), indices.astype(np.int64)
+
+
+def _npz_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Array shapes declared in an ``.npz``'s headers, read before any array is allocated."""
+    shapes = {}
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            with zf.open(name) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, _ = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, _, _ = np.lib.format.read_array_header_2_0(f)
+            shapes[name.removesuffix(".npy")] = tuple(shape)
+    return shapes

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from distree_env.model.costs import measure_costs
-from distree_env.model.data import CLASS_NAMES, Split
+from distree_env.constants import CIFAR10_CLASS_NAMES
+from distree_env.model.costs import DECISION_BYTES, measure_costs
+from distree_env.model.data import Split
 from distree_env.model.network import MultiBranchNet
 from distree_env.model.train import exit_accuracy, predict
-from distree_env.trace import ExitTrace
+from distree_env.traces import ExitTrace
 
 
-def consecutive_similarity(embeddings: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each exit's fused embedding with the previous exit's (0 at exit 0).
+def consecutive_feature_diff(embeddings: np.ndarray) -> np.ndarray:
+    """DistrEE's feature difference ``[n, K]``: ``0.5 * || u_k - u_{k-1} ||`` of the normalised
+    exit embeddings ``u``, in [0, 1]; 1.0 at exit 0 (no earlier exit to agree with).
 
-    Embeddings are non-negative (ReLU), so the cosine lies in [0, 1]: DistrEE's criterion, where
-    agreement between consecutive exits signals that going deeper adds little.
+    Small means consecutive exits agree, the signal that going deeper adds little.
     """
     unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=2, keepdims=True), 1e-12)
-    sim = np.zeros(embeddings.shape[:2], dtype=np.float32)
-    sim[:, 1:] = np.clip((unit[:, 1:] * unit[:, :-1]).sum(axis=2), 0.0, 1.0)
-    return sim
+    diff = np.ones(embeddings.shape[:2], dtype=np.float32)
+    distance = np.linalg.norm(unit[:, 1:] - unit[:, :-1], axis=2)
+    diff[:, 1:] = np.clip(0.5 * distance, 0.0, 1.0)
+    return diff
 
 
 def export_trace(
@@ -29,9 +31,16 @@ def export_trace(
     split_name: str,
     metadata: dict | None = None,
     bf16: bool = True,
+    tta: bool = True,
     progress: bool = False,
 ) -> ExitTrace:
-    probs, embeddings = predict(model, split.images, bf16=bf16, progress=progress)
+    """The exit trace of ``model`` on ``split``: probabilities, feature difference and costs.
+
+    :param split_name: ``val`` or ``test``, written into the metadata.
+    :param metadata: extra entries for the trace's metadata.
+    :param tta: average each image with its mirror image (flip test-time augmentation).
+    """
+    probs, embeddings = predict(model, split.images, bf16=bf16, tta=tta, progress=progress)
     probs16 = probs.astype(np.float16)
     probs16 = (
         probs16.astype(np.float32) / probs16.astype(np.float32).sum(axis=2, keepdims=True)
@@ -42,6 +51,9 @@ def export_trace(
         "dataset": "cifar10",
         "split": split_name,
         "model": model.config.to_dict(),
+        "architecture": f"{model.config.num_branches} x pre-activation {model.config.name}",
+        "flip_tta": tta,
+        "decision_bytes": DECISION_BYTES,
         "exit_accuracy": [round(float(a), 4) for a in acc],
         "exit_cumulative_gflops": [
             round(float(g), 4)
@@ -52,12 +64,12 @@ def export_trace(
     return ExitTrace(
         probs=probs16,
         labels=split.labels.astype(np.int64),
-        similarity=consecutive_similarity(embeddings),
+        feature_diff=consecutive_feature_diff(embeddings),
         stage_flops=costs.stage_flops,
         exit_flops=costs.exit_flops,
         transfer_bytes=costs.transfer_bytes,
         topology=model.config.topology,
-        class_names=CLASS_NAMES[: model.config.num_classes],
+        class_names=CIFAR10_CLASS_NAMES[: model.config.num_classes],
         metadata=meta,
         input_bytes=costs.input_bytes,
     )

@@ -1,12 +1,16 @@
-"""Seeds to mean and spread, Pareto fronts, and the headline figures of the benchmark.
+"""Seeds to mean and spread, and the headline figures of the benchmark.
 
 Why separate from the runner: these are pure functions of the result rows, so they are tested
 on hand-made rows and can be re-run on a saved CSV without evaluating anything again.
 
-The headline questions (issue 5): at accuracy within ``tolerance`` of last-exit, how much compute
-and latency do the best rule and the learned agent save; what share of requests meets the
-deadline; and is the learned agent ahead of every rule on the accuracy-latency front (at its
-accuracy, does every rule's curve need a higher mean latency)?
+Every choice is made on the ``val`` rows and only measured on the ``test`` rows: which
+non-learned policy is the best (highest val reward), which learned agent is the best, which
+operating point of a rule is "cheapest within tolerance", and which non-learned point has the
+agent's accuracy for the deadline comparison. The headline questions (issue 9):
+
+- does the best learned agent beat the best non-learned policy that sees the same observation,
+  by how much per seed, and what share of that baseline's gap to the Oracle does it close?
+- at equal accuracy (within ``TOLERANCE``), does it miss fewer deadlines?
 """
 
 from __future__ import annotations
@@ -18,14 +22,16 @@ from typing import Any
 import numpy as np
 
 from agents.evaluate import METRICS
-from experiments.benchmarking.policies import LEARNED as LEARNED_KIND
-from experiments.benchmarking.policies import RULE as RULE_KIND
+from experiments.benchmarking.policies import LEARNED, NON_LEARNED, RULE
 
 __all__ = [
+    "MARGIN_TARGET",
     "METRICS",
+    "GAP_TARGET",
+    "KEPT_TARGET",
+    "MISS_TARGET",
+    "WORSE_LIMIT",
     "TOLERANCE",
-    "cost_at_accuracy",
-    "front_comparison",
     "headline",
     "pareto_front",
     "select_point",
@@ -36,8 +42,14 @@ __all__ = [
 
 #: Columns that identify a point (everything but the seed).
 KEY = ("split", "scenario", "family", "kind", "policy", "param")
-#: "Comparable accuracy": at most half a point below last-exit, as a fraction.
+#: "Comparable accuracy": at most half a point apart, as a fraction.
 TOLERANCE = 0.005
+#: Issue 9's targets: reward per request above the best baseline on every seed, share of the
+#: baseline's gap to the Oracle closed, relative reduction of deadline misses at equal accuracy.
+MARGIN_TARGET, GAP_TARGET, MISS_TARGET = 0.02, 0.25, 0.25
+#: Held out (test exit samples and link traces): keep this share of the val gain, and never be
+#: more than this fraction below the best baseline on a seed.
+KEPT_TARGET, WORSE_LIMIT = 0.70, 0.02
 
 Row = dict[str, Any]
 
@@ -86,37 +98,16 @@ def pareto_front(rows: Sequence[Row], cost: str = "latency_mean_ms") -> list[Row
     return front
 
 
-def cost_at_accuracy(front: Sequence[Row], accuracy: float, cost: str = "latency_mean_ms") -> float:
-    """The ``cost`` a curve needs to reach ``accuracy``: linear between its front points (mixing
-    two thresholds gets exactly that), its cheapest point's cost below its range, ``inf`` above."""
-    if not front or accuracy > front[-1]["accuracy"]:
-        return math.inf
-    if accuracy <= front[0]["accuracy"]:
-        return float(front[0][cost])
-    for lo, hi in zip(front, front[1:], strict=False):
-        if lo["accuracy"] < accuracy <= hi["accuracy"]:
-            w = (accuracy - lo["accuracy"]) / (hi["accuracy"] - lo["accuracy"])
-            return float(lo[cost] + w * (hi[cost] - lo[cost]))
-    return float(front[-1][cost])  # pragma: no cover (accuracy == front[-1] handled above)
-
-
-def _last_exit(rows: Sequence[Row]) -> Row | None:
-    return next((r for r in rows if r["family"] == "LastExit"), None)
-
-
 def split_rows(summary: Sequence[Row], split: str, scenario: str) -> list[Row]:
     """The summary rows of one split (``test`` reports, ``val`` selects) and scenario."""
     return [r for r in summary if r["split"] == split and r["scenario"] == scenario]
 
 
-def _best(rows: Sequence[Row], members: Sequence[Row], metric: str, tolerance: float) -> Row | None:
-    last = _last_exit(rows)
-    if last is None:
+def _on_test(summary: Sequence[Row], scenario: str, choice: Row | None) -> Row | None:
+    if choice is None:
         return None
-    floor = last["accuracy"] - tolerance - 1e-12
-    return max(
-        (r for r in members if r["accuracy"] >= floor), key=lambda r: r[metric], default=None
-    )
+    test = split_rows(summary, "test", scenario)
+    return next((r for r in test if r["policy"] == choice["policy"]), None)
 
 
 def select_point(
@@ -124,124 +115,180 @@ def select_point(
     scenario: str,
     metric: str,
     *,
-    kind: str | None = None,
+    kinds: Sequence[str] | None = None,
     family: str | None = None,
-    tolerance: float = TOLERANCE,
+    tolerance: float | None = None,
 ) -> Row | None:
-    """The test row of the ``kind`` (or ``family``) point with the largest ``metric`` among
-    those within ``tolerance`` of last-exit accuracy, chosen on the ``val`` split (on ``test``
-    only when no val rows were run): operating points are never tuned on the test trace."""
-    test = split_rows(summary, "test", scenario)
-    choose = split_rows(summary, "val", scenario) or test
+    """The test row of the point with the largest ``metric`` on val among ``kinds`` (or one
+    ``family``), only counting points within ``tolerance`` of last-exit accuracy when given.
+    Without val rows nothing is chosen (None): operating points are never tuned on test."""
+    val = split_rows(summary, "val", scenario)
     members = [
         r
-        for r in choose
-        if (kind is None or r["kind"] == kind) and (family is None or r["family"] == family)
+        for r in val
+        if (kinds is None or r["kind"] in kinds) and (family is None or r["family"] == family)
     ]
-    choice = _best(choose, members, metric, tolerance)
-    if choice is None:
-        return None
-    return next((r for r in test if r["policy"] == choice["policy"]), None)
+    if tolerance is not None:
+        last = next((r for r in val if r["family"] == "LastExit"), None)
+        if last is None:
+            return None
+        floor = last["accuracy"] - tolerance - 1e-12
+        members = [r for r in members if r["accuracy"] >= floor]
+    choice = max(members, key=lambda r: r[metric], default=None)
+    return _on_test(summary, scenario, choice)
 
 
-def _versus_rules(agent: Row, fronts: dict[str, list[Row]]) -> dict[str, Any]:
-    """One learned point against every rule curve at the point's accuracy."""
-    need = {f: cost_at_accuracy(fr, agent["accuracy"]) for f, fr in fronts.items()}
-    lat = agent["latency_mean_ms"]
-    finite = {f: v for f, v in need.items() if math.isfinite(v)}
-    closest = min(finite, key=finite.get, default=None)
-    worst = 1.0 - lat / finite[closest] if closest is not None else math.inf
+def _per_seed(
+    rows: Sequence[Row], scenario: str, policy: str, metric: str, split: str = "test"
+) -> dict[int, float]:
     return {
-        "policy": agent["policy"],
-        "accuracy": agent["accuracy"],
-        "latency_mean_ms": lat,
-        "latency_mean_ms_std": agent["latency_mean_ms_std"],
-        "qos_rate": agent["qos_rate"],
-        "rules_latency_ms": {f: (v if math.isfinite(v) else None) for f, v in need.items()},
-        "closest_rule": closest,
-        "margin_ms": None if closest is None else finite[closest] - lat,
-        "worst_margin": worst,
-        "ahead": bool(worst > 0),
+        int(r["seed"]): float(r[metric])
+        for r in rows
+        if r["split"] == split and r["scenario"] == scenario and r["policy"] == policy
     }
 
 
-def front_comparison(summary: Sequence[Row]) -> dict[str, Any] | None:
-    """Is a learned point ahead of every rule curve at its own accuracy (a lower mean latency
-    than each rule's front needs there)? Returns the learned point with the largest worst-case
-    relative margin: each rule family's latency at that accuracy (None where the rule cannot
-    reach it), the closest rule, the margin (ms and relative) and ``ahead``; ``points`` holds
-    the same for every learned point. None without learned points."""
-    families: dict[str, list[Row]] = {}
-    for r in summary:
-        if r["kind"] == RULE_KIND:
-            families.setdefault(r["family"], []).append(r)
-    fronts = {f: pareto_front(rows) for f, rows in families.items()}
-    points = [_versus_rules(r, fronts) for r in summary if r["kind"] == LEARNED_KIND]
-    if not points:
+def _paired(a: dict[int, float], b: dict[int, float]) -> tuple[list[int], np.ndarray, np.ndarray]:
+    seeds = sorted(set(a) & set(b))
+    return seeds, np.array([a[s] for s in seeds]), np.array([b[s] for s in seeds])
+
+
+def _range(values: np.ndarray) -> dict[str, float]:
+    return {
+        "mean": float(values.mean()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "per_seed": [float(v) for v in values],
+    }
+
+
+def _agent_vs(
+    rows: Sequence[Row], scenario: str, agent: Row, base: Row, oracle: Row | None
+) -> dict[str, Any]:
+    """One agent against the best baseline on test, paired by seed."""
+    a = _per_seed(rows, scenario, agent["policy"], "mean_reward")
+    b = _per_seed(rows, scenario, base["policy"], "mean_reward")
+    seeds, av, bv = _paired(a, b)
+    out: dict[str, Any] = {
+        "policy": agent["policy"],
+        "val_reward": agent.get("val_reward"),
+        "reward": _range(av),
+        "margin": _range(av - bv),
+        "seeds": seeds,
+        "margin_target_met": bool((av - bv >= MARGIN_TARGET).all()),
+    }
+    # held out: the test split replays other exit samples and other link traces than val
+    _, av_val, bv_val = _paired(
+        _per_seed(rows, scenario, agent["policy"], "mean_reward", "val"),
+        _per_seed(rows, scenario, base["policy"], "mean_reward", "val"),
+    )
+    if len(av_val):
+        gain_val = float((av_val - bv_val).mean())
+        out["val_margin"] = gain_val
+        out["kept_gain"] = float((av - bv).mean()) / gain_val if gain_val > 0 else None
+        out["held_out_target_met"] = bool(
+            (out["kept_gain"] or 0.0) >= KEPT_TARGET and (av >= (1 - WORSE_LIMIT) * bv).all()
+        )
+    if oracle is not None:
+        o = _per_seed(rows, scenario, oracle["policy"], "mean_reward")
+        _, ov, bv2 = _paired(o, b)
+        if len(ov) == len(av):
+            gap = ov - bv2
+            share = np.where(np.abs(gap) > 1e-12, (av - bv) / np.where(gap == 0, 1, gap), 0.0)
+            out["gap_closed"] = _range(share)
+            out["gap_target_met"] = bool(share.mean() >= GAP_TARGET)
+    return out
+
+
+def _deadline_at_equal_accuracy(
+    summary: Sequence[Row], scenario: str, agent_val: Row, tolerance: float
+) -> dict[str, Any] | None:
+    """The non-learned point whose val accuracy is within ``tolerance`` of the agent's val
+    accuracy and that misses the fewest deadlines on val; both measured on test."""
+    val = split_rows(summary, "val", scenario)
+    close = [
+        r
+        for r in val
+        if r["kind"] in NON_LEARNED and abs(r["accuracy"] - agent_val["accuracy"]) <= tolerance
+    ]
+    choice = max(close, key=lambda r: r["qos_rate"], default=None)
+    base = _on_test(summary, scenario, choice)
+    agent = _on_test(summary, scenario, agent_val)
+    if base is None or agent is None:
         return None
-    best = dict(max(points, key=lambda p: p["worst_margin"]))
-    best["points"] = points
-    return best
+    miss_a, miss_b = 1.0 - agent["qos_rate"], 1.0 - base["qos_rate"]
+    reduction = (miss_b - miss_a) / miss_b if miss_b > 0 else (0.0 if miss_a == 0 else -math.inf)
+    return {
+        "agent": agent["policy"],
+        "baseline": base["policy"],
+        "agent_accuracy": agent["accuracy"],
+        "baseline_accuracy": base["accuracy"],
+        "equal_accuracy_on_test": abs(agent["accuracy"] - base["accuracy"]) <= tolerance,
+        "agent_miss_rate": miss_a,
+        "baseline_miss_rate": miss_b,
+        "relative_reduction": reduction,
+        "target_met": bool(reduction >= MISS_TARGET),
+    }
 
 
 def _brief(row: Row | None) -> dict[str, Any] | None:
     if row is None:
         return None
-    keys = (
-        "policy",
-        "family",
-        "accuracy",
-        "accuracy_std",
-        "compute_saving",
-        "latency_saving",
-        "latency_mean_ms",
-        "latency_mean_ms_std",
-        "qos_rate",
-    )
+    keys = ("policy", "family", "kind", "mean_reward", "mean_reward_std", "accuracy", "qos_rate")
     return {k: row[k] for k in keys}
 
 
-def headline(summary: Sequence[Row], scenario: str, tolerance: float = TOLERANCE) -> dict[str, Any]:
-    """The headline figures of one scenario on the test split, JSON-friendly (module docstring)."""
-    rows = split_rows(summary, "test", scenario)
-    learned = [r for r in rows if r["kind"] == LEARNED_KIND]
-    most_accurate = max(learned, key=lambda r: r["accuracy"], default=None)
-    metrics = ("compute_saving", "latency_saving")
-    return {
+def headline(
+    summary: Sequence[Row], rows: Sequence[Row], scenario: str, tolerance: float = TOLERANCE
+) -> dict[str, Any]:
+    """The headline figures of one scenario (module docstring), JSON-friendly: choices on val,
+    figures on test."""
+    test = split_rows(summary, "test", scenario)
+    val = split_rows(summary, "val", scenario)
+    oracle = next((r for r in test if r["family"] == "Oracle"), None)
+    base = select_point(summary, scenario, "mean_reward", kinds=NON_LEARNED)
+    best_rule = select_point(summary, scenario, "mean_reward", kinds=(RULE,))
+    learned_val = [r for r in val if r["kind"] == LEARNED]
+    out: dict[str, Any] = {
         "scenario": scenario,
-        "tolerance_points": 100 * tolerance,
-        "selected_on": "val" if split_rows(summary, "val", scenario) else "test",
-        "last_exit": _brief(_last_exit(rows)),
-        "oracle": _brief(next((r for r in rows if r["family"] == "Oracle"), None)),
-        "best_rule": {
-            m: _brief(select_point(summary, scenario, m, kind=RULE_KIND, tolerance=tolerance))
-            for m in metrics
-        },
-        "learned": {
-            m: _brief(select_point(summary, scenario, m, kind=LEARNED_KIND, tolerance=tolerance))
-            for m in metrics
-        },
-        "learned_most_accurate": _brief(most_accurate),
-        "front": front_comparison(rows),
+        "selected_on": "val",
+        "oracle": _brief(oracle),
+        "last_exit": _brief(next((r for r in test if r["family"] == "LastExit"), None)),
+        "best_rule": _brief(best_rule),
+        "best_baseline": _brief(base),
+        "agents": [],
+        "best_agent": None,
+        "deadline": None,
     }
+    if base is None:
+        return out
+    val_reward = {r["policy"]: r["mean_reward"] for r in learned_val}
+    for r in learned_val:
+        agent = _on_test(summary, scenario, r)
+        if agent is not None:
+            entry = _agent_vs(rows, scenario, agent, base, oracle)
+            entry["val_reward"] = val_reward[r["policy"]]
+            out["agents"].append(entry)
+    if out["agents"]:
+        best = max(out["agents"], key=lambda a: a["val_reward"])
+        out["best_agent"] = best["policy"]
+        agent_val = next(r for r in learned_val if r["policy"] == best["policy"])
+        out["deadline"] = _deadline_at_equal_accuracy(summary, scenario, agent_val, tolerance)
+    return out
 
 
 def table_rows(summary: Sequence[Row], scenario: str, tolerance: float = TOLERANCE) -> list[Row]:
-    """The test rows a reader needs for one scenario: last-exit, each rule family at its
-    cheapest point within ``tolerance`` of last-exit accuracy (chosen as in
-    :func:`select_point`; its most accurate point if none is), every learned agent, the matched
-    random exits, and the Oracle."""
+    """The test rows a reader needs for one scenario: last-exit; each rule family at its best
+    val reward and at its cheapest val point within ``tolerance`` of last-exit accuracy; every
+    calibrated baseline; every learned agent; the Oracle."""
     rows = split_rows(summary, "test", scenario)
-    last = _last_exit(rows)
-    picked: list[Row] = [last] if last is not None else []
-    for family in dict.fromkeys(r["family"] for r in rows if r["kind"] == RULE_KIND):
-        point = select_point(
-            summary, scenario, "compute_saving", family=family, tolerance=tolerance
-        )
-        if point is None:
-            point = max((r for r in rows if r["family"] == family), key=lambda r: r["accuracy"])
-        picked.append(point)
-    picked += [r for r in rows if r["kind"] == LEARNED_KIND]
-    picked += [r for r in rows if r["family"] == "RandomExit"]
-    picked += [r for r in rows if r["family"] == "Oracle"]
-    return picked
+    picked: list[Row] = [r for r in rows if r["family"] == "LastExit"]
+    for family in dict.fromkeys(r["family"] for r in rows if r["kind"] == RULE):
+        for metric, tol in (("mean_reward", None), ("compute_saving", tolerance)):
+            point = select_point(summary, scenario, metric, family=family, tolerance=tol)
+            if point is not None and point not in picked:
+                picked.append(point)
+    picked += [r for r in rows if r["kind"] not in (RULE, LEARNED) and r["family"] != "LastExit"]
+    picked += [r for r in rows if r["kind"] == LEARNED]
+    oracle = [r for r in picked if r["family"] == "Oracle"]
+    return [r for r in picked if r["family"] != "Oracle"] + oracle

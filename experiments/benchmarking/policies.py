@@ -1,10 +1,10 @@
-"""What the benchmark evaluates: rule sweeps, learned agents and the reference policies.
+"""What the benchmark evaluates: classic rule sweeps, calibrated baselines, learned agents and the
+references (last exit, Oracle).
 
-Why a spec and not a policy object: one spec is evaluated on every scenario and seed, and the
+Why a spec and not a policy object: one spec is evaluated on every seed of both splits, and the
 report needs to know which curve (family) each point belongs to and what kind of policy it is.
-Threshold grids are placed at quantiles of each feature on the grid trace (the ``val`` split),
-so a sweep covers the whole range of exit rates whatever the network's calibration is; every
-grid point is reported, none is selected on the benchmark trace here.
+Threshold grids are placed at quantiles of each feature on the ``val`` trace, and the baselines
+are calibrated on val (``agents.calibrate_baselines``); nothing here reads the test trace.
 """
 
 from __future__ import annotations
@@ -17,21 +17,23 @@ from typing import Any
 
 import numpy as np
 
+from agents.calibrate import BaselineFit
+from agents.oracle import Oracle
 from agents.rules import (
     ConfidenceThreshold,
     EntropyThreshold,
+    FeatureDifference,
     FixedExit,
     LastExit,
-    Oracle,
-    RandomExit,
-    Similarity,
 )
-from distree_env._core import EXIT_FEATURES, exit_features
-from distree_env.trace import ExitTrace
+from distree_env.dynamics import EXIT_FEATURES, exit_features
+from distree_env.traces import ExitTrace
 
 __all__ = [
     "BASELINE",
     "LEARNED",
+    "NON_LEARNED",
+    "REFERENCE",
     "RULE",
     "AgentFile",
     "PolicySpec",
@@ -39,20 +41,22 @@ __all__ = [
     "baseline_specs",
     "discover_agents",
     "learned_specs",
-    "matched_random_spec",
-    "random_exit_probability",
+    "reference_specs",
     "rule_specs",
     "threshold_grid",
 ]
 
-#: Kinds of policy, as the report groups them.
-RULE, LEARNED, BASELINE = "rule", "learned", "baseline"
+#: Kinds of policy, as the report groups them: classic rules (see the confidence features only),
+#: calibrated baselines (see the whole observation), learned agents, and the references.
+RULE, BASELINE, LEARNED, REFERENCE = "rule", "baseline", "learned", "reference"
+#: The kinds a learned agent is compared with: policies that decide from the observation alone.
+NON_LEARNED = (RULE, BASELINE)
 
 #: Threshold rules: class, the feature it reads, and whether it exits above (True) or below.
 _THRESHOLD_RULES: tuple[tuple[type, str, bool], ...] = (
     (ConfidenceThreshold, "max_prob", True),
     (EntropyThreshold, "entropy", False),
-    (Similarity, "similarity", True),
+    (FeatureDifference, "feature_diff", False),
 )
 
 
@@ -60,10 +64,10 @@ _THRESHOLD_RULES: tuple[tuple[type, str, bool], ...] = (
 class PolicySpec:
     """One point of the benchmark: a policy, the curve it belongs to and how to build it."""
 
-    family: str  # curve: "ConfidenceThreshold", "PPO", "RandomExit", ...
+    family: str  # curve: "ConfidenceThreshold", "PPO", "Planner", ...
     name: str  # unique label, e.g. "ConfidenceThreshold(0.95)"
-    kind: str  # RULE, LEARNED or BASELINE
-    param: float | None  # threshold, exit index, latency weight or exit probability
+    kind: str  # RULE, BASELINE, LEARNED or REFERENCE
+    param: float | None  # threshold or exit index of a rule; None otherwise
     build: Callable[[], Any] = field(compare=False, repr=False)
 
 
@@ -75,7 +79,8 @@ def threshold_grid(trace: ExitTrace, feature: str, exits_above: bool, points: in
     feats, _ = exit_features(trace)
     k = trace.num_exits
     column = feats[:, EXIT_FEATURES.index(feature)].reshape(trace.n, k)
-    values = column[:, : max(k - 1, 1)].ravel().astype(np.float64)
+    first = 1 if feature == "feature_diff" else 0  # feature_diff is 1.0 at exit 0 by definition
+    values = column[:, first : max(k - 1, first + 1)].ravel().astype(np.float64)
     n_low = points // 2
     rates = np.concatenate([np.linspace(0.0, 1.0, points - n_low), np.geomspace(0.005, 0.3, n_low)])
     levels = 1.0 - rates if exits_above else rates
@@ -84,10 +89,11 @@ def threshold_grid(trace: ExitTrace, feature: str, exits_above: bool, points: in
 
 
 def rule_specs(grid_trace: ExitTrace, points: int) -> list[PolicySpec]:
-    """Every threshold rule over its grid, plus ``FixedExit(k)`` for every exit (a static split)."""
+    """Every threshold rule over its grid, plus ``FixedExit(k)`` for every exit but the last
+    (a static split; the last is :class:`LastExit`)."""
     specs = [
         PolicySpec("FixedExit", f"FixedExit({k})", RULE, float(k), lambda k=k: FixedExit(k))
-        for k in range(grid_trace.num_exits)
+        for k in range(grid_trace.num_exits - 1)
     ]
     for cls, feature, above in _THRESHOLD_RULES:
         for t in threshold_grid(grid_trace, feature, above, points):
@@ -99,60 +105,59 @@ def rule_specs(grid_trace: ExitTrace, points: int) -> list[PolicySpec]:
     return specs
 
 
-def baseline_specs() -> list[PolicySpec]:
-    """The full network (accuracy reference of every saving) and the label-aware upper bound."""
+def reference_specs() -> list[PolicySpec]:
+    """The full network (accuracy reference of every saving) and the hindsight bound."""
     return [
-        PolicySpec("LastExit", "LastExit", BASELINE, None, LastExit),
-        PolicySpec("Oracle", "Oracle", BASELINE, None, Oracle),
+        PolicySpec("LastExit", "LastExit", REFERENCE, None, LastExit),
+        PolicySpec("Oracle", "Oracle", REFERENCE, None, Oracle),
+    ]
+
+
+def baseline_specs(fits: dict[str, BaselineFit]) -> list[PolicySpec]:
+    """The calibrated baselines (``agents.calibrate_baselines`` on val), one point each."""
+    return [
+        PolicySpec(name.split("[")[0], name, BASELINE, None, lambda fit=fit: fit.policy)
+        for name, fit in fits.items()
     ]
 
 
 # ---- learned agents -----------------------------------------------------------------------------
-_AGENT_FILE = re.compile(r"^(?P<algo>[a-z0-9_]+?)(?:_lw(?P<lw>\d+(?:\.\d+)?))?\.zip$")
+_AGENT_FILE = re.compile(r"^(?P<algo>[a-z0-9_]+?)(?:-(?P<scenario>[a-z0-9-]+))?\.zip$")
 
 
 @dataclass(frozen=True)
 class AgentFile:
-    """A pretrained agent: its algorithm, the latency weight it was trained with, and how to
-    ask ``agents.load_agent`` for it (a shipped name or a path)."""
+    """A pretrained agent: its algorithm, the scenario it was trained for (None: a generalist,
+    evaluated on every scenario), and how to ask ``agents.load_agent`` for it."""
 
     algo: str
-    latency_weight: float
+    scenario: str | None
     ref: str
 
 
-def agent_file(ref: str, default_latency_weight: float) -> AgentFile:
-    """The agent ``ref`` (a shipped name such as ``"ppo"`` or a path): its algorithm and latency
-    weight come from the file name, ``<algo>[_lw<weight>].zip``."""
+def agent_file(ref: str) -> AgentFile:
+    """The agent ``ref`` (a shipped name such as ``"ppo-steady-stream"`` or a path): algorithm
+    and scenario come from the file name, ``<algo>[-<scenario>].zip``."""
     name = Path(ref).name if ref.endswith(".zip") else f"{ref}.zip"
     match = _AGENT_FILE.match(name)
     if match is None:
-        return AgentFile(Path(name).stem, default_latency_weight, ref)
-    lw = default_latency_weight if match["lw"] is None else float(match["lw"])
-    return AgentFile(match["algo"], lw, ref)
+        return AgentFile(Path(name).stem, None, ref)
+    return AgentFile(match["algo"], match["scenario"], ref)
 
 
-def discover_agents(directory: Path, default_latency_weight: float) -> list[AgentFile]:
-    """Agents in ``directory``: ``<algo>.zip`` (shipped, asked for by name, trained at the default
-    latency weight) and ``<algo>_lw<weight>.zip`` (by path); where both give the same weight,
-    the shipped ``<algo>.zip`` is kept."""
-    found: dict[tuple[str, float], AgentFile] = {}
+def discover_agents(directory: Path) -> list[AgentFile]:
+    """Agents shipped in ``directory`` (``<algo>[-<scenario>].zip``), by name."""
     if not directory.is_dir():
         return []
-    for path in sorted(directory.glob("*.zip")):
-        if _AGENT_FILE.match(path.name) is None:
-            continue
-        plain = "_lw" not in path.stem
-        agent = agent_file(path.stem if plain else str(path), default_latency_weight)
-        key = (agent.algo, agent.latency_weight)
-        if plain or key not in found:
-            found[key] = agent
-    return sorted(found.values(), key=lambda a: (a.algo, a.latency_weight))
+    return [
+        agent_file(path.stem)
+        for path in sorted(directory.glob("*.zip"))
+        if _AGENT_FILE.match(path.name) is not None
+    ]
 
 
 def learned_specs(agents: Sequence[AgentFile], load: Callable[[str], Any]) -> list[PolicySpec]:
-    """One spec per agent; the family is the algorithm, the parameter its latency weight. Each
-    agent is loaded once, on first use, and shared by every scenario and seed."""
+    """One spec per agent, family = the algorithm; each agent is loaded once, on first use."""
     specs = []
     for agent in agents:
         cache: dict[str, Any] = {}
@@ -163,53 +168,6 @@ def learned_specs(agents: Sequence[AgentFile], load: Callable[[str], Any]) -> li
             return cache[ref]
 
         family = agent.algo.upper()
-        specs.append(
-            PolicySpec(
-                family,
-                f"{family}(lw={agent.latency_weight:g})",
-                LEARNED,
-                agent.latency_weight,
-                build,
-            )
-        )
+        name = family if agent.scenario is None else f"{family}[{agent.scenario}]"
+        specs.append(PolicySpec(family, name, LEARNED, None, build))
     return specs
-
-
-# ---- random exit at a given compute -------------------------------------------------------------
-def cumulative_flops(trace: ExitTrace) -> np.ndarray:
-    """``[K]`` FLOPs spent by a request that exits at each exit (all devices, heads included)."""
-    per_stage = trace.stage_flops.sum(axis=1) + trace.exit_flops
-    return np.cumsum(per_stage.astype(np.float64))
-
-
-def _random_saving(p: float, cum: np.ndarray) -> float:
-    k = len(cum)
-    stay = (1.0 - p) ** np.arange(k)
-    share = np.append(p * stay[:-1], stay[-1])  # exit at k < K-1 with p, the rest at the end
-    return float(1.0 - share @ cum / cum[-1])
-
-
-def random_exit_probability(target_saving: float, trace: ExitTrace) -> float:
-    """The ``p`` of ``RandomExit(p)`` whose expected compute saving equals ``target_saving``
-    (exact, from the trace's FLOPs; clipped to what random exits can reach)."""
-    cum = cumulative_flops(trace)
-    lo, hi = 0.0, 1.0
-    if target_saving <= 0.0:
-        return 0.0
-    if target_saving >= _random_saving(1.0, cum):
-        return 1.0
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if _random_saving(mid, cum) < target_saving:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
-def matched_random_spec(target: str, target_saving: float, trace: ExitTrace) -> PolicySpec:
-    """``RandomExit`` spending the compute of the policy ``target``: the floor it must beat."""
-    p = round(random_exit_probability(target_saving, trace), 4)
-    return PolicySpec(
-        "RandomExit", f"RandomExit({p:g}) ~ {target}", BASELINE, p, lambda p=p: RandomExit(p)
-    )

@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from distree_env.io import atomic_open
-from experiments.benchmarking.analysis import Row, table_rows
+from experiments.benchmarking.analysis import (
+    GAP_TARGET,
+    KEPT_TARGET,
+    MARGIN_TARGET,
+    MISS_TARGET,
+    TOLERANCE,
+    WORSE_LIMIT,
+    Row,
+    table_rows,
+)
 
 __all__ = [
     "headline_lines",
@@ -81,15 +90,16 @@ def _mean_std(row: Row, metric: str, scale: float, decimals: int) -> str:
 
 
 def markdown_table(summary: Sequence[Row], scenarios: Sequence[str]) -> str:
-    """One table per scenario (mean ± standard deviation over seeds) of ``table_rows``."""
+    """One table per scenario (test split, mean ± standard deviation over seeds) of
+    ``table_rows``."""
     parts = []
-    header = "| policy | " + " | ".join(c[0] for c in _COLUMNS) + " |"
-    rule = "|---|" + "---:|" * len(_COLUMNS)
+    header = "| policy | kind | " + " | ".join(c[0] for c in _COLUMNS) + " |"
+    rule = "|---|---|" + "---:|" * len(_COLUMNS)
     for scenario in scenarios:
         lines = [f"**{scenario}**", "", header, rule]
         for row in table_rows(summary, scenario):
             cells = [_mean_std(row, m, s, d) for _, m, s, d in _COLUMNS]
-            lines.append(f"| {row['policy']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row['policy']} | {row['kind']} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -98,74 +108,76 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def _saving(point: dict[str, Any] | None, metric: str) -> str:
-    if point is None:
-        return "none within tolerance"
-    return f"{_pct(point[metric])} with {point['policy']} ({100 * point['accuracy']:.2f}%)"
+def _met(flag: bool) -> str:
+    return "met" if flag else "**NOT met**"
 
 
-def _pair(h: dict[str, Any], metric: str, has_learned: bool) -> str:
-    text = f"best rule {_saving(h['best_rule'][metric], metric)}"
-    if has_learned:
-        text += f", learned {_saving(h['learned'][metric], metric)}"
-    return text
+def _agent_line(a: dict[str, Any], base: str) -> str:
+    m, r = a["margin"], a["reward"]
+    text = (
+        f"  - {a['policy']}: {r['mean']:.3f} per request, {m['mean']:+.3f} against {base} "
+        f"(per seed {m['min']:+.3f} to {m['max']:+.3f}; target >= +{MARGIN_TARGET:g} on every "
+        f"seed: {_met(a['margin_target_met'])})"
+    )
+    if a.get("kept_gain") is not None:
+        text += (
+            f"; on the held-out split it keeps {100 * a['kept_gain']:.0f}% of its val gain "
+            f"({a['val_margin']:+.3f}; target {100 * KEPT_TARGET:.0f}% and never "
+            f"{100 * WORSE_LIMIT:g}% below on a seed: {_met(a['held_out_target_met'])})"
+        )
+    if "gap_closed" in a:
+        g = a["gap_closed"]
+        text += (
+            f"; closes {100 * g['mean']:.0f}% of {base}'s gap to the Oracle (per seed "
+            f"{100 * g['min']:.0f}% to {100 * g['max']:.0f}%; target {100 * GAP_TARGET:.0f}%: "
+            f"{_met(a['gap_target_met'])})"
+        )
+    return text + "."
 
 
-def headline_lines(headlines: Sequence[dict[str, Any]], paper_saving: float) -> list[str]:
-    """Markdown bullets: savings at comparable accuracy, deadline satisfaction, and the front."""
+def headline_lines(headlines: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown bullets per scenario: the best non-learned policy (chosen on val) against the
+    Oracle, each learned agent against it per seed, and deadline misses at equal accuracy."""
     lines = []
     for h in headlines:
-        last = h["last_exit"]
-        if last is None:
+        base, oracle = h["best_baseline"], h["oracle"]
+        if base is None:
             continue
-        tol = h["tolerance_points"]
-        rule, learned = h["best_rule"], h["learned"]
-        has_learned = h["learned_most_accurate"] is not None
         text = (
-            f"- **{h['scenario']}**: within {tol:g} points of last-exit accuracy "
-            f"({100 * last['accuracy']:.2f}%), compute saving: "
-            f"{_pair(h, 'compute_saving', has_learned)} (DistrEE paper: "
-            f"{100 * paper_saving:.1f}%); latency saving: "
-            f"{_pair(h, 'latency_saving', has_learned)}."
+            f"- **{h['scenario']}**: best non-learned policy (chosen on val) {base['policy']}: "
+            f"{base['mean_reward']:.3f} per request"
         )
-        qos = [f"last-exit {_pct(last['qos_rate'])}"]
-        for label, point in (
-            ("best rule", rule["latency_saving"]),
-            ("learned", learned["latency_saving"]),
-        ):
-            if point is not None:
-                qos.append(f"{label} {_pct(point['qos_rate'])}")
-        text += " Deadline met: " + ", ".join(qos) + "."
-        if has_learned and learned["compute_saving"] is None:
-            best = h["learned_most_accurate"]
-            gap = 100 * (last["accuracy"] - best["accuracy"])
-            text += (
-                f" The most accurate learned agent, {best['policy']}, is {gap:.2f} points "
-                "below last-exit."
-            )
-        if h["selected_on"] == "val":
-            text += " (Operating points chosen on the val trace, numbers measured on test.)"
-        lines.append(text)
-        front = h["front"]
-        if front is not None:
-            need = ", ".join(
-                f"{family} {'unreachable' if v is None else f'{v:.2f} ms'}"
-                for family, v in front["rules_latency_ms"].items()
-            )
-            verdict = "ahead of every rule" if front["ahead"] else "NOT ahead of every rule"
-            by = ""
-            if front["closest_rule"] is not None:
-                margin, spread = front["margin_ms"], front["latency_mean_ms_std"]
-                noise = ", within the seeds' spread" if abs(margin) <= spread else ""
-                by = (
-                    f" (closest: {front['closest_rule']}, {margin:+.2f} ms = "
-                    f"{100 * front['worst_margin']:+.1f}%{noise})"
-                )
+        if oracle is not None:
+            text += f"; Oracle (hindsight bound) {oracle['mean_reward']:.3f}"
+        lines.append(text + ".")
+        if not h["agents"]:
+            lines.append("  - no learned agent for this scenario.")
+            continue
+        for a in h["agents"]:
+            lines.append(_agent_line(a, base["policy"]))
+        best = next(a for a in h["agents"] if a["policy"] == h["best_agent"])
+        if best["margin"]["mean"] <= 0:
             lines.append(
-                f"  - accuracy-latency front: {front['policy']} reaches "
-                f"{100 * front['accuracy']:.2f}% at {front['latency_mean_ms']:.2f} ± "
-                f"{front['latency_mean_ms_std']:.2f} ms (deadline met "
-                f"{_pct(front['qos_rate'])}); at that accuracy the rules need: {need}"
-                f" → **{verdict}**{by}."
+                f"  - The learned agents do NOT beat {base['policy']} here: the best one on val, "
+                f"{best['policy']}, is {best['margin']['mean']:+.3f} per request on test."
+            )
+        d = h["deadline"]
+        if d is None:
+            lines.append(
+                "  - deadline misses at equal accuracy: no non-learned point within "
+                f"{100 * TOLERANCE:g} points of the agent's val accuracy."
+            )
+        else:
+            caveat = (
+                ""
+                if d["equal_accuracy_on_test"]
+                else f" (accuracies differ by more than {100 * TOLERANCE:g} points on test)"
+            )
+            lines.append(
+                f"  - deadline misses at equal accuracy: {d['agent']} {_pct(d['agent_miss_rate'])} "
+                f"({100 * d['agent_accuracy']:.2f}% accurate) vs {d['baseline']} "
+                f"{_pct(d['baseline_miss_rate'])} ({100 * d['baseline_accuracy']:.2f}%){caveat}: "
+                f"{100 * d['relative_reduction']:.0f}% fewer (target {100 * MISS_TARGET:.0f}%: "
+                f"{_met(d['target_met'])})."
             )
     return lines

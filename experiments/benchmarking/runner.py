@@ -1,65 +1,97 @@
-"""Evaluate every policy spec on every scenario and seed through ``agents.evaluate``.
+"""Calibrate the baselines on val and evaluate every policy on val and test through
+``agents.evaluate``, per scenario and seed.
 
 Why one path: the table must hold exactly what ``agents.evaluate`` returns for the same seed, so
-the runner adds nothing but bookkeeping. Every policy sees the same seeds, hence the same requests
-and resource traces (common random numbers): differences between policies are paired.
+the runner adds nothing but bookkeeping. Every policy sees the same seeds, hence the same requests,
+arrivals and resource traces (common random numbers): differences between policies are paired.
 
-Two splits: ``test`` gives every reported number; ``val`` (optional) is only used to choose
-operating points (which threshold, which latency weight), so nothing is tuned on ``test``.
+Two splits: ``val`` (the val exit trace and the training arrival/link traces) is where every
+choice is made, ``test`` (the test exit trace and the held-out arrival/link traces) gives every
+reported number.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import multiprocessing
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from agents.baselines import CONFIDENCE_FEATURES
+from agents.calibrate import calibrate_baselines
 from agents.evaluate import evaluate
 from distree_env.config import EnvConfig
-from distree_env.trace import resolve_trace
-from experiments.benchmarking.analysis import METRICS, select_point, split_rows, summarize
-from experiments.benchmarking.policies import LEARNED, RULE, PolicySpec, matched_random_spec
+from distree_env.traces import resolve_trace
+from experiments.benchmarking.analysis import METRICS
+from experiments.benchmarking.policies import (
+    AgentFile,
+    PolicySpec,
+    baseline_specs,
+    learned_specs,
+    reference_specs,
+    rule_specs,
+)
 
-__all__ = ["BenchmarkPlan", "evaluate_point", "run_benchmark"]
+__all__ = [
+    "BenchmarkPlan",
+    "Calibration",
+    "evaluate_point",
+    "run_benchmark",
+    "run_scenario",
+    "split_configs",
+]
 
 Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class BenchmarkPlan:
-    """What to run: policies, scenarios, seeds, requests per evaluation, the base config and
-    the traces of each split (``val_trace`` None: operating points are chosen on test)."""
+class Calibration:
+    """Sizes of the val calibration of the baselines (see ``agents.calibrate_baselines``)."""
 
-    specs: tuple[PolicySpec, ...]
+    n_requests: int = 4096
+    points: int = 10
+    rounds: int = 2
+    data_steps: int = 65_536
+    features: Sequence[str] = tuple(CONFIDENCE_FEATURES)
+
+
+@dataclass(frozen=True)
+class BenchmarkPlan:
+    """What to run: scenarios, seeds, requests per evaluation, the base config, the exit traces
+    of each split, rule grid size, calibration sizes and the learned agents (loaded with
+    ``trust`` as the benchmark was asked)."""
+
     scenarios: tuple[str, ...]
     seeds: tuple[int, ...]
     n_requests: int
     config: EnvConfig
     test_trace: str
-    val_trace: str | None
+    val_trace: str
+    thresholds: int
+    calibration: Calibration
+    agents: tuple[AgentFile, ...] = ()
+    trust: bool = False
 
-    def splits(self) -> tuple[tuple[str, str], ...]:
-        """``(split, trace)`` pairs to run, val first."""
-        val = () if self.val_trace is None else (("val", self.val_trace),)
-        return (*val, ("test", self.test_trace))
 
-    def tasks(self) -> int:
-        """Evaluations the plan needs, matched random exits included (for the progress bar)."""
-        learned = [spec.param for spec in self.specs if spec.kind == LEARNED]
-        shipped = sum(p == self.config.reward.latency_weight for p in learned)
-        per_scenario = len(self.specs) * len(self.splits()) + (shipped or len(learned) or 1)
-        return per_scenario * len(self.scenarios) * len(self.seeds)
+def split_configs(plan: BenchmarkPlan, scenario: str) -> dict[str, EnvConfig]:
+    """``{"val": ..., "test": ...}``: the scenario on each split's exit trace, and a scenario
+    that replays link traces (``cellular``) on that split's link traces: training traces on val,
+    held-out ones on test."""
+    base = plan.config.with_scenario(scenario)
+    return {
+        split: base.replace({"trace": trace, "cluster.bandwidth.split": split})
+        for split, trace in (("val", plan.val_trace), ("test", plan.test_trace))
+    }
 
 
 def evaluate_point(
     spec: PolicySpec, split: str, config: EnvConfig, scenario: str, seed: int, n_requests: int
 ) -> dict[str, Any]:
-    """One row: ``agents.evaluate`` of ``spec`` on ``config`` under ``scenario`` with ``seed``."""
-    metrics = evaluate(
-        spec.build(), config.with_scenario(scenario), n_requests=n_requests, seed=seed
-    )
+    """One row: ``agents.evaluate`` of ``spec`` on ``config`` with ``seed``."""
+    metrics = evaluate(spec.build(), config, n_requests=n_requests, seed=seed)
     row: dict[str, Any] = {
         "split": split,
         "scenario": scenario,
@@ -75,43 +107,76 @@ def evaluate_point(
     return row
 
 
-def _random_targets(
-    rows: list[dict[str, Any]], scenario: str, latency_weight: float
-) -> list[tuple[str, float]]:
-    """Policies whose compute the matched ``RandomExit`` copies: the learned agents trained at
-    the benchmark's latency weight (the shipped ones; every learned agent if none is), or
-    without agents the rule chosen as the cheapest within 0.5 points of last-exit accuracy."""
-    summary = summarize(rows)
-    test = split_rows(summary, "test", scenario)
-    learned = [r for r in test if r["kind"] == LEARNED]
-    shipped = [r for r in learned if r["param"] == latency_weight] or learned
-    if shipped:
-        return [(r["policy"], r["compute_saving"]) for r in shipped]
-    best = select_point(summary, scenario, "compute_saving", kind=RULE)
-    return [(best["policy"], best["compute_saving"])] if best is not None else []
+def _load(trust: bool) -> Callable[[str], Any]:
+    def load(ref: str) -> Any:
+        import torch
+
+        from agents import load_agent
+
+        torch.set_num_threads(1)  # small forward passes; the machine is shared
+        return load_agent(ref, trust=trust)
+
+    return load
 
 
-def run_benchmark(plan: BenchmarkPlan, progress: Progress | None = None) -> list[dict[str, Any]]:
-    """Every spec on every split, scenario and seed, then (on test) ``RandomExit`` matched to
-    each learned agent's mean compute saving in that scenario."""
+def scenario_specs(
+    plan: BenchmarkPlan, scenario: str, configs: dict[str, EnvConfig]
+) -> tuple[list[PolicySpec], dict[str, Any]]:
+    """Specs of one scenario (rules on the val grid, baselines calibrated on val, agents meant
+    for it, references) and the calibrated parameters (for the JSON record)."""
+    c = plan.calibration
+    fits = calibrate_baselines(
+        configs["val"],
+        n_requests=c.n_requests,
+        points=c.points,
+        rounds=c.rounds,
+        data_steps=c.data_steps,
+        features=c.features,
+    )
+    params = {
+        name: {"repr": repr(fit.policy), "val_reward": fit.val["mean_reward"]}
+        for name, fit in fits.items()
+    }
+    agents = [a for a in plan.agents if a.scenario in (None, scenario)]
+    specs = [
+        *reference_specs(),
+        *rule_specs(resolve_trace(plan.val_trace), plan.thresholds),
+        *baseline_specs(fits),
+        *learned_specs(agents, _load(plan.trust)),
+    ]
+    return specs, params
+
+
+def run_scenario(plan: BenchmarkPlan, scenario: str) -> tuple[list[dict[str, Any]], dict]:
+    """Calibrate on val, then every spec on both splits and every seed, for one scenario."""
+    configs = split_configs(plan, scenario)
+    specs, calibrated = scenario_specs(plan, scenario, configs)
+    rows = [
+        evaluate_point(spec, split, configs[split], scenario, seed, plan.n_requests)
+        for split in ("val", "test")
+        for spec in specs
+        for seed in plan.seeds
+    ]
+    return rows, calibrated
+
+
+def run_benchmark(
+    plan: BenchmarkPlan, jobs: int = 1, progress: Progress | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every scenario (``jobs`` at once, in worker processes), rows in scenario order whatever
+    the order they finish in; returns the rows and the calibrated baselines per scenario."""
     tick = progress or (lambda _label: None)
-    rows: list[dict[str, Any]] = []
-    test_config = plan.config.replace(trace=plan.test_trace)
-    for scenario in plan.scenarios:
-        for split, trace in plan.splits():
-            config = plan.config.replace(trace=trace)
-            for spec in plan.specs:
-                for seed in plan.seeds:
-                    rows.append(
-                        evaluate_point(spec, split, config, scenario, seed, plan.n_requests)
-                    )
-                    tick(f"{split} {scenario} {spec.name}")
-        flops = resolve_trace(plan.test_trace)
-        for target, saving in _random_targets(rows, scenario, plan.config.reward.latency_weight):
-            spec = matched_random_spec(target, saving, flops)
-            for seed in plan.seeds:
-                rows.append(
-                    evaluate_point(spec, "test", test_config, scenario, seed, plan.n_requests)
-                )
-                tick(f"test {scenario} {spec.name}")
-    return rows
+    results: dict[str, tuple[list, dict]] = {}
+    if jobs <= 1 or len(plan.scenarios) == 1:
+        for scenario in plan.scenarios:
+            results[scenario] = run_scenario(plan, scenario)
+            tick(scenario)
+    else:
+        context = multiprocessing.get_context("spawn")  # no forked torch or thread state
+        with ProcessPoolExecutor(min(jobs, len(plan.scenarios)), mp_context=context) as pool:
+            futures = {pool.submit(run_scenario, plan, s): s for s in plan.scenarios}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                tick(futures[future])
+    rows = [row for s in plan.scenarios for row in results[s][0]]
+    return rows, {s: results[s][1] for s in plan.scenarios}

@@ -6,10 +6,11 @@ import dataclasses
 
 import pytest
 
-import distree_env.trace as trace_mod
+import distree_env.traces.registry as registry
 from agents import calibrate
 from distree_env.config import EnvConfig
-from distree_env.trace import synthetic_trace
+from distree_env.manifest import record
+from distree_env.traces import synthetic_trace
 from tests.agents import SYNTH
 
 
@@ -17,16 +18,17 @@ from tests.agents import SYNTH
 def shipped(checkpoints, monkeypatch):
     """cifar10-val / cifar10-test look-alikes; records every trace file that is read."""
     for split, seed in (("val", 0), ("test", 1)):
-        synthetic_trace(n=600, seed=seed).save(checkpoints / "traces" / f"cifar10-{split}.npz")
+        path = checkpoints / "traces" / f"cifar10-{split}.npz"
+        synthetic_trace(n=600, seed=seed).save(path)
+        record(path, "test")
     reads: list[str] = []
-    original = trace_mod.ExitTrace.load.__func__
+    original = registry.read_trace_bytes
 
-    def spy(cls, path):
+    def spy(path):
         reads.append(str(path))
-        return original(cls, path)
+        return original(path)
 
-    monkeypatch.setattr(trace_mod.ExitTrace, "load", classmethod(spy))
-    monkeypatch.setattr(trace_mod, "_CACHE", {})
+    monkeypatch.setattr(registry, "read_trace_bytes", spy)
     return reads
 
 
@@ -49,7 +51,7 @@ def test_calibrates_on_val_without_reading_test(shipped):
 @pytest.mark.parametrize("trace", ["cifar10-test", "elsewhere/cifar10-test.npz", "my_test.npz"])
 def test_refuses_test_trace_before_reading_it(shipped, trace):
     with pytest.raises(ValueError, match="test"):
-        calibrate("Similarity", EnvConfig(trace=trace), grid=[0.5])
+        calibrate("FeatureDifference", EnvConfig(trace=trace), grid=[0.5])
     assert not shipped
 
 
@@ -57,8 +59,9 @@ def test_refuses_trace_marked_test_in_metadata(checkpoints):
     t = synthetic_trace(n=200)
     marked = dataclasses.replace(t, metadata={**t.metadata, "split": "test"})
     marked.save(checkpoints / "traces" / "renamed.npz")
+    record(checkpoints / "traces" / "renamed.npz", "test")
     with pytest.raises(ValueError, match="split='test'"):
-        calibrate("Similarity", EnvConfig(trace="renamed"), grid=[0.5])
+        calibrate("FeatureDifference", EnvConfig(trace="renamed"), grid=[0.5])
 
 
 def test_fixed_exit_grid_covers_every_exit():
@@ -70,3 +73,16 @@ def test_fixed_exit_grid_covers_every_exit():
 def test_unknown_rule_raises():
     with pytest.raises(ValueError, match="rule"):
         calibrate("Magic", SYNTH)
+
+
+def test_default_grids_drop_degenerate_thresholds():
+    """A threshold equal to FixedExit(0), FixedExit(1) or (nearly) LastExit is no calibration."""
+    from agents.calibrate import CALIBRATED_RULES
+
+    trace = synthetic_trace(n=50, num_classes=10)
+    for rule in ("RandomExit", "ConfidenceThreshold", "EntropyThreshold", "FeatureDifference"):
+        grid = CALIBRATED_RULES[rule][1]
+        grid = grid(trace) if callable(grid) else grid
+        assert grid and 0.0 not in grid and 1.0 not in grid, rule
+    confidence = CALIBRATED_RULES["ConfidenceThreshold"][1](trace)
+    assert min(confidence) > 0.1  # max_prob >= 1/C always: FixedExit(0) at or below it

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from agents import METRICS, ConfidenceThreshold, RandomExit, evaluate
+from distree_env.config import EnvConfig
 from tests.agents import SYNTH
 
 CODE = (
@@ -53,3 +54,30 @@ def test_bad_arguments_raise(kwargs):
 def test_not_a_policy_raises():
     with pytest.raises(ValueError, match="predict"):
         evaluate(object(), SYNTH, n_requests=10)
+
+
+class _Counting:
+    """A policy with memory: exits once it has seen three steps since the episode started."""
+
+    def __init__(self) -> None:
+        self.states: list[np.ndarray] = []
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        n = len(observation)
+        state = np.zeros(n, int) if state is None else np.where(episode_start, 0, state + 1)
+        self.states.append(state)
+        return (state % 3 == 2).astype(np.int64), state
+
+
+def test_recurrent_state_is_handed_back_every_step():
+    policy = _Counting()
+    m = evaluate(policy, SYNTH, n_requests=256, seed=0, num_envs=2)
+    assert max(int(s.max()) for s in policy.states) > 3  # the memory grew across steps
+    assert m["n_requests"] >= 256
+
+
+def test_every_request_counts_once_and_drops_count_as_misses():
+    bursty = EnvConfig.scenario("bursty-stream", trace="synthetic")
+    m = evaluate(ConfidenceThreshold(0.5), bursty, n_requests=1024, seed=0)
+    assert m["n_requests"] >= 1024
+    assert m["qos_rate"] <= 1.0 - m["drop_rate"] + 1e-12

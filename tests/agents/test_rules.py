@@ -8,14 +8,15 @@ import pytest
 from agents import (
     ConfidenceThreshold,
     EntropyThreshold,
+    FeatureDifference,
     FixedExit,
     LastExit,
     Oracle,
     RandomExit,
-    Similarity,
     evaluate,
 )
-from distree_env.trace import resolve_trace
+from distree_env.config import EnvConfig
+from distree_env.traces import resolve_trace
 from distree_env.vector_env import DistrEEVecEnv
 from tests.agents import SYNTH
 
@@ -25,7 +26,7 @@ RULES = [
     RandomExit(0.5),
     ConfidenceThreshold(0.8),
     EntropyThreshold(0.3),
-    Similarity(0.6),
+    FeatureDifference(0.3),
     Oracle(),
 ]
 
@@ -54,10 +55,13 @@ def test_thresholds_read_their_feature_by_name(venv):
     col = {n: i for i, n in enumerate(names)}
     obs[:, col["max_prob"]] = [0.5, 0.8, 0.95]
     obs[:, col["entropy"]] = [0.9, 0.3, 0.1]
-    obs[:, col["similarity"]] = [0.2, 0.6, 0.9]
+    obs[:, col["feature_diff"]] = [0.9, 0.6, 0.2]
+    obs[:, col["progress"]] = 0.5
     assert ConfidenceThreshold(0.8).bind(venv).predict(obs)[0].tolist() == [0, 1, 1]
     assert EntropyThreshold(0.3).bind(venv).predict(obs)[0].tolist() == [0, 1, 1]
-    assert Similarity(0.7).bind(venv).predict(obs)[0].tolist() == [0, 0, 1]
+    assert FeatureDifference(0.3).bind(venv).predict(obs)[0].tolist() == [0, 0, 1]
+    obs[:, col["progress"]] = 0.0  # exit 0: no earlier exit to agree with, never exits
+    assert FeatureDifference(0.3).bind(venv).predict(obs)[0].tolist() == [0, 0, 0]
     # a permuted layout still works: the rule looks the column up by name
     perm = np.arange(len(names))[::-1]
 
@@ -92,7 +96,7 @@ def test_single_observation_gives_scalar(venv):
     [
         lambda: ConfidenceThreshold(1.5),
         lambda: EntropyThreshold(-0.1),
-        lambda: Similarity(float("nan")),
+        lambda: FeatureDifference(float("nan")),
         lambda: RandomExit(2),
         lambda: FixedExit(-1),
         lambda: ConfidenceThreshold("0.5"),
@@ -107,12 +111,12 @@ def test_unbound_oracle_and_unknown_feature_raise():
     with pytest.raises(ValueError, match="bind"):
         Oracle().predict(np.zeros((2, 14), np.float32))
 
-    class NoSimilarity:
+    class NoFeatureDifference:
         observation_names = ("max_prob",)
         num_exits = 2
 
-    with pytest.raises(ValueError, match="similarity"):
-        Similarity(0.5).bind(NoSimilarity()).predict(np.zeros((2, 1), np.float32))
+    with pytest.raises(ValueError, match="feature_diff"):
+        FeatureDifference(0.5).bind(NoFeatureDifference()).predict(np.zeros((2, 1), np.float32))
 
 
 def test_random_exit_is_reproducible():
@@ -130,7 +134,9 @@ def test_last_exit_saves_nothing_and_matches_final_exit_accuracy():
     assert abs(m["accuracy"] - final_acc) < 0.02  # requests are random trace samples
 
 
-def test_oracle_is_an_upper_bound():
-    oracle = evaluate(Oracle(), SYNTH, n_requests=2048, seed=3)["mean_reward"]
+def test_oracle_is_an_upper_bound_on_isolated_requests():
+    # without a queue, requests are independent: the per-request hindsight choice is the bound
+    isolated = EnvConfig.scenario("isolated", trace="synthetic")
+    oracle = evaluate(Oracle(), isolated, n_requests=2048, seed=3)["mean_reward"]
     for rule in RULES[:-1]:
-        assert evaluate(rule, SYNTH, n_requests=2048, seed=3)["mean_reward"] <= oracle + 1e-9
+        assert evaluate(rule, isolated, n_requests=2048, seed=3)["mean_reward"] <= oracle + 1e-9

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from gymnasium.vector import AutoresetMode
 
 torch = pytest.importorskip("torch")
 
@@ -17,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 )
 
 from agents import evaluate, load_agent  # noqa: E402
+from agents.loading import restore_model  # noqa: E402
 from agents.policy import SB3Policy, as_policy, sidecar  # noqa: E402
 from agents.sb3 import DistrEEMetricsCallback, SB3VecEnv, make_sb3_env  # noqa: E402
 from agents.training import (  # noqa: E402
@@ -30,16 +32,20 @@ from distree_env.vector_env import DistrEEVecEnv  # noqa: E402
 from tests.agents import SYNTH  # noqa: E402
 
 DISTREE_TAGS = {
-    "distree/accuracy",
-    "distree/compute_saving",
-    "distree/latency_mean_ms",
-    "distree/latency_p95_ms",
-    "distree/qos_rate",
-    "distree/exit_0",
-    "distree/reward_correct",
-    "distree/reward_latency",
-    "distree/reward_deadline",
+    "distree_train/per_request/accuracy",
+    "distree_train/per_request/compute_saving",
+    "distree_train/per_request/latency_mean_ms",
+    "distree_train/per_request/latency_p95_ms",
+    "distree_train/per_request/qos_rate",
+    "distree_train/per_request/reward_per_request",
+    "distree_train/per_request/exit_0_share",
+    "distree_train/per_episode/return",
+    "distree_train/per_episode/reward_correct",
+    "distree_train/per_episode/reward_latency",
+    "distree_train/per_episode/reward_deadline",
 }
+#: Short episodes, so tiny trainings see several end.
+SHORT = {**SYNTH, "requests_per_episode": 8}
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +54,7 @@ def _one_thread():
 
 
 def test_adapter_autoresets_and_reports_episode_metrics():
-    env = SB3VecEnv(DistrEEVecEnv(4, SYNTH))
+    env = SB3VecEnv(DistrEEVecEnv(4, SHORT, autoreset_mode=AutoresetMode.SAME_STEP))
     env.seed(0)
     obs = env.reset()
     assert obs.shape == (4, env.observation_space.shape[0])
@@ -59,7 +65,10 @@ def test_adapter_autoresets_and_reports_episode_metrics():
         for i in np.flatnonzero(dones):
             info = infos[i]
             assert env.observation_space.contains(info["terminal_observation"])
-            parts = sum(info["distree"][f"reward_{c}"] for c in ("correct", "latency", "deadline"))
+            parts = sum(
+                info["distree"][f"episode_reward_{c}"]
+                for c in ("correct", "latency", "deadline", "drop")
+            )
             assert np.isclose(parts, returns[i], atol=1e-4)
             returns[i], seen = 0.0, seen + 1
     assert seen >= 4
@@ -76,7 +85,7 @@ def _scalar_tags(folder) -> set[str]:
 
 @pytest.mark.parametrize("algo", ["ppo", "dqn"])
 def test_learn_writes_distree_scalars(tmp_path, algo):
-    env = make_sb3_env(SYNTH, 4, seed=0)
+    env = make_sb3_env(SHORT, 4, seed=0)
     if algo == "ppo":
         model = PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")
     else:
@@ -96,10 +105,9 @@ def test_saved_agent_loads_and_predicts_the_same(tmp_path, checkpoints):
     obs = np.random.default_rng(0).random((50, env.observation_space.shape[0])).astype(np.float32)
     expected, _ = model.predict(env.normalize_obs(obs), deterministic=True)
 
-    with pytest.raises(ValueError, match="trust=True"):
-        load_agent("tiny")
-    record(path, "test", {})
-    record(sidecar(path), "test", {})
+    with pytest.raises(ValueError, match="MANIFEST.json' is missing"):
+        load_agent("tiny", trust=True)  # in the checkpoints folder: only listed files load
+    record(path, "test", {}, sidecars=[sidecar(path)])
     policy = load_agent("tiny")
     assert isinstance(policy, SB3Policy) and policy.normalizer is not None
     assert np.array_equal(policy.predict(obs)[0], expected)
@@ -115,7 +123,8 @@ def test_untrusted_or_damaged_agents_are_refused(tmp_path, checkpoints):
     save_model(model, path)
     with pytest.raises(ValueError, match="not listed"):
         load_agent(str(path))
-    assert load_agent(str(path), trust=True).predict(np.zeros((1, 14), np.float32))[0].shape == (1,)
+    obs = np.zeros((1, model.observation_space.shape[0]), np.float32)
+    assert load_agent(str(path), trust=True).predict(obs)[0].shape == (1,)
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(path.read_bytes()[:300])
     with pytest.raises(ValueError, match="truncated, corrupt"):
@@ -143,7 +152,7 @@ def test_dqn_checkpoint_restores_replay_buffer(tmp_path):
     callback.save_now()
     steps, path = latest_checkpoint(tmp_path)
     assert steps == model.num_timesteps
-    fresh = DQN.load(path, env=env, device="cpu")
+    fresh = restore_model(path, "dqn", env=env)  # the path --resume takes: nothing unpickled
     assert load_replay_buffer(fresh, path)
     assert fresh.replay_buffer.pos == model.replay_buffer.pos
     assert np.array_equal(fresh.replay_buffer.observations, model.replay_buffer.observations)
@@ -162,7 +171,8 @@ def test_maskable_ppo_uses_masks():
 
 
 def test_request_episodes_end_at_every_request():
-    env = SB3VecEnv(DistrEEVecEnv(4, SYNTH), request_episodes=True)
+    venv = DistrEEVecEnv(4, SHORT, autoreset_mode=AutoresetMode.SAME_STEP)
+    env = SB3VecEnv(venv, request_episodes=True)
     env.seed(0)
     env.reset()
     rng = np.random.default_rng(0)
@@ -178,7 +188,7 @@ def test_request_episodes_end_at_every_request():
         requests += int(dones.sum())
         episodes += sum("distree" in infos[i] for i in np.flatnonzero(dones))
         steps_in_request[dones], returns[dones] = 0, 0.0
-    assert episodes >= 1 and requests >= 32 * episodes
+    assert episodes >= 1 and requests >= 8 * episodes
 
 
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "qrdqn", "maskable_ppo"])
@@ -218,8 +228,36 @@ def test_load_agent_never_unpickles_and_infers_the_algorithm(tmp_path, algo, mon
 
     monkeypatch.setattr(save_util.cloudpickle, "loads", refuse)
     policy = load_agent(str(path), trust=True)
-    obs = np.random.default_rng(0).random((32, 14)).astype(np.float32)
+    obs = np.random.default_rng(0).random((32, model.observation_space.shape[0]))
+    obs = obs.astype(np.float32)
     masks = np.ones((32, 2), dtype=bool)
     kwargs = {"action_masks": masks} if algo == "maskable_ppo" else {}
     expected, _ = model.predict(obs, deterministic=True, **kwargs)
     assert np.array_equal(policy.predict(obs, **kwargs)[0], expected)
+
+
+def test_recurrent_agent_loads_without_unpickling_and_keeps_its_memory(tmp_path, monkeypatch):
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common import save_util
+
+    from agents.loading import infer_algo
+
+    env = make_sb3_env(SHORT, 2, seed=0)
+    kwargs = {"lstm_hidden_size": 8, "net_arch": [16]}
+    model = RecurrentPPO(
+        "MlpLstmPolicy", env, n_steps=16, batch_size=32, seed=0, device="cpu", policy_kwargs=kwargs
+    )
+    model.learn(64)
+    path = tmp_path / "rppo.zip"
+    save_model(model, path)
+    assert infer_algo(path) == "recurrent_ppo"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("cloudpickle.loads called")
+
+    monkeypatch.setattr(save_util.cloudpickle, "loads", refuse)
+    policy = load_agent(str(path), trust=True)
+    # evaluate hands the LSTM state back every step: the loaded agent acts as the trained one
+    assert evaluate(policy, SYNTH, n_requests=256, seed=0) == evaluate(
+        model, SYNTH, n_requests=256, seed=0
+    )

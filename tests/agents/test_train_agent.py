@@ -18,13 +18,15 @@ from experiments import train_agent  # noqa: E402
 from tests.agents import SYNTH  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_PPO = """DistrEE-v0:
+TINY_PPO = """DistrEE-v1: &tiny
   n_envs: 4
   policy: 'MlpPolicy'
   n_steps: 64
   batch_size: 64
   n_epochs: 1
   policy_kwargs: "dict(net_arch=[16])"
+DistrEE-v0:
+  <<: *tiny
 """
 
 
@@ -45,8 +47,8 @@ def _common(tmp_path, tiny) -> list[str]:
         str(tiny),
         "--progress",
         "false",
-        "--eval-episodes",
-        "4",
+        "--val-requests",
+        "256",
         "--config",
         str(tmp_path / "synthetic.json"),
     ]
@@ -62,6 +64,9 @@ def _common(tmp_path, tiny) -> list[str]:
         (["--config", "/nonexistent.json"], "--config"),
         (["--save-to", "agent.pt"], "--save-to"),
         (["--run-name", "a/b"], "--run-name"),
+        (["--threads", "0"], "--threads"),
+        (["--seed", str(2**40)], "--seed"),
+        (["--eval-requests", str(10**13)], "--eval-requests"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, needle, capsys):
@@ -117,6 +122,8 @@ def test_yaml_config_and_ship_to_manifest(tmp_path, tiny, checkpoints):
     assert entry["metrics"]["seeds"] == 2 and "mean" in entry["metrics"]["mean_reward"]
     args = json.loads((Path(result["run_dir"]) / "args.json").read_text())
     assert args["env_config"]["requests_per_episode"] == 8
+    stale = dest.with_name("tiny.vecnormalize.npz")  # an earlier agent's statistics (issue 11.4)
+    stale.write_bytes(b"old statistics")
     again = train_agent.main(
         [
             *_common(tmp_path, tiny),
@@ -138,6 +145,7 @@ def test_yaml_config_and_ship_to_manifest(tmp_path, tiny, checkpoints):
     )  # replaces it
     manifest = json.loads((checkpoints / "MANIFEST.json").read_text())
     assert again["manifest"] and manifest["files"]["agents/tiny.zip"]["sha256"] != entry["sha256"]
+    assert not stale.exists() and "sidecars" not in manifest["files"]["agents/tiny.zip"]
 
 
 def test_resume_after_sigkill(tmp_path, tiny):
@@ -177,3 +185,24 @@ def test_resume_after_sigkill(tmp_path, tiny):
     assert (tmp_path / "runs" / "killed" / "final_model.zip").is_file()
     finished = train_agent.main([*argv[3:], "--resume"])  # nothing left to do: still fine
     assert finished["timesteps"] == result["timesteps"]
+
+
+def test_tensorboard_names_say_per_request_or_per_episode(tmp_path, tiny):
+    """The val evaluation logs the benchmark's metrics; totals and per-request figures have
+    different names; hyperparameters and config are logged as text."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tmp_path / "short.json"
+    cfg.write_text(json.dumps({**SYNTH, "requests_per_episode": 8}))
+    argv = [*_common(tmp_path, tiny), "--config", str(cfg), "--timesteps", "1024"]
+    result = train_agent.main([*argv, "--eval-freq", "512", "--run-name", "tb"])
+    acc = EventAccumulator(result["run_dir"])
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert {"distree_val/per_request/mean_reward", "distree_val/per_request/qos_rate"} <= scalars
+    assert "distree_train/per_request/accuracy" in scalars
+    assert "distree_train/per_episode/return" in scalars
+    assert not any(t.startswith("distree/") for t in scalars)  # the old, ambiguous names
+    texts = " ".join(acc.Tags()["tensors"])
+    assert "run/hyperparameters" in texts and "run/env_config" in texts
+    assert len(result["val_history"]) >= 2 and Path(result["model"]).name == "best_model.zip"

@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from distree_env.model.data import CLASS_NAMES  # noqa: E402
+from distree_env.constants import CIFAR10_CLASS_NAMES  # noqa: E402
 
 N_TRAIN, N_TEST = 40, 20
 
@@ -35,7 +35,7 @@ def write_image_folder(root: Path, arrays: dict) -> Path:
 
     for split, (images, labels) in arrays.items():
         for i, (img, label) in enumerate(zip(images, labels, strict=False)):
-            folder = root / "cifar10" / split / CLASS_NAMES[label]
+            folder = root / "cifar10" / split / CIFAR10_CLASS_NAMES[label]
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(
                 folder / f"{i:04d}.png"

@@ -13,26 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from distree_env.trace import ExitTrace
+from distree_env.traces import ExitTrace
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_ARGS = [
-    "--widths",
-    "4",
-    "8",
-    "--blocks",
-    "0",
-    "--batch-size",
-    "4",
-    "--val-size",
-    "8",
-    "--threads",
-    "1",
-    "--bf16",
-    "false",
-    "--progress",
-    "false",
-]
+TINY_ARGS = ["--preset", "tiny", "--batch-size", "4", "--val-size", "8", "--threads", "1"]
+TINY_ARGS += ["--bf16", "false", "--progress", "false"]
 
 
 def _train_cmd(data: Path, tmp: Path, epochs: int, *extra: str) -> list[str]:
@@ -107,39 +92,122 @@ def test_existing_run_without_resume_is_refused(tiny_cifar, tmp_path):
     assert out.returncode == 2 and "--resume" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_export_writes_valid_traces_and_manifest(tiny_cifar, tmp_path):
+@pytest.mark.parametrize("topology", ["parallel", "pipeline"])
+def test_export_writes_valid_traces_and_manifest(tiny_cifar, tmp_path, topology):
     data, _ = tiny_cifar
     ckpt = tmp_path / "ckpt"
-    assert (
-        _run(
-            _train_cmd(data, tmp_path, 1, "--output", str(ckpt / "backbone.pt")), tmp_path
-        ).returncode
-        == 0
-    )
+    backbone = ckpt / f"backbone-{topology}.pt"
+    train = _train_cmd(data, tmp_path, 1, "--topology", topology, "--output", str(backbone))
+    out = _run(train, tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
     export = [sys.executable, "-m", "experiments.export_traces", "--data", str(data)]
-    export += ["--backbone", str(ckpt / "backbone.pt"), "--out-dir", str(ckpt / "traces")]
+    export += ["--backbone", str(backbone), "--out-dir", str(ckpt / "traces")]
     out = _run([*export, "--val-size", "8", "--threads", "1", "--bf16", "false"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
+    prefix = "cifar10" if topology == "parallel" else "cifar10-pipeline"
     manifest = json.loads((ckpt / "MANIFEST.json").read_text())["files"]
-    assert {"backbone.pt", "traces/cifar10-val.npz", "traces/cifar10-test.npz"} <= set(manifest)
+    names = {backbone.name, f"traces/{prefix}-val.npz", f"traces/{prefix}-test.npz"}
+    assert names <= set(manifest)
+    assert manifest[backbone.name]["metrics"]["val_exit_accuracy"]
     for split, n in (("val", 8), ("test", 20)):
-        trace = ExitTrace.load(ckpt / "traces" / f"cifar10-{split}.npz")
-        assert trace.n == n and trace.metadata["split"] == split
+        trace = ExitTrace.load(ckpt / "traces" / f"{prefix}-{split}.npz")
+        assert trace.n == n and trace.metadata["split"] == split and trace.topology == topology
         assert (
-            manifest[f"traces/cifar10-{split}.npz"]["metrics"]["exit_accuracy"]
+            manifest[f"traces/{prefix}-{split}.npz"]["metrics"]["exit_accuracy"]
             == trace.metadata["exit_accuracy"]
         )
 
 
+def test_distillation_from_a_teacher_backbone(tiny_cifar, tmp_path):
+    data, _ = tiny_cifar
+    teacher = tmp_path / "teacher.pt"
+    out = _run(
+        _train_cmd(data, tmp_path, 1, "--topology", "pipeline", "--output", str(teacher)), tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    student = _train_cmd(data, tmp_path, 1, "--teacher", str(teacher), "--run-name", "s")
+    out = _run(student, tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    state = torch.load(tmp_path / "runs" / "s" / "last.pt", weights_only=True)
+    assert state["train_config"]["teacher"] == "teacher.pt"
+
+
+def test_gpu_recipe_runs_on_the_cpu_with_a_tiny_configuration(tiny_cifar, tmp_path):
+    """The ``gpu`` preset's code path (data held on the training device) with device=cpu."""
+    from distree_env.model.data import load_cifar10
+    from distree_env.model.network import NetConfig
+    from distree_env.model.presets import preset
+    from distree_env.model.train import TrainConfig, Trainer
+
+    data, _ = tiny_cifar
+    p = preset("gpu", "parallel")
+    net = NetConfig(**{**p["net"], "depth": 10, "widen": 1, "exits": (1, 2, 3)})
+    cfg = TrainConfig(net=net, epochs=1, batch_size=8, lr=p["lr"], device="cpu", bf16=True)
+    train = load_cifar10(data, "train", val_size=8)
+    trainer = Trainer(cfg, train, load_cifar10(data, "val", val_size=8), tmp_path)
+    assert trainer.train_images.device.type == "cpu" and trainer.train_images.dtype == torch.uint8
+    history = trainer.fit(progress=False)
+    assert len(history[0]["val_exit_accuracy"]) == 3
+
+
+def test_image_sample_for_the_runtime(tiny_cifar, tmp_path):
+    import numpy as np
+
+    from distree_env.model.data import load_cifar10, load_image_sample
+
+    data, _ = tiny_cifar
+    out_file = tmp_path / "ckpt" / "cifar10-test-sample.npz"
+    cmd = [sys.executable, "-m", "experiments.export_images", "--data", str(data), "--n", "10"]
+    out = _run([*cmd, "--output", str(out_file)], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    manifest = json.loads((tmp_path / "ckpt" / "MANIFEST.json").read_text())["files"]
+    assert manifest["cifar10-test-sample.npz"]["metrics"]["n"] == 10
+    split, idx = load_image_sample(out_file)
+    test = load_cifar10(data, "test")
+    test_x, test_y = test.images, test.labels
+    assert split.images.dtype == np.uint8 and sorted(np.bincount(split.labels)) == [1] * 10
+    np.testing.assert_array_equal(split.images, test_x[idx])
+    np.testing.assert_array_equal(split.labels, test_y[idx])
+    # an object array (a pickle) or a declared shape far beyond the cap is refused unread
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=np.array([object()]), labels=np.zeros(1), indices=np.zeros(1))
+    with pytest.raises(ValueError, match="image sample"):
+        load_image_sample(bad)
+    np.savez(bad, images=np.zeros((1, 2), np.uint8), labels=np.zeros(10**6, np.int64),
+             indices=np.zeros(1))  # fmt: skip
+    with pytest.raises(ValueError, match="0 < n <= 1000"):
+        load_image_sample(bad)
+
+
+TRAIN = [sys.executable, "-m", "experiments.train_backbone"]
+EXPORT = [sys.executable, "-m", "experiments.export_traces"]
+
+
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("cmd", "message"),
     [
-        (["--epochs", "0"], "epochs=0"),
-        (["--lr", "nan"], "lr=nan"),
-        (["--topology", "ring"], "invalid choice"),
-        (["--data", "/nonexistent.tar.gz"], "does not exist"),
+        ([*TRAIN, "--epochs", "-1"], "--epochs -1"),
+        ([*TRAIN, "--lr", "nan"], "lr=nan"),
+        ([*TRAIN, "--topology", "ring"], "invalid choice"),
+        ([*TRAIN, "--data", "/nonexistent.tar.gz"], "does not exist"),
+        ([*TRAIN, "--threads", "0"], "--threads 0"),
+        ([*TRAIN, "--max-train-images", "-1"], "--max-train-images -1"),
+        ([*TRAIN, "--batch-size", "1000"], "--batch-size 1000"),
+        ([*TRAIN, "--output", "/"], "--output"),
+        ([*TRAIN, "--teacher", "/nonexistent.pt"], "does not exist"),
+        ([*EXPORT, "--threads", "0"], "--threads 0"),
+        ([*EXPORT, "--max-images", "-1"], "--max-images -1"),
+        ([*EXPORT, "--prefix", "../../x"], "--prefix '../../x'"),
+        ([*EXPORT, "--splits", "train"], "never train"),
+        ([*EXPORT, "--backbone", "/nonexistent.pt"], "does not exist"),
     ],
 )
-def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
-    out = _run([sys.executable, "-m", "experiments.train_backbone", *TINY_ARGS, *args], tmp_path)
-    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+def test_bad_arguments_exit_2_with_one_line(tiny_cifar, tmp_path, cmd, message):
+    data, _ = tiny_cifar
+    extra = ["--data", str(data)] if "--data" not in cmd else []
+    tiny = TINY_ARGS if cmd is not EXPORT and cmd[2] == "experiments.train_backbone" else []
+    out = _run([*cmd[:3], *tiny, *extra, *cmd[3:]], tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]  # argparse prints its usage above the error
+    assert "error:" in last and message in last

@@ -1,0 +1,61 @@
+"""The bounded FIFO queue of requests waiting for the devices, for a batch of environments.
+
+Why a ring per environment: requests are admitted and served in arrival order, one at a time per
+environment, so a ring buffer of arrival times and trace rows with a head and a size is all the
+state there is, and every operation is an array operation over the environments that take part
+(flat arrays and ``take``: several times faster than fancy indexing of 2-d arrays).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["OVERFLOW_POLICIES", "QUEUE_HARD_CAP", "WaitingQueue"]
+
+#: What happens to a request that arrives while ``capacity`` requests wait: ``drop`` (refused),
+#: ``admit`` (admitted beyond the bound and counted as an overflow).
+OVERFLOW_POLICIES = ("drop", "admit")
+#: Most requests that can wait in one environment (also the cap on ``queue.capacity``); with
+#: ``overflow="admit"`` an arrival beyond it is dropped.
+QUEUE_HARD_CAP = 1024
+
+
+class WaitingQueue:
+    """Waiting requests of ``num_envs`` environments, at most ``slots`` each: arrival time (ms)
+    and trace row. ``size`` ``[num_envs]`` is public."""
+
+    def __init__(self, num_envs: int, slots: int) -> None:
+        self.slots = int(slots)
+        self.time = np.zeros(num_envs * self.slots)
+        self.sample = np.zeros(num_envs * self.slots, dtype=np.int64)
+        self.head = np.zeros(num_envs, dtype=np.int64)
+        self.size = np.zeros(num_envs, dtype=np.int64)
+        self._base = np.arange(num_envs) * self.slots
+
+    def clear(self, envs: np.ndarray) -> None:
+        """Empty the queues of ``envs``."""
+        self.head[envs] = 0
+        self.size[envs] = 0
+
+    def push(self, envs: np.ndarray, time: np.ndarray, sample: np.ndarray) -> None:
+        """Append one request to each queue in ``envs`` (callers check there is room)."""
+        flat = envs * self.slots + (self.head[envs] + self.size[envs]) % self.slots
+        self.time[flat] = time
+        self.sample[flat] = sample
+        self.size[envs] += 1
+
+    def pop(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The oldest request of every queue ``[num_envs]`` (arrival time, trace row), removed
+        where ``mask`` (those queues must be non-empty; elsewhere the values are meaningless)."""
+        flat = self._base + self.head
+        out = self.time.take(flat), self.sample.take(flat)
+        self.head = np.where(mask, (self.head + 1) % self.slots, self.head)
+        self.size -= mask
+        return out
+
+    def oldest(self, envs: np.ndarray | None = None) -> np.ndarray:
+        """Arrival time of the oldest waiting request of ``envs`` (all environments if None;
+        meaningless where the queue is empty: mask with ``size > 0``)."""
+        if envs is None:
+            return self.time.take(self._base + self.head)
+        return self.time.take(envs * self.slots + self.head[envs])

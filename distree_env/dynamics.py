@@ -1,0 +1,871 @@
+"""The one implementation of the environment's dynamics: an edge cluster serving a request stream.
+
+Why one module: the single env (one stream) and the vector env (many) must never drift apart, so
+both step a :class:`Dynamics` over a batch of ``B`` streams with array operations; the single env
+is ``B = 1``.
+
+The model, per stream. Requests arrive (``cluster.arrivals``) and wait in a bounded FIFO queue
+(``cluster.queue``) while the devices serve one request at a time, stage by stage. A stage starts
+at wall-clock time ``t`` and lasts ``LatencyModel.stage_ms`` at the resource levels of ``t``
+(``cluster.resources``), so a request's later stages can meet other levels than its earlier ones.
+After each stage the policy decides: exit (the request is answered now; the devices take the next
+waiting request, or idle until the next arrival) or continue. Arrivals during a stage join the
+queue, or are dropped when it is full. The observation shows the exit's confidence features, the
+resource levels measured at the last measurement instant, the time this request has spent since
+its arrival, the queue length and the age of the oldest waiting request.
+
+Randomness: the resource pool (a sample path of every device's and link's level on the grid,
+with the stage durations it implies) comes from the pool seed alone (the ``reset`` seed, or a
+draw of the env's generator); then, from the env's generator, per fresh stream: the offset of
+its path in the pool, the arrival process's start, and blocks of (arrival times, trace rows) as
+the stream consumes them. ``cluster.resources.ResourceTimeline`` replays a stream's levels.
+
+Speed: every per-stream table is a flat array read with ``take``, the stage durations are
+precomputed per grid step, and a step is a few dozen array operations whatever ``B`` is.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from typing import Any
+
+import numpy as np
+
+from distree_env.cluster.arrivals import ArrivalProcess, ArrivalState
+from distree_env.cluster.latency import LatencyModel
+from distree_env.cluster.queue import QUEUE_HARD_CAP, WaitingQueue
+from distree_env.cluster.resources import ResourcePaths
+from distree_env.config import EnvConfig
+from distree_env.traces import ExitTrace, resolve_trace
+
+__all__ = [
+    "EPISODE_METRICS",
+    "EXIT_FEATURES",
+    "STEP_INFO",
+    "Dynamics",
+    "Pool",
+    "Tables",
+    "describe",
+    "empty_episode_metrics",
+    "exit_features",
+    "observation_names",
+    "pool_steps",
+    "step_info_at_reset",
+    "tables_for",
+]
+
+#: Exit confidence features, in observation order.
+EXIT_FEATURES = ("max_prob", "margin", "entropy", "feature_diff", "progress")
+#: Per-step info keys (present every step and at reset) and their dtypes.
+STEP_INFO: dict[str, type] = {
+    "reward_correct": np.float64,
+    "reward_latency": np.float64,
+    "reward_deadline": np.float64,
+    "reward_drop": np.float64,
+    "request_done": np.bool_,
+    "request_exit": np.int64,
+    "request_correct": np.bool_,
+    "request_latency_ms": np.float64,
+    "request_wait_ms": np.float64,
+    "dropped": np.int64,
+    "queue_len": np.int64,
+}
+#: Scalar episode metrics (info keys; 0 except on the step that ends an episode, which has
+#: ``episode_done`` True), then ``episode_exit_fractions`` ``[K]``.
+EPISODE_METRICS = (
+    "episode_requests",
+    "episode_accuracy",
+    "episode_compute_saving",
+    "episode_latency_mean_ms",
+    "episode_latency_p95_ms",
+    "episode_qos_rate",
+    "episode_drop_rate",
+    "episode_overflow_rate",
+    "episode_wait_mean_ms",
+    "episode_utilisation",
+    "episode_reward_correct",
+    "episode_reward_latency",
+    "episode_reward_deadline",
+    "episode_reward_drop",
+    "episode_return",
+    "episode_reward_per_request",
+)
+#: Arrival times and trace rows are drawn in blocks of this many per stream (a power of two).
+ARRIVAL_BLOCK = 32
+#: Grid steps of the resource pool of one stream (a power of two; the vector env's pool grows
+#: with the number of streams, see :func:`pool_steps`).
+POOL_STEPS = 1 << 15
+#: Samples used to estimate the mean last-exit service time (fixed seed: deterministic).
+SERVICE_SAMPLES = 4096
+_REWARD_PARTS = ("reward_correct", "reward_latency", "reward_deadline", "reward_drop")
+
+
+def observation_names(num_devices: int) -> tuple[str, ...]:
+    """The observation layout for ``num_devices`` devices (one link each)."""
+    return (
+        *EXIT_FEATURES,
+        *(f"compute_{d}" for d in range(num_devices)),
+        *(f"bandwidth_{d}" for d in range(num_devices)),
+        "elapsed_ratio",
+        "queue_len",
+        "oldest_wait_ratio",
+    )
+
+
+def pool_steps(num_envs: int) -> int:
+    """Grid steps of the resource pool shared by ``num_envs`` streams: 2**15 up to 64 streams,
+    then growing with their number (so that streams rarely replay the same stretch at once)."""
+    return POOL_STEPS * (1 << max(0, (int(num_envs) - 1).bit_length() - 6))
+
+
+_FEATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def exit_features(trace: ExitTrace) -> tuple[np.ndarray, np.ndarray]:
+    """Per (sample, exit): features ``[n*K, 5]`` float32 (row ``s*K + k``), correctness ``[n*K]``.
+
+    Computed once per trace (cached, read-only), so a step never touches the probability tensor.
+    """
+    cached = _FEATURES.get(trace)
+    if cached is not None:
+        return cached
+    probs = trace.probs.astype(np.float64)
+    n, k, c = probs.shape
+    top2 = np.partition(probs, c - 2, axis=-1)[..., -2:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(probs > 0, probs * np.log(probs), 0.0)
+    entropy = -plogp.sum(-1) / np.log(c)
+    progress = np.broadcast_to(np.arange(k) / (k - 1) if k > 1 else np.ones(1), (n, k))
+    feats = np.stack(
+        [top2[..., 1], top2[..., 1] - top2[..., 0], entropy, trace.feature_diff, progress], axis=-1
+    )
+    feats = np.clip(feats, 0.0, 1.0).astype(np.float32).reshape(n * k, len(EXIT_FEATURES))
+    correct = (probs.argmax(-1) == trace.labels[:, None]).reshape(-1)
+    feats.flags.writeable = False
+    correct.flags.writeable = False
+    _FEATURES[trace] = (feats, correct)
+    return feats, correct
+
+
+@dataclass(frozen=True, eq=False)
+class Pool:
+    """A resource path drawn from one seed: measured levels ``[P, 2D]`` float32 (compute, then
+    bandwidth) and the duration of every stage started at each grid step ``[P * K]`` float32."""
+
+    levels: np.ndarray
+    stage_ms: np.ndarray
+    mask: int  # pool length - 1 (the length is a power of two)
+
+
+@dataclass(frozen=True, eq=False)
+class Tables:
+    """Everything that depends only on the config (and its trace): shared read-only between
+    environments in a process, built lazily once (:func:`tables_for`)."""
+
+    config: EnvConfig
+    trace: ExitTrace
+    feats: np.ndarray
+    correct: np.ndarray
+    cum_flops: np.ndarray
+    latency: LatencyModel
+    paths: ResourcePaths
+    arrivals: ArrivalProcess
+    mean_service_ms: float
+    observation_names: tuple[str, ...]
+    obs_high: np.ndarray
+
+    @property
+    def num_exits(self) -> int:
+        return self.trace.num_exits
+
+    @cached_property
+    def feature_rows(self) -> list[list[float]]:
+        """``feats`` as Python lists (the single-stream path builds observations from them)."""
+        return self.feats.tolist()
+
+    @property
+    def num_devices(self) -> int:
+        return self.trace.num_devices
+
+    @lru_cache(maxsize=4)  # noqa: B019 - a handful of pools per shared table, on purpose
+    def pool(self, seed: int, steps: int) -> Pool:
+        """The resource pool drawn from ``seed`` (cached: a re-seeded env reuses it)."""
+        levels, key = self.paths.draw_pool(np.random.default_rng(seed), steps)
+        d = self.num_devices
+        if key is None:
+            stage = self.latency.all_stages_ms(levels[:, :d], levels[:, d:]).astype(np.float32)
+        else:  # few distinct level combinations: one stage-time row per combination
+            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+            rows = levels[first]
+            stage = self.latency.all_stages_ms(rows[:, :d], rows[:, d:]).astype(np.float32)
+            stage = stage[inverse]
+        pool = Pool(levels.astype(np.float32), stage.reshape(-1), levels.shape[0] - 1)
+        pool.levels.flags.writeable = False
+        pool.stage_ms.flags.writeable = False
+        return pool
+
+
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tables_for(config: EnvConfig) -> Tables:
+    """The shared :class:`Tables` of ``config`` (built on first use)."""
+    trace = resolve_trace(config.trace)
+    per_trace = _TABLES.setdefault(trace, {})
+    tables = per_trace.get(config)
+    if tables is None:
+        tables = per_trace[config] = _build_tables(config, trace)
+    return tables
+
+
+def _build_tables(config: EnvConfig, trace: ExitTrace) -> Tables:
+    feats, correct = exit_features(trace)
+    latency = LatencyModel.from_config(config, trace)
+    d = trace.num_devices
+    paths = ResourcePaths.from_config(config.cluster, d)
+    rng = np.random.default_rng(0)
+    compute = paths.compute.stationary_sample(rng, SERVICE_SAMPLES)
+    bandwidth = paths.bandwidth.stationary_sample(rng, SERVICE_SAMPLES)
+    mean_service = float(latency.all_stages_ms(compute, bandwidth).sum(axis=-1).mean())
+    arr = config.arrivals
+    if arr.rate_per_s is not None:
+        rate_per_ms = arr.rate_per_s / 1e3
+    elif arr.utilisation is not None and arr.kind != "isolated":
+        rate_per_ms = arr.utilisation / mean_service
+    else:
+        rate_per_ms = 0.0
+    names = observation_names(d)
+    high = np.ones(len(names), dtype=np.float32)
+    high[names.index("elapsed_ratio")] = config.max_elapsed_ratio
+    high[names.index("oldest_wait_ratio")] = config.max_elapsed_ratio
+    high.flags.writeable = False
+    per_stage = trace.stage_flops.sum(axis=1) + trace.exit_flops
+    return Tables(
+        config,
+        trace,
+        feats,
+        correct,
+        np.cumsum(per_stage.astype(np.float64)),
+        latency,
+        paths,
+        ArrivalProcess.from_config(arr, rate_per_ms),
+        mean_service,
+        names,
+        high,
+    )
+
+
+def _read_only(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    for value in arrays.values():
+        value.flags.writeable = False
+    return arrays
+
+
+class Dynamics:
+    """``B`` request streams on one cluster configuration, stepped together.
+
+    State, arrays over streams: ``t`` (now, ms), ``k`` (current exit), ``arrival`` (arrival
+    time of the request in service), ``service_start``, ``sample`` (its trace row), ``request``
+    (its index in the stream: the request clock's grid step), ``offset`` (where the stream's
+    resource path starts in the pool); the waiting queue; a ring of upcoming arrivals; episode
+    accumulators. Call :meth:`seed_pool` and :meth:`restart` before the first :meth:`step`.
+    """
+
+    def __init__(self, config: EnvConfig, num_envs: int) -> None:
+        self.config = config
+        self.tables = tb = tables_for(config)
+        self.num_envs = b = int(num_envs)
+        self.K, self.D = tb.num_exits, tb.num_devices
+        self.R = config.requests_per_episode
+        self.deadline = float(config.deadline_ms)
+        self.isolated = config.arrivals.kind == "isolated"
+        self.capacity = config.queue.capacity
+        self.slots = self.capacity if config.queue.overflow == "drop" else QUEUE_HARD_CAP
+        rw = config.reward
+        self.per_stage = rw.timing == "stage"
+        self.latency_cost = rw.latency_weight / self.deadline
+        self.drop_cost = rw.wrong_penalty + rw.deadline_penalty
+        self.pool_steps = pool_steps(b)
+        self.pool_seed = -1
+        self.pool: Pool | None = None
+        self._rows = np.arange(b)
+        self.t = np.zeros(b)
+        self.k = np.zeros(b, dtype=np.int64)
+        self.arrival = np.zeros(b)
+        self.service_start = np.zeros(b)
+        self.last_decision = np.zeros(b)
+        self.sample = np.zeros(b, dtype=np.int64)
+        self.request = np.zeros(b, dtype=np.int64)
+        self.offset = np.zeros(b, dtype=np.int64)
+        self.queue = WaitingQueue(b, self.slots)
+        # upcoming arrivals: ring of 2 blocks per stream, flat; a_next/a_end count draws
+        self.a_time = np.zeros(b * 2 * ARRIVAL_BLOCK)
+        self.a_sample = np.zeros(b * 2 * ARRIVAL_BLOCK, dtype=np.int64)
+        self.a_next = np.zeros(b, dtype=np.int64)
+        self.a_end = np.zeros(b, dtype=np.int64)
+        self._ring_base = self._rows * (2 * ARRIVAL_BLOCK)
+        cl = config.cluster
+        self.request_clock = cl.clock == "request"
+        self._inv_tick = 1.0 / cl.tick_ms
+        self._inv_period = 1.0 / cl.measurement_period_ms if cl.measurement_period_ms else 0.0
+        self._period_ticks = cl.measurement_period_ms / cl.tick_ms
+        self._inv_deadline = 1.0 / self.deadline
+        self._inv_capacity = 1.0 / self.capacity
+        self.arr_state = tb.arrivals.start(np.random.default_rng(0), b)
+        # episode accumulators
+        self.ep_answered = np.zeros(b, dtype=np.int64)
+        self.ep_correct = np.zeros(b, dtype=np.int64)
+        self.ep_flops = np.zeros(b)
+        self.ep_met = np.zeros(b, dtype=np.int64)
+        self.ep_dropped = np.zeros(b, dtype=np.int64)
+        self.ep_overflow = np.zeros(b, dtype=np.int64)
+        self.ep_wait = np.zeros(b)
+        self.ep_busy = np.zeros(b)
+        self.ep_start = np.zeros(b)
+        self.ep_exits = np.zeros((b, self.K), dtype=np.int64)
+        self.ep_latency = np.zeros((b, self.R))
+        self.ep_rewards = np.zeros((b, len(_REWARD_PARTS)))
+        #: One stream's info with every key at its neutral value (immutable numpy scalars,
+        #: shared; callers replace the exit-fraction array by a fresh one): what
+        #: :meth:`step_one` and the single env's reset start their info from.
+        self.neutral_info: dict[str, Any] = {
+            key: value[0] for key, value in _read_only(step_info_at_reset(1, self.K)).items()
+        }
+        #: ``np.int64(n)`` for every possible queue length ``n`` (built once, not per step).
+        self.counts = tuple(np.int64(n) for n in range(self.slots + 1))
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def seed_pool(self, seed: int) -> None:
+        """Use the resource pool drawn from ``seed``."""
+        self.pool_seed = int(seed)
+        self.pool = self.tables.pool(self.pool_seed, self.pool_steps)
+
+    def restart(self, rng: np.random.Generator, envs: np.ndarray) -> None:
+        """Start fresh streams in ``envs``: time 0, empty queue, a new resource offset and
+        arrival process, the first request served up to its first exit."""
+        assert self.pool is not None, "seed_pool() first"
+        m = envs.size
+        self.offset[envs] = rng.integers(0, self.pool.levels.shape[0], size=m)
+        sub = self.tables.arrivals.start(rng, m)
+        for name, value in sub.__dict__.items():
+            getattr(self.arr_state, name)[envs] = value
+        self.t[envs] = 0.0
+        self.request[envs] = -1
+        self.queue.clear(envs)
+        self.a_next[envs] = 0
+        self.a_end[envs] = 0
+        self._refill(rng, envs)
+        self.begin_episode(envs)
+        chosen = np.zeros(self.num_envs, dtype=bool)
+        chosen[envs] = True
+        self._start_next(rng, chosen)
+        pos = self._positions(envs, measured=False)
+        self.t[envs] += self.pool.stage_ms.take(pos * self.K)  # stage 0
+        self._arrivals(rng, np.zeros(self.num_envs, dtype=np.int64))
+
+    def begin_episode(self, envs: np.ndarray) -> None:
+        """Zero the episode accumulators of ``envs`` (the stream itself goes on)."""
+        for acc in (
+            self.ep_answered, self.ep_correct, self.ep_flops, self.ep_met, self.ep_dropped,
+            self.ep_overflow, self.ep_wait, self.ep_busy, self.ep_exits, self.ep_rewards,
+        ):  # fmt: skip
+            acc[envs] = 0
+        self.ep_start[envs] = self.t[envs]
+
+    # ---- the step -----------------------------------------------------------------------------
+    def step(
+        self, rng: np.random.Generator, exit_now: np.ndarray, active: np.ndarray | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """One decision in every stream (``exit_now`` ``[B]``: nonzero = exit), or only where
+        ``active`` (a bool mask; the others stay as they are). Returns ``(rewards [B], step
+        info [B], episode_done [B])``.
+
+        Written as whole-batch masked array operations (no gathers of the exiting subset):
+        at a thousand streams that is several times faster than indexing subsets."""
+        kk = self.K
+        k_old = self.k
+        ex = (exit_now != 0) | (k_old == kk - 1)
+        if active is not None:
+            ex &= active
+        info = self._answer(ex)
+        if self.per_stage:
+            lat = (self.last_decision - self.t) * self.latency_cost
+            if active is None:
+                self.last_decision = self.t.copy()
+            else:
+                lat *= active
+                self.last_decision = np.where(active, self.t, self.last_decision)
+            info["reward_latency"] = lat
+        self.k = k_old + (~ex if active is None else ~ex & active)
+        if ex.any():
+            self._start_next(rng, ex)
+        stage = self.pool.stage_ms.take(self._positions(None, measured=False) * kk + self.k)
+        if active is not None:
+            stage *= active
+        self.t += stage
+        dropped = np.zeros(self.num_envs, dtype=np.int64)
+        self._arrivals(rng, dropped)
+        drop = dropped * -self.drop_cost
+        info["dropped"], info["reward_drop"] = dropped, drop
+        info["queue_len"] = self.queue.size.copy()
+        rewards = info["reward_correct"] + info["reward_latency"] + info["reward_deadline"] + drop
+        acc = self.ep_rewards
+        acc[:, 0] += info["reward_correct"]
+        acc[:, 1] += info["reward_latency"]
+        acc[:, 2] += info["reward_deadline"]
+        acc[:, 3] += drop
+        return rewards, info, self.ep_answered >= self.R
+
+    def _answer(self, ex: np.ndarray) -> dict[str, np.ndarray]:
+        """Requests where ``ex`` exit at their current exit now: the step info's request and
+        reward parts, and the episode accumulators."""
+        rw, k = self.config.reward, self.k
+        t = self.t
+        latency = (t - self.arrival) * ex
+        correct = self.tables.correct.take(self.sample * self.K + k) & ex
+        late = (latency > self.deadline) & ex
+        wait = (self.service_start - self.arrival) * ex
+        info = {
+            "reward_correct": (correct * (rw.correct_bonus + rw.wrong_penalty) - rw.wrong_penalty)
+            * ex,
+            "reward_latency": latency * -self.latency_cost,
+            "reward_deadline": late * -rw.deadline_penalty,
+            "reward_drop": None,
+            "request_done": ex,
+            "request_exit": np.where(ex, k, -1),
+            "request_correct": correct,
+            "request_latency_ms": latency,
+            "request_wait_ms": wait,
+            "dropped": None,
+            "queue_len": None,
+        }
+        e = np.flatnonzero(ex)
+        if e.size:
+            slot = np.minimum(self.ep_answered.take(e), self.R - 1)
+            self.ep_latency.reshape(-1)[e * self.R + slot] = latency.take(e)
+            self.ep_exits.reshape(-1)[e * self.K + k.take(e)] += 1
+        self.ep_answered += ex
+        self.ep_correct += correct
+        self.ep_met += ex & ~late
+        self.ep_flops += self.tables.cum_flops.take(k) * ex
+        self.ep_wait += wait
+        self.ep_busy += (t - self.service_start) * ex
+        return info
+
+    def _start_next(self, rng: np.random.Generator, ex: np.ndarray) -> None:
+        """Streams where ``ex`` (devices free at ``t``) take the next request: the oldest
+        waiting one, or the next arrival (idling until it comes); ``isolated``: a request
+        arriving now."""
+        t = self.t
+        if self.isolated:
+            arrival, sample = t, self._take(rng, ex)[1]
+        else:
+            waiting = self.queue.size > 0
+            queued_at, queued = self.queue.pop(ex & waiting)
+            arrives_at, arriving = self._take(rng, ex & ~waiting)
+            arrival = np.where(waiting, queued_at, arrives_at)
+            sample = np.where(waiting, queued, arriving)
+        start = np.maximum(t, arrival)
+        self.arrival = np.where(ex, arrival, self.arrival)
+        self.sample = np.where(ex, sample, self.sample)
+        self.service_start = np.where(ex, start, self.service_start)
+        self.last_decision = np.where(ex, arrival, self.last_decision)
+        self.t = np.where(ex, start, t)
+        self.k = np.where(ex, 0, self.k)
+        self.request += ex
+
+    def _positions(self, envs: np.ndarray | None, measured: bool) -> np.ndarray:
+        """Pool rows of the present (or of the last measurement) of streams ``envs`` (all)."""
+        assert self.pool is not None
+        if envs is None:
+            return self.tables.paths.positions(
+                self.offset, self.t, self.request, self.pool.mask, measured
+            )
+        return self.tables.paths.positions(
+            self.offset[envs], self.t[envs], self.request[envs], self.pool.mask, measured
+        )
+
+    # ---- arrivals ----------------------------------------------------------------------------
+    def _take(self, rng: np.random.Generator, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The next (arrival time, trace row) of every stream ``[B]``, consumed where ``mask``."""
+        width = 2 * ARRIVAL_BLOCK
+        flat = self._ring_base + (self.a_next & (width - 1))
+        out = self.a_time.take(flat), self.a_sample.take(flat)
+        self.a_next += mask
+        self._refill_low(rng)
+        return out
+
+    def _refill(self, rng: np.random.Generator, envs: np.ndarray) -> None:
+        """Draw the next block of (arrival time, trace row) for streams ``envs`` (each has room
+        for a block in its ring)."""
+        n, width = ARRIVAL_BLOCK, 2 * ARRIVAL_BLOCK
+        if self.isolated:
+            times = np.zeros((envs.size, n))
+        else:
+            state = self.arr_state
+            sub = ArrivalState(*(getattr(state, f)[envs] for f in state.__dict__))
+            times = self.tables.arrivals.generate(rng, sub, n)
+            for name, value in sub.__dict__.items():
+                getattr(state, name)[envs] = value
+        samples = rng.integers(0, self.tables.trace.n, size=(envs.size, n))
+        flat = (envs * width)[:, None] + (self.a_end[envs][:, None] + np.arange(n)) % width
+        self.a_time[flat] = times
+        self.a_sample[flat] = samples
+        self.a_end[envs] += n
+
+    def _arrivals(self, rng: np.random.Generator, dropped: np.ndarray) -> None:
+        """Admit (or drop, counted into ``dropped``) every arrival up to now in every stream.
+
+        Every stream has at least ``ARRIVAL_BLOCK // 2`` unread arrivals on entry (refills keep
+        it so), so the ring is checked for refills only after the loop or when a stream has
+        taken that many arrivals in this call (the draws are the same as checking every time)."""
+        if self.isolated:
+            return
+        mask = 2 * ARRIVAL_BLOCK - 1
+        nxt = self.a_time.take(self._ring_base + (self.a_next & mask))
+        active = np.flatnonzero(nxt <= self.t)
+        taken = 0
+        queue, counting = self.queue, self.slots > self.capacity
+        while active.size:
+            flat = self._ring_base.take(active) + (self.a_next.take(active) & mask)
+            time, sample = self.a_time.take(flat), self.a_sample.take(flat)
+            self.a_next[active] += 1
+            taken += 1
+            if taken == ARRIVAL_BLOCK // 2:
+                self._refill_low(rng)
+                taken = 0
+            size = queue.size.take(active)
+            room = size < self.slots
+            if room.all():
+                queue.push(active, time, sample)
+            else:
+                queue.push(active[room], time[room], sample[room])
+                full = active[~room]
+                dropped[full] += 1
+                self.ep_dropped[full] += 1
+            if counting:  # overflow="admit": count admissions beyond the capacity
+                self.ep_overflow[active[room & (size >= self.capacity)]] += 1
+            nxt = self.a_time.take(self._ring_base.take(active) + (self.a_next.take(active) & mask))
+            active = active[nxt <= self.t.take(active)]
+        self._refill_low(rng)
+
+    def _refill_low(self, rng: np.random.Generator) -> None:
+        """Refill the rings of streams with fewer than ``ARRIVAL_BLOCK // 2`` unread arrivals
+        (together with every stream that has room for a block)."""
+        left = self.a_end - self.a_next
+        if left.min() < ARRIVAL_BLOCK // 2:
+            self._refill(rng, np.flatnonzero(left <= ARRIVAL_BLOCK))
+
+    # ---- the single-stream fast path -------------------------------------------------------
+    def step_one(
+        self, rng: np.random.Generator, exit_now: bool
+    ) -> tuple[np.ndarray, float, dict[str, Any], bool]:
+        """:meth:`step` and :meth:`observe` for ``B == 1`` in Python scalars (the single env's
+        path).
+
+        Why a second path: numpy's per-call overhead makes a one-stream batched step about ten
+        times slower than a scalar one (``experiments.bench_env``). It performs the same
+        floating-point operations in the same order as :meth:`step`, on the same state arrays,
+        so both give bit-identical episodes (``tests/test_vector_env.py`` checks single ==
+        vector(1) over every registered id, ``tests/test_fuzz.py`` over random configs).
+        The info starts as a copy of :attr:`neutral_info` (immutable numpy scalars; a fresh
+        dict and exit-fraction array every step) and only the values this step changes are
+        replaced.
+        Returns ``(observation, reward, info, episode_done)``."""
+        k, t = self.k.item(), self.t.item()
+        info = self.neutral_info.copy()
+        info["episode_exit_fractions"] = np.zeros(self.K)  # arrays are never shared
+        ex = exit_now or k == self.K - 1
+        if ex:
+            r_correct, r_latency, r_deadline = self._answer_one(k, t, info)
+        else:
+            r_correct = r_deadline = 0.0
+            r_latency = -0.0
+        if self.per_stage:
+            r_latency = (self.last_decision.item() - t) * self.latency_cost
+            self.last_decision[0] = t
+            info["reward_latency"] = np.float64(r_latency)
+        if ex:
+            self._start_one(rng, t)
+            t, k = self.t.item(), 0
+        else:
+            k += 1
+            self.k[0] = k
+        pool = self.pool
+        index = self.request.item() if self.request_clock else int(t * self._inv_tick)
+        t += pool.stage_ms.item(((self.offset.item() + index) & pool.mask) * self.K + k)
+        self.t[0] = t
+        dropped = 0 if self.isolated else self._arrivals_one(rng, t)
+        drop = dropped * -self.drop_cost
+        size = self.queue.size.item()
+        info["queue_len"] = self.counts[size]
+        acc = self.ep_rewards
+        if ex or self.per_stage:  # adding zeros changes nothing: skip it
+            acc[0, 0] += r_correct
+            acc[0, 1] += r_latency
+            acc[0, 2] += r_deadline
+        if dropped:
+            acc[0, 3] += drop
+            info["dropped"], info["reward_drop"] = np.int64(dropped), np.float64(drop)
+        reward = r_correct + r_latency + r_deadline + drop
+        obs = self._observation_one(t, k, size)
+        return obs, reward, info, self.ep_answered.item() >= self.R
+
+    def _answer_one(self, k: int, t: float, info: dict[str, Any]) -> tuple[float, float, float]:
+        """:meth:`_answer` for the single stream: the request exits at exit ``k`` at time ``t``.
+        Fills the request's info and returns its reward parts (correct, latency, deadline)."""
+        rw, arrival, start = self.config.reward, self.arrival.item(), self.service_start.item()
+        latency, wait = t - arrival, start - arrival
+        correct = self.tables.correct.item(self.sample.item() * self.K + k)
+        late = latency > self.deadline
+        r_correct = (correct * (rw.correct_bonus + rw.wrong_penalty) - rw.wrong_penalty) * 1
+        r_latency = latency * -self.latency_cost
+        r_deadline = late * -rw.deadline_penalty
+        answered = self.ep_answered.item()
+        self.ep_latency[0, min(answered, self.R - 1)] = latency
+        self.ep_exits[0, k] += 1
+        self.ep_answered[0] = answered + 1
+        self.ep_correct[0] += correct
+        self.ep_met[0] += not late
+        self.ep_flops[0] += self.tables.cum_flops.item(k)
+        self.ep_wait[0] += wait
+        self.ep_busy[0] += t - start
+        info["reward_correct"] = np.float64(r_correct)
+        info["reward_latency"] = np.float64(r_latency)
+        info["reward_deadline"] = np.float64(r_deadline)
+        info["request_done"] = np.True_
+        info["request_exit"] = np.int64(k)
+        info["request_correct"] = np.bool_(correct)
+        info["request_latency_ms"] = np.float64(latency)
+        info["request_wait_ms"] = np.float64(wait)
+        return r_correct, r_latency, r_deadline
+
+    def _start_one(self, rng: np.random.Generator, t: float) -> None:
+        """:meth:`_start_next` for the single stream."""
+        queue = self.queue
+        if not self.isolated and queue.size.item() > 0:
+            head = queue.head.item()
+            arrival, sample = queue.time.item(head), queue.sample.item(head)
+            queue.head[0] = (head + 1) % queue.slots
+            queue.size[0] -= 1
+        else:
+            slot = self.a_next.item() & (2 * ARRIVAL_BLOCK - 1)
+            arrival = t if self.isolated else self.a_time.item(slot)
+            sample = self.a_sample.item(slot)
+            self._consume_one(rng)
+        start = max(t, arrival)
+        self.arrival[0] = arrival
+        self.sample[0] = sample
+        self.service_start[0] = start
+        self.last_decision[0] = arrival
+        self.t[0] = start
+        self.k[0] = 0
+        self.request[0] += 1
+
+    def _consume_one(self, rng: np.random.Generator) -> int:
+        """Mark the single stream's next arrival read (refilling its ring when low); returns
+        the ring position of the arrival after it."""
+        after = self.a_next.item() + 1
+        self.a_next[0] = after
+        if self.a_end.item() - after < ARRIVAL_BLOCK // 2:
+            self._refill(rng, self._rows)
+        return after & (2 * ARRIVAL_BLOCK - 1)
+
+    def _arrivals_one(self, rng: np.random.Generator, t: float) -> int:
+        """:meth:`_arrivals` for the single (non-isolated) stream; returns the number dropped."""
+        slot = self.a_next.item() & (2 * ARRIVAL_BLOCK - 1)
+        if self.a_time.item(slot) > t:  # the common case: nobody arrived during the stage
+            return 0
+        queue, dropped = self.queue, 0
+        while True:
+            time = self.a_time.item(slot)
+            if time > t:
+                return dropped
+            sample = self.a_sample.item(slot)
+            slot = self._consume_one(rng)
+            size = queue.size.item()
+            if size < self.slots:
+                flat = (queue.head.item() + size) % self.slots
+                queue.time[flat] = time
+                queue.sample[flat] = sample
+                queue.size[0] = size + 1
+                if size >= self.capacity:
+                    self.ep_overflow[0] += 1
+            else:
+                dropped += 1
+                self.ep_dropped[0] += 1
+
+    def observe_one(self) -> np.ndarray:
+        """:meth:`observe` of the single stream, ``[obs_dim]`` float32 (a fresh array)."""
+        return self._observation_one(self.t.item(), self.k.item(), self.queue.size.item())
+
+    def _observation_one(self, t: float, k: int, size: int) -> np.ndarray:
+        """The single stream's observation at time ``t``, exit ``k``, ``size`` waiting."""
+        if self.request_clock:
+            index = self.request.item()
+        elif self._inv_period:
+            index = int(math.floor(t * self._inv_period) * self._period_ticks)
+        else:
+            index = int(t * self._inv_tick)
+        inv, cap = self._inv_deadline, self.config.max_elapsed_ratio
+        queue, pool = self.queue, self.pool
+        row = self.tables.feature_rows[self.sample.item() * self.K + k]
+        levels = pool.levels[(self.offset.item() + index) & pool.mask].tolist()
+        tail = [
+            min((t - self.arrival.item()) * inv, cap),
+            min(size * self._inv_capacity, 1.0),
+            min((t - queue.time.item(queue.head.item())) * inv, cap) if size > 0 else 0.0,
+        ]
+        return np.array(row + levels + tail, dtype=np.float32)
+
+    # ---- observation and metrics ----------------------------------------------------------------
+    def observe(self, envs: np.ndarray | None = None) -> np.ndarray:
+        """Observations ``[len(envs), obs_dim]`` float32 (all streams if ``envs`` is None)."""
+        rows = self._rows if envs is None else envs
+        t = self.t if envs is None else self.t[envs]
+        d2, kk = 2 * self.D, self.K
+        out = np.empty((rows.size, 5 + d2 + 3), dtype=np.float32)
+        out[:, :5] = self.tables.feats.take(self.sample[rows] * kk + self.k[rows], axis=0)
+        out[:, 5 : 5 + d2] = self.pool.levels.take(self._positions(envs, measured=True), axis=0)
+        inv, cap = self._inv_deadline, self.config.max_elapsed_ratio
+        out[:, -3] = np.minimum((t - self.arrival[rows]) * inv, cap)
+        size = self.queue.size if envs is None else self.queue.size[envs]
+        out[:, -2] = np.minimum(size * self._inv_capacity, 1.0)
+        oldest = self.queue.oldest(envs)
+        out[:, -1] = np.where(size > 0, np.minimum((t - oldest) * inv, cap), 0.0)
+        return out
+
+    def episode_metrics(self, envs: np.ndarray) -> dict[str, np.ndarray]:
+        """Metrics of the just-finished episodes of ``envs`` (each answered ``R`` requests):
+        ``[len(envs)]`` each, exit fractions ``[len(envs), K]``."""
+        r = float(self.R)
+        dropped = self.ep_dropped[envs]
+        total = r + dropped
+        lat = np.sort(self.ep_latency[envs], axis=1)
+        pos = 0.95 * (self.R - 1)  # numpy's default (linear) percentile
+        lo = int(pos)
+        hi, frac = min(lo + 1, self.R - 1), pos - lo
+        full = r * self.tables.cum_flops[-1]
+        wall = np.maximum(self.t[envs] - self.ep_start[envs], 1e-9)
+        rewards = self.ep_rewards[envs]
+        ret = rewards.sum(axis=1)
+        return {
+            "episode_done": np.ones(envs.size, dtype=bool),
+            "episode_requests": np.full(envs.size, r),
+            "episode_accuracy": self.ep_correct[envs] / r,
+            "episode_compute_saving": 1.0 - self.ep_flops[envs] / full if full > 0 else 0.0 * ret,
+            "episode_latency_mean_ms": lat.mean(axis=1),
+            "episode_latency_p95_ms": lat[:, lo] * (1.0 - frac) + lat[:, hi] * frac,
+            "episode_qos_rate": self.ep_met[envs] / total,
+            "episode_drop_rate": dropped / total,
+            "episode_overflow_rate": self.ep_overflow[envs] / total,
+            "episode_wait_mean_ms": self.ep_wait[envs] / r,
+            "episode_utilisation": np.minimum(self.ep_busy[envs] / wall, 1.0),
+            "episode_reward_correct": rewards[:, 0],
+            "episode_reward_latency": rewards[:, 1],
+            "episode_reward_deadline": rewards[:, 2],
+            "episode_reward_drop": rewards[:, 3],
+            "episode_return": ret,
+            "episode_reward_per_request": ret / total,
+            "episode_exit_fractions": self.ep_exits[envs] / r,
+        }
+
+    def batch_episode_metrics(self, done: np.ndarray) -> dict[str, np.ndarray]:
+        """Episode metrics ``[B]`` (and ``[B, K]``) for every stream: values where ``done``,
+        zeros elsewhere. The scalar metrics are columns of one fresh ``[B, n]`` array (one
+        allocation and one scatter per step instead of one per metric)."""
+        b = self.num_envs
+        table = np.zeros((b, len(EPISODE_METRICS)))
+        fractions = np.zeros((b, self.K))
+        ended = np.zeros(b, dtype=bool)
+        if done.any():
+            idx = np.flatnonzero(done)
+            values = self.episode_metrics(idx)
+            table[idx] = np.column_stack([values[key] for key in EPISODE_METRICS])
+            fractions[idx] = values["episode_exit_fractions"]
+            ended[idx] = True
+        out: dict[str, np.ndarray] = {"episode_done": ended}
+        out.update({key: table[:, j] for j, key in enumerate(EPISODE_METRICS)})
+        out["episode_exit_fractions"] = fractions
+        return out
+
+    # ---- hindsight ----------------------------------------------------------------------------
+    def outlook(self) -> tuple[np.ndarray, np.ndarray]:
+        """For the request in service of every stream: latency from arrival (ms) if it exits at
+        each exit ``[B, K]`` (the true future resource levels; NaN before the current exit) and
+        whether each exit is right ``[B, K]``. What a hindsight Oracle of this request knows."""
+        b, kk = self.num_envs, self.K
+        lat = np.full((b, kk), np.nan)
+        t = self.t.copy()
+        lat[self._rows, self.k] = t - self.arrival
+        paths, pool = self.tables.paths, self.pool
+        for j in range(1, kk):
+            live = np.flatnonzero(self.k < j)
+            if not live.size:
+                continue
+            pos = paths.positions(
+                self.offset[live], t[live], self.request[live], pool.mask, measured=False
+            )
+            t[live] += pool.stage_ms.take(pos * kk + j)
+            lat[live, j] = t[live] - self.arrival[live]
+        return lat, self.tables.correct.take(self.sample[:, None] * kk + np.arange(kk))
+
+    def oracle_actions(self) -> np.ndarray:
+        """``[B]`` action now (0/1) of the exit that maximises each request's own reward in
+        hindsight (ties go to the earlier exit)."""
+        rw = self.config.reward
+        lat, correct = self.outlook()
+        value = (
+            np.where(correct, rw.correct_bonus, -rw.wrong_penalty)
+            - lat * self.latency_cost
+            - np.where(lat > self.deadline, rw.deadline_penalty, 0.0)
+        )
+        value = np.where(np.isnan(lat), -np.inf, value)
+        return (value.argmax(axis=1) == self.k).astype(np.int64)
+
+    # ---- pickling: the shared tables and the pool are rebuilt, not stored ---------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["tables"] = state["pool"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.tables = tables_for(self.config)
+        if self.pool_seed >= 0:
+            self.seed_pool(self.pool_seed)
+
+
+def _empty_step_info(b: int) -> dict[str, np.ndarray]:
+    info: dict[str, np.ndarray] = {key: np.zeros(b, dtype=dt) for key, dt in STEP_INFO.items()}
+    info["request_exit"][:] = -1
+    return info
+
+
+def empty_episode_metrics(b: int, num_exits: int) -> dict[str, np.ndarray]:
+    """Episode-metric arrays for ``b`` streams that did not end an episode (zeros; no NaN, so
+    Gymnasium's determinism checks can compare infos)."""
+    out: dict[str, np.ndarray] = {"episode_done": np.zeros(b, dtype=bool)}
+    out.update({key: np.zeros(b) for key in EPISODE_METRICS})
+    out["episode_exit_fractions"] = np.zeros((b, num_exits))
+    return out
+
+
+def step_info_at_reset(b: int, num_exits: int) -> dict[str, np.ndarray]:
+    """The info of a reset: every step key with its neutral value, episode metrics zero."""
+    info = _empty_step_info(b)
+    info.update(empty_episode_metrics(b, num_exits))
+    return info
+
+
+def describe(config: EnvConfig) -> dict[str, Any]:
+    """Derived figures of a config: mean last-exit service time and the arrival rate used."""
+    tb = tables_for(config)
+    return {
+        "mean_service_ms": tb.mean_service_ms,
+        "rate_per_s": tb.arrivals.rate_per_ms * 1e3,
+        "full_speed_stage_ms": tb.latency.full_speed_ms().tolist(),
+    }

@@ -1,0 +1,69 @@
+"""Named training recipes: the network of each topology and the schedule that fits a machine.
+
+- ``cpu``: what this project trains on a 2-core CPU in about an hour (bf16 autocast): the pipeline
+  backbone is a WRN-16-2 cut into 4 segments, trained first with self-distillation; it then
+  teaches the parallel branches (2 x WRN-16-1, NoNN's student size) by KD and attention transfer.
+- ``gpu``: wider branches and a stronger teacher for one H100 in about 10 minutes (bf16 autocast,
+  data kept on the GPU): a WRN-16-8 pipeline teaches 2 x WRN-16-4 branches.
+- ``tiny``: WRN-10-1 with 3 exits, for tests; trains in a second on a handful of images.
+
+Exits of a WRN-16 (2 blocks per group): after group 1 (32 px), group 2 (16 px), the first block
+of group 3 and the end of group 3 (8 px). Four exits give the decision problem room; group
+boundaries are where the features change scale, and splitting the last (most accurate per FLOP)
+group gives a cheap late exit. Cumulative compute of a WRN-16-2: 34 / 67 / 81 / 100%.
+"""
+
+from __future__ import annotations
+
+from distree_env.constants import TOPOLOGIES
+
+PRESETS: dict[str, dict] = {
+    "cpu": {
+        "pipeline": {"net": {"num_devices": 4, "depth": 16, "widen": 2}, "epochs": 20},
+        "parallel": {"net": {"num_devices": 2, "depth": 16, "widen": 1}, "epochs": 26},
+        "batch_size": 256,
+        "lr": 0.2,
+        "device": "cpu",
+    },
+    "gpu": {
+        "pipeline": {"net": {"num_devices": 4, "depth": 16, "widen": 8}, "epochs": 30},
+        "parallel": {"net": {"num_devices": 2, "depth": 16, "widen": 4}, "epochs": 30},
+        "batch_size": 512,
+        "lr": 0.4,
+        "device": "cuda",
+    },
+    "tiny": {
+        "pipeline": {
+            "net": {"num_devices": 3, "depth": 10, "widen": 1, "exits": (1, 2, 3)},
+            "epochs": 1,
+        },
+        "parallel": {
+            "net": {"num_devices": 2, "depth": 10, "widen": 1, "exits": (1, 2, 3)},
+            "epochs": 1,
+        },
+        "batch_size": 8,
+        "lr": 0.05,
+        "device": "cpu",
+    },
+}
+
+
+def preset(name: str, topology: str) -> dict:
+    """Keyword arguments of NetConfig (``net``) and of TrainConfig for ``name`` and ``topology``.
+
+    :param name: one of :data:`PRESETS`.
+    :param topology: ``parallel`` or ``pipeline``.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"preset={name!r} is not allowed; choose one of {sorted(PRESETS)}")
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"topology={topology!r} is not allowed; choose one of {TOPOLOGIES}")
+    p = PRESETS[name]
+    per_topology = p[topology]
+    return {
+        "net": {"topology": topology, **per_topology["net"]},
+        "epochs": per_topology["epochs"],
+        "batch_size": p["batch_size"],
+        "lr": p["lr"],
+        "device": p["device"],
+    }

@@ -1,0 +1,175 @@
+"""Fit the simulator's cluster parameters to live run records, and score its latency predictions.
+
+Why these parameters: they are exactly the knobs of the environment's latency model
+(``distree_env.cluster.latency``): each device's effective FLOP/s, each link's bytes/s, the
+per-message link latency and a fixed per-stage overhead. A fitted set is written as config
+overrides (``{"cluster": {...}}``), so ``EnvConfig.replace(profile)`` or ``run_live --config``
+load it directly.
+
+The fit, from the per-stage measurements of every request:
+- device ``d``: ``rate_d = sum(flops) / sum(busy_ms)`` over its measured stages (``busy`` is the
+  stage at the machine's full speed; the throttle's stall is the scenario's, not the device's).
+  The simulator has no per-device fixed time, and on a small network the per-stage dispatch cost
+  of the framework rivals the arithmetic, so the rate that reproduces the total work (and scales
+  with the availability share as the live stall does) is the right one; the least-squares line
+  ``busy = flops / r + c`` is reported next to it;
+- link ``d``: ``transfer_ms = bytes(k, d) / (bw_d x share) + messages(k, d) x latency_d`` by
+  least squares without intercept over the medians of each (stage, share) group (a message is
+  one that carries bytes, as in the model);
+- the stage overhead: the mean of what the model with these rates leaves unexplained in
+  ``stage_ms + decision_ms`` (receive wake-ups, fusion, Python), at the levels that were imposed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from distree_env.runtime.records import RunRecord
+
+__all__ = ["ClusterFit", "StageSamples", "fit_cluster", "per_exit_latency", "stage_samples"]
+
+
+@dataclass(frozen=True)
+class StageSamples:
+    """Every measured stage of every served request, flattened (``n`` stages, ``D`` devices)."""
+
+    k: np.ndarray  # [n] stage index
+    busy_ms: np.ndarray  # [n, D]
+    transfer_ms: np.ndarray  # [n, D]
+    stage_ms: np.ndarray  # [n] incl. the decision
+    compute: np.ndarray  # [n, D] imposed shares
+    bandwidth: np.ndarray  # [n, D]
+
+
+def stage_samples(runs: Sequence[RunRecord]) -> StageSamples:
+    """Flatten the stages of the served requests of ``runs``; ValueError if there are none."""
+    k, busy, transfer, stage, comp, bw = [], [], [], [], [], []
+    for run in runs:
+        for rec in run.requests:
+            if rec.dropped or rec.exit < 0:
+                continue
+            for j in range(rec.exit + 1):
+                k.append(j)
+                busy.append(rec.busy_ms[j])
+                transfer.append(rec.transfer_ms[j])
+                stage.append(rec.stage_ms[j] + rec.decision_ms[j])
+                comp.append(rec.compute_level[j])
+                bw.append(rec.bandwidth_level[j])
+    if not k:
+        raise ValueError("the run records hold no served request to calibrate on")
+    return StageSamples(
+        np.asarray(k), np.asarray(busy), np.asarray(transfer), np.asarray(stage),
+        np.asarray(comp), np.asarray(bw),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClusterFit:
+    """Fitted parameters (the config's units) and how well the lines fit."""
+
+    device_flops: np.ndarray  # [D] FLOP/s
+    device_intercept_ms: np.ndarray  # [D] line fit: fixed part of a stage on each device
+    link_bytes_per_s: np.ndarray  # [D]
+    link_latency_ms: float  # per message, shared by the links (as the config has it)
+    stage_overhead_ms: float
+    device_r2: np.ndarray  # [D]
+
+    def overrides(self) -> dict:
+        """Config overrides that make the simulator use this fit."""
+        return {
+            "cluster": {
+                "devices": [float(f"{v:.6g}") for v in self.device_flops],
+                "links": [float(f"{v:.6g}") for v in self.link_bytes_per_s],
+                "link_latency_ms": round(float(self.link_latency_ms), 4),
+                "stage_overhead_ms": round(float(self.stage_overhead_ms), 4),
+            }
+        }
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares ``y = a x + b``: (a, b, R^2); a flat x gives a = 0."""
+    if np.ptp(x) <= 1e-12 * max(float(np.abs(x).max()), 1.0):
+        return 0.0, float(y.mean()), 0.0
+    a, b = np.polyfit(x, y, 1)
+    resid = y - (a * x + b)
+    total = float(((y - y.mean()) ** 2).sum())
+    return float(a), float(b), 1.0 - float((resid**2).sum()) / total if total > 0 else 1.0
+
+
+def _group_medians(
+    x: np.ndarray, m: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One point per distinct (x, m): the median of its ``y``. Why: a loaded machine adds
+    heavy-tailed wake-up delays to single transfers; the median keeps the link's own line, and
+    what the delays add on average goes into the stage overhead."""
+    keys = np.column_stack([np.round(x, 6), m])
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    med = np.array([np.median(y[inverse.reshape(-1) == i]) for i in range(len(uniq))])
+    return uniq[:, 0], uniq[:, 1], med
+
+
+def fit_cluster(
+    samples: StageSamples,
+    stage_flops: np.ndarray,
+    stage_bytes: np.ndarray,
+    stage_messages: np.ndarray,
+    prior_link_bytes_per_s: np.ndarray,
+    model_stage_ms,
+) -> ClusterFit:
+    """Fit devices, links, latency and the stage overhead (see the module docstring).
+
+    :param samples: the measured stages.
+    :param stage_flops: ``[K, D]`` FLOPs of each stage on each device (the trace's cost table).
+    :param stage_bytes: ``[K, D]`` bytes each device's link carries in stage k (in + out).
+    :param stage_messages: ``[K, D]`` messages on each device's link in stage k.
+    :param prior_link_bytes_per_s: ``[D]`` the links' configured rate, kept where the measured
+        sizes do not vary enough to fit a slope (then only the latency is fitted).
+    :param model_stage_ms: ``f(overrides, k, compute, bandwidth) -> [n] ms``: the simulator's
+        stage latency for config overrides, without the stage overhead.
+    """
+    d_count = samples.busy_ms.shape[1]
+    flops = np.empty(d_count)
+    intercept = np.empty(d_count)
+    r2 = np.empty(d_count)
+    for d in range(d_count):
+        ran = np.isfinite(samples.busy_ms[:, d])  # pipeline: device d runs stage d only
+        x, y = stage_flops[samples.k[ran], d], samples.busy_ms[ran, d]
+        a, intercept[d], r2[d] = _line(x, y)
+        if not y.sum() > 0 or not x.sum() > 0:
+            raise ValueError(
+                f"device {d}: no measured work to fit (busy {y.sum():.3g} ms for "
+                f"{x.sum():.3g} FLOPs)"
+            )
+        flops[d] = 1e3 * x.sum() / y.sum()
+    bw = np.asarray(prior_link_bytes_per_s, np.float64).copy()
+    latency = np.empty(d_count)
+    for d in range(d_count):
+        ran = np.isfinite(samples.transfer_ms[:, d])
+        x, m, y = _group_medians(
+            stage_bytes[samples.k[ran], d] / samples.bandwidth[ran, d],
+            stage_messages[samples.k[ran], d].astype(np.float64),
+            samples.transfer_ms[ran, d],
+        )
+        (per_byte, per_message), *_ = np.linalg.lstsq(np.column_stack([x, m]), y, rcond=None)
+        if per_byte > 0 and np.ptp(x) > 0:
+            bw[d] = 1e3 / per_byte
+        else:  # sizes do not vary (or noise swamps them): keep the rate, fit the latency
+            per_message = float(np.sum((y - x / bw[d] * 1e3) * m) / max(np.sum(m * m), 1e-12))
+        latency[d] = max(float(per_message), 0.0)
+    fit = ClusterFit(flops, intercept, bw, float(latency.mean()), 0.0, r2)
+    model = model_stage_ms(fit.overrides(), samples.k, samples.compute, samples.bandwidth)
+    overhead = max(float(np.mean(samples.stage_ms - model)), 0.0)
+    return ClusterFit(flops, intercept, bw, fit.link_latency_ms, overhead, r2)
+
+
+def per_exit_latency(exits: np.ndarray, latency_ms: np.ndarray, num_exits: int) -> np.ndarray:
+    """Mean latency of the requests that left at each exit, ``[K]`` (NaN where none did)."""
+    out = np.full(num_exits, np.nan)
+    for k in range(num_exits):
+        sel = exits == k
+        if sel.any():
+            out[k] = float(latency_ms[sel].mean())
+    return out

@@ -1,0 +1,126 @@
+"""Run records of the live runtime: what every request and stage measured, written atomically.
+
+Why JSON: a run is at most a few thousand requests, people read these files, and calibration and
+the sim-vs-live comparison load them without torch. The per-request fields are the ones the
+simulator reports for a request (``exit``, ``correct``, ``latency_ms``, ``deadline_met``,
+``queue_wait_ms``) plus what only a measurement has: per stage and device the compute, busy and
+transfer milliseconds, the exit head's and the policy's milliseconds, and the resource levels
+that were imposed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from distree_env.io import atomic_write_text
+
+__all__ = [
+    "FLUSH_EVERY",
+    "RUN_FORMAT",
+    "RUN_VERSION",
+    "RequestRecord",
+    "RunRecord",
+    "load_run",
+    "write_run",
+]
+
+RUN_FORMAT = "distree-live-run"
+RUN_VERSION = 1
+#: How many finished requests between two atomic rewrites of a run's record.
+FLUSH_EVERY = 50
+
+
+@dataclass
+class RequestRecord:
+    """One request. Per-stage lists have one entry per visited stage (``exit + 1``); ``[k][d]``
+    lists have one entry per device (NaN where a device has no part in the stage: pipeline).
+    Times are run-time milliseconds (0 = start of the run)."""
+
+    index: int
+    sample: int  # row of the image set (and of the exit trace of the same split)
+    label: int
+    arrival_ms: float
+    start_ms: float = math.nan  # when the devices took it up (NaN if dropped)
+    end_ms: float = math.nan
+    queue_wait_ms: float = math.nan
+    latency_ms: float = math.nan  # end - arrival
+    exit: int = -1
+    prediction: int = -1
+    correct: bool = False
+    deadline_met: bool = False
+    dropped: bool = False
+    stage_ms: list[float] = field(default_factory=list)  # dispatch -> exit head done
+    exit_ms: list[float] = field(default_factory=list)  # exit head on the aggregator
+    decision_ms: list[float] = field(default_factory=list)  # observation + policy
+    compute_ms: list[list[float]] = field(default_factory=list)  # stage incl. throttle stall
+    busy_ms: list[list[float]] = field(default_factory=list)  # stage at the machine's speed
+    transfer_ms: list[list[float]] = field(default_factory=list)  # round trip minus compute
+    compute_level: list[list[float]] = field(default_factory=list)  # at the stage's start
+    bandwidth_level: list[list[float]] = field(default_factory=list)
+
+
+@dataclass
+class RunRecord:
+    """A whole run: ``meta`` (config, seed, policy, costs, status) and the requests so far."""
+
+    meta: dict[str, Any]
+    requests: list[RequestRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": RUN_FORMAT,
+            "version": RUN_VERSION,
+            "meta": self.meta,
+            "requests": [asdict(r) for r in self.requests],
+        }
+
+
+def write_run(path: str | Path, run: RunRecord) -> None:
+    """Write ``run`` as JSON; a reader never sees half a file (NaN is written as null)."""
+    text = json.dumps(_nan_to_none(run.to_dict()), separators=(",", ":"), allow_nan=False)
+    atomic_write_text(path, text + "\n")
+
+
+def load_run(path: str | Path) -> RunRecord:
+    """Read a run record; ValueError naming the file if it is not one."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"run record {str(p)!r} cannot be read as JSON: {e}") from None
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != RUN_FORMAT
+        or data.get("version") != RUN_VERSION
+    ):
+        raise ValueError(f"run record {str(p)!r} is not a {RUN_FORMAT} version {RUN_VERSION} file")
+    names = {f.name for f in fields(RequestRecord)}
+    requests = []
+    for i, row in enumerate(data.get("requests", [])):
+        if not isinstance(row, dict) or set(row) != names:
+            raise ValueError(f"run record {str(p)!r}: request {i} does not have the fields {names}")
+        row = {k: _none_to_nan(v) for k, v in row.items()}
+        requests.append(RequestRecord(**row))
+    return RunRecord(dict(data.get("meta", {})), requests)
+
+
+def _none_to_nan(obj: Any) -> Any:
+    if obj is None:
+        return math.nan
+    if isinstance(obj, list):
+        return [_none_to_nan(v) for v in obj]
+    return obj
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj

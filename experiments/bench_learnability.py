@@ -1,0 +1,237 @@
+"""Can a user learn a good exit policy with an RL library's defaults? Measured, not assumed.
+
+    python -m experiments.bench_learnability                      # DistrEE-v1, 300k steps each
+    python -m experiments.bench_learnability --env-id DistrEE-Bursty-v1 --learners sb3
+
+Two learners, each with its library's default settings and nothing tuned for DistrEE:
+- ``sb3``: ``PPO("MlpPolicy", make_vec_env(env_id, n_envs=8))`` (SB3's defaults, gamma 0.99);
+- ``cleanrl``: CleanRL's ``ppo.py`` defaults (4 envs from ``gym.make_vec``, 128 steps, 4 epochs,
+  4 minibatches, lr 2.5e-4 annealed, entropy 0.01, 64-64 tanh actor and critic).
+Each trained policy and the project's tuned agent for the same scenario
+(``checkpoints/agents/ppo-<scenario>.zip``) are evaluated with ``agents.evaluate`` on the
+held-out split (test exit trace, test link traces), same seeds; the script prints reward per
+request and the gap to the tuned agent (issue 9's target: within 0.01).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from experiments.cli import fail, parse_args
+
+#: Issue 9: a default learner should come within this much reward per request of the tuned one.
+TARGET_GAP = 0.01
+
+
+@dataclass(frozen=True)
+class Args:
+    """Train PPO with SB3's and CleanRL's defaults on a DistrEE id and compare with the
+    project's tuned agent on the held-out split."""
+
+    env_id: str = "DistrEE-v1"
+    timesteps: int = field(default=300_000, metadata={"help": "environment steps per learner"})
+    learners: tuple[str, ...] = field(
+        default=("sb3", "cleanrl"), metadata={"choices": ["sb3", "cleanrl"]}
+    )
+    tuned: str = field(
+        default="auto",
+        metadata={"help": "the tuned agent: 'auto' (ppo-<scenario>), 'none', or a name/path"},
+    )
+    trust: bool = field(default=False, metadata={"help": "load a tuned agent not in MANIFEST"})
+    seed: int = 1
+    eval_seeds: int = 5
+    eval_requests: int = 4096
+    threads: int = field(default=1, metadata={"help": "torch threads"})
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("timesteps", "eval_seeds", "eval_requests", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)!r}: >= 1")
+        if self.seed < 0:
+            raise ValueError(f"--seed={self.seed!r}: >= 0")
+
+
+class TorchActor:
+    """A CleanRL actor network behind the common ``predict`` (greedy action)."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, Any]:
+        import torch
+
+        with torch.no_grad():
+            logits = self.actor(torch.as_tensor(np.asarray(observation, dtype=np.float32)))
+        return logits.argmax(-1).numpy().astype(np.int64), state
+
+
+def train_sb3(args: Args) -> Any:
+    """SB3 PPO with every default, on ``make_vec_env(env_id, n_envs=8)``."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env = make_vec_env(args.env_id, n_envs=8, seed=args.seed)
+    model = PPO("MlpPolicy", env, seed=args.seed, device="cpu")
+    model.learn(args.timesteps, progress_bar=args.progress)
+    return model
+
+
+def train_cleanrl(args: Args) -> TorchActor:
+    """CleanRL's ``ppo.py`` (discrete actions) with its default hyperparameters."""
+    import gymnasium as gym
+    import torch
+    from torch import nn
+    from tqdm.auto import tqdm
+
+    num_envs, num_steps, epochs, minibatches = 4, 128, 4, 4
+    lr, gamma, lam, clip, ent, vf, max_norm = 2.5e-4, 0.99, 0.95, 0.2, 0.01, 0.5, 0.5
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    envs = gym.make_vec(args.env_id, num_envs=num_envs, vectorization_mode="sync")
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    n_act = int(envs.single_action_space.n)
+
+    def layer(i: int, o: int, std: float = np.sqrt(2)) -> nn.Linear:
+        lin = nn.Linear(i, o)
+        nn.init.orthogonal_(lin.weight, std)
+        nn.init.constant_(lin.bias, 0.0)
+        return lin
+
+    critic = nn.Sequential(layer(obs_dim, 64), nn.Tanh(), layer(64, 64), nn.Tanh(), layer(64, 1, 1))
+    actor = nn.Sequential(
+        layer(obs_dim, 64), nn.Tanh(), layer(64, 64), nn.Tanh(), layer(64, n_act, 0.01)
+    )
+    params = [*actor.parameters(), *critic.parameters()]
+    opt = torch.optim.Adam(params, lr=lr, eps=1e-5)
+    batch = num_envs * num_steps
+    iterations = max(args.timesteps // batch, 1)
+    obs_buf = torch.zeros((num_steps, num_envs, obs_dim))
+    act_buf = torch.zeros((num_steps, num_envs), dtype=torch.long)
+    logp_buf, rew_buf, done_buf, val_buf = (torch.zeros((num_steps, num_envs)) for _ in range(4))
+    obs_np, _ = envs.reset(seed=args.seed)
+    obs = torch.as_tensor(obs_np, dtype=torch.float32)
+    done = torch.zeros(num_envs)
+    for it in tqdm(range(iterations), desc="cleanrl ppo", disable=not args.progress):
+        opt.param_groups[0]["lr"] = lr * (1.0 - it / iterations)
+        for t in range(num_steps):
+            obs_buf[t], done_buf[t] = obs, done
+            with torch.no_grad():
+                dist = torch.distributions.Categorical(logits=actor(obs))
+                action = dist.sample()
+                logp_buf[t], val_buf[t] = dist.log_prob(action), critic(obs).flatten()
+            act_buf[t] = action
+            obs_np, reward, term, trunc, _ = envs.step(action.numpy())
+            rew_buf[t] = torch.as_tensor(reward, dtype=torch.float32)
+            obs = torch.as_tensor(obs_np, dtype=torch.float32)
+            done = torch.as_tensor(np.logical_or(term, trunc), dtype=torch.float32)
+        with torch.no_grad():
+            next_value = critic(obs).flatten()
+            adv = torch.zeros_like(rew_buf)
+            last = torch.zeros(num_envs)
+            for t in reversed(range(num_steps)):
+                nonterminal = 1.0 - (done if t == num_steps - 1 else done_buf[t + 1])
+                nxt = next_value if t == num_steps - 1 else val_buf[t + 1]
+                delta = rew_buf[t] + gamma * nxt * nonterminal - val_buf[t]
+                last = delta + gamma * lam * nonterminal * last
+                adv[t] = last
+            returns = adv + val_buf
+        b_obs, b_act = obs_buf.reshape(batch, obs_dim), act_buf.reshape(batch)
+        b_logp, b_adv = logp_buf.reshape(batch), adv.reshape(batch)
+        b_ret, b_val = returns.reshape(batch), val_buf.reshape(batch)
+        for _ in range(epochs):
+            for mb in np.array_split(rng.permutation(batch), minibatches):
+                dist = torch.distributions.Categorical(logits=actor(b_obs[mb]))
+                ratio = (dist.log_prob(b_act[mb]) - b_logp[mb]).exp()
+                a = b_adv[mb]
+                a = (a - a.mean()) / (a.std() + 1e-8)
+                pg = torch.max(-a * ratio, -a * ratio.clamp(1 - clip, 1 + clip)).mean()
+                v = critic(b_obs[mb]).flatten()
+                v_clip = b_val[mb] + (v - b_val[mb]).clamp(-clip, clip)
+                v_loss = 0.5 * torch.max((v - b_ret[mb]) ** 2, (v_clip - b_ret[mb]) ** 2).mean()
+                loss = pg - ent * dist.entropy().mean() + vf * v_loss
+                opt.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, max_norm)
+                opt.step()
+    envs.close()
+    return TorchActor(actor)
+
+
+def held_out_config(env_id: str) -> tuple[Any, str]:
+    """The env id's config on the held-out split (test exit trace, test link traces), and its
+    scenario name (for the tuned agent)."""
+    import gymnasium as gym
+
+    from agents.splits import held_out_trace
+
+    env = gym.make(env_id)
+    config = env.unwrapped.config
+    env.close()
+    scenario = str(gym.spec(env_id).kwargs.get("scenario", ""))
+    test = config.replace(
+        {"trace": held_out_trace(config.trace), "cluster.bandwidth.split": "test"}
+    )
+    return test, scenario
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(Args, argv)
+    import torch
+
+    import distree_env  # noqa: F401 (registers the ids)
+    from agents import evaluate, load_agent
+
+    torch.set_num_threads(args.threads)
+    try:
+        config, scenario = held_out_config(args.env_id)
+    except Exception as exc:  # noqa: BLE001 (gym's errors: unknown id, bad kwargs)
+        fail(f"--env-id {args.env_id!r}: {exc}")
+    seeds = range(args.eval_seeds)
+
+    def score(policy: Any) -> dict[str, float]:
+        values = [evaluate(policy, config, args.eval_requests, s)["mean_reward"] for s in seeds]
+        return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+
+    result: dict[str, Any] = {"env_id": args.env_id, "timesteps": args.timesteps}
+    tuned_ref = f"ppo-{scenario}" if args.tuned == "auto" else args.tuned
+    if args.tuned != "none":
+        try:
+            result["tuned"] = {"agent": tuned_ref, **score(load_agent(tuned_ref, args.trust))}
+        except ValueError as exc:
+            print(f"note: no tuned agent to compare with ({exc})")
+    trainers = {"sb3": train_sb3, "cleanrl": train_cleanrl}
+    for learner in args.learners:
+        start = time.perf_counter()
+        policy = trainers[learner](args)
+        minutes = (time.perf_counter() - start) / 60
+        result[learner] = {**score(policy), "train_minutes": minutes}
+        line = (
+            f"{learner} defaults, {args.timesteps} steps: {result[learner]['mean']:.3f} per request"
+        )
+        if "tuned" in result:
+            gap = result["tuned"]["mean"] - result[learner]["mean"]
+            verdict = "within" if gap <= TARGET_GAP else "NOT within"
+            line += (
+                f"; tuned {result['tuned']['agent']} {result['tuned']['mean']:.3f}; gap "
+                f"{gap:+.3f} ({verdict} the {TARGET_GAP:g} target)"
+            )
+        print(line, flush=True)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

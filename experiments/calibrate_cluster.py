@@ -1,0 +1,316 @@
+"""Fit the simulator's cluster to live run records; show the simulator's error before and after.
+
+    python -m experiments.calibrate_cluster runs/live-cal.json --name live-2core \\
+        --evaluate runs/live-last.json runs/live-rule.json runs/live-ppo.json \\
+        --table runs/sim-vs-live.md
+
+Fits each device's effective FLOP/s, each link's bytes/s, the per-message link latency and the
+fixed per-stage overhead (see ``distree_env.runtime.calibration``) and writes them as a named
+cluster profile: a JSON of config overrides (``{"cluster": {...}}``) that ``run_live --config``
+and ``EnvConfig.replace`` load. Prints, per exit, the mean live latency and what the simulator's
+latency model predicts for the same requests at the same imposed levels, before (the config the
+runs used) and after calibration. With ``--evaluate``, runs the simulator (the environment itself,
+same config, seed and policy, on the same images) for each evaluation record and prints a Markdown
+table of live and simulated figures side by side (also written to ``--table``), plus how often the
+live prediction equals the exit trace's prediction at the exit the request took.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.cli import one_line_errors, parse_args
+
+
+@dataclass(frozen=True)
+class Args:
+    """Calibrate the simulated cluster against live run records."""
+
+    records: tuple[str, ...] = field(
+        default=(), metadata={"help": "live run records to fit (positional too)"}
+    )
+    name: str = field(default="live", metadata={"help": "name of the cluster profile"})
+    out: str | None = field(
+        default=None, metadata={"help": "profile path (default runs/cluster-NAME.json)"}
+    )
+    evaluate: tuple[str, ...] = field(
+        default=(), metadata={"help": "live run records to compare with the simulator"}
+    )
+    table: str | None = field(default=None, metadata={"help": "write the Markdown table here"})
+    readme: bool = field(
+        default=False, metadata={"help": "also write it into README.md's sim-vs-live block"}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.records:
+            raise ValueError("records: give at least one live run record to fit")
+
+
+def _argv_with_positional(argv: list[str]) -> list[str]:
+    """``calibrate_cluster A.json B.json --name x`` -> ``--records A.json B.json --name x``."""
+    head = []
+    while argv and not argv[0].startswith("-"):
+        head.append(argv.pop(0))
+    return (["--records", *head] if head else []) + argv
+
+
+# ---- costs and the model -----------------------------------------------------------------------
+def base_config(run: Any) -> Any:
+    from distree_env.config import EnvConfig
+
+    return EnvConfig.from_dict(run.meta["config"])
+
+
+def link_traffic(trace: Any, decision_bytes: float) -> tuple[np.ndarray, np.ndarray]:
+    """``[K, D]`` bytes and messages on each device's link in stage k, as the simulator counts
+    them (a message carries bytes). Parallel: the input or the continue decision in, the
+    features out. Pipeline: the input (stage 0) or the previous segment's feature map in."""
+    transfer = trace.transfer_bytes.astype(np.float64)
+    if trace.topology == "pipeline":
+        k = np.arange(trace.num_exits)
+        incoming = np.zeros(transfer.shape)
+        incoming[0, 0] = float(trace.input_bytes)
+        incoming[k[1:], k[1:]] = transfer[k[:-1], k[:-1]]
+        return incoming, (incoming > 0).astype(np.float64)
+    incoming = np.full(transfer.shape, float(decision_bytes))
+    incoming[0] = float(trace.input_bytes)
+    return incoming + transfer, (incoming > 0).astype(np.float64) + (transfer > 0)
+
+
+def model_for(config: Any, trace: Any, overrides: dict | None, overhead: bool = True):
+    """``f(k, compute, bandwidth) -> ms`` of the simulator's latency model for ``config`` with
+    ``overrides`` (the stage overhead left out when ``overhead`` is False)."""
+    from distree_env.cluster.latency import LatencyModel
+
+    cfg = config.replace(overrides or {})
+    if not overhead:
+        cfg = cfg.replace({"cluster.stage_overhead_ms": 0.0})
+    model = LatencyModel.from_config(cfg, trace)
+    return lambda k, c, b: model.stage_ms(np.asarray(k), np.asarray(c), np.asarray(b))
+
+
+def replayed_latency(run: Any, stage_model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per served request of ``run``: exit, live latency, and the model's latency for the same
+    stages at the same imposed levels plus the measured queue wait."""
+    exits, live, sim = [], [], []
+    for rec in run.requests:
+        if rec.dropped or rec.exit < 0:
+            continue
+        k = np.arange(rec.exit + 1)
+        stages = stage_model(k, np.asarray(rec.compute_level), np.asarray(rec.bandwidth_level))
+        exits.append(rec.exit)
+        live.append(rec.latency_ms)
+        sim.append(rec.queue_wait_ms + float(np.sum(stages)))
+    return np.asarray(exits), np.asarray(live), np.asarray(sim)
+
+
+def error_table(runs: list, trace: Any, before, after) -> str:
+    from distree_env.runtime.calibration import per_exit_latency
+
+    k_count = trace.num_exits
+    exits = np.concatenate([replayed_latency(r, before)[0] for r in runs])
+    live = np.concatenate([replayed_latency(r, before)[1] for r in runs])
+    sim_b = np.concatenate([replayed_latency(r, before)[2] for r in runs])
+    sim_a = np.concatenate([replayed_latency(r, after)[2] for r in runs])
+    lines = [
+        "| exit | requests | live mean ms | sim before | error before | sim after | error after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lm = per_exit_latency(exits, live, k_count)
+    bm = per_exit_latency(exits, sim_b, k_count)
+    am = per_exit_latency(exits, sim_a, k_count)
+    for k in range(k_count):
+        n = int((exits == k).sum())
+        if n == 0:
+            continue
+        lines.append(
+            f"| {k} | {n} | {lm[k]:.2f} | {bm[k]:.2f} | {100 * (bm[k] / lm[k] - 1):+.1f}% "
+            f"| {am[k]:.2f} | {100 * (am[k] / lm[k] - 1):+.1f}% |"
+        )
+    return "\n".join(lines)
+
+
+# ---- sim vs live -------------------------------------------------------------------------------
+def live_metrics(run: Any, num_exits: int) -> dict[str, Any]:
+    """The simulator's episode figures, computed from a live run record."""
+    from distree_env.runtime.calibration import per_exit_latency
+
+    served = [r for r in run.requests if not r.dropped]
+    dropped = len(run.requests) - len(served)
+    lat = np.array([r.latency_ms for r in served])
+    exits = np.array([r.exit for r in served])
+    return {
+        "requests": len(served),
+        "accuracy": float(np.mean([r.correct for r in served])),
+        "latency_mean_ms": float(lat.mean()),
+        "latency_p95_ms": float(np.percentile(lat, 95)),
+        "qos_rate": float(np.sum([r.deadline_met for r in served]) / max(len(run.requests), 1)),
+        "drop_rate": dropped / max(len(run.requests), 1),
+        "exit_fractions": np.bincount(exits, minlength=num_exits) / len(served),
+        "exit_latency_ms": per_exit_latency(exits, lat, num_exits),
+    }
+
+
+def simulate(run: Any, config: Any, policy_spec: str, trust: bool) -> dict[str, Any]:
+    """Run the environment with the live run's config, seed and policy for as many requests."""
+    from distree_env.env import DistrEEEnv
+    from distree_env.runtime.calibration import per_exit_latency
+    from experiments.run_live import make_policy
+
+    n = sum(1 for r in run.requests if not r.dropped)
+    cfg = config.replace({"requests_per_episode": n})
+    env = DistrEEEnv(cfg)
+    policy = make_policy(policy_spec, cfg, trust)
+    obs, _ = env.reset(seed=int(run.meta["args"]["seed"]))
+    exits, lat, correct, met, dropped = [], [], [], [], 0
+    state, first = None, True
+    while True:
+        action, state = policy.predict(
+            obs[None, :], state=state, episode_start=np.array([first]), deterministic=True
+        )
+        first = False
+        obs, _, terminated, truncated, info = env.step(int(np.asarray(action).reshape(-1)[0]))
+        dropped += int(info.get("dropped", 0))
+        if info.get("request_done", False):
+            exits.append(int(info["request_exit"]))
+            lat.append(float(info["request_latency_ms"]))
+            correct.append(bool(info["request_correct"]))
+            met.append(lat[-1] <= cfg.deadline_ms)
+        if terminated or truncated:
+            break
+    exits_a, lat_a = np.asarray(exits), np.asarray(lat)
+    k_count = env.num_exits
+    total = len(exits) + dropped
+    return {
+        "requests": len(exits),
+        "accuracy": float(np.mean(correct)),
+        "latency_mean_ms": float(lat_a.mean()),
+        "latency_p95_ms": float(np.percentile(lat_a, 95)),
+        "qos_rate": float(np.sum(met) / max(total, 1)),
+        "drop_rate": dropped / max(total, 1),
+        "exit_fractions": np.bincount(exits_a, minlength=k_count) / len(exits),
+        "exit_latency_ms": per_exit_latency(exits_a, lat_a, k_count),
+    }
+
+
+def trace_agreement(run: Any, trace: Any) -> tuple[float, float]:
+    """(share of live predictions equal to the trace's at the same image and exit, trace
+    accuracy at the live exits)."""
+    served = [r for r in run.requests if not r.dropped]
+    same, right = 0, 0
+    for r in served:
+        row = r.sample
+        pred = int(np.argmax(trace.probs[row, r.exit]))
+        same += pred == r.prediction
+        right += pred == int(trace.labels[row])
+    return same / len(served), right / len(served)
+
+
+def _fmt_exits(v: np.ndarray) -> str:
+    return "/".join(f"{x:.2f}" for x in v)
+
+
+def comparison_table(runs: list[Any]) -> str:
+    from distree_env.traces import resolve_trace
+
+    lines = [
+        "| policy | source | requests | accuracy | mean ms | p95 ms | deadline met | "
+        "exit fractions | mean ms per exit |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for run in runs:
+        config = base_config(run)
+        trace = resolve_trace(config.trace)
+        spec = run.meta["args"]["policy"]
+        live = live_metrics(run, trace.num_exits)
+        sim = simulate(run, config, spec, bool(run.meta["args"].get("trust", False)))
+        same, trace_acc = trace_agreement(run, trace)
+        for source, m in (("live", live), ("simulated", sim)):
+            lines.append(
+                f"| {spec} | {source} | {m['requests']} | {m['accuracy']:.4f} | "
+                f"{m['latency_mean_ms']:.2f} | {m['latency_p95_ms']:.2f} | {m['qos_rate']:.3f} | "
+                f"{_fmt_exits(m['exit_fractions'])} | {_fmt_exits(m['exit_latency_ms'])} |"
+            )
+        with np.errstate(invalid="ignore"):
+            per_exit = np.nanmax(np.abs(sim["exit_latency_ms"] / live["exit_latency_ms"] - 1))
+        p95 = abs(sim["latency_p95_ms"] / live["latency_p95_ms"] - 1)
+        notes.append(
+            f"- {spec}: per-exit mean latency error at most {100 * per_exit:.1f}% (target 10%), "
+            f"p95 error {100 * p95:.1f}% (target 15%); live predictions equal the trace's at "
+            f"the same exit for {100 * same:.2f}% of requests (trace accuracy at the live exits "
+            f"{trace_acc:.4f}, live {live['accuracy']:.4f})"
+        )
+    return "\n".join(lines + [""] + notes)
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = _argv_with_positional(list(sys.argv[1:] if argv is None else argv))
+    args = parse_args(Args, argv)
+    from distree_env.io import atomic_write_text
+    from distree_env.runtime.calibration import fit_cluster, stage_samples
+    from distree_env.runtime.records import load_run
+    from distree_env.traces import resolve_trace
+
+    runs = [load_run(p) for p in args.records]
+    config = base_config(runs[0])
+    trace = resolve_trace(config.trace)
+    samples = stage_samples(runs)
+    from distree_env.cluster.latency import link_rates
+
+    prior_bw, _ = link_rates(config.cluster, trace.num_devices, config.trace)
+    fit = fit_cluster(
+        samples,
+        trace.stage_flops.astype(np.float64),
+        *link_traffic(trace, config.cluster.decision_bytes),
+        prior_bw,
+        lambda ov, k, c, b: model_for(config, trace, ov, overhead=False)(k, c, b),
+    )
+    profile = fit.overrides()
+    out = Path(args.out or f"runs/cluster-{args.name}.json")
+    atomic_write_text(out, json.dumps(profile, indent=2) + "\n")
+    print(f"cluster profile {args.name!r} -> {out}")
+    print(json.dumps(profile["cluster"]))
+    print(
+        "device line fit R^2: " + ", ".join(f"{r:.3f}" for r in fit.device_r2)
+        + "; per-stage device intercepts (ms): "
+        + ", ".join(f"{v:.3f}" for v in fit.device_intercept_ms)
+    )  # fmt: skip
+    before = model_for(config, trace, None)
+    after = model_for(config, trace, profile)
+    errors = error_table(runs, trace, before, after)
+    print("\nPer-exit latency, live vs the simulator's model on the same requests:\n")
+    print(errors)
+    result: dict[str, Any] = {"profile": profile}
+    if args.evaluate:
+        evaluated = [load_run(p) for p in args.evaluate]
+        table = comparison_table(evaluated)
+        print("\nSimulator vs live (same config, seed, policy and images):\n")
+        print(table)
+        block = (
+            f"Cluster profile `{args.name}` fitted to {', '.join(args.records)}: "
+            f"`{json.dumps(profile['cluster'])}`\n\n"
+            "Per-exit latency of the calibration requests, live vs the simulator's model at the "
+            f"same imposed levels:\n\n{errors}\n\n"
+            "Live runs vs the simulator (same config, seed, policy and images):\n\n"
+            f"{table}\n"
+        )
+        if args.table:
+            atomic_write_text(args.table, block)
+        if args.readme:
+            from experiments.readme import update_block
+
+            update_block("sim-vs-live", block)
+        result["table"] = table
+    return result
+
+
+if __name__ == "__main__":
+    main()

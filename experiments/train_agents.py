@@ -1,0 +1,217 @@
+"""Train and ship the project's agent set: per scenario PPO, DQN and (where the policy sees a
+delayed measurement of the resources) a recurrent PPO, within a wall-clock budget.
+
+    python -m experiments.train_agents --budget-minutes 25 --jobs 2       # the shipped set
+    python -m experiments.train_agents --dry-run                           # the plan only
+
+Each agent is one ``python -m experiments.train_agent`` run (TensorBoard under ``runs/``,
+model chosen on val, evaluated on the held-out split, copied to
+``checkpoints/agents/<algo>-<scenario>.zip`` and recorded in ``checkpoints/MANIFEST.json``).
+``--jobs`` runs go at once, each on one torch thread. Timesteps: given per algorithm, or (0)
+chosen from the budget: a short probe measures each algorithm's steps per second on this
+machine, and every run gets an equal share of ``jobs x budget`` (minus a margin for
+evaluation and shipping).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from experiments.cli import fail, parse_args
+
+#: Scenarios whose requests are coupled through a queue (issue 9), and the isolated one for
+#: the parity result.
+SCENARIOS = ("steady-stream", "bursty-stream", "wifi-contention", "cellular", "isolated")
+ALGOS = ("ppo", "dqn", "recurrent_ppo")
+#: Share of a run's time left for evaluation along the run and the held-out evaluation.
+MARGIN = 0.25
+PROBE_STEPS = 4096
+
+
+@dataclass(frozen=True)
+class Args:
+    """Train PPO, DQN and a recurrent PPO per scenario and ship them to checkpoints/agents."""
+
+    scenarios: tuple[str, ...] = field(default=SCENARIOS, metadata={"help": "scenarios"})
+    algos: tuple[str, ...] = field(default=ALGOS, metadata={"help": "algorithms"})
+    budget_minutes: float = field(
+        default=25.0, metadata={"help": "wall-clock budget of the whole set"}
+    )
+    jobs: int = field(default=2, metadata={"help": "runs at once (one torch thread each)"})
+    ppo_timesteps: int = field(default=0, metadata={"help": "0 = from the budget"})
+    dqn_timesteps: int = field(default=0, metadata={"help": "0 = from the budget"})
+    recurrent_ppo_timesteps: int = field(default=0, metadata={"help": "0 = from the budget"})
+    seed: int = 1
+    out: str = field(default="", metadata={"help": "agents folder (default checkpoints/agents)"})
+    runs_dir: str = "runs"
+    eval_requests: int = field(default=4096, metadata={"help": "requests per held-out seed"})
+    dry_run: bool = field(default=False, metadata={"help": "print the plan and stop"})
+
+    def __post_init__(self) -> None:
+        from distree_env.config import SCENARIOS as KNOWN
+
+        for s in self.scenarios:
+            if s not in KNOWN:
+                raise ValueError(f"--scenarios {s!r} is not allowed: one of {', '.join(KNOWN)}")
+        for a in self.algos:
+            if a not in ALGOS:
+                raise ValueError(f"--algos {a!r} is not allowed: one of {', '.join(ALGOS)}")
+        if not 0 < self.budget_minutes <= 24 * 60:
+            raise ValueError(f"--budget-minutes {self.budget_minutes!r}: must be in (0, 1440]")
+        if not 1 <= self.jobs <= 64:
+            raise ValueError(f"--jobs {self.jobs!r}: must be an integer in [1, 64]")
+        for name in ("ppo_timesteps", "dqn_timesteps", "recurrent_ppo_timesteps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+
+
+def delayed_measurement(scenario: str) -> bool:
+    """Whether the policy sees resource levels measured some time ago (a recurrent policy can
+    remember the trend), i.e. the scenario's clock is time and its measurement period > 0."""
+    from distree_env.config import EnvConfig
+
+    cluster = EnvConfig.scenario(scenario).cluster
+    return getattr(cluster, "clock", "request") == "time" and (
+        getattr(cluster, "measurement_period_ms", 0.0) > 0
+    )
+
+
+def plan_runs(args: Args) -> list[tuple[str, str]]:
+    """(algo, scenario) pairs: every algorithm on every scenario, the recurrent one only where
+    the measurement is delayed."""
+    return [
+        (algo, s)
+        for s in args.scenarios
+        for algo in args.algos
+        if algo != "recurrent_ppo" or delayed_measurement(s)
+    ]
+
+
+def _command(args: Args, algo: str, scenario: str, timesteps: int, out: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "experiments.train_agent",
+        "--algo",
+        algo,
+        "--scenario",
+        scenario,
+        "--timesteps",
+        str(timesteps),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        "1",
+        "--runs-dir",
+        args.runs_dir,
+        "--eval-requests",
+        str(args.eval_requests),
+        "--save-to",
+        str(out / f"{algo}-{scenario}.zip"),
+        "--progress",
+        "false",
+    ]
+
+
+def probe_rate(algo: str, scenario: str, seed: int) -> float:
+    """Training steps per second of ``algo`` on ``scenario`` on one thread (a short run)."""
+    import torch
+
+    from agents.hyperparams import load_hyperparams
+    from agents.sb3 import make_sb3_env
+    from agents.training import algo_class
+    from distree_env.config import EnvConfig
+    from experiments.train_agent import env_id_for
+
+    torch.set_num_threads(1)
+    hp = load_hyperparams(algo, env_id=env_id_for(scenario))
+    config = EnvConfig.scenario(scenario)
+    env = make_sb3_env(config, hp.n_envs, seed, config.arrivals.kind == "isolated")
+    kwargs = dict(hp.algo_kwargs)
+    if "learning_starts" in kwargs:  # off-policy: measure with its gradient steps running
+        kwargs["learning_starts"] = 0
+    model = algo_class(algo)(
+        hp.policy, env, seed=seed, device="cpu", policy_kwargs=hp.policy_kwargs or None, **kwargs
+    )
+    model.learn(min(1024, PROBE_STEPS // 4))  # warm-up: first rollout, buffers, JIT of torch ops
+    start, steps = time.perf_counter(), model.num_timesteps
+    model.learn(PROBE_STEPS, reset_num_timesteps=False)
+    return (model.num_timesteps - steps) / (time.perf_counter() - start)
+
+
+def budget_timesteps(args: Args, runs: list[tuple[str, str]], rates: dict[str, float]) -> dict:
+    """Timesteps per algorithm so that every run takes an equal share of the budget."""
+    per_run_s = args.budget_minutes * 60 * args.jobs / len(runs) * (1 - MARGIN)
+    given = {
+        "ppo": args.ppo_timesteps,
+        "dqn": args.dqn_timesteps,
+        "recurrent_ppo": args.recurrent_ppo_timesteps,
+    }
+    out = {}
+    for algo in {a for a, _ in runs}:
+        steps = given[algo] or int(rates[algo] * per_run_s)
+        out[algo] = max(1024, int(math.ceil(steps / 1024) * 1024))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(Args, argv)
+    from distree_env.manifest import checkpoints_dir
+
+    out = Path(args.out) if args.out else checkpoints_dir() / "agents"
+    runs = plan_runs(args)
+    if not runs:
+        fail("nothing to train: no (algorithm, scenario) pair left")
+    need = {a for a, _ in runs if not getattr(args, f"{a}_timesteps")}
+    rates = {}
+    for algo in sorted(need):
+        scenario = next(s for a, s in runs if a == algo)
+        rates[algo] = probe_rate(algo, scenario, args.seed)
+        print(f"probe: {algo} on {scenario}: {rates[algo]:.0f} steps/s on one thread")
+    timesteps = budget_timesteps(args, runs, rates)
+    commands = [(a, s, _command(args, a, s, timesteps[a], out)) for a, s in runs]
+    print(f"plan: {len(runs)} runs, {args.jobs} at once, timesteps {timesteps}")
+    for _, _, cmd in commands:
+        print("  " + " ".join(cmd[1:]))
+    if args.dry_run:
+        return {"runs": runs, "timesteps": timesteps, "rates": rates}
+    logs = Path(args.runs_dir) / "train_agents_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    pending, running, results = list(commands), [], {}
+    started = time.perf_counter()
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            algo, scenario, cmd = pending.pop(0)
+            log = open(logs / f"{algo}-{scenario}.log", "w", encoding="utf-8")  # noqa: SIM115
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            running.append((algo, scenario, proc, log, time.perf_counter()))
+        time.sleep(1.0)
+        for item in list(running):
+            algo, scenario, proc, log, t0 = item
+            if proc.poll() is None:
+                continue
+            log.close()
+            running.remove(item)
+            minutes = (time.perf_counter() - t0) / 60
+            results[f"{algo}-{scenario}"] = {"returncode": proc.returncode, "minutes": minutes}
+            state = "done" if proc.returncode == 0 else f"FAILED ({log.name})"
+            print(f"{algo}-{scenario}: {state} in {minutes:.1f} min", flush=True)
+    total = (time.perf_counter() - started) / 60
+    print(f"all runs finished in {total:.1f} min (budget {args.budget_minutes:g})")
+    print(json.dumps(results, indent=2))
+    if any(r["returncode"] for r in results.values()):
+        raise SystemExit(1)
+    return {"runs": runs, "timesteps": timesteps, "rates": rates, "results": results}
+
+
+if __name__ == "__main__":
+    main()

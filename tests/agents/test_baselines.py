@@ -1,0 +1,227 @@
+"""Strong baselines: behaviour by feature name, the planner on hand-computable models, and
+calibration on val only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import distree_env.traces.registry as registry
+from agents import (
+    DeadlineAware,
+    LoadAware,
+    PerExitThreshold,
+    Planner,
+    RandomExit,
+    calibrate_baselines,
+    evaluate,
+)
+from agents.baselines import StageTimeTable, StateBins, solve_planner
+from agents.calibrate import fit_planner
+from agents.rollouts import collect
+from distree_env.config import EnvConfig
+from distree_env.manifest import record
+from distree_env.traces import synthetic_trace
+from tests.agents import SYNTH
+
+NAMES = (
+    "max_prob",
+    "margin",
+    "entropy",
+    "feature_diff",
+    "progress",
+    "compute_0",
+    "compute_1",
+    "bandwidth_0",
+    "bandwidth_1",
+    "elapsed_ratio",
+    "queue_len",
+    "oldest_wait_ratio",
+)
+
+
+class Layout:
+    """What ``bind`` reads from an environment, in a given column order."""
+
+    def __init__(self, names=NAMES, num_exits: int = 3) -> None:
+        self.observation_names = tuple(names)
+        self.num_exits = num_exits
+
+
+def obs(rows: list[dict[str, float]], names=NAMES) -> np.ndarray:
+    """Observations from {feature: value} dicts (absent features 0, resources 1)."""
+    out = np.zeros((len(rows), len(names)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        for j, n in enumerate(names):
+            out[i, j] = row.get(n, 1.0 if n.startswith(("compute_", "bandwidth_")) else 0.0)
+    return out
+
+
+def test_per_exit_thresholds_by_name_and_exit():
+    rule = PerExitThreshold([0.9, 0.6]).bind(Layout())
+    rows = [
+        {"max_prob": 0.8, "progress": 0.0},  # exit 0, below 0.9: continue
+        {"max_prob": 0.95, "progress": 0.0},  # exit 0, above: exit
+        {"max_prob": 0.7, "progress": 0.5},  # exit 1, above 0.6: exit
+        {"max_prob": 0.1, "progress": 1.0},  # last exit: always
+    ]
+    assert rule.predict(obs(rows))[0].tolist() == [0, 1, 1, 1]
+    perm = NAMES[::-1]  # another column order, same decisions
+    assert PerExitThreshold([0.9, 0.6]).bind(Layout(perm)).predict(obs(rows, perm))[0].tolist() == [
+        0,
+        1,
+        1,
+        1,
+    ]
+
+
+def test_low_is_confident_for_entropy_and_none_never_exits():
+    rule = PerExitThreshold([None, 0.3], feature="entropy").bind(Layout())
+    rows = [
+        {"entropy": 0.0, "progress": 0.0},  # None: never at exit 0
+        {"entropy": 0.2, "progress": 0.5},
+        {"entropy": 0.4, "progress": 0.5},
+    ]
+    assert rule.predict(obs(rows))[0].tolist() == [0, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: PerExitThreshold([1.5, 0.2]), "thresholds[0]"),
+        (lambda: PerExitThreshold([0.5], feature="loss"), "feature"),
+        (lambda: PerExitThreshold([]), "thresholds"),
+        (lambda: PerExitThreshold([0.5, 0.5, 0.5]).bind(Layout()), "thresholds has 3"),
+        (lambda: DeadlineAware([0.5, 0.5], "table"), "table"),
+        (lambda: LoadAware([0.5, 0.5], _table(), shift=2.0), "shift"),
+    ],
+)
+def test_bad_parameters_name_the_field(make, field):
+    with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        make()
+
+
+def _table(ratio: float = 0.3) -> StageTimeTable:
+    # two device bins (edge 0.5), one link bin; the slow device bin takes twice as long
+    r = np.array([[[2 * ratio], [ratio]], [[2 * ratio], [ratio]]])
+    return StageTimeTable((0.5,), (), r)
+
+
+def test_deadline_guard_exits_when_the_next_stage_would_be_late():
+    rule = DeadlineAware([None, None], _table(0.3), guard=1.0).bind(Layout())
+    rows = [
+        {"elapsed_ratio": 0.5, "progress": 0.0},  # 0.5 + 0.3 <= 1: continue
+        {"elapsed_ratio": 0.8, "progress": 0.0},  # 0.8 + 0.3 > 1: exit
+        {"elapsed_ratio": 0.5, "progress": 0.0, "compute_0": 0.2},  # slow: 0.5 + 0.6 > 1
+        {"elapsed_ratio": 1.2, "progress": 0.0},  # already late: the guard does not act
+    ]
+    assert rule.predict(obs(rows))[0].tolist() == [0, 1, 1, 0]
+    off = DeadlineAware([None, None], _table(0.3), guard=0.0).bind(Layout())
+    assert off.predict(obs(rows))[0].tolist() == [0, 0, 0, 0]
+
+
+def test_load_aware_lowers_thresholds_with_the_queue():
+    rule = LoadAware([0.9, 0.9], _table(0.0), guard=0.0, shift=0.2).bind(Layout())
+    rows = [
+        {"max_prob": 0.8, "queue_len": 0.0},  # 0.8 < 0.9: continue
+        {"max_prob": 0.8, "queue_len": 1.0},  # threshold 0.7 at a full queue: exit
+        {"max_prob": 0.8, "queue_len": 0.4},  # 0.82: continue
+    ]
+    assert rule.predict(obs(rows))[0].tolist() == [0, 1, 0]
+
+
+def test_value_iteration_by_hand():
+    # states: 0 = exit 0 unsure, 1 = exit 0 sure, 2 = exit 1 (last); actions continue / exit
+    reward = np.array([[-0.1, 0.2], [-0.1, 0.95], [-1e9, 0.9]])
+    trans = np.zeros((3, 2, 3))
+    trans[0, 0, 2] = trans[1, 0, 2] = 1.0
+    ends = np.array([[False, True]] * 3)
+    q = solve_planner(reward, trans, ends, discount=0.0)
+    # unsure: continue (-0.1 + 0.9 = 0.8) beats exit (0.2); sure: exit (0.95) beats 0.8
+    np.testing.assert_allclose(q[:2], [[0.8, 0.2], [0.8, 0.95]])
+    # a request ending leads to state 0 of the next one, discounted by 0.5 per request:
+    # V0 = 0.8 + 0.5 V0 -> V0 = 1.6; exit at state 0 = 0.2 + 0.5 * 1.6 = 1.0
+    trans[:, 1, 0] = 1.0
+    q = solve_planner(reward, trans, ends, discount=0.5)
+    np.testing.assert_allclose(q[0], [1.6, 1.0], atol=1e-6)
+    np.testing.assert_allclose(q[2, 1], 0.9 + 0.5 * 1.6, atol=1e-6)
+
+
+def test_planner_acts_by_table_and_falls_back_on_unseen_states():
+    bins = StateBins("max_prob", ((0.5,), (0.5,), ()), (), (), (), ())
+    assert bins.shape == (3, 2, 1, 1, 1, 1)
+    table = np.zeros(bins.size, dtype=bool)
+    seen = np.zeros(bins.size, dtype=bool)
+    # exit 0: seen both bins; exit when confident. exit 1: only the unsure bin seen (continue).
+    codes = {
+        (k, c): np.ravel_multi_index((k, c, 0, 0, 0, 0), bins.shape) for k in (0, 1) for c in (0, 1)
+    }
+    table[codes[0, 1]] = True
+    seen[[codes[0, 0], codes[0, 1], codes[1, 0]]] = True
+    fallback = np.zeros(bins.shape[0] * bins.shape[1], dtype=bool)
+    fallback[1 * 2 + 1] = True  # group (exit 1, confident) says exit
+    planner = Planner(bins, table, fallback, seen).bind(Layout())
+    rows = [
+        {"max_prob": 0.3, "progress": 0.0},
+        {"max_prob": 0.9, "progress": 0.0},
+        {"max_prob": 0.3, "progress": 0.5},
+        {"max_prob": 0.9, "progress": 0.5},  # unseen: the group's fallback
+        {"max_prob": 0.1, "progress": 1.0},  # last exit
+    ]
+    assert planner.predict(obs(rows))[0].tolist() == [0, 1, 0, 1, 1]
+
+
+def test_fitted_planner_beats_the_behaviour_it_learned_from():
+    data = collect(RandomExit(0.25), SYNTH, n_steps=16_384, seed=0)
+    planner = fit_planner(data, "max_prob")
+    fitted = evaluate(planner, SYNTH, n_requests=2048, seed=1)["mean_reward"]
+    behaviour = evaluate(RandomExit(0.25), SYNTH, n_requests=2048, seed=1)["mean_reward"]
+    assert fitted > behaviour + 0.05
+
+
+@pytest.fixture
+def shipped(checkpoints, monkeypatch):
+    """cifar10-val / cifar10-test look-alikes; records every trace file that is read."""
+    for split, seed in (("val", 0), ("test", 1)):
+        path = checkpoints / "traces" / f"cifar10-{split}.npz"
+        synthetic_trace(n=600, seed=seed).save(path)
+        record(path, "test")
+    reads: list[str] = []
+    original = registry.read_trace_bytes
+
+    def spy(path):
+        reads.append(str(path))
+        return original(path)
+
+    monkeypatch.setattr(registry, "read_trace_bytes", spy)
+    return reads
+
+
+TINY = dict(n_requests=256, points=3, rounds=1, data_steps=2048)
+
+
+def test_calibration_on_val_gives_every_baseline(shipped):
+    fits = calibrate_baselines(EnvConfig(trace="cifar10-val"), **TINY)
+    assert list(fits) == [
+        "PerExitThreshold",
+        "PerExitThreshold[cheapest]",
+        "DeadlineAware",
+        "LoadAware",
+        "Planner",
+    ]
+    assert shipped and all("cifar10-val" in p for p in shipped)
+    per_exit, deadline, load = (fits[n].val["mean_reward"] for n in BASELINE_CHAIN)
+    assert deadline >= per_exit - 1e-12 and load >= deadline - 1e-12  # each grid holds the previous
+    cheapest = fits["PerExitThreshold[cheapest]"].val
+    last = evaluate(PerExitThreshold([None, None, None]), EnvConfig(trace="cifar10-val"), 256)
+    assert cheapest["accuracy"] >= last["accuracy"] - 0.01 - 1e-12
+
+
+BASELINE_CHAIN = ("PerExitThreshold", "DeadlineAware", "LoadAware")
+
+
+@pytest.mark.parametrize("trace", ["cifar10-test", "elsewhere/cifar10-test.npz"])
+def test_calibration_refuses_test_before_reading_it(shipped, trace):
+    with pytest.raises(ValueError, match="test"):
+        calibrate_baselines(EnvConfig(trace=trace), **TINY)
+    assert not shipped

@@ -1,0 +1,100 @@
+"""Calibration recovers the parameters that generated the measurements, and records round-trip."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from distree_env.runtime.calibration import (
+    StageSamples,
+    fit_cluster,
+    per_exit_latency,
+    stage_samples,
+)
+from distree_env.runtime.records import RequestRecord, RunRecord, load_run, write_run
+
+FLOPS = np.array([[2e6, 2e6], [4e6, 4e6], [1e6, 1e6]])  # [K, D]
+BYTES = np.array([[3072 + 128.0, 3072 + 128], [256.0, 256], [512.0, 512]])
+MESSAGES = np.array([[2.0, 2], [1, 1], [1, 1]])  # no decision message after stage 0
+
+
+def _model(overrides, k, compute, bandwidth):
+    cl = overrides["cluster"]
+    rate = np.array(cl["devices"]) / 1e3  # FLOP/ms
+    bw = np.array(cl["links"]) / 1e3  # B/ms
+    latency = MESSAGES[k] * cl["link_latency_ms"]
+    per = FLOPS[k] / rate / compute + BYTES[k] / bw / bandwidth + latency
+    return per.max(axis=1)
+
+
+def _samples(rng, n=300) -> StageSamples:
+    true_rate = np.array([2e9, 1e9]) / 1e3
+    true_bw, lat, overhead = np.array([5e6, 2e6]) / 1e3, 1.5, 0.7
+    k = rng.integers(0, 3, n)
+    comp = rng.choice([1.0, 0.5, 0.2], size=(n, 2))
+    bw = rng.choice([1.0, 0.4, 0.1], size=(n, 2))
+    busy = FLOPS[k] / true_rate + 0.05 + rng.normal(0, 0.01, (n, 2))
+    transfer = BYTES[k] / true_bw / bw + MESSAGES[k] * lat + rng.normal(0, 0.01, (n, 2))
+    stage = (busy / comp + transfer).max(axis=1) + overhead
+    return StageSamples(k, busy, transfer, stage, comp, bw)
+
+
+def test_fit_recovers_rates_bandwidth_latency_and_overhead():
+    s = _samples(np.random.default_rng(0))
+    fit = fit_cluster(s, FLOPS, BYTES, MESSAGES, np.array([1e6, 1e6]), _model)
+    # the rate reproduces the total busy time (the 0.05 ms per stage included) ...
+    total = [FLOPS[s.k, d].sum() / s.busy_ms[:, d].sum() * 1e3 for d in range(2)]
+    assert fit.device_flops == pytest.approx(total)
+    assert fit.device_flops == pytest.approx([2e9, 1e9], rel=0.06)
+    # ... and the line fit sees the fixed part
+    assert fit.device_intercept_ms == pytest.approx([0.05, 0.05], abs=0.01)
+    assert fit.link_bytes_per_s == pytest.approx([5e6, 2e6], rel=0.02)
+    assert fit.link_latency_ms == pytest.approx(1.5, abs=0.02)
+    assert fit.stage_overhead_ms == pytest.approx(0.7, abs=0.1)
+    cl = fit.overrides()["cluster"]
+    assert set(cl) == {"devices", "links", "link_latency_ms", "stage_overhead_ms"}
+
+
+def test_fit_refuses_stages_without_measured_work():
+    s = _samples(np.random.default_rng(1))
+    bad = StageSamples(s.k, np.zeros_like(s.busy_ms), s.transfer_ms, s.stage_ms, s.compute,
+                       s.bandwidth)  # fmt: skip
+    with pytest.raises(ValueError, match="device 0"):
+        fit_cluster(bad, FLOPS, BYTES, MESSAGES, np.array([1e6, 1e6]), _model)
+
+
+def test_fit_keeps_the_prior_bandwidth_when_sizes_do_not_vary():
+    s = _samples(np.random.default_rng(2))
+    full = StageSamples(s.k, s.busy_ms, s.transfer_ms, s.stage_ms, s.compute,
+                        np.ones_like(s.bandwidth))  # fmt: skip
+    same = np.full_like(BYTES, 1000.0)
+    fit = fit_cluster(full, FLOPS, same, MESSAGES, np.array([7e6, 7e6]), _model)
+    assert fit.link_bytes_per_s == pytest.approx([7e6, 7e6])
+
+
+def test_per_exit_latency():
+    out = per_exit_latency(np.array([0, 0, 2]), np.array([1.0, 3.0, 10.0]), 3)
+    assert out[0] == 2.0 and math.isnan(out[1]) and out[2] == 10.0
+
+
+def test_records_round_trip_atomically(tmp_path):
+    two = [[0.5, 0.6], [0.7, 0.8]]
+    rec = RequestRecord(
+        index=0, sample=3, label=1, arrival_ms=0.5, exit=1, prediction=1, correct=True,
+        stage_ms=[1.0, 2.0], exit_ms=[0.1, 0.1], decision_ms=[0.2, 0.2], compute_ms=two,
+        busy_ms=two, transfer_ms=two, compute_level=[[1.0, 1.0]] * 2,
+        bandwidth_level=[[1.0, 0.5]] * 2,
+    )  # fmt: skip
+    dropped = RequestRecord(index=1, sample=4, label=2, arrival_ms=1.0, dropped=True)
+    path = tmp_path / "run.json"
+    write_run(path, RunRecord({"status": "complete"}, [rec, dropped]))
+    back = load_run(path)
+    assert back.requests[0] == rec
+    assert back.requests[1].dropped and math.isnan(back.requests[1].latency_ms)
+    samples = stage_samples([back])
+    assert samples.k.tolist() == [0, 1]
+    (tmp_path / "bad.json").write_text('{"format": "other"}')
+    with pytest.raises(ValueError, match="bad.json"):
+        load_run(tmp_path / "bad.json")

@@ -1,0 +1,218 @@
+"""The live runtime end to end: 2 device processes + the aggregator over loopback, a tiny network
+(and once the pipeline layout: 3 devices in sequence).
+
+Each test starts real processes (``python -m experiments.run_live``), so they are the slow ones of
+this folder (a few seconds each on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distree_env.model.checkpoint import save_backbone
+from distree_env.model.data import Split
+from distree_env.model.export import export_trace
+from distree_env.model.network import MultiBranchNet, NetConfig
+from distree_env.model.train import to_tensor
+from distree_env.runtime.launch import free_port
+from distree_env.runtime.records import load_run
+from distree_env.runtime.shaping import kernel_shaping_unavailable
+
+ROOT = Path(__file__).resolve().parents[2]
+LAYOUTS = {
+    "parallel": NetConfig(depth=10, widen=1, exits=(1, 2, 3), num_devices=2, embed_dim=16),
+    "pipeline": NetConfig(topology="pipeline", depth=10, widen=1, exits=(1, 2, 3), num_devices=3,
+                          embed_dim=16),
+}  # fmt: skip
+
+
+def _make(root: Path, layout: str) -> Path:
+    """A randomly initialised tiny network, 16 random images and its exit trace over them."""
+    torch.manual_seed(0)
+    net = MultiBranchNet(LAYOUTS[layout]).eval()
+    save_backbone(net, root / "tiny.pt")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=16)
+    np.savez(root / "images.npz", images=images, labels=labels, indices=np.arange(16))
+    export_trace(net, Split(images, labels), "test").save(root / "trace.npz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return _make(tmp_path_factory.mktemp("live"), "parallel")
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    return _make(tmp_path_factory.mktemp("live-pipeline"), "pipeline")
+
+
+def live_command(root: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "experiments.run_live",
+        "--backbone", str(root / "tiny.pt"), "--images", str(root / "images.npz"),
+        "--trace", str(root / "trace.npz"), "--scenario", "isolated", "--out", str(out),
+        "--timeout", "8", "--rendezvous-timeout", "60", "--idle-timeout", "60", *extra,
+    ]  # fmt: skip
+
+
+def run(cmd: list[str], timeout: float = 180, env: dict | None = None):
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("layout", ["parallel", "pipeline"])
+def test_live_predictions_equal_the_offline_model(layout, tiny, tiny_pipeline, tmp_path):
+    tiny = tiny if layout == "parallel" else tiny_pipeline
+    out = tmp_path / "run.json"
+    done = run(live_command(tiny, out, "--requests", "8", "--policy", "random:0.4",
+                            "--precision", "fp32"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rec = load_run(out)
+    assert rec.meta["status"] == "complete" and len(rec.requests) == 8
+    with np.load(tiny / "images.npz") as f:
+        images, labels = f["images"], f["labels"]
+    net = MultiBranchNet(LAYOUTS[layout])
+    net.load_state_dict(torch.load(tiny / "tiny.pt", weights_only=True)["state_dict"])
+    net = net.float().eval()
+    x = to_tensor(images)  # the trace was exported with flip test-time augmentation: so is the run
+    views = [torch.stack([lg.softmax(1) for lg in net(v)[0]], 1) for v in (x, x.flip(3))]
+    offline = ((views[0] + views[1]) / 2).argmax(2).numpy()  # [n, K]
+    exits = set()
+    for r in rec.requests:
+        assert r.prediction == offline[r.sample, r.exit]
+        assert r.label == labels[r.sample]
+        assert len(r.stage_ms) == len(r.compute_ms) == len(r.transfer_ms) == r.exit + 1
+        compute, busy = np.asarray(r.compute_ms), np.asarray(r.busy_ms)
+        ran = np.isfinite(busy)
+        assert (compute[ran] >= busy[ran] - 0.05).all()
+        if layout == "pipeline":  # stage k ran on device k alone
+            assert [np.flatnonzero(row).tolist() for row in ran] == [[k] for k in range(r.exit + 1)]
+        else:
+            assert ran.all()
+        assert r.latency_ms >= sum(r.stage_ms)
+        exits.add(r.exit)
+    assert len(exits) > 1  # the random policy exercised more than the last exit
+
+    # the run calibrates the simulator and is compared with it (same seed, policy, images)
+    from experiments import calibrate_cluster
+
+    profile, table = tmp_path / "profile.json", tmp_path / "table.md"
+    result = calibrate_cluster.main(
+        [str(out), "--out", str(profile), "--evaluate", str(out), "--table", str(table)]
+    )
+    cluster = json.loads(profile.read_text())["cluster"]
+    assert len(cluster["devices"]) == LAYOUTS[layout].num_devices
+    assert cluster["stage_overhead_ms"] >= 0
+    assert "| random:0.4 | live | 8 |" in result["table"]
+    assert "| random:0.4 | simulated |" in table.read_text()
+
+
+def _read_lines(stream, lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line)
+
+
+@pytest.mark.parametrize(
+    "sig,timeout", [(signal.SIGKILL, 8), (signal.SIGSTOP, 3)], ids=["killed", "hung"]
+)
+def test_a_failed_device_is_named_and_the_run_ends(tiny, tmp_path, sig, timeout):
+    """A device killed (its connection closes) or hung (its answer never comes: a timeout) in the
+    middle of a run: the aggregator names it, keeps the record so far and exits with status 3
+    within the timeout; the launcher leaves no process behind."""
+    out = tmp_path / "run.json"
+    cmd = live_command(tiny, out, "--requests", "100000", "--flush-every", "2")
+    cmd[cmd.index("--timeout") + 1] = str(timeout)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )  # fmt: skip
+    stdout: list[str] = []
+    stderr: list[str] = []
+    readers = [
+        threading.Thread(target=_read_lines, args=(proc.stdout, stdout), daemon=True),
+        threading.Thread(target=_read_lines, args=(proc.stderr, stderr), daemon=True),
+    ]
+    for t in readers:
+        t.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not out.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(stderr)
+            time.sleep(0.1)
+        started = re.finditer(r"rank (\d)\) pid (\d+)", "".join(stdout))
+        pids = {int(m[1]): int(m[2]) for m in started}
+        os.kill(pids[2], sig)  # device 1
+        killed_at = time.monotonic()
+        code = proc.wait(timeout=60)
+        took = time.monotonic() - killed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for t in readers:
+        t.join(timeout=5)
+    assert code == 3
+    assert took < timeout + 3 + 5  # message timeout, the launcher's grace, slack for a busy CI
+    assert "device 1 (rank 2)" in "".join(stderr)
+    rec = load_run(out)
+    assert rec.meta["status"] == "failed" and "device 1" in rec.meta["error"]
+    assert len(rec.requests) >= 2
+    for pid in pids.values():  # nobody left behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_wrong_world_size_is_one_line_and_exit_2(tiny, tmp_path):
+    done = run(
+        live_command(tiny, tmp_path / "r.json"),
+        env={"RANK": "0", "WORLD_SIZE": "5", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"},
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert "WORLD_SIZE=5 does not fit" in done.stderr
+
+
+def test_unreachable_master_is_one_line_and_exit_2(tiny, tmp_path):
+    cmd = live_command(tiny, tmp_path / "r.json")
+    cmd[cmd.index("--rendezvous-timeout") + 1] = "2"
+    started = time.monotonic()
+    done = run(
+        cmd,
+        env={"RANK": "1", "WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(free_port())},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "rendezvous failed" in done.stderr
+    assert done.stderr.strip().count("\n") == 0
+    assert time.monotonic() - started < 120  # bounded: process start-up plus the 2 s
+
+
+def test_kernel_shaping_run(tiny, tmp_path):
+    """The same run with links shaped by tc tbf between network namespaces (root only)."""
+    why = kernel_shaping_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    out = tmp_path / "run.json"
+    done = run(live_command(tiny, out, "--requests", "4", "--shaping", "kernel"))
+    assert done.returncode == 0, done.stderr
+    assert load_run(out).meta["status"] == "complete"
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "dtree" not in listed
+    assert json.loads(out.read_text())["meta"]["args"]["shaping"] == "kernel"

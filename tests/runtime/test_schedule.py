@@ -1,0 +1,55 @@
+"""The live scenario replays the environment's own requests, arrivals and resource levels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from distree_env.cluster import ResourceTimeline
+from distree_env.config import EnvConfig
+from distree_env.env import DistrEEEnv
+from distree_env.runtime.aggregator import confidence_features
+from distree_env.runtime.schedule import live_scenario
+
+TRACE = "synthetic:n=64,exits=3,devices=2"
+
+
+@pytest.mark.parametrize("scenario", ["steady-stream", "isolated", "bursty-stream"])
+def test_live_scenario_is_the_envs_episode(scenario):
+    config = EnvConfig.scenario(scenario, trace=TRACE)
+    env = DistrEEEnv(config)
+    obs, _ = env.reset(seed=7)
+    dyn = env.unwrapped._dyn
+    live = live_scenario(config, 7, 40)
+    timeline = ResourceTimeline(dyn.tables.paths, 7, dyn.pool_steps)
+    served_arrival, served_sample, starts = [], [], []
+    for _ in range(20):  # exit at once: the queue never fills, every arrival is served
+        served_arrival.append(float(dyn.arrival[0]))
+        served_sample.append(int(dyn.sample[0]))
+        starts.append(float(dyn.service_start[0]))
+        c = [live.compute[d].at(len(starts) - 1, starts[-1]) for d in range(2)]
+        b = [live.bandwidth[d].at(len(starts) - 1, starts[-1]) for d in range(2)]
+        true_c, true_b = timeline.levels(starts[-1], len(starts) - 1)
+        assert c == pytest.approx(true_c) and b == pytest.approx(true_b)
+        seen_c, seen_b = live.measured(len(starts) - 1, float(dyn.t[0]))  # at the decision
+        names = env.observation_names
+        assert seen_c == pytest.approx(obs[[names.index(f"compute_{d}") for d in range(2)]])
+        assert seen_b == pytest.approx(obs[[names.index(f"bandwidth_{d}") for d in range(2)]])
+        obs, *_ = env.step(1)
+    assert served_sample == live.samples[:20].tolist()
+    if scenario == "isolated":
+        assert live.arrivals_ms is None
+    else:
+        assert served_arrival == pytest.approx(live.arrivals_ms[:20].tolist())
+    assert live.observation_names == env.observation_names
+
+
+def test_confidence_features_match_the_trace_definition():
+    probs = np.array([0.7, 0.2, 0.1, 0.0])
+    a, b = np.array([1.0, 0.0]), np.array([0.0, 2.0])
+    f = confidence_features(probs, a, b)
+    assert f["max_prob"] == pytest.approx(0.7) and f["margin"] == pytest.approx(0.5)
+    entropy = -(0.7 * np.log(0.7) + 0.2 * np.log(0.2) + 0.1 * np.log(0.1)) / np.log(4)
+    assert f["entropy"] == pytest.approx(entropy)
+    assert f["feature_diff"] == pytest.approx(0.5 * np.sqrt(2.0))
+    assert confidence_features(probs, a, None)["feature_diff"] == 1.0

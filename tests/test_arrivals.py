@@ -1,0 +1,71 @@
+"""Arrival processes: rates, spacing, burstiness, trace replay, and replay outside the env."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from distree_env.cluster.arrivals import ArrivalProcess, ArrivalStream, load_arrival_csv
+from distree_env.config import ArrivalConfig
+
+
+def _times(kind, n=20000, seed=0, **kw):
+    process = ArrivalProcess(kind, rate_per_ms=0.05, **kw)  # 50 requests per second
+    return ArrivalStream(process, np.random.default_rng(seed)).take(n)
+
+
+def test_poisson_rate_and_exponential_gaps():
+    gaps = np.diff(_times("poisson"))
+    assert abs(gaps.mean() - 20.0) < 0.6 and abs(gaps.std() / gaps.mean() - 1) < 0.05
+
+
+def test_periodic_is_a_camera_at_fixed_fps_with_random_phase():
+    a, b = _times("periodic", 100, seed=0), _times("periodic", 100, seed=1)
+    assert np.allclose(np.diff(a), 20.0) and 0 < a[0] <= 20.0 and a[0] != b[0]
+
+
+def test_bursty_keeps_the_mean_rate_and_is_burstier_than_poisson():
+    times = _times("bursty", 8000, on_ms=1000.0, off_ms=3000.0, off_share=0.25)
+    assert abs(len(times) / times[-1] - 0.05) < 0.005
+    counts = np.bincount((times // 1000).astype(int))  # arrivals per second
+    poisson = np.bincount((_times("poisson", 8000) // 1000).astype(int))
+    assert counts.var() / counts.mean() > 3 * poisson.var() / poisson.mean()
+
+
+def test_trace_replays_its_gaps_cyclically(tmp_path):
+    path = tmp_path / "arrivals.csv"
+    path.write_text("time_ms\n0\n5\n30\n")
+    process = ArrivalProcess("trace", times=load_arrival_csv(path))
+    times = ArrivalStream(process, np.random.default_rng(0)).take(9)
+    gaps = np.diff(times)
+    # gaps of the trace (5, 25) and the wrap gap (mean gap 15), in cyclic order
+    assert sorted(set(np.round(gaps, 6))) == [5.0, 15.0, 25.0]
+    assert (gaps > 0).all()
+
+
+def test_streams_replay_by_seed_and_isolated_has_none():
+    kw = {"on_ms": 100.0, "off_ms": 300.0, "off_share": 0.1}
+    assert np.array_equal(_times("bursty", 500, seed=4, **kw), _times("bursty", 500, seed=4, **kw))
+    with pytest.raises(ValueError, match="isolated"):
+        ArrivalStream(ArrivalProcess("isolated"), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("", "at least 2"),
+        ("5\n3\n", "previous row"),
+        ("1\nx\n", "non-numeric"),
+        ("nan\n1\n", "finite"),
+    ],
+)
+def test_bad_arrival_csv(tmp_path, content, match):
+    path = tmp_path / "a.csv"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        load_arrival_csv(path)
+
+
+def test_from_config_uses_the_resolved_rate():
+    process = ArrivalProcess.from_config(ArrivalConfig(kind="bursty"), 0.02)
+    assert process.rate_per_ms == 0.02 and process.on_rate > 0.02

@@ -1,0 +1,136 @@
+"""Queueing dynamics against hand-computed examples: D/D/1 waits, M/D/1 (Pollaczek-Khinchine),
+conservation of requests with drops, and overflow admission."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from distree_env import DistrEEEnv, DistrEEVecEnv, EnvConfig
+from distree_env.cluster.queue import WaitingQueue
+from distree_env.dynamics import describe
+
+# Constant, full resources: every request that runs to the last exit takes exactly S ms.
+CONSTANT = {
+    "trace": "synthetic:n=200",
+    "cluster": {"compute": {"kind": "constant"}, "bandwidth": {"kind": "constant"}},
+}
+
+
+def test_ring_is_fifo_across_the_wrap():
+    q = WaitingQueue(2, 3)
+    envs, first = np.array([0]), np.array([True, False])
+    for t in (1.0, 2.0, 3.0):
+        q.push(envs, np.array([t]), np.array([int(t)]))
+    assert q.pop(first)[0][0] == 1.0
+    q.push(envs, np.array([4.0]), np.array([4]))  # wraps around
+    assert [q.pop(first)[0][0] for _ in range(3)] == [2.0, 3.0, 4.0]
+    assert q.size.tolist() == [0, 0]
+
+
+def test_deterministic_overload_waits_grow_as_computed_by_hand():
+    """D/D/1 with arrivals every T = 0.75 S: request i waits i (S - T), latency S + i (S - T)."""
+    cfg = EnvConfig.from_dict(
+        {**CONSTANT, "arrivals": {"kind": "periodic", "utilisation": 1 / 0.75}}
+    )
+    service = describe(cfg)["mean_service_ms"]
+    assert np.isclose(service, sum(describe(cfg)["full_speed_stage_ms"]))
+    gap = 0.75 * service
+    env = DistrEEEnv(cfg)
+    env.reset(seed=0)
+    latencies = []
+    while len(latencies) < 20:
+        _, _, _, _, info = env.step(0)
+        if info["request_done"]:
+            latencies.append(info["request_latency_ms"])
+    expected = service + np.arange(20) * (service - gap)
+    assert np.allclose(latencies, expected)
+
+
+def test_requests_are_conserved_with_drops():
+    """Every arrival is in service, waiting, answered or dropped; the queue never passes its
+    capacity; arrivals by time t of a periodic stream are floor((t - a0) / T) + 1."""
+    cfg = EnvConfig.from_dict(
+        {
+            **CONSTANT,
+            "arrivals": {"kind": "periodic", "utilisation": 2.0},
+            "queue": {"capacity": 2},
+        }
+    )
+    gap = 1e3 / describe(cfg)["rate_per_s"]
+    env = DistrEEEnv(cfg)
+    env.reset(seed=3)
+    a0 = env._dyn.arrival[0]
+    answered = dropped = 0
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        _, reward, _, trunc, info = env.step(int(rng.random() < 0.2))
+        answered += int(info["request_done"])
+        dropped += int(info["dropped"])
+        assert info["queue_len"] <= 2
+        assert np.isclose(info["reward_drop"], -0.5 * info["dropped"])
+        periods = (env._dyn.t[0] - a0) / gap
+        if abs(periods - round(periods)) > 1e-6:  # not at an arrival instant (float ties)
+            assert answered + 1 + info["queue_len"] + dropped == np.floor(periods) + 1
+        if trunc:
+            env.reset()
+    assert dropped > 20
+
+
+def test_md1_mean_wait_matches_pollaczek_khinchine():
+    """Poisson arrivals at load rho with deterministic service S: W = rho S / (2 (1 - rho))."""
+    rho = 0.5
+    cfg = EnvConfig.from_dict(
+        {
+            **CONSTANT,
+            "requests_per_episode": 200,
+            "arrivals": {"kind": "poisson", "utilisation": rho},
+            "queue": {"capacity": 1024},
+        }
+    )
+    service = describe(cfg)["mean_service_ms"]
+    venv = DistrEEVecEnv(64, cfg)
+    venv.reset(seed=0)
+    waits = []
+    zeros = np.zeros(64, dtype=np.int64)
+    while len(waits) < 64 * 150:
+        _, _, _, _, info = venv.step(zeros)
+        waits.extend(info["request_wait_ms"][info["request_done"]].tolist())
+    expected = rho * service / (2 * (1 - rho))
+    assert abs(np.mean(waits) / expected - 1) < 0.1
+
+
+def test_admit_overflow_keeps_requests_and_counts_them():
+    cfg = EnvConfig.from_dict(
+        {
+            **CONSTANT,
+            "requests_per_episode": 40,
+            "arrivals": {"kind": "periodic", "utilisation": 1.5},
+            "queue": {"capacity": 1, "overflow": "admit"},
+        }
+    )
+    env = DistrEEEnv(cfg)
+    obs, _ = env.reset(seed=0)
+    q = env.observation_names.index("queue_len")
+    most = 0
+    done = False
+    while not done:
+        obs, _, _, done, info = env.step(0)
+        most = max(most, int(info["queue_len"]))
+        assert obs[q] <= 1.0
+    assert most > 1 and info["episode_overflow_rate"] > 0 and info["episode_drop_rate"] == 0
+
+
+def test_early_exits_free_the_devices_for_waiting_requests():
+    cfg = EnvConfig.from_dict(
+        {**CONSTANT, "arrivals": {"kind": "poisson", "utilisation": 0.9}, "queue": {"capacity": 64}}
+    )
+    waits = {}
+    for action in (0, 1):
+        venv = DistrEEVecEnv(16, cfg)
+        venv.reset(seed=1)
+        acts, total = np.full(16, action), []
+        while len(total) < 2000:
+            _, _, _, _, info = venv.step(acts)
+            total.extend(info["request_wait_ms"][info["request_done"]].tolist())
+        waits[action] = np.mean(total)
+    assert waits[1] < 0.5 * waits[0]

@@ -1,0 +1,1 @@
+"""Tests of the exit-trace package: format, synthetic generator, registry, hostile files."""
