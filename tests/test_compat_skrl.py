@@ -58,6 +58,11 @@ def test_skrl_ppo_on_the_vector_env(tmp_path):
         device=env.device,
         cfg={"rollouts": 16, "experiment": {"directory": str(tmp_path)}},
     )
-    trainer = SequentialTrainer(env=env, agents=agent, cfg={"timesteps": 64})
+    # skrl closes the env at interpreter exit, logging to a stream pytest has closed by then;
+    # the test closes it itself.
+    trainer = SequentialTrainer(
+        env=env, agents=agent, cfg={"timesteps": 64, "close_environment_at_exit": False}
+    )
     assert not trainer.cfg.headless  # the default: skrl calls env.render() every step
     trainer.train()
+    env.close()

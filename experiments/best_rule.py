@@ -1,0 +1,58 @@
+"""Print the ``run_live --policy`` spec of the classic rule with the best mean reward on val.
+
+Why: the live benchmark compares LastExit, the best rule and an agent; "best" is chosen in the
+simulator on the val trace (with the calibrated cluster profile), never on test or live data.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+
+from agents.calibrate import calibrate_all
+from distree_env.config import build_config
+from distree_env.io import read_text_capped
+from experiments.cli import one_line_errors, parse_args
+
+#: ``run_live --policy`` prefixes of the classic rules.
+POLICY_SPECS = {
+    "FixedExit": "fixed",
+    "RandomExit": "random",
+    "ConfidenceThreshold": "confidence",
+    "EntropyThreshold": "entropy",
+    "FeatureDifference": "feature-diff",
+}
+
+
+@dataclass
+class Args:
+    """Choose the best classic rule on val for a scenario and cluster profile."""
+
+    scenario: str = field(default="steady-stream", metadata={"help": "scenario name"})
+    profile: str = field(default="", metadata={"help": "cluster profile JSON (calibrate_cluster)"})
+    trace: str = field(default="cifar10-val", metadata={"help": "val trace to choose on"})
+    requests: int = field(default=2048, metadata={"help": "requests per evaluated point"})
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(Args, argv)
+    if args.trace.endswith("-test"):
+        raise ValueError(f"--trace={args.trace!r}: choose on a val trace, never on test")
+    overrides = {}
+    if args.profile:
+        overrides = json.loads(read_text_capped(args.profile, "--profile"))
+    overrides["trace"] = args.trace
+    config = build_config(None, args.scenario, overrides)
+    results = calibrate_all(config, n_requests=args.requests, num_envs=32)
+    best = max(results.values(), key=lambda c: dict(c.sweep)[c.best_reward_param]["mean_reward"])
+    for c in results.values():
+        reward = dict(c.sweep)[c.best_reward_param]["mean_reward"]
+        print(f"{c.rule}: best {c.best_reward_param:g} reward {reward:.4f}", file=sys.stderr)
+    param = best.best_reward_param
+    print(f"{POLICY_SPECS[best.rule]}:{int(param) if best.rule == 'FixedExit' else param:g}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The live benchmark behind the README's sim-vs-live table: calibrate the simulator on a live
+# LastExit run, choose the best classic rule on val with the calibrated cluster, run LastExit, that
+# rule and the shipped PPO live on the test images, and put the simulator beside them.
+# Run it on a quiet machine: every live figure depends on the load. About 10 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-runs/live}
+SCEN=${SCEN:-steady-stream}
+N=${N:-1000}                       # requests per policy (the test-image sample has 1000)
+PPO=${PPO:-ppo-$SCEN}              # shipped agent trained on this scenario
+mkdir -p "$OUT"
+common=(--backbone checkpoints/backbone-parallel.pt --scenario "$SCEN" --trace cifar10-test)
+$PY -m experiments.run_live "${common[@]}" --policy last-exit --requests 400 --seed 100 \
+    --out "$OUT/cal.json"
+$PY -m experiments.calibrate_cluster "$OUT/cal.json" --name live-2core --out "$OUT/cluster.json"
+RULE=$($PY -m experiments.best_rule --scenario "$SCEN" --profile "$OUT/cluster.json")
+echo "best rule on val: $RULE"
+runs=()
+for P in last-exit "$RULE" "$PPO"; do
+  $PY -m experiments.run_live "${common[@]}" --config "$OUT/cluster.json" --policy "$P" \
+      --requests "$N" --seed 0 --out "$OUT/live-${P//[:.]/_}.json"
+  runs+=("$OUT/live-${P//[:.]/_}.json")
+done
+$PY -m experiments.calibrate_cluster "$OUT/cal.json" --name live-2core --out "$OUT/cluster.json" \
+    --evaluate "${runs[@]}" --table "$OUT/sim-vs-live.md" ${README:+--readme}
