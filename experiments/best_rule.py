@@ -14,15 +14,7 @@ from agents.calibrate import calibrate_all
 from distree_env.config import build_config
 from distree_env.io import read_text_capped
 from experiments.cli import one_line_errors, parse_args
-
-#: ``run_live --policy`` prefixes of the classic rules.
-POLICY_SPECS = {
-    "FixedExit": "fixed",
-    "RandomExit": "random",
-    "ConfidenceThreshold": "confidence",
-    "EntropyThreshold": "entropy",
-    "FeatureDifference": "feature-diff",
-}
+from experiments.run_live import RULE_SPECS
 
 
 @dataclass
@@ -51,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         reward = dict(c.sweep)[c.best_reward_param]["mean_reward"]
         print(f"{c.rule}: best {c.best_reward_param:g} reward {reward:.4f}", file=sys.stderr)
     param = best.best_reward_param
-    print(f"{POLICY_SPECS[best.rule]}:{int(param) if best.rule == 'FixedExit' else param:g}")
+    prefix = {cls: name for name, cls in RULE_SPECS.items()}[best.rule]
+    print(f"{prefix}:{int(param) if best.rule == 'FixedExit' else param:g}")
 
 
 if __name__ == "__main__":

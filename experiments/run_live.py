@@ -30,6 +30,14 @@ from experiments.cli import fail, parse_args
 #: Seconds the other processes get after the first one ends or fails (a dead peer is noticed at
 #: once, a hung one after --timeout; then only the record is left to write).
 GRACE_S = 3.0
+#: ``--policy NAME:VALUE`` prefixes of the classic rules, and the ``agents`` class each names.
+RULE_SPECS = {
+    "fixed": "FixedExit",
+    "random": "RandomExit",
+    "confidence": "ConfidenceThreshold",
+    "entropy": "EntropyThreshold",
+    "feature-diff": "FeatureDifference",
+}
 POLICY_HELP = (
     "last-exit | fixed:K | random:P | confidence:T | entropy:T | feature-diff:T | "
     "an agent name or .zip path (see agents.load_agent)"
@@ -157,34 +165,20 @@ class Layout:
 
 def make_policy(spec: str, config: Any, trust: bool) -> Any:
     """A rule from ``name:parameter`` or an agent, bound to the environment's layout."""
-    from agents import (
-        ConfidenceThreshold,
-        EntropyThreshold,
-        FeatureDifference,
-        FixedExit,
-        LastExit,
-        RandomExit,
-        load_agent,
-    )
+    import agents
     from distree_env.dynamics import tables_for
 
-    rules = {
-        "fixed": lambda v: FixedExit(int(v)),
-        "random": lambda v: RandomExit(float(v)),
-        "confidence": lambda v: ConfidenceThreshold(float(v)),
-        "entropy": lambda v: EntropyThreshold(float(v)),
-        "feature-diff": lambda v: FeatureDifference(float(v)),
-    }
     name, _, value = spec.partition(":")
     if spec == "last-exit":
-        policy = LastExit()
-    elif name in rules:
+        policy = agents.LastExit()
+    elif name in RULE_SPECS:
+        rule = getattr(agents, RULE_SPECS[name])
         try:
-            policy = rules[name](value)
+            policy = rule(int(value) if rule is agents.FixedExit else float(value))
         except ValueError as e:
             raise ValueError(f"--policy {spec!r}: {e}") from None
     else:
-        return load_agent(spec, trust=trust)
+        return agents.load_agent(spec, trust=trust)
     tables = tables_for(config)
     return policy.bind(Layout(tables.observation_names, tables.num_exits))
 

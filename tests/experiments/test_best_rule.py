@@ -1,0 +1,32 @@
+"""experiments.best_rule: the live benchmark's rule is chosen on val, in a form run_live reads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from experiments.run_live import RULE_SPECS
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.best_rule", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_refuses_a_test_trace_in_one_line():
+    done = _run("--trace", "cifar10-test")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert "never on test" in done.stderr
+
+
+def test_prints_a_run_live_policy_spec():
+    done = _run("--scenario", "isolated", "--trace", "synthetic", "--requests", "256")
+    assert done.returncode == 0, done.stderr
+    prefix, _, value = done.stdout.strip().partition(":")
+    assert prefix in RULE_SPECS
+    float(value)
