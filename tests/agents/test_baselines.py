@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import distree_env.traces.registry as registry
 from agents import (
     DeadlineAware,
     LoadAware,
@@ -20,8 +19,6 @@ from agents.baselines import StageTimeTable, StateBins, solve_planner
 from agents.calibrate import fit_planner
 from agents.rollouts import collect
 from distree_env.config import EnvConfig
-from distree_env.manifest import record
-from distree_env.traces import synthetic_trace
 from tests.agents import SYNTH
 
 NAMES = (
@@ -177,24 +174,6 @@ def test_fitted_planner_beats_the_behaviour_it_learned_from():
     fitted = evaluate(planner, SYNTH, n_requests=2048, seed=1)["mean_reward"]
     behaviour = evaluate(RandomExit(0.25), SYNTH, n_requests=2048, seed=1)["mean_reward"]
     assert fitted > behaviour + 0.05
-
-
-@pytest.fixture
-def shipped(checkpoints, monkeypatch):
-    """cifar10-val / cifar10-test look-alikes; records every trace file that is read."""
-    for split, seed in (("val", 0), ("test", 1)):
-        path = checkpoints / "traces" / f"cifar10-{split}.npz"
-        synthetic_trace(n=600, seed=seed).save(path)
-        record(path, "test")
-    reads: list[str] = []
-    original = registry.read_trace_bytes
-
-    def spy(path):
-        reads.append(str(path))
-        return original(path)
-
-    monkeypatch.setattr(registry, "read_trace_bytes", spy)
-    return reads
 
 
 TINY = dict(n_requests=256, points=3, rounds=1, data_steps=2048)
