@@ -20,8 +20,18 @@ from distree_env.config import EnvConfig, build_config
 from distree_env.traces import resolve_trace
 from distree_env.vector_env import DistrEEVecEnv
 
-__all__ = ["METRICS", "EvalResult", "evaluate", "make_eval_env", "prepare_policy"]
+__all__ = [
+    "METRICS",
+    "MIN_STREAM_REQUESTS",
+    "EvalResult",
+    "evaluate",
+    "make_eval_env",
+    "prepare_policy",
+]
 
+#: Requests each sub-env's stream runs for at least, so that its queue (which starts empty)
+#: spends most of the count near its steady state.
+MIN_STREAM_REQUESTS = 128
 #: Scalar metrics returned by :func:`evaluate` (plus ``exit_fractions``, a list over exits).
 METRICS = (
     "mean_reward",
@@ -88,8 +98,11 @@ def evaluate(
     """Run ``policy`` until at least ``n_requests`` requests are answered; pooled metrics.
 
     Every sub-env counts its first ``ceil(n_requests / num_envs)`` answered requests (at least
-    one episode's worth, so a queue has time to build up) and the reward of the steps until
-    then, drops included: a policy that answers quickly gets no more requests counted.
+    one episode's and, for request streams, ``MIN_STREAM_REQUESTS``' worth, so a queue has time
+    to build up) and the requests dropped until then: a policy that answers quickly gets no more
+    requests counted. The reward is each request's own (correctness, latency from arrival,
+    deadline; a drop costs ``wrong_penalty + deadline_penalty``), whatever ``reward.timing``
+    says about when the learner is paid it.
 
     :param policy: anything with SB3's ``predict`` (a rule, a baseline, ``Oracle``, an SB3
         model or ``agents.load_agent``'s result).
@@ -107,7 +120,10 @@ def evaluate(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"evaluate: seed={seed!r}; expected an integer >= 0")
     config = build_config(config)
-    num_envs = max(1, min(int(num_envs), n_requests // config.requests_per_episode))
+    stream = config.requests_per_episode
+    if config.arrivals.kind != "isolated":
+        stream = max(stream, MIN_STREAM_REQUESTS)
+    num_envs = max(1, min(int(num_envs), n_requests // stream))
     per_env = math.ceil(n_requests / num_envs)
     venv = make_eval_env(config, num_envs)
     policy = prepare_policy(policy, venv, int(seed))
@@ -116,7 +132,6 @@ def evaluate(
     obs, _ = venv.reset(seed=int(seed))
     answered = np.zeros(num_envs, dtype=np.int64)
     dropped = np.zeros(num_envs, dtype=np.int64)
-    total_reward = 0.0
     exits: list[np.ndarray] = []
     latency: list[np.ndarray] = []
     correct: list[np.ndarray] = []
@@ -129,8 +144,7 @@ def evaluate(
         )
         actions = np.asarray(actions, dtype=np.int64).reshape(num_envs)
         active = answered < per_env
-        obs, rewards, terminated, truncated, infos = venv.step(actions)
-        total_reward += float(np.asarray(rewards, dtype=np.float64)[active].sum())
+        obs, _, terminated, truncated, infos = venv.step(actions)
         dropped += np.where(active, _step_values(infos, "dropped"), 0)
         done = active & _step_values(infos, "request_done").astype(bool)
         if done.any():
@@ -144,13 +158,21 @@ def evaluate(
     correct_a = np.concatenate(correct).astype(bool)
     n, n_drop = len(exits_a), int(dropped.sum())
     cum = _cumulative_flops(config)
+    rw = config.reward
+    late = lat_a > config.deadline_ms
+    total_reward = (
+        np.where(correct_a, rw.correct_bonus, -rw.wrong_penalty).sum()
+        - rw.latency_weight * (lat_a / config.deadline_ms).sum()
+        - rw.deadline_penalty * late.sum()
+        - (rw.wrong_penalty + rw.deadline_penalty) * n_drop
+    )
     return {
-        "mean_reward": total_reward / (n + n_drop),
+        "mean_reward": float(total_reward) / (n + n_drop),
         "accuracy": float(correct_a.mean()),
         "compute_saving": float(1.0 - cum[exits_a].mean() / cum[-1]),
         "latency_mean_ms": float(lat_a.mean()),
         "latency_p95_ms": float(np.percentile(lat_a, 95)),
-        "qos_rate": float((lat_a <= config.deadline_ms).sum() / (n + n_drop)),
+        "qos_rate": float((~late).sum() / (n + n_drop)),
         "drop_rate": n_drop / (n + n_drop),
         "exit_fractions": (np.bincount(exits_a, minlength=len(cum)) / n).tolist(),
         "n_requests": n + n_drop,

@@ -54,12 +54,19 @@ __all__ = [
 DEFAULT_TRACE = "cifar10-val"
 #: The trace of the pipeline-topology variants.
 DEFAULT_PIPELINE_TRACE = "cifar10-pipeline-val"
-#: How an episode ends after ``requests_per_episode`` answered requests: ``terminate`` (the
-#: first version: the episode is over) or ``truncate`` (the stream goes on; a time limit).
-EPISODE_ENDS = ("terminate", "truncate")
-#: When the latency cost is paid: ``stage`` (every decision pays the time since the request's
-#: previous decision, the first version) or ``request`` (the exit step pays the request's total).
-REWARD_TIMINGS = ("stage", "request")
+#: How an episode ends after ``requests_per_episode`` answered requests: ``terminate`` (v0: the
+#: episode is over; ``reset()`` starts a fresh stream), ``truncate`` (v1: a time limit; the
+#: stream goes on) or ``terminate-continue`` (v2: the episode is over because every cost its
+#: requests caused was charged inside it, see ``system`` timing; ``reset()`` without a seed
+#: continues the stream).
+EPISODE_ENDS = ("terminate", "truncate", "terminate-continue")
+#: When the latency cost is paid: ``stage`` (v0: every decision pays the time since the request's
+#: previous decision), ``request`` (v1: the exit step pays the request's total) or ``system`` (v2:
+#: every decision pays the latency accrued since the previous decision by every request in the
+#: system, the one in service and those waiting; so the delay a stage imposes on the queue is
+#: charged to the request that ran it, and the costs of a stream still sum to its requests'
+#: latencies).
+REWARD_TIMINGS = ("stage", "request", "system")
 #: Cap on ``requests_per_episode`` (per-episode buffers are allocated for it).
 MAX_REQUESTS_PER_EPISODE = 100_000
 #: Physical ranges, with the reason shown in errors.
@@ -382,7 +389,7 @@ class RewardConfig:
     wrong_penalty: float = 0.0
     latency_weight: float = 0.5
     deadline_penalty: float = 0.5
-    timing: str = "request"
+    timing: str = "system"
 
     def __post_init__(self) -> None:
         _normalise(self)
@@ -402,16 +409,17 @@ class EnvConfig:
     :param requests_per_episode: answered requests per episode (cap MAX_REQUESTS_PER_EPISODE).
     :param deadline_ms: QoS deadline of a request, counted from its arrival.
     :param max_elapsed_ratio: upper clip of ``elapsed_ratio`` and ``oldest_wait_ratio``.
-    :param episode_end: ``truncate`` (the stream continues) or ``terminate``.
+    :param episode_end: one of EPISODE_ENDS (default ``terminate-continue``: every request is
+        an episode, and the stream goes on across ``reset()`` calls without a seed).
     :param arrivals: the request stream; :param queue: the waiting queue; :param cluster: devices,
         links and resource processes; :param reward: reward weights and timing.
     """
 
     trace: str = DEFAULT_TRACE
-    requests_per_episode: int = 128
+    requests_per_episode: int = 1
     deadline_ms: float = 100.0
     max_elapsed_ratio: float = 4.0
-    episode_end: str = "truncate"
+    episode_end: str = "terminate-continue"
     arrivals: ArrivalConfig = field(default_factory=ArrivalConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

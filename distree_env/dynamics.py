@@ -286,6 +286,8 @@ class Dynamics:
         self.slots = self.capacity if config.queue.overflow == "drop" else QUEUE_HARD_CAP
         rw = config.reward
         self.per_stage = rw.timing == "stage"
+        self.system_cost = rw.timing == "system"
+        self.request_timing = rw.timing == "request"
         self.latency_cost = rw.latency_weight / self.deadline
         self.drop_cost = rw.wrong_penalty + rw.deadline_penalty
         self.pool_steps = pool_steps(b)
@@ -297,6 +299,8 @@ class Dynamics:
         self.arrival = np.zeros(b)
         self.service_start = np.zeros(b)
         self.last_decision = np.zeros(b)
+        #: ``system`` timing: latency (ms) already charged to the requests in the system.
+        self.accrued = np.zeros(b)
         self.sample = np.zeros(b, dtype=np.int64)
         self.request = np.zeros(b, dtype=np.int64)
         self.offset = np.zeros(b, dtype=np.int64)
@@ -353,6 +357,7 @@ class Dynamics:
         for name, value in sub.__dict__.items():
             getattr(self.arr_state, name)[envs] = value
         self.t[envs] = 0.0
+        self.accrued[envs] = 0.0
         self.request[envs] = -1
         self.queue.clear(envs)
         self.a_next[envs] = 0
@@ -366,14 +371,23 @@ class Dynamics:
         self.t[envs] += self.pool.stage_ms.take(pos * self.K)  # stage 0
         self._arrivals(rng, np.zeros(self.num_envs, dtype=np.int64))
 
-    def begin_episode(self, envs: np.ndarray) -> None:
-        """Zero the episode accumulators of ``envs`` (the stream itself goes on)."""
-        for acc in (
+    def _accumulators(self) -> tuple[np.ndarray, ...]:
+        return (
             self.ep_answered, self.ep_correct, self.ep_flops, self.ep_met, self.ep_dropped,
             self.ep_overflow, self.ep_wait, self.ep_busy, self.ep_exits, self.ep_rewards,
-        ):  # fmt: skip
+        )  # fmt: skip
+
+    def begin_episode(self, envs: np.ndarray) -> None:
+        """Zero the episode accumulators of ``envs`` (the stream itself goes on)."""
+        for acc in self._accumulators():
             acc[envs] = 0
         self.ep_start[envs] = self.t[envs]
+
+    def begin_episode_one(self) -> None:
+        """:meth:`begin_episode` of the single stream (v2 calls it after every request)."""
+        for acc in self._accumulators():
+            acc[0] = 0
+        self.ep_start[0] = self.t.item()
 
     # ---- the step -----------------------------------------------------------------------------
     def step(
@@ -391,7 +405,9 @@ class Dynamics:
         if active is not None:
             ex &= active
         info = self._answer(ex)
-        if self.per_stage:
+        if self.system_cost:
+            info["reward_latency"] = self._accrue(ex, active)
+        elif self.per_stage:
             lat = (self.last_decision - self.t) * self.latency_cost
             if active is None:
                 self.last_decision = self.t.copy()
@@ -418,6 +434,20 @@ class Dynamics:
         acc[:, 2] += info["reward_deadline"]
         acc[:, 3] += drop
         return rewards, info, self.ep_answered >= self.R
+
+    def _accrue(self, ex: np.ndarray, active: np.ndarray | None) -> np.ndarray:
+        """``system`` timing: the latency cost accrued since the previous decision by every
+        request in the system (the one in service and those waiting), ``[B]``; the requests
+        answered now (``ex``) leave the system."""
+        t, arrival = self.t, self.arrival
+        held = (self.queue.size + 1) * t - (self.queue.time_sum + arrival)
+        cost = (self.accrued - held) * self.latency_cost
+        left = held - (t - arrival) * ex
+        if active is None:
+            self.accrued = left
+            return cost
+        self.accrued = np.where(active, left, self.accrued)
+        return cost * active
 
     def _answer(self, ex: np.ndarray) -> dict[str, np.ndarray]:
         """Requests where ``ex`` exit at their current exit now: the step info's request and
@@ -584,7 +614,13 @@ class Dynamics:
         else:
             r_correct = r_deadline = 0.0
             r_latency = -0.0
-        if self.per_stage:
+        if self.system_cost:
+            arrival, queue = self.arrival.item(), self.queue
+            held = (queue.size.item() + 1) * t - (queue.time_sum.item() + arrival)
+            r_latency = (self.accrued.item() - held) * self.latency_cost
+            self.accrued[0] = held - (t - arrival) * ex
+            info["reward_latency"] = np.float64(r_latency)
+        elif self.per_stage:
             r_latency = (self.last_decision.item() - t) * self.latency_cost
             self.last_decision[0] = t
             info["reward_latency"] = np.float64(r_latency)
@@ -603,7 +639,7 @@ class Dynamics:
         size = self.queue.size.item()
         info["queue_len"] = self.counts[size]
         acc = self.ep_rewards
-        if ex or self.per_stage:  # adding zeros changes nothing: skip it
+        if ex or not self.request_timing:  # adding zeros changes nothing: skip it
             acc[0, 0] += r_correct
             acc[0, 1] += r_latency
             acc[0, 2] += r_deadline
@@ -651,6 +687,7 @@ class Dynamics:
             arrival, sample = queue.time.item(head), queue.sample.item(head)
             queue.head[0] = (head + 1) % queue.slots
             queue.size[0] -= 1
+            queue.time_sum[0] = queue.time_sum.item() - arrival if queue.size.item() else 0.0
         else:
             slot = self.a_next.item() & (2 * ARRIVAL_BLOCK - 1)
             arrival = t if self.isolated else self.a_time.item(slot)
@@ -692,6 +729,7 @@ class Dynamics:
                 queue.time[flat] = time
                 queue.sample[flat] = sample
                 queue.size[0] = size + 1
+                queue.time_sum[0] += time
                 if size >= self.capacity:
                     self.ep_overflow[0] += 1
             else:
@@ -771,6 +809,43 @@ class Dynamics:
             "episode_return": ret,
             "episode_reward_per_request": ret / total,
             "episode_exit_fractions": self.ep_exits[envs] / r,
+        }
+
+    def episode_metrics_one(self) -> dict[str, Any]:
+        """:meth:`episode_metrics` of the single stream as numpy scalars, computed with Python
+        floats when the episode is one request (v2: after every request, where numpy's
+        per-call overhead would double the cost of a step); bit-identical to the batched
+        values, which are used otherwise."""
+        if self.R != 1:
+            rows = self.episode_metrics(np.zeros(1, dtype=np.int64))
+            return {k: v[0].copy() if v.ndim > 1 else v[0] for k, v in rows.items()}
+        f64 = np.float64
+        dropped = self.ep_dropped.item()
+        total = 1.0 + dropped
+        latency = self.ep_latency.item(0)
+        full = self.tables.cum_flops.item(-1)
+        wall = max(self.t.item() - self.ep_start.item(), 1e-9)
+        parts = self.ep_rewards[0].tolist()
+        ret = parts[0] + parts[1] + parts[2] + parts[3]
+        return {
+            "episode_done": np.True_,
+            "episode_requests": f64(1.0),
+            "episode_accuracy": f64(self.ep_correct.item() / 1.0),
+            "episode_compute_saving": f64(1.0 - self.ep_flops.item() / full if full > 0 else 0.0 * ret),
+            "episode_latency_mean_ms": f64(latency),
+            "episode_latency_p95_ms": f64(latency * 1.0 + latency * 0.0),
+            "episode_qos_rate": f64(self.ep_met.item() / total),
+            "episode_drop_rate": f64(dropped / total),
+            "episode_overflow_rate": f64(self.ep_overflow.item() / total),
+            "episode_wait_mean_ms": f64(self.ep_wait.item() / 1.0),
+            "episode_utilisation": f64(min(self.ep_busy.item() / wall, 1.0)),
+            "episode_reward_correct": f64(parts[0]),
+            "episode_reward_latency": f64(parts[1]),
+            "episode_reward_deadline": f64(parts[2]),
+            "episode_reward_drop": f64(parts[3]),
+            "episode_return": f64(ret),
+            "episode_reward_per_request": f64(ret / total),
+            "episode_exit_fractions": self.ep_exits[0] / 1.0,
         }
 
     def batch_episode_metrics(self, done: np.ndarray) -> dict[str, np.ndarray]:

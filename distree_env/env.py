@@ -125,10 +125,16 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     ## Rewards
     Per request: ``correct_bonus`` if its answer is right (else ``-wrong_penalty``), minus
     ``latency_weight * latency / deadline`` (latency from arrival), minus ``deadline_penalty`` if
-    late. ``reward.timing="request"`` (v1): paid on the exit step, continue steps earn 0.
+    late. When the latency cost is paid (``reward.timing``):
+    ``"system"`` (v2): every decision pays ``latency_weight / deadline`` times the latency
+    accrued since the previous decision by every request in the system, the one in service and
+    those waiting; continuing a request is charged the wait it imposes on the queue, and a
+    stream's costs still sum to its requests' latencies. Correctness and the deadline penalty are
+    paid on the exit step. ``"request"`` (v1): everything on the exit step, continue steps earn 0.
     ``"stage"`` (v0): every decision pays the latency since the request's previous decision.
     A request dropped at a full queue costs ``wrong_penalty + deadline_penalty`` on the step
-    during which it arrived. The parts are in ``info``.
+    during which it arrived. The parts are in ``info``. ``agents.evaluate`` scores every policy
+    by the per-request reward of its answered and dropped requests, whatever the timing.
 
     ## Starting State
     ``reset(seed=s)`` starts a fresh stream at time 0 (empty queue; resource paths drawn from
@@ -136,10 +142,14 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     first observation is the first request's exit 0.
 
     ## Episode End
-    After ``requests_per_episode`` answered requests: ``episode_end="truncate"`` (v1) truncates
-    (the stream goes on: ``reset()`` without a seed continues it, same clock, queue and resources;
-    the observation returned is the next decision's, so value bootstrapping is exact);
-    ``"terminate"`` (v0) terminates and ``reset()`` starts a fresh stream.
+    After ``requests_per_episode`` answered requests (v2: 1): ``episode_end="terminate-continue"``
+    (v2) terminates, since with ``system`` timing the episode's return holds every cost its
+    requests caused, and ``reset()`` without a seed continues the stream (same clock, queue and
+    resources). So a library's per-step discount (SB3's default gamma 0.99) spans at most one
+    request's few decisions and cannot make answering fast look better than answering well.
+    ``"truncate"`` (v1) truncates and the stream goes on (the observation returned is the next
+    decision's, so value bootstrapping is exact); ``"terminate"`` (v0) terminates and
+    ``reset()`` starts a fresh stream.
 
     ## Info
     Every step and ``reset`` return the same keys (numpy scalars): ``reward_correct``,
@@ -162,6 +172,11 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     in service, true future resource levels) and ``oracle_actions()``.
 
     ## Version History
+    * v2: every request is an episode (``requests_per_episode=1``, ``terminate-continue``) and
+      ``system`` reward timing charges each decision the latency accrued by every request in
+      the system; the dynamics are v1's. Why: with v1's 128-request episodes, libraries'
+      default per-step discount favoured early exits (more answers per step) and SB3's and
+      CleanRL's default PPO settled on always exiting at exit 0.
     * v1: request streams (Poisson, bursty MMPP, periodic, trace arrivals) with a bounded queue
       and deadlines from arrival; resources evolve in wall-clock time and are observed by
       periodic measurement; the parallel topology also pays for the input sent to every device
@@ -214,7 +229,8 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
         self._obs = np.zeros(len(self.observation_names), dtype=np.float32)
         self._last: tuple[int, bool, bool] | None = None
         self._episode_over = False
-        self._terminate = self.config.episode_end == "terminate"
+        self._terminate = self.config.episode_end != "truncate"
+        self._fresh_stream = self.config.episode_end == "terminate"
 
     # ---- gymnasium API ----------------------------------------------------------------------
     def reset(
@@ -224,16 +240,16 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
         if options:
             raise ValueError(f"options={options!r:.100} is not allowed: this env takes no options")
         super().reset(seed=seed)
-        dyn, envs = self._dyn, np.zeros(1, dtype=np.int64)
+        dyn = self._dyn
         if seed is not None or dyn.pool is None:
             dyn.seed_pool(seed if seed is not None else int(self.np_random.integers(2**63)))
-        if seed is not None or not self._started or self.config.episode_end == "terminate":
-            dyn.restart(self.np_random, envs)
-        else:
-            dyn.begin_episode(envs)
+        if seed is not None or not self._started or self._fresh_stream:
+            dyn.restart(self.np_random, np.zeros(1, dtype=np.int64))
+            self._obs = dyn.observe_one()
+        else:  # the stream goes on: the last step's observation is the next decision's
+            dyn.begin_episode_one()
         self._started = self._ready = True
         self._last, self._episode_over = None, False
-        self._obs = dyn.observe_one()
         info = dyn.neutral_info.copy()
         info["episode_exit_fractions"] = np.zeros(self.num_exits)
         info["queue_len"] = dyn.counts[dyn.queue.size.item()]
@@ -247,7 +263,7 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
         dyn = self._dyn
         obs, reward, info, ended = dyn.step_one(self._np_random, action == 1)
         if ended:
-            info.update(_single(dyn.episode_metrics(np.zeros(1, dtype=np.int64))))
+            info.update(dyn.episode_metrics_one())
         if self._renderer is not None and info["request_done"]:
             self._last = (int(info["request_exit"]), bool(info["request_correct"]),
                           bool(info["request_latency_ms"] <= dyn.deadline))  # fmt: skip
@@ -327,11 +343,6 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
             if self.render_mode in ("rgb_array", "human")
             else None
         )
-
-
-def _single(info: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Row 0 of batched info arrays, as numpy scalars (arrays for per-exit values)."""
-    return {key: value[0].copy() if value.ndim > 1 else value[0] for key, value in info.items()}
 
 
 DistrEEEnv.__doc__ = (DistrEEEnv.__doc__ or "").replace(

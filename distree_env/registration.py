@@ -2,8 +2,9 @@
 
 Why a module of its own (as Gymnasium keeps ``envs/registration.py`` apart from the envs): the
 list of ids is data that the README, rl-zoo3 hyperparameters and tests iterate over.
-``v0`` ids keep the first version's dynamics (isolated requests); ``v1`` ids are load-coupled
-request streams (see ``distree_env.config.SCENARIOS`` and the env card's Version History).
+``v0`` ids keep the first version's dynamics (isolated requests); ``v1`` and ``v2`` ids are
+load-coupled request streams, v2 (the defaults) with one request per episode and system-wide
+latency costs (see ``distree_env.config.SCENARIOS`` and the env card's Version History).
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from distree_env.config import DEFAULT_PIPELINE_TRACE
 
 __all__ = ["ENV_IDS", "register_envs"]
 
+#: How v1 ids cut a stream into episodes and pay rewards (v2 changed only these).
+_V1_EPISODES: dict[str, Any] = {
+    "requests_per_episode": 128,
+    "episode_end": "truncate",
+    "reward": {"timing": "request"},
+}
 #: Registered ids and their constructor kwargs (JSON-friendly, so ``spec.to_json()`` works).
 ENV_IDS: dict[str, dict[str, Any]] = {
     # v0: the first version's dynamics (scenario "isolated" and its variants).
@@ -28,18 +35,20 @@ ENV_IDS: dict[str, dict[str, Any]] = {
     },
     "DistrEE-Congested-v0": {"scenario": "congested"},
     "DistrEE-Stable-v0": {"scenario": "stable"},
-    # v1: request streams with queues, resources in wall-clock time, per-request rewards.
-    "DistrEE-v1": {"scenario": "steady-stream"},
-    "DistrEE-Bursty-v1": {"scenario": "bursty-stream"},
-    "DistrEE-WiFi-v1": {"scenario": "wifi-contention"},
-    "DistrEE-Cellular-v1": {"scenario": "cellular"},
-    "DistrEE-Pipeline-v1": {"scenario": "pipeline"},
-    "DistrEE-Isolated-v1": {
-        "scenario": "isolated",
-        "requests_per_episode": 128,
-        "episode_end": "truncate",
-        "reward": {"timing": "request"},
-    },
+    # v2 (the defaults): request streams with queues, resources in wall-clock time; every
+    # request is an episode and each decision pays the latency accrued by the whole system.
+    "DistrEE-v2": {"scenario": "steady-stream"},
+    "DistrEE-Bursty-v2": {"scenario": "bursty-stream"},
+    "DistrEE-WiFi-v2": {"scenario": "wifi-contention"},
+    "DistrEE-Cellular-v2": {"scenario": "cellular"},
+    "DistrEE-Pipeline-v2": {"scenario": "pipeline"},
+    # v1: the same streams in 128-request truncated episodes with rewards on the exit step.
+    "DistrEE-v1": {"scenario": "steady-stream", **_V1_EPISODES},
+    "DistrEE-Bursty-v1": {"scenario": "bursty-stream", **_V1_EPISODES},
+    "DistrEE-WiFi-v1": {"scenario": "wifi-contention", **_V1_EPISODES},
+    "DistrEE-Cellular-v1": {"scenario": "cellular", **_V1_EPISODES},
+    "DistrEE-Pipeline-v1": {"scenario": "pipeline", **_V1_EPISODES},
+    "DistrEE-Isolated-v1": {"scenario": "isolated", **_V1_EPISODES},
 }
 
 

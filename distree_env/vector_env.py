@@ -191,7 +191,7 @@ class DistrEEVecEnv(VectorEnv):
             rewards, info, done = dyn.step(self.np_random, a)
         self._elapsed += 1
         no = np.zeros(b, dtype=bool)
-        terminate = self.config.episode_end == "terminate"
+        terminate = self.config.episode_end != "truncate"
         terminated, truncated = (done, no) if terminate else (no, done.copy())
         if self.max_episode_steps is not None:
             truncated |= (self._elapsed >= self.max_episode_steps) & ~terminated

@@ -1,4 +1,4 @@
-"""Steps per second of DistrEE (default config: DistrEE-v1) beside CartPole-v1, in the same run.
+"""Steps per second of DistrEE (default config: DistrEE-v2) beside CartPole-v1, in the same run.
 
     python -m experiments.bench_env [--seconds 1.0] [--rounds 5] [--json FILE] [--readme]
 
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda s: _single_runner(CartPoleEnv(), s),
         ),
         "single gym.make": (
-            lambda s: _single_runner(gym.make("DistrEE-v1"), s),
+            lambda s: _single_runner(gym.make("DistrEE-v2"), s),
             lambda s: _single_runner(gym.make("CartPole-v1"), s),
         ),
     }

@@ -1,7 +1,7 @@
 """Can a user learn a good exit policy with an RL library's defaults? Measured, not assumed.
 
-    python -m experiments.bench_learnability                      # DistrEE-v1, 300k steps each
-    python -m experiments.bench_learnability --env-id DistrEE-Bursty-v1 --learners sb3
+    python -m experiments.bench_learnability                      # DistrEE-v2, 300k steps each
+    python -m experiments.bench_learnability --env-id DistrEE-Bursty-v2 --learners sb3
 
 Two learners, each with its library's default settings and nothing tuned for DistrEE:
 - ``sb3``: ``PPO("MlpPolicy", make_vec_env(env_id, n_envs=8))`` (SB3's defaults, gamma 0.99);
@@ -33,7 +33,7 @@ class Args:
     """Train PPO with SB3's and CleanRL's defaults on a DistrEE id and compare with the
     project's tuned agent on the held-out split."""
 
-    env_id: str = "DistrEE-v1"
+    env_id: str = "DistrEE-v2"
     timesteps: int = field(default=300_000, metadata={"help": "environment steps per learner"})
     learners: tuple[str, ...] = field(
         default=("sb3", "cleanrl"), metadata={"choices": ["sb3", "cleanrl"]}

@@ -1,6 +1,6 @@
 """Draw the start of a DistrEE episode as an animated GIF (and its first frame as a PNG).
 
-    python -m experiments.render_episode [--env-id DistrEE-v1] [--steps 40] [--out docs/episode.gif]
+    python -m experiments.render_episode [--env-id DistrEE-v2] [--steps 40] [--out docs/episode.gif]
 
 The frames are what ``render_mode="rgb_array"`` returns (``distree_env.render``); the policy is
 a round-number confidence rule (exit when the top-1 probability reaches ``--threshold``), so the
@@ -23,7 +23,7 @@ MAX_STEPS = 1000
 class Args:
     """Record the first steps of an episode as a GIF and a PNG of its first frame."""
 
-    env_id: str = field(default="DistrEE-v1", metadata={"help": "registered DistrEE id"})
+    env_id: str = field(default="DistrEE-v2", metadata={"help": "registered DistrEE id"})
     steps: int = field(default=40, metadata={"help": f"frames (1 to {MAX_STEPS})"})
     threshold: float = field(default=0.8, metadata={"help": "exit when max_prob >= this"})
     seed: int = field(default=0, metadata={"help": f"random seed (0 to {MAX_SEED})"})
@@ -40,6 +40,7 @@ class Args:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
+    """Run from command-line ``argv`` (default: ``sys.argv``); returns the exit status."""
     args = parse_args(Args, argv)
     import gymnasium as gym
     from PIL import Image

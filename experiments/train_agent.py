@@ -128,11 +128,11 @@ class Args:
 
 def env_id_for(scenario: str) -> str:
     """The registered id whose only setting is ``scenario`` (e.g. ``bursty-stream`` ->
-    ``DistrEE-Bursty-v1``, ``isolated`` -> ``DistrEE-v0``), else ``DistrEE-v1``: names runs and
+    ``DistrEE-Bursty-v2``, ``isolated`` -> ``DistrEE-v0``), else ``DistrEE-v2``: names runs and
     picks the rl-zoo3 hyperparameter entry."""
     from distree_env.registration import ENV_IDS
 
-    return next((i for i, kw in ENV_IDS.items() if kw == {"scenario": scenario}), "DistrEE-v1")
+    return next((i for i, kw in ENV_IDS.items() if kw == {"scenario": scenario}), "DistrEE-v2")
 
 
 def request_episodes(args: Args, config: Any) -> bool:

@@ -194,6 +194,7 @@ def test_resources_change_within_a_request(tmp_path):
                 t0 = dyn.t[0]
                 _, _, _, _, info = env.step(0)
                 if info["request_done"]:
+                    env.reset()  # v2: the request was the episode; the stream goes on
                     break
                 stage, k = dyn.t[0] - t0, dyn.k[:1]
                 fast, slow = (model.stage_ms(k, ones * c, ones)[0] for c in (1.0, 0.1))
@@ -214,7 +215,9 @@ def test_measured_levels_are_sampled_and_timeline_replays_the_env():
     d = env.num_devices
     rng = np.random.default_rng(0)
     for _ in range(200):
-        obs, *_ = env.step(int(rng.integers(2)))
+        obs, _, term, trunc, _ = env.step(int(rng.integers(2)))
+        if term or trunc:
+            env.reset()
         t = dyn.t[0]
         measured = np.concatenate(timeline.measured(t))
         assert np.allclose(obs[5 : 5 + 2 * d], measured, atol=1e-6)

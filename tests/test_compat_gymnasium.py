@@ -11,7 +11,7 @@ from gymnasium.wrappers import vector as vw
 
 ENV_ID = "DistrEE-v0"
 #: The first version and the default scenario of v1 (request streams, truncated episodes).
-VERSIONS = ("DistrEE-v0", "DistrEE-v1")
+VERSIONS = ("DistrEE-v0", "DistrEE-v1", "DistrEE-v2")
 MODES = ("sync", "async", "vector_entry_point")
 NUMPY = (np.generic, np.ndarray)
 

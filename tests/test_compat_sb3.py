@@ -16,7 +16,7 @@ from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 
 ENV_ID = "DistrEE-v0"
 #: The first version and the default scenario of v1 (request streams, truncated episodes).
-VERSIONS = ("DistrEE-v0", "DistrEE-v1")
+VERSIONS = ("DistrEE-v0", "DistrEE-v1", "DistrEE-v2")
 torch.set_num_threads(1)
 
 

@@ -108,7 +108,7 @@ def test_spec_json(env_id):
 def test_registration_fresh_interpreter_and_no_torch():
     code = (
         "import sys, gymnasium as gym\n"
-        "env = gym.make('distree_env:DistrEE-v1', trace='synthetic:n=100')\n"
+        "env = gym.make('distree_env:DistrEE-v2', trace='synthetic:n=100')\n"
         "env.reset(seed=0)\n"
         "import distree_env; distree_env.register_envs()\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
@@ -170,8 +170,8 @@ def test_bad_action_raises(bad):
 def test_accepts_numpy_actions_and_validates_seeds():
     env = DistrEEEnv(**FAST)
     env.reset(seed=np.int64(0))
-    env.step(np.int64(1))
     env.step(np.array(0))
+    env.step(np.int64(1))
     for bad in (True, -1, 1.5, "3", 2**64):
         with pytest.raises(ValueError, match="seed="):
             env.reset(seed=bad)
@@ -190,8 +190,9 @@ def test_info_keys_stable_numpy_and_parts_sum_to_reward():
             assert isinstance(value, (np.generic, np.ndarray)), key
         parts = sum(info[k] for k in ("reward_correct", "reward_latency", "reward_deadline"))
         assert np.isclose(parts + info["reward_drop"], reward)
-        if not info["request_done"]:  # per-request timing: continue steps pay drops only
-            assert info["reward_correct"] == info["reward_latency"] == 0.0
+        if not info["request_done"]:  # continue steps: the system's latency and drops only
+            assert info["reward_correct"] == info["reward_deadline"] == 0.0
+            assert info["reward_latency"] < 0.0
             assert info["request_latency_ms"] == 0.0 and info["request_exit"] == -1
         if term or trunc:
             env.reset()
@@ -204,20 +205,20 @@ def test_deadline_counts_from_arrival():
     env.reset(seed=0)
     waited = 0
     for _ in range(600):
-        obs, _, _, trunc, info = env.step(0)
+        obs, _, term, trunc, info = env.step(0)
         if info["request_done"]:
             lat, wait = info["request_latency_ms"], info["request_wait_ms"]
             assert lat >= wait >= 0.0
             assert info["request_correct"] in (True, False)
             assert (info["reward_deadline"] < 0) == (lat > env.config.deadline_ms)
             waited += wait > 0
-        if trunc:
+        if term or trunc:
             env.reset()
     assert waited > 10  # overloaded: requests wait, and the wait counts
 
 
 def test_truncation_continues_the_stream_and_termination_restarts():
-    env = DistrEEEnv(**FAST, requests_per_episode=3)
+    env = DistrEEEnv(**FAST, requests_per_episode=3, episode_end="truncate")
     env.reset(seed=0)
     done = False
     while not done:
@@ -234,6 +235,12 @@ def test_truncation_continues_the_stream_and_termination_restarts():
     assert np.isclose(info["episode_return"], info["episode_reward_per_request"] * 2)
     with pytest.raises(gym.error.ResetNeeded):
         iso.step(0)
+    v2 = DistrEEEnv(**FAST)  # v2: a request is an episode, terminated; the stream goes on
+    v2.reset(seed=0)
+    obs, _, term, trunc, info = v2.step(1)
+    assert term and not trunc and info["episode_requests"] == 1
+    again, _ = v2.reset()
+    assert np.array_equal(obs, again)
 
 
 def test_last_exit_saves_nothing_first_exit_is_cheapest_and_oracle_is_best():

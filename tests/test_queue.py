@@ -39,9 +39,11 @@ def test_deterministic_overload_waits_grow_as_computed_by_hand():
     env.reset(seed=0)
     latencies = []
     while len(latencies) < 20:
-        _, _, _, _, info = env.step(0)
+        _, _, terminated, _, info = env.step(0)
         if info["request_done"]:
             latencies.append(info["request_latency_ms"])
+        if terminated:
+            env.reset()  # v2: a request is an episode; the stream goes on
     expected = service + np.arange(20) * (service - gap)
     assert np.allclose(latencies, expected)
 
@@ -63,7 +65,7 @@ def test_requests_are_conserved_with_drops():
     answered = dropped = 0
     rng = np.random.default_rng(0)
     for _ in range(400):
-        _, reward, _, trunc, info = env.step(int(rng.random() < 0.2))
+        _, reward, term, trunc, info = env.step(int(rng.random() < 0.2))
         answered += int(info["request_done"])
         dropped += int(info["dropped"])
         assert info["queue_len"] <= 2
@@ -71,7 +73,7 @@ def test_requests_are_conserved_with_drops():
         periods = (env._dyn.t[0] - a0) / gap
         if abs(periods - round(periods)) > 1e-6:  # not at an arrival instant (float ties)
             assert answered + 1 + info["queue_len"] + dropped == np.floor(periods) + 1
-        if trunc:
+        if term or trunc:
             env.reset()
     assert dropped > 20
 
@@ -104,6 +106,7 @@ def test_admit_overflow_keeps_requests_and_counts_them():
         {
             **CONSTANT,
             "requests_per_episode": 40,
+            "episode_end": "truncate",
             "arrivals": {"kind": "periodic", "utilisation": 1.5},
             "queue": {"capacity": 1, "overflow": "admit"},
         }
@@ -134,3 +137,34 @@ def test_early_exits_free_the_devices_for_waiting_requests():
             total.extend(info["request_wait_ms"][info["request_done"]].tolist())
         waits[action] = np.mean(total)
     assert waits[1] < 0.5 * waits[0]
+
+
+def test_system_timing_charges_the_wait_of_the_queue_as_computed_by_hand():
+    """D/D/1, arrivals every T = 0.73 S, every request to the last exit: with ``system`` timing
+    the latency costs paid up to the n-th answer (at t_n = a_0 + (n + 1) S) are
+    c * (sum of the answered latencies (i + 1) S - i T, plus t_n - a_j for every request j
+    waiting at t_n), c = latency_weight / deadline; with ``request`` timing only the first sum."""
+    base = {**CONSTANT, "arrivals": {"kind": "periodic", "utilisation": 1 / 0.73}}
+    service = describe(EnvConfig.from_dict(base))["mean_service_ms"]
+    gap = 0.73 * service
+    paid = {}
+    for timing in ("system", "request"):
+        cfg = EnvConfig.from_dict({**base, "reward": {"timing": timing}})
+        env = DistrEEEnv(cfg)
+        env.reset(seed=0)
+        a0 = float(env.unwrapped._dyn.arrival[0])
+        total, paid[timing] = 0.0, []
+        while len(paid[timing]) < 20:
+            _, reward, terminated, _, info = env.step(0)
+            total += float(info["reward_latency"])
+            assert terminated == bool(info["request_done"])  # v2: one request per episode
+            if info["request_done"]:
+                paid[timing].append(total)
+                env.reset()  # the stream goes on
+    c = cfg.reward.latency_weight / cfg.deadline_ms
+    for n in range(20):
+        answered = sum((i + 1) * service - i * gap for i in range(n + 1))
+        t_n = a0 + (n + 1) * service
+        waiting = [t_n - (a0 + j * gap) for j in range(n + 1, int((t_n - a0) / gap) + 1)]
+        assert np.isclose(paid["request"][n], -c * answered)
+        assert np.isclose(paid["system"][n], -c * (answered + sum(waiting)))

@@ -22,7 +22,9 @@ QUEUE_HARD_CAP = 1024
 
 class WaitingQueue:
     """Waiting requests of ``num_envs`` environments, at most ``slots`` each: arrival time (ms)
-    and trace row. ``size`` ``[num_envs]`` is public."""
+    and trace row. ``size`` and ``time_sum`` (the waiting requests' summed arrival times, what
+    ``system`` reward timing needs to know the latency they accrue) ``[num_envs]`` are public;
+    ``time_sum`` is set to exactly 0 whenever a queue empties, so rounding cannot drift."""
 
     def __init__(self, num_envs: int, slots: int) -> None:
         self.slots = int(slots)
@@ -30,12 +32,14 @@ class WaitingQueue:
         self.sample = np.zeros(num_envs * self.slots, dtype=np.int64)
         self.head = np.zeros(num_envs, dtype=np.int64)
         self.size = np.zeros(num_envs, dtype=np.int64)
+        self.time_sum = np.zeros(num_envs)
         self._base = np.arange(num_envs) * self.slots
 
     def clear(self, envs: np.ndarray) -> None:
         """Empty the queues of ``envs``."""
         self.head[envs] = 0
         self.size[envs] = 0
+        self.time_sum[envs] = 0.0
 
     def push(self, envs: np.ndarray, time: np.ndarray, sample: np.ndarray) -> None:
         """Append one request to each queue in ``envs`` (callers check there is room)."""
@@ -43,6 +47,7 @@ class WaitingQueue:
         self.time[flat] = time
         self.sample[flat] = sample
         self.size[envs] += 1
+        self.time_sum[envs] += time
 
     def pop(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The oldest request of every queue ``[num_envs]`` (arrival time, trace row), removed
@@ -51,6 +56,7 @@ class WaitingQueue:
         out = self.time.take(flat), self.sample.take(flat)
         self.head = np.where(mask, (self.head + 1) % self.slots, self.head)
         self.size -= mask
+        self.time_sum = np.where(self.size > 0, self.time_sum - out[0] * mask, 0.0)
         return out
 
     def oldest(self, envs: np.ndarray | None = None) -> np.ndarray:

@@ -71,7 +71,8 @@ class _Counting:
 
 def test_recurrent_state_is_handed_back_every_step():
     policy = _Counting()
-    m = evaluate(policy, SYNTH, n_requests=256, seed=0, num_envs=2)
+    long_episodes = {**SYNTH, "requests_per_episode": 32, "episode_end": "truncate"}
+    m = evaluate(policy, long_episodes, n_requests=256, seed=0, num_envs=2)
     assert max(int(s.max()) for s in policy.states) > 3  # the memory grew across steps
     assert m["n_requests"] >= 256
 

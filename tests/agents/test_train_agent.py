@@ -18,7 +18,7 @@ from experiments import train_agent  # noqa: E402
 from tests.agents import SYNTH  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_PPO = """DistrEE-v1: &tiny
+TINY_PPO = """DistrEE-v2: &tiny
   n_envs: 4
   policy: 'MlpPolicy'
   n_steps: 64

@@ -18,6 +18,6 @@ def test_tiny_cleanrl_run_prints_reward_per_request(capsys):
 
 
 def test_held_out_config_uses_test_traces():
-    config, scenario = bench_learnability.held_out_config("DistrEE-Cellular-v1")
+    config, scenario = bench_learnability.held_out_config("DistrEE-Cellular-v2")
     assert scenario == "cellular"
     assert config.trace.endswith("-test") and config.cluster.bandwidth.split == "test"

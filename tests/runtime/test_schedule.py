@@ -35,7 +35,9 @@ def test_live_scenario_is_the_envs_episode(scenario):
         names = env.observation_names
         assert seen_c == pytest.approx(obs[[names.index(f"compute_{d}") for d in range(2)]])
         assert seen_b == pytest.approx(obs[[names.index(f"bandwidth_{d}") for d in range(2)]])
-        obs, *_ = env.step(1)
+        obs, _, term, trunc, _ = env.step(1)
+        if term or trunc:
+            obs, _ = env.reset()  # the stream goes on (v2: every request is an episode)
     assert served_sample == live.samples[:20].tolist()
     if scenario == "isolated":
         assert live.arrivals_ms is None
