@@ -1,8 +1,7 @@
-"""Exit policies for DistrEE: rules, strong baselines, the Oracle, calibration on val, one
-evaluation path, and SB3 agents.
+"""Exit policies for DistrEE, their calibration on val, and the one path that evaluates them.
 
-Rules, baselines and ``evaluate`` need only numpy; ``load_agent`` imports torch and
-stable-baselines3 when called.
+Rules, strong baselines, the Oracle and SB3 agents. Rules, baselines and ``evaluate`` need only
+numpy; ``load_agent`` imports torch and stable-baselines3 when called.
 """
 
 from __future__ import annotations

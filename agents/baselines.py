@@ -16,14 +16,13 @@ parameters that ``agents.calibrate`` chooses on the ``val`` trace only:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from agents.rules import RulePolicy
+from agents.rules import RulePolicy, check_number
 
 __all__ = [
     "CONFIDENCE_FEATURES",
@@ -33,6 +32,7 @@ __all__ = [
     "Planner",
     "StageTimeTable",
     "StateBins",
+    "slowest_levels",
     "solve_planner",
 ]
 
@@ -53,19 +53,14 @@ def _check_feature(owner: str, feature: str) -> str:
     return feature
 
 
-def _check_number(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name}={value!r}: expected a number in [{low:g}, {high:g}]")
-    if not (math.isfinite(float(value)) and low <= float(value) <= high):
-        raise ValueError(f"{name}={value!r} is outside [{low:g}, {high:g}]")
-    return float(value)
-
-
-def resource_columns(names: Sequence[str]) -> tuple[list[int], list[int]]:
-    """Columns of the measured device (``compute_*``) and link (``bandwidth_*``) levels."""
+def slowest_levels(obs: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the slowest measured device level (``compute_*``) and the slowest link level
+    (``bandwidth_*``): a request's next stage waits for both. 1.0 where there are none."""
     compute = [i for i, n in enumerate(names) if n.startswith("compute_")]
     bandwidth = [i for i, n in enumerate(names) if n.startswith("bandwidth_")]
-    return compute, bandwidth
+    c = obs[:, compute].min(axis=1) if compute else np.ones(len(obs))
+    b = obs[:, bandwidth].min(axis=1) if bandwidth else np.ones(len(obs))
+    return c, b
 
 
 class PerExitThreshold(RulePolicy):
@@ -89,7 +84,7 @@ class PerExitThreshold(RulePolicy):
         if not thresholds:
             raise ValueError(f"{owner}.thresholds: expected at least one threshold, got none")
         self.thresholds: tuple[float | None, ...] = tuple(
-            None if t is None else _check_number(f"{owner}.thresholds[{i}]", t, 0.0, 1.0)
+            None if t is None else check_number(f"{owner}.thresholds[{i}]", t, 0.0, 1.0)
             for i, t in enumerate(thresholds)
         )
         self.exits_above = CONFIDENCE_FEATURES[feature]
@@ -97,6 +92,7 @@ class PerExitThreshold(RulePolicy):
         self._t = np.array([never if t is None else t for t in self.thresholds], dtype=np.float64)
 
     def bind(self, env: Any) -> PerExitThreshold:
+        """Adopt ``env``'s layout; refuses a threshold count that does not fit its exits."""
         super().bind(env)
         if len(self.thresholds) != self.num_exits - 1:
             raise ValueError(
@@ -117,6 +113,7 @@ class PerExitThreshold(RulePolicy):
         return value >= level if self.exits_above else value <= level
 
     def decide(self, obs: np.ndarray) -> np.ndarray:
+        """Exit where the feature passes its exit's threshold, and always at the last exit."""
         k = self.exit_index(obs)
         return self.confident(obs, k) | (k >= self.num_exits - 1)
 
@@ -148,9 +145,7 @@ class StageTimeTable:
 
     def bins(self, obs: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(device bin, link bin) of each observation row."""
-        compute, bandwidth = resource_columns(names)
-        c = obs[:, compute].min(axis=1) if compute else np.ones(len(obs))
-        b = obs[:, bandwidth].min(axis=1) if bandwidth else np.ones(len(obs))
+        c, b = slowest_levels(obs, names)
         return (
             np.searchsorted(np.asarray(self.compute_edges), c, side="right"),
             np.searchsorted(np.asarray(self.bandwidth_edges), b, side="right"),
@@ -190,7 +185,7 @@ class DeadlineAware(PerExitThreshold):
         if not isinstance(table, StageTimeTable):
             raise ValueError(f"{type(self).__name__}.table: expected a StageTimeTable")
         self.table = table
-        self.guard = _check_number(f"{type(self).__name__}.guard", guard, 0.0, 100.0)
+        self.guard = check_number(f"{type(self).__name__}.guard", guard, 0.0, 100.0)
 
     def will_miss(self, obs: np.ndarray, k: np.ndarray) -> np.ndarray:
         """Boolean ``[n]``: on time now, late after the next stage (as predicted)."""
@@ -199,10 +194,12 @@ class DeadlineAware(PerExitThreshold):
         return (elapsed <= 1.0) & (elapsed + self.guard * nxt > 1.0)
 
     def decide(self, obs: np.ndarray) -> np.ndarray:
+        """Exit where the threshold passes or the next stage would miss the deadline."""
         k = self.exit_index(obs)
         return super().decide(obs) | self.will_miss(obs, k)
 
     def params(self) -> dict[str, Any]:
+        """The thresholds' parameters and ``guard``."""
         return {**super().params(), "guard": self.guard}
 
     def __repr__(self) -> str:
@@ -228,7 +225,7 @@ class LoadAware(DeadlineAware):
         feature: str = "max_prob",
     ) -> None:
         super().__init__(thresholds, table, guard, feature)
-        self.shift = _check_number(f"{type(self).__name__}.shift", shift, 0.0, 1.0)
+        self.shift = check_number(f"{type(self).__name__}.shift", shift, 0.0, 1.0)
 
     def _level(self, obs: np.ndarray, k: np.ndarray) -> np.ndarray:
         load = self.feature(obs, "queue_len").astype(np.float64)
@@ -236,6 +233,7 @@ class LoadAware(DeadlineAware):
         return super()._level(obs, k) + sign * self.shift * load
 
     def params(self) -> dict[str, Any]:
+        """:class:`DeadlineAware`'s parameters and ``shift``."""
         return {**super().params(), "shift": self.shift}
 
     def __repr__(self) -> str:
@@ -273,6 +271,7 @@ class StateBins:
 
     @property
     def size(self) -> int:
+        """Number of discrete states (the length of a planner's tables)."""
         return int(np.prod(self.shape))
 
     def codes(self, obs: np.ndarray, k: np.ndarray, names: Sequence[str]) -> np.ndarray:
@@ -284,9 +283,7 @@ class StateBins:
             rows = k == kk
             if rows.any():
                 conf[rows] = np.searchsorted(np.asarray(edges), value[rows], side="right")
-        compute, bandwidth = resource_columns(names)
-        c = obs[:, compute].min(axis=1) if compute else np.ones(len(obs))
-        b = obs[:, bandwidth].min(axis=1) if bandwidth else np.ones(len(obs))
+        c, b = slowest_levels(obs, names)
         q, e = obs[:, col["queue_len"]], obs[:, col["elapsed_ratio"]]
         parts = (
             np.minimum(k, len(self.confidence_edges) - 1),
@@ -333,7 +330,7 @@ def solve_planner(
         (several pairs may share one, e.g. rare pairs their group's); default: its own.
     :returns: ``[S, A]`` action values.
     """
-    discount = _check_number("solve_planner.discount", discount, 0.0, 0.9999)
+    discount = check_number("solve_planner.discount", discount, 0.0, 0.9999)
     n_s, n_a = reward.shape
     if isinstance(transition, np.ndarray):
         s, a, nxt = np.nonzero(transition)
@@ -399,6 +396,7 @@ class Planner(RulePolicy):
             raise ValueError(f"Planner.seen has shape {self.seen.shape}, expected ({bins.size},)")
 
     def decide(self, obs: np.ndarray) -> np.ndarray:
+        """Look each row's state up in the solved table (fallback for unseen states)."""
         k = self.exit_index(obs)
         codes = self.bins.codes(obs, k, self.observation_names)
         act = np.where(

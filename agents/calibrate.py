@@ -1,5 +1,4 @@
-"""Calibrate rules and baselines on the ``val`` trace: best mean reward, and cheapest within a
-budget.
+"""Calibrate rules and baselines on the ``val`` trace: best reward, and cheapest within budget.
 
 Why: a rule is only a fair baseline with its best parameters, and "best" has two readings: the
 highest mean reward (the RL objective), and the cheapest point whose accuracy stays within
@@ -27,7 +26,7 @@ from agents.baselines import (
     Planner,
     StageTimeTable,
     StateBins,
-    resource_columns,
+    slowest_levels,
     solve_planner,
 )
 from agents.evaluate import EvalResult, evaluate
@@ -40,6 +39,7 @@ from agents.rules import (
     LastExit,
     RandomExit,
     RulePolicy,
+    check_number,
 )
 from distree_env.config import EnvConfig, build_config
 from distree_env.traces import ExitTrace, resolve_trace
@@ -111,8 +111,7 @@ def calibrate(
     """Sweep ``rule``'s parameter on ``config``'s (val) trace; see the module docstring."""
     if rule not in CALIBRATED_RULES:
         raise ValueError(f"rule={rule!r} is not allowed: one of {', '.join(CALIBRATED_RULES)}")
-    if not (isinstance(max_accuracy_loss, (int, float)) and 0.0 <= max_accuracy_loss <= 1.0):
-        raise ValueError(f"max_accuracy_loss={max_accuracy_loss!r}: expected a number in [0, 1]")
+    check_number("max_accuracy_loss", max_accuracy_loss)  # a share of accuracy, not percent
     config = build_config(config)
     require_val(config, "calibrate")
     factory, default_grid = CALIBRATED_RULES[rule]
@@ -214,11 +213,9 @@ def _descend(
 def stage_time_table(data: Transitions, bins: int = 3) -> StageTimeTable:
     """Mean next-stage time (share of the deadline) per exit and slowest device / link level,
     from the steps of ``data`` that continued; empty cells take their exit's mean."""
-    compute, bandwidth = resource_columns(data.names)
     steps = (data.action == 0) & (data.next_exit_index == data.exit_index + 1)
     delta = data.column("elapsed_ratio", "next_obs") - data.column("elapsed_ratio")
-    c_level = data.obs[:, compute].min(axis=1) if compute else np.ones(len(data))
-    b_level = data.obs[:, bandwidth].min(axis=1) if bandwidth else np.ones(len(data))
+    c_level, b_level = slowest_levels(data.obs, data.names)
     c_edges, b_edges = _edges(c_level, bins), _edges(b_level, bins)
     table = StageTimeTable(c_edges, b_edges, np.zeros((data.num_exits - 1, 1, 1)))
     ci, bi = table.bins(data.obs, data.names)
@@ -269,7 +266,31 @@ def fit_planner(
     :param discount: per-request discount of the value iteration.
     :param min_count: visits below which a (state, action) pair backs off to its group.
     """
-    names = data.names
+    bins = _state_bins(data, feature, confidence_bins, resource_bins, queue_edges, elapsed_edges)
+    model = _empirical_model(data, bins, min_count)
+    ends = np.array([[False, True]] * len(model.seen_codes))
+    q = solve_planner(model.r_mean, model.transition, ends, discount, model.successors_of)
+    exit_seen = q[:, 1] >= q[:, 0]
+    table = np.zeros(bins.size, dtype=bool)
+    table[model.seen_codes] = exit_seen
+    seen = np.zeros(bins.size, dtype=bool)
+    seen[model.seen_codes] = True
+    votes = np.zeros((bins.shape[0] * bins.shape[1], 2))
+    np.add.at(votes, (model.group, exit_seen.astype(np.int64)), model.count.sum(axis=1))
+    fallback = votes[:, 1] >= votes[:, 0]
+    return Planner(bins, table, fallback, seen)
+
+
+def _state_bins(
+    data: Transitions,
+    feature: str,
+    confidence_bins: int,
+    resource_bins: int,
+    queue_edges: Sequence[float],
+    elapsed_edges: Sequence[float],
+) -> StateBins:
+    """The planner's discretisation: ``feature`` at per-exit quantiles of val, the slowest
+    device and link levels at :func:`_edges`, queue and elapsed time at the given edges."""
     conf_edges = []
     value = data.column(feature).astype(np.float64)
     for k in range(data.num_exits):
@@ -279,10 +300,8 @@ def fit_planner(
             continue
         q = np.quantile(here, np.linspace(0, 1, confidence_bins + 1)[1:-1])
         conf_edges.append(tuple(float(x) for x in np.unique(q)))
-    compute, bandwidth = resource_columns(names)
-    c_level = data.obs[:, compute].min(axis=1) if compute else np.ones(len(data))
-    b_level = data.obs[:, bandwidth].min(axis=1) if bandwidth else np.ones(len(data))
-    bins = StateBins(
+    c_level, b_level = slowest_levels(data.obs, data.names)
+    return StateBins(
         feature,
         tuple(conf_edges),
         _edges(c_level, resource_bins),
@@ -290,8 +309,25 @@ def fit_planner(
         tuple(float(e) for e in queue_edges),
         tuple(float(e) for e in elapsed_edges),
     )
-    s = bins.codes(data.obs, data.exit_index, names)
-    s_next = bins.codes(data.next_obs, data.next_exit_index, names)
+
+
+@dataclass(frozen=True)
+class _EmpiricalModel:
+    """The finite model :func:`solve_planner` solves, over the ``n`` states seen on val."""
+
+    seen_codes: np.ndarray  # [n] flat StateBins codes of the states seen
+    group: np.ndarray  # [n] back-off group (exit, confidence bin) of each seen state
+    count: np.ndarray  # [n, 2] visits per (state, action), the group's where rare
+    r_mean: np.ndarray  # [n, 2] mean reward; -1e9 where the action cannot be chosen
+    transition: tuple[np.ndarray, np.ndarray, np.ndarray]  # sparse (rows, next states, probs)
+    successors_of: np.ndarray  # [2n] the row of each (state, action)'s successor distribution
+
+
+def _empirical_model(data: Transitions, bins: StateBins, min_count: int) -> _EmpiricalModel:
+    """Empirical rewards and successor frequencies per (state, action) seen in ``data``; pairs
+    seen fewer than ``min_count`` times use their (exit, confidence bin) group's statistics."""
+    s = bins.codes(data.obs, data.exit_index, data.names)
+    s_next = bins.codes(data.next_obs, data.next_exit_index, data.names)
     seen_codes = np.unique(np.concatenate([s, s_next]))
     n = len(seen_codes)
     si, sj = np.searchsorted(seen_codes, s), np.searchsorted(seen_codes, s_next)
@@ -331,23 +367,14 @@ def fit_planner(
     reward = np.where(rare, g_reward[g_of], reward)
     known = count > 0
     r_mean = np.where(known, reward / np.maximum(count, 1.0), 0.0)
-    k_of = np.unravel_index(seen_codes, bins.shape)[0]
-    last = k_of >= data.num_exits - 1
+    last = np.unravel_index(seen_codes, bins.shape)[0] >= data.num_exits - 1
     # never-tried actions cannot be chosen: continuing at the last exit is not an action
     r_mean = np.where(known, r_mean, -1e9)
     r_mean[last, 0] = -1e9
     r_mean[~known.any(axis=1), 1] = 0.0  # a state never left on val: neutral, not -1e9 upstream
-    ends = np.array([[False, True]] * n)
-    q = solve_planner(r_mean, (row_all, col_all, prob_all), ends, discount, successors_of)
-    exit_seen = q[:, 1] >= q[:, 0]
-    table = np.zeros(bins.size, dtype=bool)
-    table[seen_codes] = exit_seen
-    seen = np.zeros(bins.size, dtype=bool)
-    seen[seen_codes] = True
-    votes = np.zeros((bins.shape[0] * bins.shape[1], 2))
-    np.add.at(votes, (group, exit_seen.astype(np.int64)), count.sum(axis=1))
-    fallback = votes[:, 1] >= votes[:, 0]
-    return Planner(bins, table, fallback, seen)
+    return _EmpiricalModel(
+        seen_codes, group, count, r_mean, (row_all, col_all, prob_all), successors_of
+    )
 
 
 def calibrate_baselines(
@@ -383,20 +410,7 @@ def calibrate_baselines(
     :param data_steps: transitions collected for grids, stage times and the planner.
     :param features: confidence features to choose from.
     """
-    if not (isinstance(max_accuracy_loss, (int, float)) and 0.0 <= max_accuracy_loss <= 1.0):
-        raise ValueError(f"max_accuracy_loss={max_accuracy_loss!r}: expected a number in [0, 1]")
-    for name, value, low in (
-        ("points", points, 2),
-        ("rounds", rounds, 1),
-        ("data_steps", data_steps, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"calibrate_baselines: {name}={value!r}; expected an integer >= {low}")
-    for f in features:
-        if f not in CONFIDENCE_FEATURES:
-            raise ValueError(
-                f"features: {f!r} is not allowed: one of {', '.join(CONFIDENCE_FEATURES)}"
-            )
+    _check_baseline_args(max_accuracy_loss, points, rounds, data_steps, features)
     config = build_config(config)
     require_val(config, "calibrate_baselines")
     purpose = "calibrate_baselines"
@@ -408,18 +422,7 @@ def calibrate_baselines(
         return score(("pe", feature, ts), lambda: PerExitThreshold(list(ts), feature))
 
     # 2. the feature, by its best shared threshold
-    best_shared: tuple[float, str, tuple] | None = None
-    grids_of = {f: _exit_grids(data, f, points) for f in features}
-    for f in features:
-        pooled = sorted({t for g in grids_of[f] for t in g if t is not None})
-        pick = pooled[:: max(len(pooled) // points, 1)]
-        for t in pick:
-            reward = per_exit((t,) * k1, f)[1]["mean_reward"]
-            if best_shared is None or reward > best_shared[0]:
-                best_shared = (reward, f, (t,) * k1)
-    feature = best_shared[1] if best_shared else features[0]
-    start = best_shared[2] if best_shared else (None,) * k1
-    grids = grids_of[feature]
+    feature, start, grids = _shared_threshold(data, features, points, per_exit)
     fits: dict[str, BaselineFit] = {}
 
     def done(name: str, policy: RulePolicy, val: EvalResult, before: int) -> None:
@@ -471,6 +474,48 @@ def calibrate_baselines(
     results = [score(("planner", i), lambda p=p: p) for i, p in enumerate(candidates)]
     done("Planner", *max(results, key=lambda pr: pr[1]["mean_reward"]), before)
     return fits
+
+
+def _check_baseline_args(
+    max_accuracy_loss: float, points: int, rounds: int, data_steps: int, features: Sequence[str]
+) -> None:
+    """Refuse bad arguments of :func:`calibrate_baselines` before any data is collected."""
+    check_number("max_accuracy_loss", max_accuracy_loss)  # a share of accuracy, not percent
+    for name, value, low in (
+        ("points", points, 2),
+        ("rounds", rounds, 1),
+        ("data_steps", data_steps, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"calibrate_baselines: {name}={value!r}; expected an integer >= {low}")
+    for f in features:
+        if f not in CONFIDENCE_FEATURES:
+            raise ValueError(
+                f"features: {f!r} is not allowed: one of {', '.join(CONFIDENCE_FEATURES)}"
+            )
+
+
+def _shared_threshold(
+    data: Transitions,
+    features: Sequence[str],
+    points: int,
+    per_exit: Callable[[tuple, str], tuple[RulePolicy, EvalResult]],
+) -> tuple[str, tuple, list[list[float | None]]]:
+    """The confidence feature whose best single threshold, shared by every exit, earns the most
+    on val: (that feature, that threshold per exit as the descent's start, its per-exit grids).
+    Falls back to ``features[0]`` and "never exit" when no feature has a grid point."""
+    k1 = data.num_exits - 1
+    best_shared: tuple[float, str, tuple] | None = None
+    grids_of = {f: _exit_grids(data, f, points) for f in features}
+    for f in features:
+        pooled = sorted({t for g in grids_of[f] for t in g if t is not None})
+        for t in pooled[:: max(len(pooled) // points, 1)]:
+            reward = per_exit((t,) * k1, f)[1]["mean_reward"]
+            if best_shared is None or reward > best_shared[0]:
+                best_shared = (reward, f, (t,) * k1)
+    if best_shared is None:
+        return features[0], (None,) * k1, grids_of[features[0]]
+    return best_shared[1], best_shared[2], grids_of[best_shared[1]]
 
 
 class _Explore(RulePolicy):

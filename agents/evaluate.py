@@ -78,8 +78,8 @@ def prepare_policy(policy: Any, venv: DistrEEVecEnv, seed: int) -> Any:
 
 
 def _step_values(infos: dict[str, Any], key: str) -> np.ndarray:
-    """This step's ``infos[key]`` per sub-env; where a sub-env's episode just ended (SAME_STEP
-    autoreset), the value of its last step, from ``final_info``."""
+    """Return this step's ``infos[key]`` per sub-env; where a sub-env's episode just ended
+    (SAME_STEP autoreset), the value of its last step, from ``final_info``."""
     values = np.array(infos[key])
     final = infos.get("final_info")
     if final is not None and key in final:

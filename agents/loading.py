@@ -23,7 +23,7 @@ import pickle
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -107,8 +107,6 @@ _FIELDS: dict[str, tuple[str, float, float]] = {
     "optimize_memory_usage": (_BOOL, 0, 1),
     "use_sde_at_warmup": (_BOOL, 0, 1),
 }
-#: ``policy_kwargs`` keys rebuilt (others are refused: they would need classes from the file).
-_POLICY_FLAGS = ("ortho_init", "normalize_images", "share_features_extractor")
 #: The MLP policy's alias where an algorithm names it otherwise.
 _MLP_ALIAS = {"recurrent_ppo": "MlpLstmPolicy"}
 
@@ -238,9 +236,69 @@ def _allowed_classes() -> dict[str, type]:
 
 
 def _widths(value: Any, where: str) -> list[int]:
+    """A list of layer widths, each an int in [1, MAX_WIDTH], at most MAX_LAYERS of them."""
     if not isinstance(value, list) or len(value) > MAX_LAYERS:
         raise ValueError(f"{where}={value!r}: expected a list of at most {MAX_LAYERS} widths")
     return [_number(w, _INT, 1, MAX_WIDTH, f"{where}[{i}]") for i, w in enumerate(value)]
+
+
+def _net_arch(value: Any, where: str) -> list[int] | dict[str, list[int]]:
+    """``net_arch``: one list of widths, or one per network (``pi``, ``vf``, ``qf``)."""
+    if not isinstance(value, dict):
+        return _widths(value, where)
+    if not set(value) <= {"pi", "vf", "qf"}:
+        raise ValueError(f"{where} keys {sorted(value)}: allowed pi, vf, qf")
+    return {k: _widths(v, f"{where}.{k}") for k, v in value.items()}
+
+
+def _allowed_class(value: Any, where: str) -> type:
+    """An activation or optimizer class named by its ``repr``, from :func:`_allowed_classes`."""
+    classes = _allowed_classes()
+    if value not in classes:
+        raise ValueError(
+            f"{where}={value!r} is not an allowed class (it could only be restored by unpickling)"
+        )
+    return classes[value]
+
+
+def _optimizer_kwargs(value: Any, where: str) -> dict[str, float | bool]:
+    """``optimizer_kwargs``: at most 16 plain numbers or flags (``lr``, ``eps``, ``amsgrad``)."""
+    if not isinstance(value, dict) or len(value) > 16:
+        raise ValueError(f"{where}={value!r}: expected an object of numbers")
+    return {
+        str(k): _number(v, _BOOL, 0, 1, f"{where}.{k}")
+        if isinstance(v, bool)
+        else _number(v, _FLOAT, -1e9, 1e9, f"{where}.{k}")
+        for k, v in value.items()
+    }
+
+
+def _flag(value: Any, where: str) -> bool:
+    """A JSON boolean."""
+    return _number(value, _BOOL, 0, 1, where)
+
+
+def _count(high: int) -> Callable[[Any, str], int]:
+    """A checker of an integer in [1, high]."""
+    return lambda value, where: _number(value, _INT, 1, high, where)
+
+
+#: ``policy_kwargs`` keys rebuilt, each with its checker; any other key is refused (it would need
+#: a class from the file). ``lstm_*``, ``shared_lstm``, ``enable_critic_lstm``: RecurrentPPO.
+_POLICY_KWARGS: dict[str, Callable[[Any, str], Any]] = {
+    "net_arch": _net_arch,
+    "activation_fn": _allowed_class,
+    "optimizer_class": _allowed_class,
+    "optimizer_kwargs": _optimizer_kwargs,
+    "ortho_init": _flag,
+    "normalize_images": _flag,
+    "share_features_extractor": _flag,
+    "n_quantiles": _count(1024),
+    "lstm_hidden_size": _count(4096),
+    "n_lstm_layers": _count(4096),
+    "shared_lstm": _flag,
+    "enable_critic_lstm": _flag,
+}
 
 
 def _policy_kwargs(entry: Any) -> dict[str, Any]:
@@ -254,40 +312,9 @@ def _policy_kwargs(entry: Any) -> dict[str, Any]:
         where = f"policy_kwargs.{key}"
         if key in (":type:", ":serialized:"):
             continue
-        if key == "net_arch":
-            if isinstance(value, dict):
-                if not set(value) <= {"pi", "vf", "qf"}:
-                    raise ValueError(f"{where} keys {sorted(value)}: allowed pi, vf, qf")
-                kwargs[key] = {k: _widths(v, f"{where}.{k}") for k, v in value.items()}
-            else:
-                kwargs[key] = _widths(value, where)
-        elif key in ("activation_fn", "optimizer_class"):
-            classes = _allowed_classes()
-            if value not in classes:
-                raise ValueError(
-                    f"{where}={value!r} is not an allowed class (it could only be restored by "
-                    "unpickling)"
-                )
-            kwargs[key] = classes[value]
-        elif key == "optimizer_kwargs":
-            if not isinstance(value, dict) or len(value) > 16:
-                raise ValueError(f"{where}={value!r}: expected an object of numbers")
-            kwargs[key] = {
-                str(k): _number(v, _BOOL, 0, 1, f"{where}.{k}")
-                if isinstance(v, bool)
-                else _number(v, _FLOAT, -1e9, 1e9, f"{where}.{k}")
-                for k, v in value.items()
-            }
-        elif key in _POLICY_FLAGS:
-            kwargs[key] = _number(value, _BOOL, 0, 1, where)
-        elif key == "n_quantiles":
-            kwargs[key] = _number(value, _INT, 1, 1024, where)
-        elif key in ("lstm_hidden_size", "n_lstm_layers"):  # RecurrentPPO
-            kwargs[key] = _number(value, _INT, 1, 4096, where)
-        elif key in ("shared_lstm", "enable_critic_lstm"):
-            kwargs[key] = _number(value, _BOOL, 0, 1, where)
-        else:
+        if key not in _POLICY_KWARGS:
             raise ValueError(f"{where} is not supported by the pickle-free loader")
+        kwargs[key] = _POLICY_KWARGS[key](value, where)
     return kwargs
 
 

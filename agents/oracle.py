@@ -31,6 +31,7 @@ class Oracle(RulePolicy):
         self.env: Any = None
 
     def bind(self, env: Any) -> Oracle:
+        """Keep ``env``: the Oracle asks it for the hindsight-best action at every decision."""
         super().bind(env)
         if not hasattr(env, "oracle_actions"):
             raise ValueError("Oracle: the environment has no oracle_actions(); use DistrEEVecEnv")
@@ -38,6 +39,7 @@ class Oracle(RulePolicy):
         return self
 
     def decide(self, obs: np.ndarray) -> np.ndarray:
+        """Exit where the bound env says exiting now is the request's best in hindsight."""
         if self.env is None:
             raise ValueError("Oracle: call bind(env) with the DistrEEVecEnv it acts in first")
         return np.asarray(self.env.oracle_actions()) == EXIT

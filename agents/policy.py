@@ -1,5 +1,4 @@
-"""What an exit policy is (:class:`Policy`), and a trained SB3 model as one: observation
-normalisation and action masks included.
+"""What an exit policy is (:class:`Policy`), and a trained SB3 model wrapped as one.
 
 Why: callers (``evaluate``, the benchmark, users) should not have to know whether an agent was
 trained with ``VecNormalize`` or with MaskablePPO. Normalisation statistics are stored as a plain
@@ -44,7 +43,8 @@ class Policy(Protocol):
         state: Any = None,
         episode_start: np.ndarray | None = None,
         deterministic: bool = True,
-    ) -> tuple[np.ndarray, Any]: ...
+    ) -> tuple[np.ndarray, Any]:
+        """Actions for ``observation``; ``state`` is passed back (recurrent policies use it)."""
 
 
 @runtime_checkable
@@ -53,7 +53,8 @@ class BindablePolicy(Policy, Protocol):
     ``bind(env)`` reads ``env.observation_names`` and ``env.num_exits`` (the Oracle also keeps
     the env) and returns the policy. ``agents.evaluate`` calls it when present."""
 
-    def bind(self, env: Any) -> BindablePolicy: ...
+    def bind(self, env: Any) -> BindablePolicy:
+        """Adopt ``env``'s observation layout and exit count; returns the policy."""
 
 
 _NORM_KEYS = (
@@ -81,6 +82,7 @@ class ObsNormalizer:
     epsilon: float
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """Normalised ``obs`` as float32, what the network was trained on."""
         scaled = (obs - self.mean) / np.sqrt(self.var + self.epsilon)
         return np.clip(scaled, -self.clip_obs, self.clip_obs).astype(np.float32)
 
@@ -161,6 +163,7 @@ class SB3Policy:
         deterministic: bool = True,
         action_masks: np.ndarray | None = None,
     ) -> tuple[np.ndarray, Any]:
+        """SB3's ``predict`` on normalised observations; ``action_masks`` reach MaskablePPO only."""
         obs = np.asarray(observation, dtype=np.float32)
         if self.normalizer is not None:
             obs = self.normalizer(obs)

@@ -32,11 +32,13 @@ DEFAULT_FEATURES = ("max_prob", "margin", "entropy", "feature_diff", "progress")
 CONTINUE, EXIT = 0, 1
 
 
-def _check_unit(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
-    if not (math.isfinite(float(value)) and 0.0 <= float(value) <= 1.0):
-        raise ValueError(f"{name}: {value!r} is outside [0, 1]")
+def check_number(name: str, value: Any, low: float = 0.0, high: float = 1.0) -> float:
+    """``value`` as a float if it is a finite number in [low, high], else a ValueError naming
+    ``name``, the value and the range (a policy parameter; bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name}={value!r}: expected a number in [{low:g}, {high:g}]")
+    if not (math.isfinite(float(value)) and low <= float(value) <= high):
+        raise ValueError(f"{name}={value!r} is outside [{low:g}, {high:g}]")
     return float(value)
 
 
@@ -83,6 +85,7 @@ class RulePolicy:
         episode_start: np.ndarray | None = None,
         deterministic: bool = True,
     ) -> tuple[np.ndarray, Any]:
+        """SB3's ``predict`` over :meth:`decide`: a row or a batch in, ``EXIT``/``CONTINUE`` out."""
         obs = np.asarray(observation, dtype=np.float32)
         single = obs.ndim == 1
         batch = obs[None, :] if single else obs
@@ -97,6 +100,7 @@ class LastExit(RulePolicy):
     """Never exit early: the full network, the accuracy reference of compute saving."""
 
     def decide(self, obs: np.ndarray) -> np.ndarray:
+        """Never exit (the env answers at the last exit by itself)."""
         return np.zeros(len(obs), dtype=bool)
 
 
@@ -110,6 +114,7 @@ class FixedExit(RulePolicy):
         self.k = int(k)
 
     def bind(self, env: Any) -> FixedExit:
+        """Adopt ``env``'s layout; refuses a ``k`` past its last exit."""
         super().bind(env)
         if self.k >= self.num_exits:
             raise ValueError(
@@ -118,6 +123,7 @@ class FixedExit(RulePolicy):
         return self
 
     def decide(self, obs: np.ndarray) -> np.ndarray:
+        """Exit once the request has reached exit ``k``."""
         return self.exit_index(obs) >= self.k
 
     def __repr__(self) -> str:
@@ -129,7 +135,7 @@ class RandomExit(RulePolicy):
 
     def __init__(self, p: float, seed: int = 0) -> None:
         super().__init__()
-        self.p = _check_unit("RandomExit.p", p)
+        self.p = check_number("RandomExit.p", p)
         self.seed(seed)
 
     def seed(self, seed: int) -> None:
@@ -137,6 +143,7 @@ class RandomExit(RulePolicy):
         self.rng = np.random.default_rng(seed)
 
     def decide(self, obs: np.ndarray) -> np.ndarray:
+        """Exit each row independently with probability ``p``."""
         return self.rng.random(len(obs)) < self.p
 
     def __repr__(self) -> str:
@@ -146,7 +153,7 @@ class RandomExit(RulePolicy):
 class _Threshold(RulePolicy):
     def __init__(self, t: float) -> None:
         super().__init__()
-        self.t = _check_unit(f"{type(self).__name__}.t", t)
+        self.t = check_number(f"{type(self).__name__}.t", t)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.t:g})"
@@ -156,6 +163,7 @@ class ConfidenceThreshold(_Threshold):
     """Exit when the top-1 probability reaches ``t`` (SDN, Kaya et al. 2019)."""
 
     def decide(self, obs: np.ndarray) -> np.ndarray:
+        """Exit where ``max_prob >= t``."""
         return self.feature(obs, "max_prob") >= self.t
 
 
@@ -163,6 +171,7 @@ class EntropyThreshold(_Threshold):
     """Exit when the normalised entropy is ``t`` or below (BranchyNet, Teerapittayanon 2016)."""
 
     def decide(self, obs: np.ndarray) -> np.ndarray:
+        """Exit where ``entropy <= t``."""
         return self.feature(obs, "entropy") <= self.t
 
 
@@ -171,4 +180,5 @@ class FeatureDifference(_Threshold):
     criterion: half the distance between the normalised embeddings of exits k-1 and k)."""
 
     def decide(self, obs: np.ndarray) -> np.ndarray:
+        """Exit where ``feature_diff <= t``, never at exit 0 (nothing to agree with there)."""
         return (self.feature(obs, "feature_diff") <= self.t) & (self.feature(obs, "progress") > 0)

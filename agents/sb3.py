@@ -34,9 +34,10 @@ class SB3VecEnv(VecEnv):
     ``request_episodes=True`` shows the learner every request as an episode of its own (``done``
     when a request ends). With isolated requests (no queue) this is the same problem, but it
     removes the discounting bias of a long episode and lets ``gamma = 1`` be used with short,
-    low-variance returns; ``monitor`` statistics are then per request. With a request stream it
-    hides from the learner what an answer does to the requests waiting behind it: leave it off
-    there.
+    low-variance returns; ``monitor`` statistics are then per request. On a v1-style stream
+    (rewards paid on the exit step) it hides from the learner what an answer does to the
+    requests waiting behind it; v2 configs (one request per episode, ``system`` timing) need no
+    adapter: they charge that wait to the request itself.
     """
 
     def __init__(self, venv: DistrEEVecEnv, request_episodes: bool = False) -> None:
@@ -53,6 +54,7 @@ class SB3VecEnv(VecEnv):
         self._actions: np.ndarray | None = None
 
     def reset(self) -> np.ndarray:
+        """Reset every sub-env with the seed SB3 set (``VecEnv.seed``), if any."""
         seed = self._seeds[0]
         obs, _ = self.venv.reset(seed=seed)
         self._reset_seeds()
@@ -60,9 +62,11 @@ class SB3VecEnv(VecEnv):
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
+        """Hold the actions for :meth:`step_wait` (the batched step is synchronous)."""
         self._actions = np.asarray(actions).reshape(self.num_envs)
 
     def step_wait(self) -> VecEnvStepReturn:
+        """Step every sub-env; SB3's auto-reset semantics and list of infos."""
         if self.request_episodes:
             request_done = (self._actions == 1) | ~self.venv.action_masks()[:, 0]
         obs, rewards, terminated, truncated, infos = self.venv.step(self._actions)
@@ -82,12 +86,14 @@ class SB3VecEnv(VecEnv):
         return obs, rewards.astype(np.float32), dones, out
 
     def close(self) -> None:
+        """Close the batched env."""
         self.venv.close()
 
     def _count(self, indices: VecEnvIndices) -> int:
         return len(list(self._get_indices(indices)))
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        """The batched env's attribute, once per selected sub-env (they share it)."""
         value = (
             getattr(self, attr_name)
             if attr_name == "render_mode"
@@ -96,6 +102,7 @@ class SB3VecEnv(VecEnv):
         return [value] * self._count(indices)
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        """Refused: the sub-envs share one batched env, so one cannot be changed alone."""
         raise AttributeError(f"SB3VecEnv: the batched env's attributes are read-only ({attr_name})")
 
     def env_method(
@@ -105,6 +112,7 @@ class SB3VecEnv(VecEnv):
         indices: VecEnvIndices = None,
         **method_kwargs: Any,
     ) -> list[Any]:
+        """Call the batched env's method once; per-sub-env rows of an array result."""
         result = getattr(self.venv, method_name)(*method_args, **method_kwargs)
         rows = list(self._get_indices(indices))
         if isinstance(result, np.ndarray) and result.shape[:1] == (self.num_envs,):
@@ -114,9 +122,11 @@ class SB3VecEnv(VecEnv):
     def env_is_wrapped(
         self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None
     ) -> list[bool]:
+        """No sub-env is wrapped (SB3 asks before adding its Monitor)."""
         return [False] * self._count(indices)
 
     def has_attr(self, attr_name: str) -> bool:
+        """Whether the batched env has ``attr_name``."""
         return hasattr(self.venv, attr_name)
 
 

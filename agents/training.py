@@ -1,5 +1,7 @@
-"""Training machinery shared by ``experiments.train_agent`` and the tests: algorithms, resumable
-atomic checkpoints, and the model/normalisation/replay-buffer files of a run.
+"""Agent-training machinery: algorithms, resumable atomic checkpoints, TensorBoard callbacks.
+
+Shared by ``experiments.train_agent`` and the tests; it owns the model, normalisation and
+replay-buffer files of a run.
 
 Why: a killed run must resume from its last complete checkpoint, and a kill during a write must
 never leave a half-written file that looks complete. Every file goes through ``atomic_write``;
@@ -48,6 +50,7 @@ _REPLAY_KEYS = ("observations", "next_observations", "actions", "rewards", "done
 
 
 def algo_class(name: str) -> type:
+    """The SB3 / sb3-contrib class of an :data:`ALGOS` name, imported only when asked for."""
     if name not in ALGOS:
         raise ValueError(f"algo={name!r} is not allowed: one of {', '.join(ALGOS)}")
     module, cls = ALGOS[name]
@@ -69,6 +72,7 @@ def _replay_path(zip_path: Path) -> Path:
 
 
 def save_replay_buffer(model: Any, path: Path) -> None:
+    """Write an off-policy model's replay buffer as a plain ``.npz`` (SB3 would pickle it)."""
     buf = model.replay_buffer
     arrays = {key: getattr(buf, key) for key in _REPLAY_KEYS if hasattr(buf, key)}
     arrays["pos"], arrays["full"] = np.int64(buf.pos), np.bool_(buf.full)
@@ -99,14 +103,19 @@ def load_replay_buffer(model: Any, zip_path: Path) -> bool:
     return True
 
 
-def latest_checkpoint(folder: str | Path) -> tuple[int, Path] | None:
-    """The complete checkpoint with the most steps in ``folder`` (its ``.zip``), or None."""
-    found = [
+def _checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
+    """The complete checkpoints in ``folder`` as (steps, ``.zip``), fewest steps first."""
+    return sorted(
         (int(m.group(1)), p)
         for p in Path(folder).glob("ckpt_*_steps.zip")
         if (m := _CKPT.match(p.name))
-    ]
-    return max(found) if found else None
+    )
+
+
+def latest_checkpoint(folder: str | Path) -> tuple[int, Path] | None:
+    """The complete checkpoint with the most steps in ``folder`` (its ``.zip``), or None."""
+    found = _checkpoints(folder)
+    return found[-1] if found else None
 
 
 class AtomicCheckpointCallback(CheckpointCallback):
@@ -123,6 +132,7 @@ class AtomicCheckpointCallback(CheckpointCallback):
         return True
 
     def save_now(self) -> Path:
+        """Write a checkpoint at the current step (also called at the end of a run); its path."""
         folder = Path(self.save_path)
         path = folder / f"ckpt_{self.num_timesteps}_steps.zip"
         if getattr(self.model, "replay_buffer", None) is not None:
@@ -132,12 +142,7 @@ class AtomicCheckpointCallback(CheckpointCallback):
         return path
 
     def _prune(self, folder: Path) -> None:
-        ckpts = sorted(
-            (int(m.group(1)), p)
-            for p in folder.glob("ckpt_*_steps.zip")
-            if (m := _CKPT.match(p.name))
-        )
-        for _, old in ckpts[: -self.keep]:
+        for _, old in _checkpoints(folder)[: -self.keep]:
             for f in (old, _replay_path(old), sidecar(old)):  # un-mark first
                 f.unlink(missing_ok=True)
 

@@ -31,6 +31,7 @@ from distree_env.cluster.resources import (
     MIN_SHARE,
     RESOURCE_PROCESSES,
 )
+from distree_env.io import not_allowed
 
 __all__ = [
     "DEFAULT_PIPELINE_TRACE",
@@ -86,7 +87,8 @@ _PATH: contextvars.ContextVar[str] = contextvars.ContextVar("distree_config_path
 
 
 def _bad(name: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"{_PATH.get()}{name}={value!r:.200} is not allowed: {allowed}")
+    """:func:`not_allowed` with the field's dotted path (``cluster.compute.levels``)."""
+    return not_allowed(f"{_PATH.get()}{name}", value, allowed)
 
 
 def _number(
@@ -146,7 +148,7 @@ def _share(name: str, value: Any) -> float:
 
 
 def _plain(value: Any) -> Any:
-    """numpy scalars become Python numbers, lists and arrays become tuples (recursively), so
+    """Turn numpy scalars into Python numbers, lists and arrays become tuples (recursively), so
     configs stay hashable, frozen and JSON-friendly."""
     if isinstance(value, np.ndarray):
         value = value.tolist()
@@ -253,7 +255,15 @@ class ClusterConfig:
     ``DEVICE_PROFILES`` / ``LINK_PROFILES`` or an effective rate (FLOP/s, bytes/s); ``None``
     repeats ``device_profile`` / ``link_profile``. Link d is device d's link.
     ``link_latency_ms``: per-message latency of links given as numbers. ``stage_overhead_ms``:
-    fixed cost of every stage (dispatch, serialisation). ``decision_bytes``: the continue
+    fixed cost of every stage (dispatch, serialisation). ``handover_ms``: fixed time between a
+    request's end (or, on idle devices, its successor's arrival) and its successor's start.
+    ``stall_probability``/``stall_mean_ms``: with this probability a hand-over to a request that
+    was waiting also stalls for an exponentially distributed time of this mean: the rare pauses
+    of a loaded host (measured live on busy hand-overs only; idle devices start on time),
+    which lengthen the queue far more than their mean suggests (``experiments.calibrate_cluster``
+    fits all three from live records; 0 = none). ``stall_seed``: which realisation of the stalls
+    (they have a random stream of their own, so arrivals and resource paths stay those of the
+    env's seed, as in a live run driven by the same seed). ``decision_bytes``: the continue
     decision the aggregator sends back to every device (parallel topology; 0 = none).
     ``clock``: ``time`` (processes run in wall-clock time on a ``tick_ms`` grid) or ``request``
     (levels drawn once per request, the first version). ``measurement_period_ms``: the policy sees
@@ -266,6 +276,10 @@ class ClusterConfig:
     link_profile: str = "wifi-5"
     link_latency_ms: float = 1.0
     stage_overhead_ms: float = 0.0
+    handover_ms: float = 0.0
+    stall_probability: float = 0.0
+    stall_mean_ms: float = 0.0
+    stall_seed: int = 0
     decision_bytes: float = 64.0
     clock: str = "time"
     tick_ms: float = 10.0
@@ -297,6 +311,11 @@ class ClusterConfig:
                 high=_LATENCY_MS[1], why=_LATENCY_MS[2])  # fmt: skip
         _number("stage_overhead_ms", self.stage_overhead_ms, low=0.0, high=1e4,
                 why="a fixed per-stage cost between 0 and 10 s")  # fmt: skip
+        for name in ("handover_ms", "stall_mean_ms"):
+            _number(name, getattr(self, name), low=0.0, high=1e4,
+                    why="a pause between 0 and 10 s")  # fmt: skip
+        _number("stall_probability", self.stall_probability, low=0.0, high=1.0)
+        _integer("stall_seed", self.stall_seed, 0, 2**32 - 1, "2**32 - 1")
         _number("decision_bytes", self.decision_bytes, low=0.0, high=1e6,
                 why="a small control message, at most 1 MB")  # fmt: skip
         _choice("clock", self.clock, CLOCKS)
@@ -470,7 +489,7 @@ class EnvConfig:
         return cls().with_scenario(name).replace(overrides)
 
     def with_scenario(self, name: str) -> EnvConfig:
-        """This config with the fields that scenario ``name`` sets replaced."""
+        """Return a copy with the fields that scenario ``name`` sets replaced."""
         if not isinstance(name, str) or name not in SCENARIOS:
             raise ValueError(
                 f"scenario={name!r:.100} is not allowed: one of {', '.join(SCENARIOS)}"

@@ -179,6 +179,7 @@ class Tables:
 
     @property
     def num_exits(self) -> int:
+        """Exits of the trace's network (K)."""
         return self.trace.num_exits
 
     @cached_property
@@ -188,6 +189,7 @@ class Tables:
 
     @property
     def num_devices(self) -> int:
+        """Devices of the trace's cluster (D), one link each."""
         return self.trace.num_devices
 
     @lru_cache(maxsize=4)  # noqa: B019 - a handful of pools per shared table, on purpose
@@ -293,6 +295,7 @@ class Dynamics:
         self.pool_steps = pool_steps(b)
         self.pool_seed = -1
         self.pool: Pool | None = None
+        self.stall_rng = np.random.default_rng(0)  # replaced by seed_pool
         self._rows = np.arange(b)
         self.t = np.zeros(b)
         self.k = np.zeros(b, dtype=np.int64)
@@ -313,6 +316,11 @@ class Dynamics:
         self._ring_base = self._rows * (2 * ARRIVAL_BLOCK)
         cl = config.cluster
         self.request_clock = cl.clock == "request"
+        self.handover, self.stall_p, self.stall_mean = (
+            cl.handover_ms,
+            cl.stall_probability,
+            cl.stall_mean_ms,
+        )
         self._inv_tick = 1.0 / cl.tick_ms
         self._inv_period = 1.0 / cl.measurement_period_ms if cl.measurement_period_ms else 0.0
         self._period_ticks = cl.measurement_period_ms / cl.tick_ms
@@ -343,9 +351,16 @@ class Dynamics:
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def seed_pool(self, seed: int) -> None:
-        """Use the resource pool drawn from ``seed``."""
+        """Use the resource pool drawn from ``seed``, and restart the stalls' own random stream
+        (seeded by ``seed`` and ``cluster.stall_seed``)."""
         self.pool_seed = int(seed)
         self.pool = self.tables.pool(self.pool_seed, self.pool_steps)
+        self.stall_rng = np.random.default_rng([self.pool_seed, self.config.cluster.stall_seed])
+
+    def ensure_pool(self, seed: int | None, rng: np.random.Generator) -> None:
+        """Use the pool drawn from ``seed``; without one, keep the pool or draw one from ``rng``."""
+        if seed is not None or self.pool is None:
+            self.seed_pool(seed if seed is not None else int(rng.integers(2**63)))
 
     def restart(self, rng: np.random.Generator, envs: np.ndarray) -> None:
         """Start fresh streams in ``envs``: time 0, empty queue, a new resource offset and
@@ -499,6 +514,9 @@ class Dynamics:
             arrival = np.where(waiting, queued_at, arrives_at)
             sample = np.where(waiting, queued, arriving)
         start = np.maximum(t, arrival)
+        if self.handover or self.stall_p:
+            busy = np.zeros(self.num_envs, dtype=bool) if self.isolated else waiting
+            start = start + self._handover_ms(busy)
         self.arrival = np.where(ex, arrival, self.arrival)
         self.sample = np.where(ex, sample, self.sample)
         self.service_start = np.where(ex, start, self.service_start)
@@ -506,6 +524,18 @@ class Dynamics:
         self.t = np.where(ex, start, t)
         self.k = np.where(ex, 0, self.k)
         self.request += ex
+
+    def _handover_ms(self, busy: np.ndarray) -> np.ndarray:
+        """Hand-over times ``[n]``: ``handover_ms``, plus, where ``busy`` (the next request was
+        waiting, as the calibration measures it), an exponential stall of mean
+        ``stall_mean_ms`` with probability ``stall_probability``, drawn from the stalls' own
+        stream (no draw when that probability is 0)."""
+        n = busy.size
+        if not self.stall_p:
+            return np.full(n, self.handover)
+        stalled = (self.stall_rng.random(n) < self.stall_p) & busy
+        pause = self.stall_rng.standard_exponential(n) * self.stall_mean
+        return self.handover + np.where(stalled, pause, 0.0)
 
     def _positions(self, envs: np.ndarray | None, measured: bool) -> np.ndarray:
         """Pool rows of the present (or of the last measurement) of streams ``envs`` (all)."""
@@ -682,7 +712,8 @@ class Dynamics:
     def _start_one(self, rng: np.random.Generator, t: float) -> None:
         """:meth:`_start_next` for the single stream."""
         queue = self.queue
-        if not self.isolated and queue.size.item() > 0:
+        busy = not self.isolated and queue.size.item() > 0
+        if busy:
             head = queue.head.item()
             arrival, sample = queue.time.item(head), queue.sample.item(head)
             queue.head[0] = (head + 1) % queue.slots
@@ -694,6 +725,8 @@ class Dynamics:
             sample = self.a_sample.item(slot)
             self._consume_one(rng)
         start = max(t, arrival)
+        if self.handover or self.stall_p:
+            start = start + self._handover_ms(np.array([busy])).item()
         self.arrival[0] = arrival
         self.sample[0] = sample
         self.service_start[0] = start
@@ -827,11 +860,12 @@ class Dynamics:
         wall = max(self.t.item() - self.ep_start.item(), 1e-9)
         parts = self.ep_rewards[0].tolist()
         ret = parts[0] + parts[1] + parts[2] + parts[3]
+        saving = 1.0 - self.ep_flops.item() / full if full > 0 else 0.0 * ret
         return {
             "episode_done": np.True_,
             "episode_requests": f64(1.0),
             "episode_accuracy": f64(self.ep_correct.item() / 1.0),
-            "episode_compute_saving": f64(1.0 - self.ep_flops.item() / full if full > 0 else 0.0 * ret),
+            "episode_compute_saving": f64(saving),
             "episode_latency_mean_ms": f64(latency),
             "episode_latency_p95_ms": f64(latency * 1.0 + latency * 0.0),
             "episode_qos_rate": f64(self.ep_met.item() / total),

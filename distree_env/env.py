@@ -16,7 +16,14 @@ from distree_env.dynamics import (
 )
 from distree_env.render import RENDER_MODES, Renderer, RenderState
 
-__all__ = ["DistrEEEnv", "check_action", "check_seed", "observation_table", "split_kwargs"]
+__all__ = [
+    "DistrEEEnv",
+    "check_action",
+    "check_reset_args",
+    "check_seed",
+    "observation_table",
+    "split_kwargs",
+]
 
 _ACTION_HELP = "allowed: 0 (continue) or 1 (exit), as int or a 0-d integer array"
 #: Meaning and range of each observation (``<d>`` = device index).
@@ -84,6 +91,13 @@ def check_seed(seed: Any) -> int | None:
     if not 0 <= int(seed) < 2**63:
         raise ValueError(f"seed={seed!r:.100} is not allowed: None or an integer in [0, 2**63)")
     return int(seed)
+
+
+def check_reset_args(seed: Any, options: Any) -> int | None:
+    """The checked ``seed`` of a ``reset`` call; ``options`` must be empty (none are taken)."""
+    if options:
+        raise ValueError(f"options={options!r:.100} is not allowed: this env takes no options")
+    return check_seed(seed)
 
 
 def split_kwargs(owner: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -236,13 +250,11 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        seed = check_seed(seed)
-        if options:
-            raise ValueError(f"options={options!r:.100} is not allowed: this env takes no options")
+        """Start a fresh stream (with a seed, or when none exists) or go on with this one."""
+        seed = check_reset_args(seed, options)
         super().reset(seed=seed)
         dyn = self._dyn
-        if seed is not None or dyn.pool is None:
-            dyn.seed_pool(seed if seed is not None else int(self.np_random.integers(2**63)))
+        dyn.ensure_pool(seed, self.np_random)
         if seed is not None or not self._started or self._fresh_stream:
             dyn.restart(self.np_random, np.zeros(1, dtype=np.int64))
             self._obs = dyn.observe_one()
@@ -256,6 +268,7 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
         return self._obs.copy(), info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Apply one exit decision (0 continue, 1 exit) to the request in service."""
         if action.__class__ is not int or (action != 0 and action != 1):
             action = check_action(action)
         if not self._ready:
@@ -275,6 +288,7 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
         return obs, reward, terminated, truncated, info
 
     def render(self) -> str | np.ndarray | None:
+        """A frame of the cluster (``rgb_array``, ``human``) or a line of text (``ansi``)."""
         if self.render_mode is None:
             gym.logger.warn("render() called without a render_mode; pass render_mode=...")
             return None
@@ -296,7 +310,9 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
             self._obs,
             topology=dyn.tables.trace.topology,
             num_exits=self.num_exits,
-            request_index=min(int(dyn.ep_answered[0]), dyn.R - 1),
+            request_index=min(int(dyn.ep_answered[0]), dyn.R - 1)
+            if dyn.R > 1
+            else dyn.request.item(),
             requests_per_episode=dyn.R,
             queue_capacity=0 if dyn.isolated else dyn.capacity,
             last_request=self._last,
@@ -305,6 +321,7 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
         return self._renderer.render(state)
 
     def close(self) -> None:
+        """Close the render window, if any."""
         if self._renderer is not None:
             self._renderer.close()
         super().close()

@@ -10,6 +10,7 @@ must reach the user as one line that never repeats a library's advice to load a 
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import fcntl
 import io
@@ -32,7 +33,9 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "csv_rows",
     "error_line",
+    "not_allowed",
     "read_npz",
     "read_text_capped",
     "require_input_file",
@@ -53,6 +56,15 @@ _LIBRARY_REFUSAL = re.compile(
 )
 _UNSAFE_ADVICE = re.compile(r"allow_pickle|weights_only|load it unsafely|safe_globals", re.I)
 _GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def not_allowed(name: str, value: Any, allowed: str) -> ValueError:
+    """The project's one wording of a refused value: ``name=value is not allowed: allowed``.
+
+    :param name: the field, with whatever locates it (``cluster.tick_ms``, ``synthetic_trace:
+        exits``); :param value: what was given (its repr, capped); :param allowed: what is.
+    """
+    return ValueError(f"{name}={value!r:.200} is not allowed: {allowed}")
 
 
 def error_line(exc: BaseException) -> str:
@@ -156,6 +168,15 @@ def require_output_dir(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
+def _require_small_file(path: str | os.PathLike, what: str, limit: int) -> Path:
+    """:func:`require_input_file`, and at most ``limit`` bytes on disk (checked before reading)."""
+    p = require_input_file(path, what)
+    size = p.stat().st_size
+    if size > limit:
+        raise ValueError(f"{what} {str(p)!r} is {size} bytes; at most {limit} are accepted")
+    return p
+
+
 def read_text_capped(path: str | os.PathLike, what: str, limit: int = 1 << 20) -> str:
     """The UTF-8 text of a small input file, refused beyond ``limit`` bytes (before reading).
 
@@ -163,16 +184,32 @@ def read_text_capped(path: str | os.PathLike, what: str, limit: int = 1 << 20) -
     :param what: how errors name it.
     :param limit: the most bytes accepted.
     """
-    p = require_input_file(path, what)
-    size = p.stat().st_size
-    if size > limit:
-        raise ValueError(f"{what} {str(p)!r} is {size} bytes; at most {limit} are accepted")
+    p = _require_small_file(path, what, limit)
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{what} {str(p)!r}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise ValueError(f"{what} {str(p)!r}: cannot be read ({exc.strerror})") from None
+
+
+def csv_rows(path: str | os.PathLike, field: str, what: str) -> Iterator[tuple[int, list[str]]]:
+    """The non-blank rows of the UTF-8 CSV file ``path`` as (line number, cells).
+
+    Raises ValueError naming ``field`` if the file is missing or a directory (``what`` says what
+    the file should be) or is not UTF-8; the caller checks the cells and caps the row count.
+    """
+    p = Path(path)
+    if not p.is_file():
+        kind = "a directory" if p.is_dir() else "not found"
+        raise ValueError(f"{field}={str(p)!r} is not allowed: {what} {kind}")
+    try:
+        with open(p, newline="", encoding="utf-8") as handle:
+            for line_no, row in enumerate(csv.reader(handle), start=1):
+                if row and any(cell.strip() for cell in row):
+                    yield line_no, row
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{field}: {p}: not UTF-8 text ({exc.reason})") from None
 
 
 def read_npz(path: str | os.PathLike, what: str, limit: int = 64 << 20) -> dict[str, np.ndarray]:
@@ -186,10 +223,7 @@ def read_npz(path: str | os.PathLike, what: str, limit: int = 64 << 20) -> dict[
     :param what: how errors name it, e.g. ``"normalisation statistics"``.
     :param limit: the most bytes accepted, on disk and uncompressed.
     """
-    p = require_input_file(path, what)
-    size = p.stat().st_size
-    if size > limit:
-        raise ValueError(f"{what} {str(p)!r} is {size} bytes; at most {limit} are accepted")
+    p = _require_small_file(path, what, limit)
     try:
         with zipfile.ZipFile(io.BytesIO(p.read_bytes())) as archive:
             infos = archive.infolist()
@@ -321,8 +355,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """:func:`atomic_write` of ``data``."""
     atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """:func:`atomic_write` of ``text`` as UTF-8 (whatever the locale)."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -28,6 +28,7 @@ def checkpoints_dir() -> Path:
 
 
 def sha256_of(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (checkpoints can be large)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -148,22 +149,23 @@ def verify(path: str | os.PathLike, root: Path | None = None, required: bool = F
     return True
 
 
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    """``git args`` in the project's checkout, output captured, 10 s at most."""
+    return subprocess.run(
+        ["git", *args],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+
+
 def git_commit() -> str:
+    """The commit an artefact was made from, ``-dirty`` when tracked files had changes;
+    ``uncommitted`` / ``unknown`` outside a git checkout or without git."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parents[1],
-        )
+        out = _git("rev-parse", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
         if out.returncode:
             return "uncommitted"
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
@@ -172,6 +174,7 @@ def git_commit() -> str:
 
 
 def machine() -> str:
+    """Architecture, CPU, cores and OS, recorded beside timings so they can be compared."""
     cpu = platform.processor() or "cpu"
     return f"{platform.machine()} {cpu}, {os.cpu_count()} cores, {platform.system()}"
 

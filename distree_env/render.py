@@ -46,7 +46,8 @@ class RenderState:
     :param max_prob: the current exit's confidence (its largest class probability).
     :param feature_diff: DistrEE's feature difference to the previous exit, in [0, 1].
     :param elapsed_ratio: time since the current request arrived, over its deadline.
-    :param request_index: index of the current request in the episode (0-based).
+    :param request_index: index of the current request in the episode (0-based), or in the
+        stream when every request is an episode (``requests_per_episode == 1``, v2).
     :param requests_per_episode: requests in an episode.
     :param queue_len: requests waiting behind the current one.
     :param queue_capacity: the queue's capacity (0: isolated requests, no queue).
@@ -210,8 +211,10 @@ def draw_frame(state: RenderState) -> np.ndarray:
     text = _Labels()
     h, w = FRAME_SHAPE[:2]
     _fill(img, 0, 0, w, 24, _TITLE)
-    title = f"DistrEE ({state.topology})   request {state.request_index + 1}/"
-    title += f"{state.requests_per_episode}   exit {state.exit_index}/{state.num_exits - 1}"
+    title = f"DistrEE ({state.topology})   request {state.request_index + 1}"
+    if state.requests_per_episode > 1:
+        title += f"/{state.requests_per_episode}"
+    title += f"   exit {state.exit_index}/{state.num_exits - 1}"
     if state.episode_over:
         title += "   episode over"
     text.add(8, 5, title, (255, 255, 255), 13)

@@ -12,7 +12,7 @@ from gymnasium.vector.utils import batch_space
 
 from distree_env.config import EnvConfig, build_config
 from distree_env.dynamics import Dynamics, step_info_at_reset
-from distree_env.env import check_seed, split_kwargs
+from distree_env.env import check_reset_args, split_kwargs
 from distree_env.render import RENDER_MODES, Renderer, RenderState, draw_frame
 
 __all__ = ["MAX_NUM_ENVS", "DistrEEVecEnv"]
@@ -156,13 +156,12 @@ class DistrEEVecEnv(VectorEnv):
         seed: int | None = None,
         options: dict[str, Any] | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        seed = check_seed(seed)
-        if options:
-            raise ValueError(f"options={options!r:.100} is not allowed: this env takes no options")
+        """Start fresh streams (with a seed, or when none exist) or end every sub-env's episode
+        as the single env's ``reset`` does."""
+        seed = check_reset_args(seed, options)
         super().reset(seed=seed)
         dyn = self._dyn
-        if seed is not None or dyn.pool is None:
-            dyn.seed_pool(seed if seed is not None else int(self.np_random.integers(2**63)))
+        dyn.ensure_pool(seed, self.np_random)
         if seed is not None or not self._started:
             dyn.restart(self.np_random, self._all)
         else:
@@ -178,6 +177,7 @@ class DistrEEVecEnv(VectorEnv):
     def step(
         self, actions: Any
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """One exit decision per sub-env (``[num_envs]`` of 0 continue / 1 exit)."""
         if not self._started:
             raise gym.error.ResetNeeded("call reset() before step()")
         a = self._check_actions(actions)
@@ -237,7 +237,9 @@ class DistrEEVecEnv(VectorEnv):
                 self._obs[i],
                 topology=dyn.tables.trace.topology,
                 num_exits=self.num_exits,
-                request_index=min(int(dyn.ep_answered[i]), dyn.R - 1),
+                request_index=(
+                    min(int(dyn.ep_answered[i]), dyn.R - 1) if dyn.R > 1 else int(dyn.request[i])
+                ),
                 requests_per_episode=dyn.R,
                 queue_capacity=0 if dyn.isolated else dyn.capacity,
             )

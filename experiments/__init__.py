@@ -1,0 +1,1 @@
+"""Runnable experiments, one file per experiment: ``python -m experiments.<name> --help``."""

@@ -172,6 +172,7 @@ def _cpu_name() -> str:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
+    """Run from command-line ``argv`` (default: ``sys.argv``); returns the exit status."""
     parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one timed round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (best kept)")

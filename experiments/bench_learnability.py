@@ -70,6 +70,7 @@ class TorchActor:
         episode_start: np.ndarray | None = None,
         deterministic: bool = True,
     ) -> tuple[np.ndarray, Any]:
+        """Greedy actions for a batch of observations (``state`` passes through)."""
         import torch
 
         with torch.no_grad():
@@ -188,6 +189,7 @@ def held_out_config(env_id: str) -> tuple[Any, str]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run from command-line ``argv`` (default: ``sys.argv``); returns the figures printed."""
     args = parse_args(Args, argv)
     import torch
 

@@ -41,6 +41,7 @@ class Args:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run from command-line ``argv`` (default: ``sys.argv``); returns the figures it prints."""
     args = parse_args(Args, argv)
     import torch
     from stable_baselines3.common.vec_env import VecEnvWrapper, VecMonitor

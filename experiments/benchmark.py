@@ -1,5 +1,6 @@
-"""Benchmark every exit policy per scenario: learned agents against the best non-learned policy
-that sees the same observation, and the Oracle.
+"""Benchmark every exit policy per scenario: learned agents, the best rules, and the Oracle.
+
+Learned agents face the best non-learned policy that sees the same observation.
 
 Per scenario: the strong baselines (``agents.calibrate_baselines``) are calibrated on the val
 split, the classic rules are swept over thresholds placed on val, and every policy (rules,
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from distree_env.config import SCENARIOS, EnvConfig
-from distree_env.io import require_output_dir, require_output_file
+from distree_env.io import atomic_write_text, require_output_dir, require_output_file
 from distree_env.manifest import checkpoints_dir
 from distree_env.traces import resolve_trace
 from experiments.benchmarking import plots, report
@@ -51,6 +52,15 @@ QUICK_CALIBRATION = Calibration(
 )
 FULL_CALIBRATION = Calibration(n_requests=2048, points=8, rounds=2, data_steps=32_768)
 REPO = Path(__file__).resolve().parents[1]
+#: The files a run writes into ``--out``, by name (the tests check each one).
+OUTPUT_FILES = (
+    "benchmark_points.csv",
+    "benchmark_summary.csv",
+    "benchmark.md",
+    "benchmark.json",
+    "pareto.png",
+    "exits.png",
+)
 #: The scenarios of the headline: the isolated requests of the first version (parity expected)
 #: and the load-coupled streams.
 DEFAULT_SCENARIOS = ("isolated", "steady-stream", "bursty-stream", "wifi-contention", "cellular")
@@ -240,6 +250,7 @@ def _one_thread() -> None:
 
 @one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run from command-line ``argv`` (default: ``sys.argv``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(BenchmarkArgs, argv)
     seeds, requests, thresholds = args.sizes()
@@ -331,17 +342,7 @@ def _write(
     num_exits: int,
 ) -> dict[str, Path]:
     out = Path(args.out)
-    paths = {
-        name: out / name
-        for name in (
-            "benchmark_points.csv",
-            "benchmark_summary.csv",
-            "benchmark.md",
-            "benchmark.json",
-            "pareto.png",
-            "exits.png",
-        )
-    }
+    paths = {name: out / name for name in OUTPUT_FILES}
     command = shlex.join(["python", "-m", "experiments.benchmark", *argv])
     table = report.markdown_table(summary, args.scenarios)
     lines = report.headline_lines(headlines)
@@ -349,7 +350,7 @@ def _write(
     report.write_csv(paths["benchmark_points.csv"], rows)
     report.write_csv(paths["benchmark_summary.csv"], summary)
     figures = "![Pareto curves](pareto.png)\n\n![Exit distribution](exits.png)\n"
-    report.write_text(paths["benchmark.md"], f"# Benchmark\n\n{text}\n{figures}")
+    atomic_write_text(paths["benchmark.md"], f"# Benchmark\n\n{text}\n{figures}")
     report.write_json(
         paths["benchmark.json"],
         {

@@ -29,6 +29,7 @@ class Args:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
+    """Run from command-line ``argv`` (default: ``sys.argv``); prints the spec."""
     args = parse_args(Args, argv)
     if args.trace.endswith("-test"):
         raise ValueError(f"--trace={args.trace!r}: choose on a val trace, never on test")

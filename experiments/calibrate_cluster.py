@@ -4,8 +4,9 @@
         --evaluate runs/live-last.json runs/live-rule.json runs/live-ppo.json \\
         --table runs/sim-vs-live.md
 
-Fits each device's effective FLOP/s, each link's bytes/s, the per-message link latency and the
-fixed per-stage overhead (see ``distree_env.runtime.calibration``) and writes them as a named
+Fits each device's effective FLOP/s, each link's bytes/s, the per-message link latency, the
+fixed per-stage overhead and the hand-over between requests with its rare stalls (see
+``distree_env.runtime.calibration``) and writes them as a named
 cluster profile: a JSON of config overrides (``{"cluster": {...}}``) that ``run_live --config``
 and ``EnvConfig.replace`` load. Prints, per exit, the mean live latency and what the simulator's
 latency model predicts for the same requests at the same imposed levels, before (the config the
@@ -17,6 +18,7 @@ live prediction equals the exit trace's prediction at the exit the request took.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -60,8 +62,13 @@ def _argv_with_positional(argv: list[str]) -> list[str]:
     return (["--records", *head] if head else []) + argv
 
 
+#: Stall realisations the simulator's prediction averages over (see :func:`simulate`).
+STALL_REALISATIONS = 8
+
+
 # ---- costs and the model -----------------------------------------------------------------------
 def base_config(run: Any) -> Any:
+    """The EnvConfig a live run ran with (stored in its record)."""
     from distree_env.config import EnvConfig
 
     return EnvConfig.from_dict(run.meta["config"])
@@ -111,6 +118,7 @@ def replayed_latency(run: Any, stage_model) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def error_table(runs: list, trace: Any, before, after) -> str:
+    """Markdown: per exit, live mean latency against the ``before`` and ``after`` models."""
     from distree_env.runtime.calibration import per_exit_latency
 
     k_count = trace.num_exits
@@ -158,13 +166,46 @@ def live_metrics(run: Any, num_exits: int) -> dict[str, Any]:
 
 
 def simulate(run: Any, config: Any, policy_spec: str, trust: bool) -> dict[str, Any]:
-    """Run the environment with the live run's config, seed and policy for as many requests."""
-    from distree_env.env import DistrEEEnv
+    """Run the environment with the live run's config, seed and policy for as many requests;
+    with stalls in the profile, pool ``STALL_REALISATIONS`` realisations of them (same seed, so
+    the same arrivals and resource paths as the live run): a stall is the host's, not the
+    seed's, so the simulator's prediction is its average over stalls."""
     from distree_env.runtime.calibration import per_exit_latency
-    from experiments.run_live import make_policy
+    from distree_env.traces import resolve_trace
 
     n = sum(1 for r in run.requests if not r.dropped)
     cfg = config.replace({"requests_per_episode": n})
+    realisations = STALL_REALISATIONS if cfg.cluster.stall_probability > 0 else 1
+    exits, lat, correct, met, dropped = [], [], [], [], 0
+    for stall_seed in range(realisations):
+        stalls = cfg.replace({"cluster.stall_seed": stall_seed})
+        one = _simulate_once(run, stalls, policy_spec, trust)
+        for pooled, part in zip((exits, lat, correct, met), one[:4], strict=True):
+            pooled.extend(part)
+        dropped += one[4]
+    exits_a, lat_a = np.asarray(exits), np.asarray(lat)
+    k_count = resolve_trace(cfg.trace).num_exits
+    total = len(exits) + dropped
+    return {
+        "requests": len(exits) // realisations,
+        "accuracy": float(np.mean(correct)),
+        "latency_mean_ms": float(lat_a.mean()),
+        "latency_p95_ms": float(np.percentile(lat_a, 95)),
+        "qos_rate": float(np.sum(met) / max(total, 1)),
+        "drop_rate": dropped / max(total, 1),
+        "exit_fractions": np.bincount(exits_a, minlength=k_count) / len(exits),
+        "exit_latency_ms": per_exit_latency(exits_a, lat_a, k_count),
+    }
+
+
+def _simulate_once(
+    run: Any, cfg: Any, policy_spec: str, trust: bool
+) -> tuple[list[int], list[float], list[bool], list[bool], int]:
+    """One simulated episode of the live run's length: exits, latencies, correctness, deadline
+    met (answered requests) and the number dropped."""
+    from distree_env.env import DistrEEEnv
+    from experiments.run_live import make_policy
+
     env = DistrEEEnv(cfg)
     policy = make_policy(policy_spec, cfg, trust)
     obs, _ = env.reset(seed=int(run.meta["args"]["seed"]))
@@ -183,20 +224,7 @@ def simulate(run: Any, config: Any, policy_spec: str, trust: bool) -> dict[str, 
             correct.append(bool(info["request_correct"]))
             met.append(lat[-1] <= cfg.deadline_ms)
         if terminated or truncated:
-            break
-    exits_a, lat_a = np.asarray(exits), np.asarray(lat)
-    k_count = env.num_exits
-    total = len(exits) + dropped
-    return {
-        "requests": len(exits),
-        "accuracy": float(np.mean(correct)),
-        "latency_mean_ms": float(lat_a.mean()),
-        "latency_p95_ms": float(np.percentile(lat_a, 95)),
-        "qos_rate": float(np.sum(met) / max(total, 1)),
-        "drop_rate": dropped / max(total, 1),
-        "exit_fractions": np.bincount(exits_a, minlength=k_count) / len(exits),
-        "exit_latency_ms": per_exit_latency(exits_a, lat_a, k_count),
-    }
+            return exits, lat, correct, met, dropped
 
 
 def trace_agreement(run: Any, trace: Any) -> tuple[float, float]:
@@ -217,6 +245,8 @@ def _fmt_exits(v: np.ndarray) -> str:
 
 
 def comparison_table(runs: list[Any]) -> str:
+    """Markdown: each live run beside the simulator's run of the same config, seed and policy,
+    with the per-exit and p95 latency errors against the issue's targets."""
     from distree_env.traces import resolve_trace
 
     lines = [
@@ -252,10 +282,17 @@ def comparison_table(runs: list[Any]) -> str:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run from command-line ``argv`` (default: ``sys.argv``); returns the profile and table."""
     argv = _argv_with_positional(list(sys.argv[1:] if argv is None else argv))
     args = parse_args(Args, argv)
     from distree_env.io import atomic_write_text
-    from distree_env.runtime.calibration import fit_cluster, stage_samples
+    from distree_env.runtime.calibration import (
+        STALL_MIN_MS,
+        fit_cluster,
+        fit_handover,
+        handover_gaps,
+        stage_samples,
+    )
     from distree_env.runtime.records import load_run
     from distree_env.traces import resolve_trace
 
@@ -273,11 +310,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prior_bw,
         lambda ov, k, c, b: model_for(config, trace, ov, overhead=False)(k, c, b),
     )
+    gaps = handover_gaps(runs)
+    fit = dataclasses.replace(fit, **fit_handover(gaps))
     profile = fit.overrides()
     out = Path(args.out or f"runs/cluster-{args.name}.json")
     atomic_write_text(out, json.dumps(profile, indent=2) + "\n")
     print(f"cluster profile {args.name!r} -> {out}")
     print(json.dumps(profile["cluster"]))
+    print(
+        f"hand-over: {gaps.size} measured, median {fit.handover_ms:.3f} ms; stalls (longer by "
+        f">= {STALL_MIN_MS:g} ms) in {100 * fit.stall_probability:.2f}% of them, mean excess "
+        f"{fit.stall_mean_ms:.1f} ms"
+    )
     print(
         "device line fit R^2: " + ", ".join(f"{r:.3f}" for r in fit.device_r2)
         + "; per-stage device intercepts (ms): "
@@ -299,7 +343,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"`{json.dumps(profile['cluster'])}`\n\n"
             "Per-exit latency of the calibration requests, live vs the simulator's model at the "
             f"same imposed levels:\n\n{errors}\n\n"
-            "Live runs vs the simulator (same config, seed, policy and images):\n\n"
+            "Live runs vs the simulator (same config, seed, policy and images; the simulated "
+            f"rows pool {STALL_REALISATIONS} realisations of the fitted stalls, all with the "
+            "live run's arrivals and resource paths):\n\n"
             f"{table}\n"
         )
         if args.table:

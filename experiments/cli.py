@@ -43,6 +43,7 @@ class OneLineParser(argparse.ArgumentParser):
     instead of the full usage block followed by the error."""
 
     def error(self, message: str) -> typing.NoReturn:
+        """Print ``message`` on one line (white space folded) and exit with status 2."""
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
 
 

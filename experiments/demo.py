@@ -36,6 +36,7 @@ class Args:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
+    """Run from command-line ``argv`` (default: ``sys.argv``); returns the exit status."""
     args = parse_args(Args, argv)
     from agents import (
         ConfidenceThreshold,

@@ -49,6 +49,7 @@ def id_table() -> str:
 
 
 def card() -> str:
+    """The whole card: ids, scenarios and observation tables, as README Markdown."""
     return "\n\n".join(
         [
             "Registered ids:",
@@ -64,6 +65,7 @@ def card() -> str:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
+    """Run from command-line ``argv`` (default: ``sys.argv``); prints the card."""
     args = parse_args(Args, argv)
     text = card()
     print(text)

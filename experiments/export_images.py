@@ -52,6 +52,7 @@ def balanced_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run from command-line ``argv`` (default: ``sys.argv``); returns the recorded metrics."""
     args = parse_args(Args, argv)
     from pathlib import Path
 

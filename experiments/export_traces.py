@@ -61,6 +61,7 @@ class Args:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run from command-line ``argv`` (default: ``sys.argv``); returns each split's metrics."""
     args = parse_args(Args, argv)
     import torch
 

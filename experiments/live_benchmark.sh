@@ -13,7 +13,7 @@ N=${N:-1000}                       # requests per policy (the test-image sample 
 PPO=${PPO:-ppo-$SCEN}              # shipped agent trained on this scenario
 mkdir -p "$OUT"
 common=(--backbone checkpoints/backbone-parallel.pt --scenario "$SCEN" --trace cifar10-test)
-$PY -m experiments.run_live "${common[@]}" --policy last-exit --requests 400 --seed 100 \
+$PY -m experiments.run_live "${common[@]}" --policy last-exit --requests 1000 --seed 100 \
     --out "$OUT/cal.json"
 $PY -m experiments.calibrate_cluster "$OUT/cal.json" --name live-2core --out "$OUT/cluster.json"
 RULE=$($PY -m experiments.best_rule --scenario "$SCEN" --profile "$OUT/cluster.json")

@@ -1,4 +1,4 @@
-"""Draw the start of a DistrEE episode as an animated GIF (and its first frame as a PNG).
+"""Draw the start of a DistrEE request stream as an animated GIF (and its first frame as a PNG).
 
     python -m experiments.render_episode [--env-id DistrEE-v2] [--steps 40] [--out docs/episode.gif]
 
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         action, _ = policy.predict(obs)
         obs, _, terminated, truncated, _ = env.step(int(action))
         frames.append(env.render())
-        if terminated or truncated:
-            break
+        if terminated or truncated:  # v2: every request is an episode; the stream goes on
+            obs, _ = env.reset()
     env.close()
     pictures = [Image.fromarray(f) for f in frames]
     fps = env.metadata["render_fps"]

@@ -133,6 +133,7 @@ def topology_table(topology: str, val, test, entry: dict | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> str:
+    """Run from command-line ``argv`` (default: ``sys.argv``); returns the Markdown tables."""
     args = parse_args(Args, argv)
     from distree_env.io import require_output_file
     from distree_env.manifest import read_manifest

@@ -381,6 +381,7 @@ def _progress(total: int):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run from command-line ``argv`` (default: ``sys.argv``); returns the exit status."""
     # c10d logs every failed connection attempt itself; the failure ends here in one line
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
     argv = list(sys.argv[1:] if argv is None else argv)

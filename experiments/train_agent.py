@@ -17,13 +17,12 @@ the best val reward per request is the one shipped (a choice made on val).
 (``agents.loading.restore_model``); it refuses another ``--algo`` or environment config than the
 run's ``args.json`` records.
 ``--request-episodes true`` (the default) shows the learner every request as an episode
-(``rollout/ep_rew_mean`` is then per request); ``false`` shows it the env's episodes of a request
-stream (a total over one episode), ``auto`` does so except where requests are isolated; see
-``agents.sb3.SB3VecEnv``. Why the default: discounting per decision step over a stream makes
-every extra stage delay all later rewards by one step, so PPO collapses to "always exit 0"
-(measured on steady-stream: val reward 0.602 after 150k steps, against 0.699 with request
-episodes). A request's reward includes its own wait; the wait it causes for the requests
-behind it is not credited to it.
+(``rollout/ep_rew_mean`` is then per request); ``false`` shows it the env's episodes, ``auto``
+does so except where requests are isolated; see ``agents.sb3.SB3VecEnv``. The v2 stream
+scenarios already make every request an episode (and charge it the wait it causes the queue,
+``reward.timing="system"``), so the flag changes nothing there; it matters for configs with
+longer episodes (``isolated``, v1 settings), where discounting per decision step over many
+requests makes every extra stage delay all later rewards and PPO drifts to "always exit 0".
 """
 
 from __future__ import annotations
@@ -176,6 +175,7 @@ def find_run(runs_dir: Path, prefix: str) -> Path | None:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run from command-line ``argv`` (default: ``sys.argv``); returns the run's summary."""
     args = parse_args(Args, argv)
     import torch
 

@@ -1,5 +1,7 @@
-"""Train and ship the project's agent set: per scenario PPO, DQN and (where the policy sees a
-delayed measurement of the resources) a recurrent PPO, within a wall-clock budget.
+"""Train and ship the project's agent set within a wall-clock budget, several runs at once.
+
+Per scenario PPO, DQN and (where the policy sees a delayed measurement of the resources) a
+recurrent PPO.
 
     python -m experiments.train_agents --budget-minutes 25 --jobs 2       # the shipped set
     python -m experiments.train_agents --dry-run                           # the plan only
@@ -163,6 +165,7 @@ def budget_timesteps(args: Args, runs: list[tuple[str, str]], rates: dict[str, f
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run from command-line ``argv`` (default: ``sys.argv``); returns the plan and results."""
     args = parse_args(Args, argv)
     from distree_env.manifest import checkpoints_dir
 

@@ -81,10 +81,12 @@ class Args:
 
     @property
     def output_path(self) -> str:
+        """``--output``, else ``checkpoints/backbone-<topology>.pt``."""
         return self.output or f"checkpoints/backbone-{self.topology}.pt"
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run from command-line ``argv`` (default: ``sys.argv``); returns the final metrics."""
     args = parse_args(Args, argv)
     import torch
 
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     from distree_env.model.data import Split, load_cifar10
     from distree_env.model.network import NetConfig
     from distree_env.model.presets import preset
-    from distree_env.model.train import LossConfig, TrainConfig, Trainer, exit_accuracy, predict
+    from distree_env.model.train import LossConfig, TrainConfig, Trainer, predict
+    from distree_env.traces.format import exit_accuracy
 
     torch.set_num_threads(args.threads)
     try:

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distree_env import DistrEEEnv, DistrEEVecEnv, EnvConfig
+from distree_env.config import EPISODE_ENDS, REWARD_TIMINGS
 
 share = st.floats(min_value=0.01, max_value=1.0, allow_nan=False)
 
@@ -72,7 +73,7 @@ def configs(draw):
             "requests_per_episode": draw(st.integers(1, 12)),
             "deadline_ms": draw(st.floats(0.001, 1e4)),
             "max_elapsed_ratio": draw(st.floats(1.0, 100.0)),
-            "episode_end": draw(st.sampled_from(["terminate", "truncate"])),
+            "episode_end": draw(st.sampled_from(EPISODE_ENDS)),
             "arrivals": draw(arrivals()),
             "queue": {
                 "capacity": draw(st.integers(1, 40)),
@@ -85,6 +86,9 @@ def configs(draw):
                 "tick_ms": tick,
                 "measurement_period_ms": draw(st.sampled_from([0.0, 1.0, 3.7, 100.0])) * tick,
                 "stage_overhead_ms": draw(st.floats(0.0, 5.0)),
+                "handover_ms": draw(st.sampled_from([0.0, 0.3])),
+                "stall_probability": draw(st.sampled_from([0.0, 0.05, 1.0])),
+                "stall_mean_ms": draw(st.floats(0.0, 50.0)),
                 "compute": compute,
                 "bandwidth": bandwidth,
             },
@@ -93,7 +97,7 @@ def configs(draw):
                 "wrong_penalty": draw(st.floats(0, 10)),
                 "latency_weight": draw(st.floats(0, 10)),
                 "deadline_penalty": draw(st.floats(0, 10)),
-                "timing": draw(st.sampled_from(["stage", "request"])),
+                "timing": draw(st.sampled_from(REWARD_TIMINGS)),
             },
         }
     )

@@ -168,3 +168,61 @@ def test_system_timing_charges_the_wait_of_the_queue_as_computed_by_hand():
         waiting = [t_n - (a0 + j * gap) for j in range(n + 1, int((t_n - a0) / gap) + 1)]
         assert np.isclose(paid["request"][n], -c * answered)
         assert np.isclose(paid["system"][n], -c * (answered + sum(waiting)))
+
+
+def test_handover_and_stalls_delay_the_next_start():
+    """Idle devices start a request ``handover_ms`` after it arrives and never stall; a request
+    that was waiting starts ``handover_ms`` plus, with probability ``stall_probability``, an
+    exponential pause of mean ``stall_mean_ms`` after the previous one's answer."""
+    light = EnvConfig.from_dict({**CONSTANT, "arrivals": {"kind": "periodic", "utilisation": 0.5}})
+    stalls = {"handover_ms": 0.7, "stall_probability": 1.0, "stall_mean_ms": 3.0}
+    for cluster, expected in (({}, 0.0), ({"handover_ms": 0.7}, 0.7), (stalls, 0.7)):
+        waits = [w for w, _, _ in _served(light.replace({"cluster": cluster}), 50)]
+        assert np.allclose(waits, expected)  # half-loaded: nobody waits, nothing stalls
+    heavy = EnvConfig.from_dict(
+        {**CONSTANT, "arrivals": {"kind": "periodic", "utilisation": 2.0},
+         "queue": {"capacity": 1024, "overflow": "admit"}, "cluster": stalls}
+    )  # fmt: skip
+    served = _served(heavy, 400)
+    gaps = [start - end for (_, _, end), (_, start, _) in zip(served, served[1:], strict=False)]
+    pauses = np.asarray(gaps[1:]) - 0.7  # from the second on, every request had waited
+    assert pauses.min() >= 0.0 and abs(pauses.mean() / 3.0 - 1) < 0.15
+
+
+def _served(cfg: EnvConfig, n: int) -> list[tuple[float, float, float]]:
+    """(wait, start, answer time) of the first ``n`` requests, each run to the last exit."""
+    env = DistrEEEnv(cfg)
+    env.reset(seed=0)
+    dyn, out = env.unwrapped._dyn, []
+    while len(out) < n:
+        arrival = float(dyn.arrival[0])
+        _, _, _, _, info = env.step(0)
+        if info["request_done"]:
+            wait, latency = float(info["request_wait_ms"]), float(info["request_latency_ms"])
+            out.append((wait, arrival + wait, arrival + latency))
+            env.reset()
+    return out
+
+
+def test_stalls_have_their_own_random_stream():
+    """Stalls change when requests start, never which requests arrive when: arrivals stay
+    those of the env's seed (what a live run driven by that seed replays), whatever
+    ``stall_seed`` picks."""
+    base = EnvConfig.from_dict({**CONSTANT, "arrivals": {"kind": "poisson", "utilisation": 0.6}})
+    seen = {}
+    for name, cluster in (
+        ("none", {}),
+        ("stalls", {"stall_probability": 0.2, "stall_mean_ms": 20.0}),
+        ("other", {"stall_probability": 0.2, "stall_mean_ms": 20.0, "stall_seed": 1}),
+    ):
+        env = DistrEEEnv(base.replace({"cluster": cluster}))
+        env.reset(seed=5)
+        arrivals, waits = [], []
+        while len(arrivals) < 200:
+            arrivals.append(float(env.unwrapped._dyn.arrival[0]))
+            _, _, _, _, info = env.step(1)
+            waits.append(float(info["request_wait_ms"]))
+            env.reset()
+        seen[name] = (arrivals, waits)
+    assert seen["stalls"][0] == seen["none"][0] == seen["other"][0]
+    assert seen["stalls"][1] != seen["other"][1] and sum(seen["stalls"][1]) > sum(seen["none"][1])

@@ -13,13 +13,14 @@ loop over environments), so the vector env and the single env share one implemen
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from distree_env.io import csv_rows
 
 __all__ = [
     "ARRIVAL_PROCESSES",
@@ -38,35 +39,26 @@ MAX_ARRIVAL_ROWS = 1 << 22
 def load_arrival_csv(path: str | Path, field_name: str = "arrivals.csv") -> np.ndarray:
     """Arrival times in ms (first column; a header row is allowed), non-decreasing, finite."""
     p = Path(path)
-    if not p.is_file():
-        what = "a directory" if p.is_dir() else "not found"
-        raise ValueError(f"{field_name}={str(p)!r} is not allowed: arrival CSV {what}")
     times: list[float] = []
-    try:
-        with open(p, newline="", encoding="utf-8") as handle:
-            for line_no, row in enumerate(csv.reader(handle), start=1):
-                if not row or not row[0].strip():
-                    continue
-                try:
-                    value = float(row[0])
-                except ValueError:
-                    if not times and line_no == 1:
-                        continue  # header
-                    raise ValueError(
-                        f"{field_name}: {p}:{line_no}: non-numeric arrival time {row[0]!r}"
-                    ) from None
-                if not math.isfinite(value) or value < 0 or (times and value < times[-1]):
-                    raise ValueError(
-                        f"{field_name}: {p}:{line_no}: arrival time {value} must be finite, >= 0 "
-                        "and not before the previous row"
-                    )
-                times.append(value)
-                if len(times) > MAX_ARRIVAL_ROWS:
-                    raise ValueError(
-                        f"{field_name}: {p}: more than MAX_ARRIVAL_ROWS={MAX_ARRIVAL_ROWS} rows"
-                    )
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{field_name}: {p}: not UTF-8 text ({exc.reason})") from None
+    for line_no, row in csv_rows(p, field_name, "arrival CSV"):
+        try:
+            value = float(row[0])
+        except ValueError:
+            if not times and line_no == 1:
+                continue  # header
+            raise ValueError(
+                f"{field_name}: {p}:{line_no}: non-numeric arrival time {row[0]!r}"
+            ) from None
+        if not math.isfinite(value) or value < 0 or (times and value < times[-1]):
+            raise ValueError(
+                f"{field_name}: {p}:{line_no}: arrival time {value} must be finite, >= 0 "
+                "and not before the previous row"
+            )
+        times.append(value)
+        if len(times) > MAX_ARRIVAL_ROWS:
+            raise ValueError(
+                f"{field_name}: {p}: more than MAX_ARRIVAL_ROWS={MAX_ARRIVAL_ROWS} rows"
+            )
     if len(times) < 2 or times[-1] <= times[0]:
         raise ValueError(f"{field_name}: {p}: needs at least 2 distinct arrival times")
     return np.asarray(times, dtype=np.float64)

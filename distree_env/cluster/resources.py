@@ -19,7 +19,6 @@ cyclically from a random offset per environment, so a step needs two array look-
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from distree_env.cluster.profiles import HSDPA_PEAK_MBPS
+from distree_env.io import csv_rows
 
 __all__ = [
     "CLOCKS",
@@ -90,38 +90,23 @@ def load_share_csv(path: str | Path, field: str = "csv") -> np.ndarray:
     and in [MIN_SHARE, 1]. Raises ValueError naming the field, the file, the row and the problem.
     """
     p = Path(path)
-    if not p.is_file():
-        what = "a directory" if p.is_dir() else "not found"
-        raise ValueError(f"{field}={str(p)!r} is not allowed: share CSV {what}")
     rows: list[list[float]] = []
-    try:
-        with open(p, newline="", encoding="utf-8") as handle:
-            for line_no, row in enumerate(csv.reader(handle), start=1):
-                if not row or all(not cell.strip() for cell in row):
-                    continue
-                try:
-                    values = [float(cell) for cell in row]
-                except ValueError:
-                    if not rows and not any(_is_number(cell) for cell in row):
-                        continue  # header row
-                    raise ValueError(
-                        f"{field}: {p}:{line_no}: non-numeric cell in {row!r}"
-                    ) from None
-                if rows and len(values) != len(rows[0]):
-                    raise ValueError(
-                        f"{field}: {p}:{line_no}: {len(values)} columns, expected {len(rows[0])}"
-                    )
-                if not all(math.isfinite(v) and MIN_SHARE <= v <= 1.0 for v in values):
-                    raise ValueError(
-                        f"{field}: {p}:{line_no}: share {values} outside [{MIN_SHARE}, 1]"
-                    )
-                rows.append(values)
-                if len(rows) > MAX_TRACE_STEPS:
-                    raise ValueError(
-                        f"{field}: {p}: more than MAX_TRACE_STEPS={MAX_TRACE_STEPS} rows"
-                    )
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{field}: {p}: not UTF-8 text ({exc.reason})") from None
+    for line_no, row in csv_rows(p, field, "share CSV"):
+        try:
+            values = [float(cell) for cell in row]
+        except ValueError:
+            if not rows and not any(_is_number(cell) for cell in row):
+                continue  # header row
+            raise ValueError(f"{field}: {p}:{line_no}: non-numeric cell in {row!r}") from None
+        if rows and len(values) != len(rows[0]):
+            raise ValueError(
+                f"{field}: {p}:{line_no}: {len(values)} columns, expected {len(rows[0])}"
+            )
+        if not all(math.isfinite(v) and MIN_SHARE <= v <= 1.0 for v in values):
+            raise ValueError(f"{field}: {p}:{line_no}: share {values} outside [{MIN_SHARE}, 1]")
+        rows.append(values)
+        if len(rows) > MAX_TRACE_STEPS:
+            raise ValueError(f"{field}: {p}: more than MAX_TRACE_STEPS={MAX_TRACE_STEPS} rows")
     if not rows:
         raise ValueError(f"{field}: share CSV {str(p)!r} has no data rows")
     return np.asarray(rows, dtype=np.float64)

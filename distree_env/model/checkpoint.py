@@ -23,6 +23,7 @@ BACKBONE_VERSION = 2  # 2: pre-activation WideResNet branches
 
 
 def torch_save_atomic(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save`` to memory, then an atomic write: a killed run leaves no half file."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -54,6 +55,7 @@ def torch_load_safe(path: str | os.PathLike, what: str = "checkpoint") -> dict:
 def save_backbone(
     model: MultiBranchNet, path: str | os.PathLike, metrics: dict | None = None
 ) -> None:
+    """Write ``model`` as a backbone file: float16 weights, its config and ``metrics``."""
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     torch_save_atomic(
         {

@@ -45,6 +45,7 @@ class Split:
 
 
 def cache_dir() -> Path:
+    """Where decoded arrays are cached (``$DISTREE_CACHE``, else ``~/.cache/distree_env``)."""
     return Path(os.environ.get("DISTREE_CACHE", Path.home() / ".cache" / "distree_env"))
 
 

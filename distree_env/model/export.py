@@ -8,8 +8,9 @@ from distree_env.constants import CIFAR10_CLASS_NAMES
 from distree_env.model.costs import DECISION_BYTES, measure_costs
 from distree_env.model.data import Split
 from distree_env.model.network import MultiBranchNet
-from distree_env.model.train import exit_accuracy, predict
+from distree_env.model.train import predict
 from distree_env.traces import ExitTrace
+from distree_env.traces.format import exit_accuracy
 
 
 def consecutive_feature_diff(embeddings: np.ndarray) -> np.ndarray:

@@ -101,22 +101,27 @@ class NetConfig:
 
     @property
     def blocks_per_group(self) -> int:
+        """WRN blocks per width group: ``(depth - 4) / 6``, as in WRN-d-k."""
         return (self.depth - 4) // 6
 
     @property
     def num_blocks(self) -> int:
+        """WRN blocks of one branch, over the three width groups."""
         return 3 * self.blocks_per_group
 
     @property
     def num_exits(self) -> int:
+        """Exits of the network, ``K``: one after each entry of ``exits`` (a block count)."""
         return len(self.exits)
 
     @property
     def num_stages(self) -> int:
+        """Stages of a branch: one per exit (stage k ends where exit k reads)."""
         return self.num_exits
 
     @property
     def num_branches(self) -> int:
+        """Parallel WRNs in the network: one per device (``parallel``), else 1."""
         return self.num_devices if self.topology == "parallel" else 1
 
     @property
@@ -148,12 +153,14 @@ class NetConfig:
         return convs * self.num_branches + heads
 
     def to_dict(self) -> dict:
+        """JSON-friendly fields, stored beside the weights in a checkpoint."""
         d = asdict(self)
         d["exits"] = list(self.exits)
         return d
 
     @classmethod
     def from_dict(cls, d: object) -> NetConfig:
+        """The config stored in a checkpoint; unknown or bad fields are a ValueError."""
         if not isinstance(d, dict):
             raise ValueError(f"config={type(d).__name__} is not allowed; it must be a mapping")
         known = {f.name for f in fields(cls)}
@@ -182,6 +189,7 @@ class PreActBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output feature map."""
         o = F.relu(self.bn1(x))
         # when the shape changes, the shortcut reads the activated input, as in the WRN reference
         skip = x if self.shortcut is None else self.shortcut(o)
@@ -230,6 +238,7 @@ class ExitHead(nn.Module):
         self.classify = nn.Linear(embed_dim, num_classes)
 
     def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits ``[B, C]``, embedding ``[B, embed_dim]``) of the concatenated pooled vectors."""
         embedding = F.relu(self.fuse(F.relu(self.norm(pooled))))
         return self.classify(embedding), embedding
 
@@ -301,5 +310,6 @@ class MultiBranchNet(nn.Module):
         return logits, embeddings, fmaps
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-exit logits and embeddings of a batch of images (all exits, no early exit)."""
         logits, embeddings, _ = self.forward_features(x)
         return logits, embeddings

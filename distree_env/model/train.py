@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from torch.nn import functional as F
 from distree_env.model.checkpoint import load_state, torch_load_safe, torch_save_atomic
 from distree_env.model.data import Split
 from distree_env.model.network import MultiBranchNet, NetConfig
+from distree_env.traces.format import exit_accuracy
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -42,6 +44,8 @@ def _check_weight(name: str, v: float) -> None:
 
 @dataclass(frozen=True)
 class LossConfig:
+    """Weights of the loss terms (module docstring); defaults are NoNN's where it gives one."""
+
     kd_alpha: float = 0.9  # share of the distillation term (NoNN: 0.9)
     kd_temperature: float = 4.0  # NoNN: 4
     attention_weight: float = 500.0  # beta / 2 with Zagoruyko's beta = 1000; teacher runs only
@@ -62,6 +66,8 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Everything that decides a training run; stored in its checkpoints so a resume matches."""
+
     net: NetConfig = field(default_factory=NetConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     epochs: int = 24
@@ -95,6 +101,7 @@ class TrainConfig:
                 raise ValueError(f"lr={v} is not allowed; it must be > 0")
 
     def to_dict(self) -> dict:
+        """JSON-friendly fields (the network's config nested), compared on resume."""
         d = asdict(self)
         d["net"] = self.net.to_dict()
         return d
@@ -247,10 +254,6 @@ def predict(
     return np.concatenate(probs), np.concatenate(embs)
 
 
-def exit_accuracy(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    return (probs.argmax(axis=2) == labels[:, None]).mean(axis=0)
-
-
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     """Linear warm-up to ``peak`` then linear decay to zero (one-cycle)."""
     if step < warmup:
@@ -301,9 +304,11 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
+        """``<run_dir>/last.pt``, rewritten after every epoch."""
         return self.run_dir / "last.pt"
 
     def save(self) -> None:
+        """Write the resumable state: weights, optimiser, epoch, both RNGs and the history."""
         torch_save_atomic(
             {
                 "train_config": self.cfg.to_dict(),
@@ -337,6 +342,7 @@ class Trainer:
         return True
 
     def fit(self, progress: bool = True) -> list[dict]:
+        """Train up to ``cfg.epochs`` (from where a resume left off); the per-epoch history."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -347,13 +353,8 @@ class Trainer:
                 f"batch_size={cfg.batch_size} is not allowed; it must be at most the number of "
                 f"training images ({n})"
             )
-        total = steps_per_epoch * cfg.epochs
-        warmup = int(cfg.warmup_epochs * steps_per_epoch)
         while self.epoch < cfg.epochs:
-            self.model.train()
-            order = self.rng.permutation(n)
             t0 = time.perf_counter()
-            sums = np.zeros(cfg.net.num_stages)
             bar = tqdm(
                 range(steps_per_epoch),
                 desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
@@ -361,55 +362,75 @@ class Trainer:
                 disable=not progress,
                 mininterval=2.0,
             )
-            for i in bar:
-                step = self.epoch * steps_per_epoch + i
-                lr = lr_at(step, total, warmup, cfg.lr)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-                batch = torch.as_tensor(idx, device=self.device)
-                x = to_tensor(augment(self.train_images[batch], self.rng, cutout=cfg.cutout))
-                y = self.train_labels[batch]
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                    logits, embeddings, fmaps = self.model.forward_features(x)
-                    teacher_logits = None
-                    if self.teacher is not None:
-                        with torch.no_grad():
-                            t_logits, _, t_maps = self.teacher.forward_features(x)
-                        teacher_logits = t_logits[-1]
-                loss, per_exit = exit_losses(logits, embeddings, y, cfg.loss, teacher_logits)
-                if self.teacher is not None and cfg.loss.attention_weight:
-                    loss = loss + cfg.loss.attention_weight * attention_loss(fmaps, t_maps[0])
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss became {loss.item()} at epoch {self.epoch + 1}, step {i}"
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                sums += [p.item() for p in per_exit]
-                if i % 20 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3f}")
-            seconds = time.perf_counter() - t0
-            probs, _ = predict(self.model, self.val_split.images, bf16=cfg.bf16)
-            acc = exit_accuracy(probs, self.val_split.labels)
-            self.epoch += 1
-            record = {
-                "epoch": self.epoch,
-                "seconds": seconds,
-                "images_per_s": steps_per_epoch * cfg.batch_size / seconds,
-                "val_exit_accuracy": [float(a) for a in acc],
-                "train_exit_loss": [float(s / steps_per_epoch) for s in sums],
-            }
-            self.history.append(record)
-            for k in range(cfg.net.num_stages):
-                self.log(f"losses/exit_{k}", record["train_exit_loss"][k], self.epoch)
-                self.log(
-                    f"distree/val_accuracy_exit_{k}", record["val_exit_accuracy"][k], self.epoch
-                )
-            self.log("charts/learning_rate", lr, self.epoch)
-            self.log("charts/images_per_s", record["images_per_s"], self.epoch)
-            self.save()
-            accs = " ".join(f"{a:.3f}" for a in acc)
-            tqdm.write(f"epoch {self.epoch}: val exit accuracy {accs} ({seconds:.0f}s)")
+            sums, lr = self._train_epoch(bar, steps_per_epoch)
+            record = self._end_epoch(sums, lr, steps_per_epoch, time.perf_counter() - t0)
+            accs = " ".join(f"{a:.3f}" for a in record["val_exit_accuracy"])
+            tqdm.write(f"epoch {self.epoch}: val exit accuracy {accs} ({record['seconds']:.0f}s)")
         return self.history
+
+    def _train_epoch(self, bar: Any, steps_per_epoch: int) -> tuple[np.ndarray, float]:
+        """One pass over a fresh permutation of the training images, the learning rate set per
+        step by :func:`lr_at`; (summed loss of each exit, last learning rate)."""
+        cfg = self.cfg
+        total = steps_per_epoch * cfg.epochs
+        warmup = int(cfg.warmup_epochs * steps_per_epoch)
+        self.model.train()
+        order = self.rng.permutation(len(self.train_split))
+        sums = np.zeros(cfg.net.num_stages)
+        lr = cfg.lr
+        for i in bar:
+            lr = lr_at(self.epoch * steps_per_epoch + i, total, warmup, cfg.lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            loss, per_exit = self._step(torch.as_tensor(idx, device=self.device), i)
+            sums += [p.item() for p in per_exit]
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3f}")
+        return sums, lr
+
+    def _step(self, batch: torch.Tensor, i: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One SGD step on the images ``batch`` (augmented); (loss, loss of each exit)."""
+        cfg = self.cfg
+        x = to_tensor(augment(self.train_images[batch], self.rng, cutout=cfg.cutout))
+        y = self.train_labels[batch]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits, embeddings, fmaps = self.model.forward_features(x)
+            teacher_logits = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    t_logits, _, t_maps = self.teacher.forward_features(x)
+                teacher_logits = t_logits[-1]
+        loss, per_exit = exit_losses(logits, embeddings, y, cfg.loss, teacher_logits)
+        if self.teacher is not None and cfg.loss.attention_weight:
+            loss = loss + cfg.loss.attention_weight * attention_loss(fmaps, t_maps[0])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {loss.item()} at epoch {self.epoch + 1}, step {i}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss, per_exit
+
+    def _end_epoch(self, sums: np.ndarray, lr: float, steps: int, seconds: float) -> dict:
+        """Evaluate on val, append the epoch's record to the history, log it, save ``last.pt``."""
+        cfg = self.cfg
+        probs, _ = predict(self.model, self.val_split.images, bf16=cfg.bf16)
+        acc = exit_accuracy(probs, self.val_split.labels)
+        self.epoch += 1
+        record = {
+            "epoch": self.epoch,
+            "seconds": seconds,
+            "images_per_s": steps * cfg.batch_size / seconds,
+            "val_exit_accuracy": [float(a) for a in acc],
+            "train_exit_loss": [float(s / steps) for s in sums],
+        }
+        self.history.append(record)
+        for k in range(cfg.net.num_stages):
+            self.log(f"losses/exit_{k}", record["train_exit_loss"][k], self.epoch)
+            self.log(f"distree/val_accuracy_exit_{k}", record["val_exit_accuracy"][k], self.epoch)
+        self.log("charts/learning_rate", lr, self.epoch)
+        self.log("charts/images_per_s", record["images_per_s"], self.epoch)
+        self.save()
+        return record

@@ -1,5 +1,7 @@
-"""The live runtime: the network executed across processes (one per device plus an aggregator)
-over torch.distributed, with the scenario's edge conditions emulated and every request measured.
+"""The live runtime: the network run across processes, edge conditions emulated, all measured.
+
+One process per device plus an aggregator, over torch.distributed; the scenario's edge
+conditions are emulated and every request is measured.
 
 Modules, one job each: ``launch`` (roles, ranks, the local launcher), ``transport`` (messages with
 timeouts), ``shaping`` (compute availability, token-bucket links, kernel shaping), ``schedule``

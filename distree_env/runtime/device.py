@@ -36,6 +36,7 @@ class DeviceReport:
 
     @classmethod
     def decode(cls, payload: np.ndarray) -> DeviceReport:
+        """The report from a FEATURES message: ``REPORT_FIELDS`` first, then the pooled vector."""
         n = len(REPORT_FIELDS)
         head = [float(v) for v in payload[:n]]
         return cls(*head, pooled=payload[n:])

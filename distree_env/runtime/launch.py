@@ -46,10 +46,12 @@ class RendezvousError(RuntimeError):
 
 
 def device_rank(d: int) -> int:
+    """The process rank of device ``d`` (rank 0 is the aggregator)."""
     return d + 1
 
 
 def rank_name(rank: int) -> str:
+    """How errors name a process: ``aggregator (rank 0)``, ``device 1 (rank 2)``."""
     return "aggregator (rank 0)" if rank == AGGREGATOR_RANK else f"device {rank - 1} (rank {rank})"
 
 
@@ -63,6 +65,8 @@ class PeerError(RuntimeError):
 
 @dataclass(frozen=True)
 class Worker:
+    """The rank and world size of this process, as torchrun (or the local launcher) sets them."""
+
     rank: int
     world_size: int
 
@@ -93,6 +97,7 @@ def check_world_size(world_size: int, num_devices: int) -> None:
 
 
 def free_port() -> int:
+    """A TCP port free on localhost now, for a local run's rendezvous."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

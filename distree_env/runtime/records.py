@@ -71,6 +71,7 @@ class RunRecord:
     requests: list[RequestRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON document of the run, with its format name and version."""
         return {
             "format": RUN_FORMAT,
             "version": RUN_VERSION,

@@ -60,6 +60,7 @@ class LiveScenario:
 
     @property
     def num_requests(self) -> int:
+        """Requests the run serves (one per sample drawn)."""
         return int(len(self.samples))
 
     def observation(self, values: dict[str, float]) -> np.ndarray:

@@ -78,6 +78,7 @@ class LevelPath:
 
     @classmethod
     def constant(cls, level: float = 1.0) -> LevelPath:
+        """A level that never changes (a resource without a process)."""
         return cls(np.zeros(1), np.full(1, float(level)))
 
     def _segment(self, t_ms: float) -> int:
@@ -121,12 +122,15 @@ class RequestLevels:
     levels: np.ndarray
 
     def at(self, request: int, t_ms: float) -> float:
+        """Request ``request``'s level (``t_ms`` is ignored)."""
         return float(self.levels[request % len(self.levels)])
 
     def finish(self, request: int, start_ms: float, work_ms: float) -> float:
+        """When ``work_ms`` of full-availability work started at ``start_ms`` is done."""
         return start_ms + work_ms / self.at(request, start_ms)
 
     def integral(self, request: int, start_ms: float, end_ms: float) -> float:
+        """Full-availability milliseconds of work that fit between ``start_ms`` and ``end_ms``."""
         return max(end_ms - start_ms, 0.0) * self.at(request, start_ms)
 
 
@@ -238,12 +242,14 @@ class KernelShaper:
         self._made: list[list[str]] = []  # undo commands, newest last
 
     def ifname(self, d: int) -> str:
+        """Device ``d``'s interface inside its namespace (15 characters at most, as Linux wants)."""
         return f"{NETNS_PREFIX}{self.tag}n{d}"[:15]  # the device end, inside its namespace
 
     def _host_if(self, d: int) -> str:
         return f"{self.names[d]}h"[:15]
 
     def exec_prefix(self, d: int) -> list[str]:
+        """The command prefix that runs a process inside device ``d``'s network namespace."""
         return ["ip", "netns", "exec", self.names[d]]
 
     def __enter__(self) -> KernelShaper:
@@ -284,6 +290,7 @@ class KernelShaper:
         self._tbf("change", d, share)
 
     def close(self) -> None:
+        """Remove what was made, newest first; what is already gone is skipped."""
         while self._made:
             cmd = self._made.pop()
             try:
@@ -324,6 +331,7 @@ class LinkFollower:
         self._thread.start()
 
     def request_started(self, r: int) -> None:
+        """Request ``r`` is now in service (per-request levels follow it)."""
         self.request = r
 
     def _loop(self) -> None:
@@ -336,5 +344,6 @@ class LinkFollower:
                     self._applied[d] = level
 
     def stop(self) -> None:
+        """Stop the thread and wait for it (5 s at most)."""
         self._stop.set()
         self._thread.join(timeout=5.0)

@@ -45,6 +45,8 @@ class Op(enum.IntEnum):
 
 @dataclass
 class Message:
+    """One message with its header: what, for which request and stage, and its link timing."""
+
     op: Op
     request: int
     stage: int
@@ -98,6 +100,7 @@ class Endpoint:
 
     # ---- clock -------------------------------------------------------------------------------
     def now_ms(self) -> float:
+        """Run time in milliseconds (see the class docstring for how devices follow it)."""
         return (time.perf_counter() - self._origin) * 1e3
 
     def reset_clock(self) -> None:

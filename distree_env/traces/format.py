@@ -42,6 +42,7 @@ __all__ = [
     "MAX_TRACE_BYTES",
     "TRACE_FORMAT_VERSION",
     "ExitTrace",
+    "exit_accuracy",
     "read_trace_bytes",
 ]
 
@@ -173,6 +174,11 @@ def _check_metadata(metadata: Any) -> None:
         )
 
 
+def exit_accuracy(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Top-1 accuracy of each exit ``[K]`` from probabilities ``[N, K, C]`` and labels ``[N]``."""
+    return (probs.argmax(axis=-1) == labels[:, None]).mean(axis=0)
+
+
 @dataclass(frozen=True, eq=False)
 class ExitTrace:
     """Per-sample exit predictions plus per-stage cost tables of one split of one model.
@@ -226,8 +232,7 @@ class ExitTrace:
     @cached_property
     def exit_accuracy(self) -> np.ndarray:
         """Top-1 accuracy of each exit, ``[K]`` float64, computed from ``probs`` and ``labels``."""
-        pred = self.probs.argmax(axis=-1)
-        return (pred == self.labels[:, None]).mean(axis=0)
+        return exit_accuracy(self.probs, self.labels)
 
     # ---- validation -----------------------------------------------------------------------------
     def validate(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from distree_env.constants import CIFAR10_CLASS_NAMES, TOPOLOGIES
+from distree_env.io import not_allowed
 from distree_env.traces.format import (
     MAX_CLASSES,
     MAX_DEVICES,
@@ -89,7 +90,8 @@ def synthetic_trace(
 
 
 def _bad(name: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"synthetic_trace: {name}={value!r} is not allowed; {allowed}")
+    """:func:`not_allowed` naming the generator."""
+    return not_allowed(f"synthetic_trace: {name}", value, allowed)
 
 
 def _check_arguments(

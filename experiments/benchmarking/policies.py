@@ -1,5 +1,4 @@
-"""What the benchmark evaluates: classic rule sweeps, calibrated baselines, learned agents and the
-references (last exit, Oracle).
+"""What the benchmark evaluates, as specs: rule sweeps, baselines, agents, last exit, Oracle.
 
 Why a spec and not a policy object: one spec is evaluated on every seed of both splits, and the
 report needs to know which curve (family) each point belongs to and what kind of policy it is.

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from distree_env.io import atomic_open
+from distree_env.io import atomic_open, atomic_write_text
 from experiments.benchmarking.analysis import (
     GAP_TARGET,
     KEPT_TARGET,
@@ -31,7 +31,6 @@ __all__ = [
     "markdown_table",
     "write_csv",
     "write_json",
-    "write_text",
 ]
 
 #: Table columns: (heading, metric, scale, decimals).
@@ -75,12 +74,7 @@ def _finite(value: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     """Strict JSON (NaN and infinities become null)."""
-    write_text(path, json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_open(path, "w") as handle:
-        handle.write(text)
+    atomic_write_text(path, json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
 
 
 def _mean_std(row: Row, metric: str, scale: float, decimals: int) -> str:

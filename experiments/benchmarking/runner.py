@@ -1,5 +1,6 @@
-"""Calibrate the baselines on val and evaluate every policy on val and test through
-``agents.evaluate``, per scenario and seed.
+"""Run the benchmark: calibrate on val, then evaluate every policy on val and test per seed.
+
+Every evaluation goes through ``agents.evaluate``, per scenario and seed.
 
 Why one path: the table must hold exactly what ``agents.evaluate`` returns for the same seed, so
 the runner adds nothing but bookkeeping. Every policy sees the same seeds, hence the same requests,

@@ -67,14 +67,7 @@ def quick_run(tmp_path_factory) -> Path:
 
 def test_quick_run_writes_every_output(quick_run: Path) -> None:
     results = quick_run / "results"
-    for name in (
-        "benchmark_points.csv",
-        "benchmark_summary.csv",
-        "benchmark.md",
-        "benchmark.json",
-        "pareto.png",
-        "exits.png",
-    ):
+    for name in benchmark.OUTPUT_FILES:
         assert (results / name).stat().st_size > 0, name
     data = json.loads((results / "benchmark.json").read_text())
     assert [h["scenario"] for h in data["headlines"]] == SCENARIOS

@@ -10,6 +10,8 @@ import pytest
 from distree_env.runtime.calibration import (
     StageSamples,
     fit_cluster,
+    fit_handover,
+    handover_gaps,
     per_exit_latency,
     stage_samples,
 )
@@ -54,7 +56,10 @@ def test_fit_recovers_rates_bandwidth_latency_and_overhead():
     assert fit.link_latency_ms == pytest.approx(1.5, abs=0.02)
     assert fit.stage_overhead_ms == pytest.approx(0.7, abs=0.1)
     cl = fit.overrides()["cluster"]
-    assert set(cl) == {"devices", "links", "link_latency_ms", "stage_overhead_ms"}
+    assert set(cl) == {
+        "devices", "links", "link_latency_ms", "stage_overhead_ms",
+        "handover_ms", "stall_probability", "stall_mean_ms",
+    }  # fmt: skip
 
 
 def test_fit_refuses_stages_without_measured_work():
@@ -98,3 +103,32 @@ def test_records_round_trip_atomically(tmp_path):
     (tmp_path / "bad.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="bad.json"):
         load_run(tmp_path / "bad.json")
+
+
+def test_handover_fit_recovers_the_base_gap_and_the_stalls():
+    """Requests back to back (each arrived before the previous ended): gaps of 0.2 ms, one in
+    twenty stalled by an exponential pause of mean 40 ms; an idle gap (arrival after the end)
+    does not count."""
+    rng = np.random.default_rng(0)
+    n, t, requests = 4000, 0.0, []
+    stalled = rng.random(n) < 0.05
+    for i in range(n):
+        gap = 0.2 + (20.0 + rng.exponential(40.0) if stalled[i] else 0.0)
+        if i % 100:  # waiting since before the previous request ended
+            arrival, start = t - 1.0, t + gap
+        else:  # every 100th: the devices were idle when it arrived
+            arrival = start = t + 50.0
+        requests.append(RequestRecord(index=i, sample=i, label=0, arrival_ms=arrival,
+                                      start_ms=start, end_ms=start + 5.0, exit=0))  # fmt: skip
+        t = start + 5.0
+    gaps = handover_gaps([RunRecord(meta={}, requests=requests)])
+    assert gaps.size < n - 1 - 30  # the idle starts are left out
+    fit = fit_handover(gaps)
+    assert fit["handover_ms"] == pytest.approx(0.2, abs=1e-9)
+    assert fit["stall_probability"] == pytest.approx(0.05, abs=0.01)
+    assert fit["stall_mean_ms"] == pytest.approx(60.0, rel=0.1)
+    assert fit_handover(np.array([])) == {
+        "handover_ms": 0.0,
+        "stall_probability": 0.0,
+        "stall_mean_ms": 0.0,
+    }
