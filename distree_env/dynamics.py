@@ -30,7 +30,7 @@ import math
 import weakref
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -43,6 +43,7 @@ from distree_env.traces import ExitTrace, resolve_trace
 
 __all__ = [
     "EPISODE_METRICS",
+    "EpisodeMetrics",
     "EXIT_FEATURES",
     "STEP_INFO",
     "Dynamics",
@@ -73,25 +74,37 @@ STEP_INFO: dict[str, type] = {
     "dropped": np.int64,
     "queue_len": np.int64,
 }
-#: Scalar episode metrics (info keys; 0 except on the step that ends an episode, which has
-#: ``episode_done`` True), then ``episode_exit_fractions`` ``[K]``.
-EPISODE_METRICS = (
-    "episode_requests",
-    "episode_accuracy",
-    "episode_compute_saving",
-    "episode_latency_mean_ms",
-    "episode_latency_p95_ms",
-    "episode_qos_rate",
-    "episode_drop_rate",
-    "episode_overflow_rate",
-    "episode_wait_mean_ms",
-    "episode_utilisation",
-    "episode_reward_correct",
-    "episode_reward_latency",
-    "episode_reward_deadline",
-    "episode_reward_drop",
-    "episode_return",
-    "episode_reward_per_request",
+class EpisodeMetrics(TypedDict):
+    """The info keys that describe a finished episode: ``[B]`` arrays (``[B, K]`` exit
+    fractions) from :meth:`Dynamics.episode_metrics`, numpy scalars in the single env. In an
+    env's info they are 0 except on the step that ends an episode (``episode_done`` True)."""
+
+    episode_done: np.ndarray  # bool: this step ends an episode
+    episode_requests: np.ndarray  # answered requests in the episode
+    episode_accuracy: np.ndarray  # of the answered requests
+    episode_compute_saving: np.ndarray  # 1 - FLOPs spent / FLOPs of answering at the last exit
+    episode_latency_mean_ms: np.ndarray  # from arrival, answered requests
+    episode_latency_p95_ms: np.ndarray
+    episode_qos_rate: np.ndarray  # answered in time / (answered + dropped)
+    episode_drop_rate: np.ndarray  # dropped / (answered + dropped)
+    episode_overflow_rate: np.ndarray  # admitted beyond the queue's capacity / (answered + dropped)
+    episode_wait_mean_ms: np.ndarray  # in the queue, answered requests
+    episode_utilisation: np.ndarray  # share of the episode's time the devices were busy
+    episode_reward_correct: np.ndarray  # the episode's reward parts (sums)
+    episode_reward_latency: np.ndarray
+    episode_reward_deadline: np.ndarray
+    episode_reward_drop: np.ndarray
+    episode_return: np.ndarray
+    episode_reward_per_request: np.ndarray  # return / (answered + dropped)
+    episode_exit_fractions: np.ndarray  # [.., K]: share of answered requests at each exit
+
+
+#: The scalar episode metrics, in :class:`EpisodeMetrics`' order (the table columns of
+#: :meth:`Dynamics.batch_episode_metrics`).
+EPISODE_METRICS = tuple(
+    name
+    for name in EpisodeMetrics.__annotations__
+    if name not in ("episode_done", "episode_exit_fractions")
 )
 #: Arrival times and trace rows are drawn in blocks of this many per stream (a power of two).
 ARRIVAL_BLOCK = 32
@@ -809,7 +822,7 @@ class Dynamics:
         out[:, -1] = np.where(size > 0, np.minimum((t - oldest) * inv, cap), 0.0)
         return out
 
-    def episode_metrics(self, envs: np.ndarray) -> dict[str, np.ndarray]:
+    def episode_metrics(self, envs: np.ndarray) -> EpisodeMetrics:
         """Metrics of the just-finished episodes of ``envs`` (each answered ``R`` requests):
         ``[len(envs)]`` each, exit fractions ``[len(envs), K]``."""
         r = float(self.R)

@@ -269,7 +269,7 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Apply one exit decision (0 continue, 1 exit) to the request in service."""
-        if action.__class__ is not int or (action != 0 and action != 1):
+        if type(action) is not int or action not in (0, 1):  # a plain 0/1 needs no check
             action = check_action(action)
         if not self._ready:
             raise gym.error.ResetNeeded("call reset() before step() (and after the episode ends)")

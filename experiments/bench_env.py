@@ -32,7 +32,15 @@ from experiments.cli import OneLineParser, one_line_errors
 
 VECTOR_SIZES = (1, 64, 1024)
 #: The CartPole each row is compared with.
-BASELINES = {"single": "CartPoleEnv", "single gym.make": 'gym.make("CartPole-v1")'}
+BASELINES = {
+    "single": "CartPoleEnv",
+    "single gym.make": 'gym.make("CartPole-v1")',
+    "single, v1 episodes": "CartPoleEnv",
+    "vector x1024, v1 episodes": "CartPoleVectorEnv x1024",
+}
+#: The v1 episode settings (128 requests, truncated, paid on the exit step): the same dynamics
+#: as the default, with one reset per 128 requests instead of one per request.
+V1_EPISODES = {"requests_per_episode": 128, "episode_end": "truncate", "reward.timing": "request"}
 #: Longest timed round and most rounds accepted (the whole run takes about 2 x 4 x both).
 MAX_SECONDS = 60.0
 MAX_ROUNDS = 100
@@ -200,12 +208,20 @@ def main(argv: list[str] | None = None) -> int:
             lambda s: _single_runner(gym.make("DistrEE-v2"), s),
             lambda s: _single_runner(gym.make("CartPole-v1"), s),
         ),
+        "single, v1 episodes": (
+            lambda s: _single_runner(DistrEEEnv(**V1_EPISODES), s),
+            lambda s: _single_runner(CartPoleEnv(), s),
+        ),
     }
     for n in VECTOR_SIZES:
         pairs[f"vector x{n}"] = (
             lambda s, n=n: _vector_runner(DistrEEVecEnv(n), max(1, s // n)),
             lambda s, n=n: _vector_runner(CartPoleVectorEnv(num_envs=n), max(1, s // n)),
         )
+    pairs["vector x1024, v1 episodes"] = (
+        lambda s: _vector_runner(DistrEEVecEnv(1024, **V1_EPISODES), max(1, s // 1024)),
+        lambda s: _vector_runner(CartPoleVectorEnv(num_envs=1024), max(1, s // 1024)),
+    )
     results = measure(pairs, args.seconds, args.rounds)
     memory = measure_memory()
 

@@ -258,21 +258,11 @@ def _build_model(args: Args, hp: Any, env: Any) -> Any:
 
 
 def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
+    """Build or resume the model, train it with the run's callbacks, keep the best on val."""
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.logger import configure
-    from stable_baselines3.common.vec_env import VecNormalize
 
-    from agents.loading import restore_model
-    from agents.sb3 import DistrEEMetricsCallback, make_sb3_env
-    from agents.training import (
-        AtomicCheckpointCallback,
-        RunTextCallback,
-        ValEvalCallback,
-        latest_checkpoint,
-        load_replay_buffer,
-        save_model,
-    )
-    from distree_env.io import atomic_write_text
+    from agents.training import latest_checkpoint, save_model
 
     n_envs = args.n_envs or hp.n_envs
     timesteps = args.timesteps or hp.n_timesteps
@@ -281,43 +271,20 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
     record = _same_run(args, config, run_dir, found[1] if found else None) if args.resume else None
     done_steps = found[0] if found else 0
     per_request = request_episodes(args, config)
-    env = make_sb3_env(config, n_envs, args.seed + done_steps, per_request)
-    if hp.normalize is not None:
-        env = VecNormalize(env, gamma=hp.algo_kwargs.get("gamma", 0.99), **hp.normalize)
+    model = _model(args, config, hp, n_envs, done_steps, per_request, found)
     if found:
-        from agents.policy import load_vecnormalize, sidecar
-
-        overrides = {**hp.algo_kwargs, "verbose": args.verbose}
-        model = restore_model(found[1], args.algo, env=env, overrides=overrides)
-        try:
-            if isinstance(env, VecNormalize):
-                load_vecnormalize(sidecar(found[1]), env)
-            load_replay_buffer(model, found[1])
-        except (MemoryError, OverflowError) as exc:  # a size declared by a damaged file
-            raise ValueError(f"--resume: {str(found[1])!r}: {error_line(exc)}") from None
         print(f"resuming {run_dir} from {found[1].name} ({done_steps} steps)")
-    else:
-        model = _build_model(args, hp, env)
     run_dir.mkdir(parents=True, exist_ok=True)
     this_call = {"args": args.__dict__, "env_config": config.to_dict(), "n_envs": n_envs,
                  "timesteps": timesteps}  # fmt: skip
-    if record is not None:  # the first call's record stays; resumptions are appended
-        record.setdefault("resumed", []).append({**this_call, "from_step": done_steps})
-    atomic_write_text(run_dir / "args.json", json.dumps(record or this_call, indent=2, default=str))
+    _write_args(run_dir, record, this_call, done_steps)
     formats = ["tensorboard"] + (["stdout"] if args.verbose else [])
     model.set_logger(configure(str(run_dir), formats))
-    checkpoint = AtomicCheckpointCallback(max(args.checkpoint_freq // n_envs, 1), ckpt_dir)
     hyperparameters = {"algo": args.algo, "env_id": env_id_for(args.scenario), "n_envs": n_envs,
                        "timesteps": timesteps, "request_episodes": per_request,
                        "policy": hp.policy, "policy_kwargs": hp.policy_kwargs,
                        "normalize": hp.normalize, **hp.algo_kwargs}  # fmt: skip
-    best = run_dir / "best_model.zip"
-    val = ValEvalCallback(
-        config, max(args.eval_freq // n_envs, 1) if args.eval_freq else 0, args.val_requests,
-        seed=10_000, best_path=best,
-    )  # fmt: skip
-    callbacks = [RunTextCallback(hyperparameters, config.to_dict()), DistrEEMetricsCallback(),
-                 checkpoint, val]  # fmt: skip
+    callbacks, checkpoint, val = _callbacks(args, config, run_dir, n_envs, hyperparameters)
     remaining = max(timesteps - model.num_timesteps, 0)
     if remaining:
         model.learn(
@@ -332,6 +299,7 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
     save_model(model, final)
     if args.eval_freq:
         val.evaluate_now()  # the final model competes for "best on val" too
+    best = run_dir / "best_model.zip"
     chosen = best if args.eval_freq and best.is_file() else final
     result: dict[str, Any] = {
         "run_dir": str(run_dir),
@@ -342,6 +310,72 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
     if args.save_to:
         result.update(ship(args, config, chosen, val.best_reward))
     return result
+
+
+def _model(
+    args: Args,
+    config: Any,
+    hp: Any,
+    n_envs: int,
+    done_steps: int,
+    per_request: bool,
+    found: tuple[int, Path] | None,
+) -> Any:
+    """The model on a fresh training env: restored from the ``found`` checkpoint (with its
+    normalisation statistics and replay buffer), or built from the hyperparameters."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from agents.loading import restore_model
+    from agents.sb3 import make_sb3_env
+    from agents.training import load_replay_buffer
+
+    env = make_sb3_env(config, n_envs, args.seed + done_steps, per_request)
+    if hp.normalize is not None:
+        env = VecNormalize(env, gamma=hp.algo_kwargs.get("gamma", 0.99), **hp.normalize)
+    if not found:
+        return _build_model(args, hp, env)
+    from agents.policy import load_vecnormalize, sidecar
+
+    overrides = {**hp.algo_kwargs, "verbose": args.verbose}
+    model = restore_model(found[1], args.algo, env=env, overrides=overrides)
+    try:
+        if isinstance(env, VecNormalize):
+            load_vecnormalize(sidecar(found[1]), env)
+        load_replay_buffer(model, found[1])
+    except (MemoryError, OverflowError) as exc:  # a size declared by a damaged file
+        raise ValueError(f"--resume: {str(found[1])!r}: {error_line(exc)}") from None
+    return model
+
+
+def _write_args(
+    run_dir: Path, record: dict[str, Any] | None, this_call: dict[str, Any], done_steps: int
+) -> None:
+    """``args.json``: the first call's record stays; resumptions are appended to it."""
+    from distree_env.io import atomic_write_text
+
+    if record is not None:
+        record.setdefault("resumed", []).append({**this_call, "from_step": done_steps})
+    atomic_write_text(run_dir / "args.json", json.dumps(record or this_call, indent=2, default=str))
+
+
+def _callbacks(
+    args: Args, config: Any, run_dir: Path, n_envs: int, hyperparameters: dict[str, Any]
+) -> tuple[list[Any], Any, Any]:
+    """The run's callbacks (run text, DistrEE metrics, checkpoints, val evaluation keeping the
+    best model), with the checkpoint and val callbacks named for the caller."""
+    from agents.sb3 import DistrEEMetricsCallback
+    from agents.training import AtomicCheckpointCallback, RunTextCallback, ValEvalCallback
+
+    checkpoint = AtomicCheckpointCallback(
+        max(args.checkpoint_freq // n_envs, 1), run_dir / "checkpoints"
+    )
+    val = ValEvalCallback(
+        config, max(args.eval_freq // n_envs, 1) if args.eval_freq else 0, args.val_requests,
+        seed=10_000, best_path=run_dir / "best_model.zip",
+    )  # fmt: skip
+    callbacks = [RunTextCallback(hyperparameters, config.to_dict()), DistrEEMetricsCallback(),
+                 checkpoint, val]  # fmt: skip
+    return callbacks, checkpoint, val
 
 
 def ship(args: Args, config: Any, final: Path, val_reward: float) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agents import METRICS, ConfidenceThreshold, RandomExit, evaluate
-from distree_env.config import EnvConfig
+from distree_env.config import REWARD_TIMINGS, EnvConfig
 from tests.agents import SYNTH
 
 CODE = (
@@ -82,3 +82,27 @@ def test_every_request_counts_once_and_drops_count_as_misses():
     m = evaluate(ConfidenceThreshold(0.5), bursty, n_requests=1024, seed=0)
     assert m["n_requests"] >= 1024
     assert m["qos_rate"] <= 1.0 - m["drop_rate"] + 1e-12
+
+
+def test_the_score_is_each_requests_own_reward_whatever_the_timing():
+    """The reward timing decides when a learner is paid, not what a policy scores: the same
+    stream scores the same under every timing, and equals the per-request reward computed from
+    the outcomes by hand."""
+    stream = EnvConfig.scenario("bursty-stream", trace="synthetic")
+    scores = {
+        timing: evaluate(ConfidenceThreshold(0.7), stream.replace({"reward.timing": timing}),
+                         n_requests=512, seed=3)  # fmt: skip
+        for timing in REWARD_TIMINGS
+    }
+    assert len({s["mean_reward"] for s in scores.values()}) == 1
+    m, rw = scores["system"], stream.reward
+    answered = 1 - m["drop_rate"]
+    # correct_bonus 1, wrong_penalty 0: reward = accuracy share - latency cost - late - drops
+    late_share = answered - m["qos_rate"]
+    by_hand = (
+        answered * m["accuracy"] * rw.correct_bonus
+        - answered * rw.latency_weight * m["latency_mean_ms"] / stream.deadline_ms
+        - rw.deadline_penalty * late_share
+        - (rw.wrong_penalty + rw.deadline_penalty) * m["drop_rate"]
+    )
+    assert rw.wrong_penalty == 0.0 and np.isclose(m["mean_reward"], by_hand)
