@@ -45,7 +45,7 @@ from experiments.cli import fail, one_line_errors, parse_args
 PAPER_COMPUTE_SAVING = 0.276
 #: (seeds, requests per evaluation, thresholds per rule) of --quick and of the full run.
 QUICK = (2, 2048, 4)
-FULL = (5, 4096, 8)
+FULL = (5, 4096, 16)
 #: Baseline calibration of --quick and of the full run.
 QUICK_CALIBRATION = Calibration(
     n_requests=1024, points=4, rounds=1, data_steps=16_384, features=("max_prob", "entropy")
