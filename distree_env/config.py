@@ -57,9 +57,9 @@ DEFAULT_TRACE = "cifar10-val"
 DEFAULT_PIPELINE_TRACE = "cifar10-pipeline-val"
 #: How an episode ends after ``requests_per_episode`` answered requests: ``terminate`` (v0: the
 #: episode is over; ``reset()`` starts a fresh stream), ``truncate`` (v1: a time limit; the
-#: stream goes on) or ``terminate-continue`` (v2: the episode is over because every cost its
-#: requests caused was charged inside it, see ``system`` timing; ``reset()`` without a seed
-#: continues the stream).
+#: stream goes on) or ``terminate-continue`` (v2: the episode is over once its requests are
+#: answered, having paid, with ``system`` timing, for the wait they imposed on the queue while
+#: they ran; ``reset()`` without a seed continues the stream).
 EPISODE_ENDS = ("terminate", "truncate", "terminate-continue")
 #: When the latency cost is paid: ``stage`` (v0: every decision pays the time since the request's
 #: previous decision), ``request`` (v1: the exit step pays the request's total) or ``system`` (v2:

@@ -157,10 +157,12 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
 
     ## Episode End
     After ``requests_per_episode`` answered requests (v2: 1): ``episode_end="terminate-continue"``
-    (v2) terminates, since with ``system`` timing the episode's return holds every cost its
-    requests caused, and ``reset()`` without a seed continues the stream (same clock, queue and
-    resources). So a library's per-step discount (SB3's default gamma 0.99) spans at most one
-    request's few decisions and cannot make answering fast look better than answering well.
+    (v2) terminates, since with ``system`` timing the episode's return already holds the
+    request's answer and the wait it imposed on the queue while it ran (not the longer queue it
+    leaves behind, nor others' deadline penalties), and ``reset()`` without a seed continues the
+    stream (same clock, queue and resources). So a library's per-step discount (SB3's default
+    gamma 0.99) spans at most one request's few decisions and cannot make answering fast look
+    better than answering well.
     ``"truncate"`` (v1) truncates and the stream goes on (the observation returned is the next
     decision's, so value bootstrapping is exact); ``"terminate"`` (v0) terminates and
     ``reset()`` starts a fresh stream.

@@ -132,3 +132,19 @@ def test_handover_fit_recovers_the_base_gap_and_the_stalls():
         "stall_probability": 0.0,
         "stall_mean_ms": 0.0,
     }
+
+
+def test_simulated_prediction_pools_stall_realisations():
+    """With stalls in the profile, the simulator's figures pool several stall realisations of
+    the live run's seed (same arrivals); without, one run. Stalls only lengthen waits."""
+    from distree_env.config import EnvConfig
+    from experiments.calibrate_cluster import STALL_REALISATIONS, simulate
+
+    served = [RequestRecord(index=i, sample=i, label=0, arrival_ms=0.0) for i in range(60)]
+    run = RunRecord(meta={"args": {"seed": 4}}, requests=served)
+    base = EnvConfig.scenario("bursty-stream", trace="synthetic")
+    plain = simulate(run, base, "last-exit", False)
+    stalls = base.replace({"cluster": {"stall_probability": 0.3, "stall_mean_ms": 20.0}})
+    pooled = simulate(run, stalls, "last-exit", False)
+    assert plain["requests"] == pooled["requests"] == 60 and STALL_REALISATIONS > 1
+    assert pooled["latency_mean_ms"] > plain["latency_mean_ms"]
