@@ -58,15 +58,15 @@ DEFAULT_PIPELINE_TRACE = "cifar10-pipeline-val"
 #: How an episode ends after ``requests_per_episode`` answered requests: ``terminate`` (v0: the
 #: episode is over; ``reset()`` starts a fresh stream), ``truncate`` (v1: a time limit; the
 #: stream goes on) or ``terminate-continue`` (v2: the episode is over once its requests are
-#: answered, having paid, with ``system`` timing, for the wait they imposed on the queue while
-#: they ran; ``reset()`` without a seed continues the stream).
+#: answered, having paid, with ``system`` timing, for the wait and the missed deadlines of the
+#: queue while they ran; ``reset()`` without a seed continues the stream).
 EPISODE_ENDS = ("terminate", "truncate", "terminate-continue")
 #: When the latency cost is paid: ``stage`` (v0: every decision pays the time since the request's
 #: previous decision), ``request`` (v1: the exit step pays the request's total) or ``system`` (v2:
 #: every decision pays the latency accrued since the previous decision by every request in the
-#: system, the one in service and those waiting; so the delay a stage imposes on the queue is
-#: charged to the request that ran it, and the costs of a stream still sum to its requests'
-#: latencies).
+#: system, the one in service and those waiting, and the deadline penalty of each of them whose
+#: deadline passed meanwhile; so the delay and the misses a stage causes in the queue are charged
+#: to the request that ran it, and the costs of a stream still sum to its requests' own).
 REWARD_TIMINGS = ("stage", "request", "system")
 #: Cap on ``requests_per_episode`` (per-episode buffers are allocated for it).
 MAX_REQUESTS_PER_EPISODE = 100_000

@@ -74,6 +74,8 @@ STEP_INFO: dict[str, type] = {
     "dropped": np.int64,
     "queue_len": np.int64,
 }
+
+
 class EpisodeMetrics(TypedDict):
     """The info keys that describe a finished episode: ``[B]`` arrays (``[B, K]`` exit
     fractions) from :meth:`Dynamics.episode_metrics`, numpy scalars in the single env. In an
@@ -315,8 +317,12 @@ class Dynamics:
         self.arrival = np.zeros(b)
         self.service_start = np.zeros(b)
         self.last_decision = np.zeros(b)
-        #: ``system`` timing: latency (ms) already charged to the requests in the system.
+        #: ``system`` timing: latency (ms) already charged to the requests in the system, how
+        #: many of them were already charged a missed deadline, and how many waiting requests
+        #: (the oldest ones: the queue is in arrival order) are past their deadline.
         self.accrued = np.zeros(b)
+        self.late_held = np.zeros(b, dtype=np.int64)
+        self.late_queued = np.zeros(b, dtype=np.int64)
         self.sample = np.zeros(b, dtype=np.int64)
         self.request = np.zeros(b, dtype=np.int64)
         self.offset = np.zeros(b, dtype=np.int64)
@@ -386,6 +392,8 @@ class Dynamics:
             getattr(self.arr_state, name)[envs] = value
         self.t[envs] = 0.0
         self.accrued[envs] = 0.0
+        self.late_held[envs] = 0
+        self.late_queued[envs] = 0
         self.request[envs] = -1
         self.queue.clear(envs)
         self.a_next[envs] = 0
@@ -435,6 +443,7 @@ class Dynamics:
         info = self._answer(ex)
         if self.system_cost:
             info["reward_latency"] = self._accrue(ex, active)
+            info["reward_deadline"] = self._deadlines_passed(ex, active)
         elif self.per_stage:
             lat = (self.last_decision - self.t) * self.latency_cost
             if active is None:
@@ -476,6 +485,30 @@ class Dynamics:
             return cost
         self.accrued = np.where(active, left, self.accrued)
         return cost * active
+
+    def _deadlines_passed(self, ex: np.ndarray, active: np.ndarray | None) -> np.ndarray:
+        """``system`` timing: ``-deadline_penalty`` for every request in the system whose
+        deadline passed since the previous decision, ``[B]``; the requests answered now
+        (``ex``) leave the system."""
+        t, queue, deadline = self.t, self.queue, self.deadline
+        late_q = self.late_queued
+        while True:  # the waiting requests that passed their deadline: a prefix of the queue
+            more = late_q < queue.size
+            oldest = queue.time.take(queue.base + (queue.head + late_q) % queue.slots)
+            passed = more & ((t - oldest) > deadline)
+            if not passed.any():
+                break
+            late_q = late_q + passed
+        serving = (t - self.arrival) > deadline
+        late_now = late_q + serving
+        passed_now = (late_now - self.late_held) * -self.config.reward.deadline_penalty
+        left = late_now - (serving & ex)
+        if active is None:
+            self.late_queued, self.late_held = late_q, left
+            return passed_now
+        self.late_queued = np.where(active, late_q, self.late_queued)
+        self.late_held = np.where(active, left, self.late_held)
+        return passed_now * active
 
     def _answer(self, ex: np.ndarray) -> dict[str, np.ndarray]:
         """Requests where ``ex`` exit at their current exit now: the step info's request and
@@ -523,6 +556,7 @@ class Dynamics:
         else:
             waiting = self.queue.size > 0
             queued_at, queued = self.queue.pop(ex & waiting)
+            self.late_queued -= ex & waiting & (self.late_queued > 0)  # the head was the oldest
             arrives_at, arriving = self._take(rng, ex & ~waiting)
             arrival = np.where(waiting, queued_at, arrives_at)
             sample = np.where(waiting, queued, arriving)
@@ -663,6 +697,8 @@ class Dynamics:
             r_latency = (self.accrued.item() - held) * self.latency_cost
             self.accrued[0] = held - (t - arrival) * ex
             info["reward_latency"] = np.float64(r_latency)
+            r_deadline = self._deadlines_passed_one(t, arrival, ex)
+            info["reward_deadline"] = np.float64(r_deadline)
         elif self.per_stage:
             r_latency = (self.last_decision.item() - t) * self.latency_cost
             self.last_decision[0] = t
@@ -692,6 +728,20 @@ class Dynamics:
         reward = r_correct + r_latency + r_deadline + drop
         obs = self._observation_one(t, k, size)
         return obs, reward, info, self.ep_answered.item() >= self.R
+
+    def _deadlines_passed_one(self, t: float, arrival: float, ex: bool) -> float:
+        """:meth:`_deadlines_passed` for the single stream (request in service arrived at
+        ``arrival``; ``ex``: it is answered now)."""
+        queue, deadline = self.queue, self.deadline
+        late_q, size, head = self.late_queued.item(), queue.size.item(), queue.head.item()
+        while late_q < size and (t - queue.time.item((head + late_q) % queue.slots)) > deadline:
+            late_q += 1
+        serving = (t - arrival) > deadline
+        late_now = late_q + serving
+        passed = (late_now - self.late_held.item()) * -self.config.reward.deadline_penalty
+        self.late_queued[0] = late_q
+        self.late_held[0] = late_now - (serving and ex)
+        return passed
 
     def _answer_one(self, k: int, t: float, info: dict[str, Any]) -> tuple[float, float, float]:
         """:meth:`_answer` for the single stream: the request exits at exit ``k`` at time ``t``.
@@ -732,6 +782,8 @@ class Dynamics:
             queue.head[0] = (head + 1) % queue.slots
             queue.size[0] -= 1
             queue.time_sum[0] = queue.time_sum.item() - arrival if queue.size.item() else 0.0
+            if self.late_queued.item() > 0:  # the head was the oldest
+                self.late_queued[0] -= 1
         else:
             slot = self.a_next.item() & (2 * ARRIVAL_BLOCK - 1)
             arrival = t if self.isolated else self.a_time.item(slot)

@@ -139,12 +139,13 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     ## Rewards
     Per request: ``correct_bonus`` if its answer is right (else ``-wrong_penalty``), minus
     ``latency_weight * latency / deadline`` (latency from arrival), minus ``deadline_penalty`` if
-    late. When the latency cost is paid (``reward.timing``):
+    late. When the latency and deadline costs are paid (``reward.timing``):
     ``"system"`` (v2): every decision pays ``latency_weight / deadline`` times the latency
     accrued since the previous decision by every request in the system, the one in service and
-    those waiting; continuing a request is charged the wait it imposes on the queue, and a
-    stream's costs still sum to its requests' latencies. Correctness and the deadline penalty are
-    paid on the exit step. ``"request"`` (v1): everything on the exit step, continue steps earn 0.
+    those waiting, and ``deadline_penalty`` for each of them whose deadline passed meanwhile;
+    continuing a request is charged the wait and the misses it causes in the queue, and a
+    stream's costs still sum to its requests' own. Correctness is paid on the exit step.
+    ``"request"`` (v1): everything on the exit step, continue steps earn 0.
     ``"stage"`` (v0): every decision pays the latency since the request's previous decision.
     A request dropped at a full queue costs ``wrong_penalty + deadline_penalty`` on the step
     during which it arrived. The parts are in ``info``. ``agents.evaluate`` scores every policy
@@ -158,9 +159,9 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     ## Episode End
     After ``requests_per_episode`` answered requests (v2: 1): ``episode_end="terminate-continue"``
     (v2) terminates, since with ``system`` timing the episode's return already holds the
-    request's answer and the wait it imposed on the queue while it ran (not the longer queue it
-    leaves behind, nor others' deadline penalties), and ``reset()`` without a seed continues the
-    stream (same clock, queue and resources). So a library's per-step discount (SB3's default
+    request's answer and the wait and missed deadlines it caused in the queue while it ran (not
+    the longer queue it leaves behind), and ``reset()`` without a seed continues the stream
+    (same clock, queue and resources). So a library's per-step discount (SB3's default
     gamma 0.99) spans at most one request's few decisions and cannot make answering fast look
     better than answering well.
     ``"truncate"`` (v1) truncates and the stream goes on (the observation returned is the next
@@ -189,10 +190,10 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
 
     ## Version History
     * v2: every request is an episode (``requests_per_episode=1``, ``terminate-continue``) and
-      ``system`` reward timing charges each decision the latency accrued by every request in
-      the system; the dynamics are v1's. Why: with v1's 128-request episodes, libraries'
-      default per-step discount favoured early exits (more answers per step) and SB3's and
-      CleanRL's default PPO settled on always exiting at exit 0.
+      ``system`` reward timing charges each decision the latency accrued, and the deadlines
+      passed, by every request in the system; the dynamics are v1's. Why: with v1's
+      128-request episodes, libraries' default per-step discount favoured early exits (more
+      answers per step) and SB3's and CleanRL's default PPO settled on always exiting at exit 0.
     * v1: request streams (Poisson, bursty MMPP, periodic, trace arrivals) with a bounded queue
       and deadlines from arrival; resources evolve in wall-clock time and are observed by
       periodic measurement; the parallel topology also pays for the input sent to every device

@@ -226,3 +226,36 @@ def test_stalls_have_their_own_random_stream():
         seen[name] = (arrivals, waits)
     assert seen["stalls"][0] == seen["none"][0] == seen["other"][0]
     assert seen["stalls"][1] != seen["other"][1] and sum(seen["stalls"][1]) > sum(seen["none"][1])
+
+
+def test_system_timing_charges_each_missed_deadline_once_when_it_passes():
+    """D/D/1 overloaded (arrivals every T = 0.6 S, every request to the last exit): by the n-th
+    answer, at t_n = a_0 + (n + 1) S, ``system`` timing has charged ``deadline_penalty`` once
+    for every request that missed its deadline by then: the answered ones that were late
+    ((i + 1) S - i T > D) and the waiting ones whose deadline passed (a_j + D < t_n, j > n);
+    ``request`` timing only the answered late ones."""
+    base = {**CONSTANT, "arrivals": {"kind": "periodic", "utilisation": 1 / 0.6},
+            "queue": {"capacity": 1024, "overflow": "admit"}}  # fmt: skip
+    service = describe(EnvConfig.from_dict(base))["mean_service_ms"]
+    gap, deadline = 0.6 * service, 3.3 * service
+    charged = {}
+    for timing in ("system", "request"):
+        cfg = EnvConfig.from_dict({**base, "deadline_ms": deadline, "reward": {"timing": timing}})
+        env = DistrEEEnv(cfg)
+        env.reset(seed=0)
+        a0 = float(env.unwrapped._dyn.arrival[0])
+        total, charged[timing] = 0.0, []
+        while len(charged[timing]) < 30:
+            _, _, _, _, info = env.step(0)
+            total += float(info["reward_deadline"])
+            if info["request_done"]:
+                charged[timing].append(total)
+                env.reset()
+    penalty = cfg.reward.deadline_penalty
+    for n in range(30):
+        t_n = a0 + (n + 1) * service
+        late_answered = sum(1 for i in range(n + 1) if (i + 1) * service - i * gap > deadline)
+        waiting_late = sum(1 for j in range(n + 1, 200) if a0 + j * gap + deadline < t_n)
+        assert np.isclose(charged["system"][n], -penalty * (late_answered + waiting_late))
+        assert np.isclose(charged["request"][n], -penalty * late_answered)
+    assert charged["system"][-1] < charged["request"][-1]  # the queue's misses come sooner

@@ -33,7 +33,8 @@ class WaitingQueue:
         self.head = np.zeros(num_envs, dtype=np.int64)
         self.size = np.zeros(num_envs, dtype=np.int64)
         self.time_sum = np.zeros(num_envs)
-        self._base = np.arange(num_envs) * self.slots
+        #: Flat index of each environment's first slot (``time``/``sample`` are flat rings).
+        self.base = np.arange(num_envs) * self.slots
 
     def clear(self, envs: np.ndarray) -> None:
         """Empty the queues of ``envs``."""
@@ -52,7 +53,7 @@ class WaitingQueue:
     def pop(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The oldest request of every queue ``[num_envs]`` (arrival time, trace row), removed
         where ``mask`` (those queues must be non-empty; elsewhere the values are meaningless)."""
-        flat = self._base + self.head
+        flat = self.base + self.head
         out = self.time.take(flat), self.sample.take(flat)
         self.head = np.where(mask, (self.head + 1) % self.slots, self.head)
         self.size -= mask
@@ -63,5 +64,5 @@ class WaitingQueue:
         """Arrival time of the oldest waiting request of ``envs`` (all environments if None;
         meaningless where the queue is empty: mask with ``size > 0``)."""
         if envs is None:
-            return self.time.take(self._base + self.head)
+            return self.time.take(self.base + self.head)
         return self.time.take(envs * self.slots + self.head[envs])

@@ -90,8 +90,12 @@ def test_the_score_is_each_requests_own_reward_whatever_the_timing():
     the outcomes by hand."""
     stream = EnvConfig.scenario("bursty-stream", trace="synthetic")
     scores = {
-        timing: evaluate(ConfidenceThreshold(0.7), stream.replace({"reward.timing": timing}),
-                         n_requests=512, seed=3)  # fmt: skip
+        timing: evaluate(
+            ConfidenceThreshold(0.7),
+            stream.replace({"reward.timing": timing}),
+            n_requests=512,
+            seed=3,
+        )  # fmt: skip
         for timing in REWARD_TIMINGS
     }
     assert len({s["mean_reward"] for s in scores.values()}) == 1
