@@ -162,6 +162,7 @@ def live_metrics(run: Any, num_exits: int) -> dict[str, Any]:
         "drop_rate": dropped / max(len(run.requests), 1),
         "exit_fractions": np.bincount(exits, minlength=num_exits) / len(served),
         "exit_latency_ms": per_exit_latency(exits, lat, num_exits),
+        "decision_ms": float(np.mean([d for r in served for d in r.decision_ms])),
     }
 
 
@@ -275,7 +276,8 @@ def comparison_table(runs: list[Any]) -> str:
             f"- {spec}: per-exit mean latency error at most {100 * per_exit:.1f}% (target 10%), "
             f"p95 error {100 * p95:.1f}% (target 15%); live predictions equal the trace's at "
             f"the same exit for {100 * same:.2f}% of requests (trace accuracy at the live exits "
-            f"{trace_acc:.4f}, live {live['accuracy']:.4f})"
+            f"{trace_acc:.4f}, live {live['accuracy']:.4f}); the policy took "
+            f"{live['decision_ms']:.2f} ms per decision live"
         )
     return "\n".join(lines + [""] + notes)
 
