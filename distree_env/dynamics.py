@@ -1009,8 +1009,8 @@ class Dynamics:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.tables = tables_for(self.config)
-        if self.pool_seed >= 0:
-            self.seed_pool(self.pool_seed)
+        if self.pool_seed >= 0:  # the pool only: the stalls' stream goes on where it was
+            self.pool = self.tables.pool(self.pool_seed, self.pool_steps)
 
 
 def _empty_step_info(b: int) -> dict[str, np.ndarray]:

@@ -98,6 +98,19 @@ def test_pickle_round_trip(env_id):
             assert np.array_equal(env.reset()[0], clone.reset()[0])
 
 
+def test_pickle_round_trip_keeps_the_stalls_stream():
+    """A pickled env with hand-over stalls goes on exactly as the original (the stalls' own
+    random stream travels with it, not restarted)."""
+    env = DistrEEEnv(**FAST, cluster={"stall_probability": 0.3, "stall_mean_ms": 30.0})
+    rollout(env, 1, 57)
+    clone = pickle.loads(pickle.dumps(env))
+    for _ in range(200):
+        x, y = env.step(0), clone.step(0)
+        assert np.array_equal(x[0], y[0]) and x[1:4] == y[1:4]
+        if x[2] or x[3]:
+            assert np.array_equal(env.reset()[0], clone.reset()[0])
+
+
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_spec_json(env_id):
     env = gym.make(env_id)
