@@ -158,13 +158,10 @@ def evaluate(
     correct_a = np.concatenate(correct).astype(bool)
     n, n_drop = len(exits_a), int(dropped.sum())
     cum = _cumulative_flops(config)
-    rw = config.reward
     late = lat_a > config.deadline_ms
     total_reward = (
-        np.where(correct_a, rw.correct_bonus, -rw.wrong_penalty).sum()
-        - rw.latency_weight * (lat_a / config.deadline_ms).sum()
-        - rw.deadline_penalty * late.sum()
-        - (rw.wrong_penalty + rw.deadline_penalty) * n_drop
+        config.reward.request_reward(correct_a, lat_a, config.deadline_ms).sum()
+        - config.reward.drop_cost * n_drop
     )
     return {
         "mean_reward": float(total_reward) / (n + n_drop),

@@ -417,6 +417,20 @@ class RewardConfig:
                     why=f"reward weights are capped at {_COST_CAP:g}")  # fmt: skip
         _choice("timing", self.timing, REWARD_TIMINGS)
 
+    @property
+    def drop_cost(self) -> float:
+        """What a request refused by a full queue costs."""
+        return self.wrong_penalty + self.deadline_penalty
+
+    def request_reward(self, correct: Any, latency_ms: Any, deadline_ms: float) -> np.ndarray:
+        """Each answered request's own reward, elementwise: what the Oracle maximises and what
+        ``agents.evaluate`` scores, whatever the timing that pays it to a learner."""
+        return (
+            np.where(correct, self.correct_bonus, -self.wrong_penalty)
+            - latency_ms * (self.latency_weight / deadline_ms)
+            - np.where(latency_ms > deadline_ms, self.deadline_penalty, 0.0)
+        )
+
 
 # ---- top level --------------------------------------------------------------------------------
 @dataclass(frozen=True)

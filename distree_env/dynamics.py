@@ -306,7 +306,7 @@ class Dynamics:
         self.system_cost = rw.timing == "system"
         self.request_timing = rw.timing == "request"
         self.latency_cost = rw.latency_weight / self.deadline
-        self.drop_cost = rw.wrong_penalty + rw.deadline_penalty
+        self.drop_cost = rw.drop_cost
         self.pool_steps = pool_steps(b)
         self.pool_seed = -1
         self.pool: Pool | None = None
@@ -966,6 +966,13 @@ class Dynamics:
         out["episode_exit_fractions"] = fractions
         return out
 
+    def shown_request(self, i: int) -> int:
+        """Stream ``i``'s request as a picture numbers it: its place in the episode, or in the
+        stream when every request is an episode (``requests_per_episode == 1``)."""
+        if self.R > 1:
+            return min(int(self.ep_answered[i]), self.R - 1)
+        return int(self.request[i])
+
     # ---- hindsight ----------------------------------------------------------------------------
     def outlook(self) -> tuple[np.ndarray, np.ndarray]:
         """For the request in service of every stream: latency from arrival (ms) if it exits at
@@ -990,14 +997,9 @@ class Dynamics:
     def oracle_actions(self) -> np.ndarray:
         """``[B]`` action now (0/1) of the exit that maximises each request's own reward in
         hindsight (ties go to the earlier exit)."""
-        rw = self.config.reward
         lat, correct = self.outlook()
-        value = (
-            np.where(correct, rw.correct_bonus, -rw.wrong_penalty)
-            - lat * self.latency_cost
-            - np.where(lat > self.deadline, rw.deadline_penalty, 0.0)
-        )
-        value = np.where(np.isnan(lat), -np.inf, value)
+        value = self.config.reward.request_reward(correct, lat, self.deadline)
+        value = np.where(np.isnan(lat), -np.inf, value)  # exits already passed
         return (value.argmax(axis=1) == self.k).astype(np.int64)
 
     # ---- pickling: the shared tables and the pool are rebuilt, not stored ---------------------

@@ -313,9 +313,7 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
             self._obs,
             topology=dyn.tables.trace.topology,
             num_exits=self.num_exits,
-            request_index=min(int(dyn.ep_answered[0]), dyn.R - 1)
-            if dyn.R > 1
-            else dyn.request.item(),
+            request_index=dyn.shown_request(0),
             requests_per_episode=dyn.R,
             queue_capacity=0 if dyn.isolated else dyn.capacity,
             last_request=self._last,

@@ -237,9 +237,7 @@ class DistrEEVecEnv(VectorEnv):
                 self._obs[i],
                 topology=dyn.tables.trace.topology,
                 num_exits=self.num_exits,
-                request_index=(
-                    min(int(dyn.ep_answered[i]), dyn.R - 1) if dyn.R > 1 else int(dyn.request[i])
-                ),
+                request_index=dyn.shown_request(i),
                 requests_per_episode=dyn.R,
                 queue_capacity=0 if dyn.isolated else dyn.capacity,
             )

@@ -150,17 +150,7 @@ def test_system_timing_charges_the_wait_of_the_queue_as_computed_by_hand():
     paid = {}
     for timing in ("system", "request"):
         cfg = EnvConfig.from_dict({**base, "reward": {"timing": timing}})
-        env = DistrEEEnv(cfg)
-        env.reset(seed=0)
-        a0 = float(env.unwrapped._dyn.arrival[0])
-        total, paid[timing] = 0.0, []
-        while len(paid[timing]) < 20:
-            _, reward, terminated, _, info = env.step(0)
-            total += float(info["reward_latency"])
-            assert terminated == bool(info["request_done"])  # v2: one request per episode
-            if info["request_done"]:
-                paid[timing].append(total)
-                env.reset()  # the stream goes on
+        a0, paid[timing] = _paid_by_answer(cfg, "reward_latency", 20)
     c = cfg.reward.latency_weight / cfg.deadline_ms
     for n in range(20):
         answered = sum((i + 1) * service - i * gap for i in range(n + 1))
@@ -241,16 +231,7 @@ def test_system_timing_charges_each_missed_deadline_once_when_it_passes():
     charged = {}
     for timing in ("system", "request"):
         cfg = EnvConfig.from_dict({**base, "deadline_ms": deadline, "reward": {"timing": timing}})
-        env = DistrEEEnv(cfg)
-        env.reset(seed=0)
-        a0 = float(env.unwrapped._dyn.arrival[0])
-        total, charged[timing] = 0.0, []
-        while len(charged[timing]) < 30:
-            _, _, _, _, info = env.step(0)
-            total += float(info["reward_deadline"])
-            if info["request_done"]:
-                charged[timing].append(total)
-                env.reset()
+        a0, charged[timing] = _paid_by_answer(cfg, "reward_deadline", 30)
     penalty = cfg.reward.deadline_penalty
     for n in range(30):
         t_n = a0 + (n + 1) * service
@@ -259,3 +240,21 @@ def test_system_timing_charges_each_missed_deadline_once_when_it_passes():
         assert np.isclose(charged["system"][n], -penalty * (late_answered + waiting_late))
         assert np.isclose(charged["request"][n], -penalty * late_answered)
     assert charged["system"][-1] < charged["request"][-1]  # the queue's misses come sooner
+
+
+def _paid_by_answer(cfg: EnvConfig, part: str, n: int) -> tuple[float, list[float]]:
+    """First arrival time, and the running sum of reward ``part`` at each of the first ``n``
+    answers, every request run to the last exit (each v2 episode is one request and ends with
+    its answer; the stream goes on across ``reset()``)."""
+    env = DistrEEEnv(cfg)
+    env.reset(seed=0)
+    a0 = float(env.unwrapped._dyn.arrival[0])
+    total, sums = 0.0, []
+    while len(sums) < n:
+        _, _, terminated, _, info = env.step(0)
+        total += float(info[part])
+        assert terminated == bool(info["request_done"])
+        if info["request_done"]:
+            sums.append(total)
+            env.reset()
+    return a0, sums
