@@ -15,10 +15,10 @@ from gymnasium.envs.registration import register, registry
 
 from distree_env.config import DEFAULT_PIPELINE_TRACE
 
-__all__ = ["ENV_IDS", "register_envs"]
+__all__ = ["ENV_IDS", "V1_EPISODES", "register_envs"]
 
 #: How v1 ids cut a stream into episodes and pay rewards (v2 changed only these).
-_V1_EPISODES: dict[str, Any] = {
+V1_EPISODES: dict[str, Any] = {
     "requests_per_episode": 128,
     "episode_end": "truncate",
     "reward": {"timing": "request"},
@@ -43,12 +43,12 @@ ENV_IDS: dict[str, dict[str, Any]] = {
     "DistrEE-Cellular-v2": {"scenario": "cellular"},
     "DistrEE-Pipeline-v2": {"scenario": "pipeline"},
     # v1: the same streams in 128-request truncated episodes with rewards on the exit step.
-    "DistrEE-v1": {"scenario": "steady-stream", **_V1_EPISODES},
-    "DistrEE-Bursty-v1": {"scenario": "bursty-stream", **_V1_EPISODES},
-    "DistrEE-WiFi-v1": {"scenario": "wifi-contention", **_V1_EPISODES},
-    "DistrEE-Cellular-v1": {"scenario": "cellular", **_V1_EPISODES},
-    "DistrEE-Pipeline-v1": {"scenario": "pipeline", **_V1_EPISODES},
-    "DistrEE-Isolated-v1": {"scenario": "isolated", **_V1_EPISODES},
+    "DistrEE-v1": {"scenario": "steady-stream", **V1_EPISODES},
+    "DistrEE-Bursty-v1": {"scenario": "bursty-stream", **V1_EPISODES},
+    "DistrEE-WiFi-v1": {"scenario": "wifi-contention", **V1_EPISODES},
+    "DistrEE-Cellular-v1": {"scenario": "cellular", **V1_EPISODES},
+    "DistrEE-Pipeline-v1": {"scenario": "pipeline", **V1_EPISODES},
+    "DistrEE-Isolated-v1": {"scenario": "isolated", **V1_EPISODES},
 }
 
 

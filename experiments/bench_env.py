@@ -28,6 +28,7 @@ from gymnasium.envs.classic_control.cartpole import CartPoleEnv, CartPoleVectorE
 
 from distree_env import DistrEEEnv, DistrEEVecEnv
 from distree_env.io import atomic_open, require_output_file
+from distree_env.registration import V1_EPISODES  # same dynamics, one reset per 128 requests
 from experiments.cli import OneLineParser, one_line_errors
 
 VECTOR_SIZES = (1, 64, 1024)
@@ -38,9 +39,6 @@ BASELINES = {
     "single, v1 episodes": "CartPoleEnv",
     "vector x1024, v1 episodes": "CartPoleVectorEnv x1024",
 }
-#: The v1 episode settings (128 requests, truncated, paid on the exit step): the same dynamics
-#: as the default, with one reset per 128 requests instead of one per request.
-V1_EPISODES = {"requests_per_episode": 128, "episode_end": "truncate", "reward.timing": "request"}
 #: Longest timed round and most rounds accepted (the whole run takes about 2 x 4 x both).
 MAX_SECONDS = 60.0
 MAX_ROUNDS = 100
