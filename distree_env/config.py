@@ -255,8 +255,13 @@ class ClusterConfig:
     ``DEVICE_PROFILES`` / ``LINK_PROFILES`` or an effective rate (FLOP/s, bytes/s); ``None``
     repeats ``device_profile`` / ``link_profile``. Link d is device d's link.
     ``link_latency_ms``: per-message latency of links given as numbers. ``stage_overhead_ms``:
-    fixed cost of every stage (dispatch, serialisation). ``handover_ms``: fixed time between a
-    request's end (or, on idle devices, its successor's arrival) and its successor's start.
+    fixed cost of every stage (dispatch, serialisation). ``decision_ms``: what the exit
+    controller spends per decision (building the observation, running the policy), added to every
+    stage; it is the policy's cost, not the cluster's, so a heavier policy answers later
+    (``experiments.calibrate_cluster`` fits it on a live run and carries it over to another
+    policy by timing both offline; the live runtime pays the real one). ``handover_ms``: fixed
+    time between a request's end (or, on idle devices, its successor's arrival) and its
+    successor's start.
     ``stall_probability``/``stall_mean_ms``: with this probability a hand-over to a request that
     was waiting also stalls for an exponentially distributed time of this mean: the rare pauses
     of a loaded host (measured live on busy hand-overs only; idle devices start on time),
@@ -276,6 +281,7 @@ class ClusterConfig:
     link_profile: str = "wifi-5"
     link_latency_ms: float = 1.0
     stage_overhead_ms: float = 0.0
+    decision_ms: float = 0.0
     handover_ms: float = 0.0
     stall_probability: float = 0.0
     stall_mean_ms: float = 0.0
@@ -311,6 +317,8 @@ class ClusterConfig:
                 high=_LATENCY_MS[1], why=_LATENCY_MS[2])  # fmt: skip
         _number("stage_overhead_ms", self.stage_overhead_ms, low=0.0, high=1e4,
                 why="a fixed per-stage cost between 0 and 10 s")  # fmt: skip
+        _number("decision_ms", self.decision_ms, low=0.0, high=1e4,
+                why="a per-decision cost between 0 and 10 s")  # fmt: skip
         for name in ("handover_ms", "stall_mean_ms"):
             _number(name, getattr(self, name), low=0.0, high=1e4,
                     why="a pause between 0 and 10 s")  # fmt: skip

@@ -5,15 +5,17 @@
         --table runs/sim-vs-live.md
 
 Fits each device's effective FLOP/s, each link's bytes/s, the per-message link latency, the
-fixed per-stage overhead and the hand-over between requests with its rare stalls (see
-``distree_env.runtime.calibration``) and writes them as a named
-cluster profile: a JSON of config overrides (``{"cluster": {...}}``) that ``run_live --config``
-and ``EnvConfig.replace`` load. Prints, per exit, the mean live latency and what the simulator's
+fixed per-stage overhead, the controller's decision time and the hand-over between requests
+with its rare stalls (see ``distree_env.runtime.calibration``) and writes them as a named cluster
+profile: a JSON of config overrides (``{"cluster": {...}}``) that ``run_live --config`` and
+``EnvConfig.replace`` load. Prints, per exit, the mean live latency and what the simulator's
 latency model predicts for the same requests at the same imposed levels, before (the config the
 runs used) and after calibration. With ``--evaluate``, runs the simulator (the environment itself,
-same config, seed and policy, on the same images) for each evaluation record and prints a Markdown
-table of live and simulated figures side by side (also written to ``--table``), plus how often the
-live prediction equals the exit trace's prediction at the exit the request took.
+same config, seed and policy, on the same images; each policy charged its own decision time, the
+calibration run's with the policies' offline ``predict`` times swapped) for each evaluation record
+and prints a Markdown table of live and simulated figures side by side (also written to
+``--table``), plus how often the live prediction equals the exit trace's prediction at the exit
+the request took.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,12 +95,12 @@ def link_traffic(trace: Any, decision_bytes: float) -> tuple[np.ndarray, np.ndar
 
 def model_for(config: Any, trace: Any, overrides: dict | None, overhead: bool = True):
     """``f(k, compute, bandwidth) -> ms`` of the simulator's latency model for ``config`` with
-    ``overrides`` (the stage overhead left out when ``overhead`` is False)."""
+    ``overrides`` (the stage overhead and decision time left out when ``overhead`` is False)."""
     from distree_env.cluster.latency import LatencyModel
 
     cfg = config.replace(overrides or {})
     if not overhead:
-        cfg = cfg.replace({"cluster.stage_overhead_ms": 0.0})
+        cfg = cfg.replace({"cluster.stage_overhead_ms": 0.0, "cluster.decision_ms": 0.0})
     model = LatencyModel.from_config(cfg, trace)
     return lambda k, c, b: model.stage_ms(np.asarray(k), np.asarray(c), np.asarray(b))
 
@@ -166,24 +169,42 @@ def live_metrics(run: Any, num_exits: int) -> dict[str, Any]:
     }
 
 
-def simulate(run: Any, config: Any, policy_spec: str, trust: bool) -> dict[str, Any]:
+def predict_ms(run: Any, config: Any, policy_spec: str, trust: bool) -> float:
+    """Median time (ms) of one ``predict`` of the policy on this machine, timed offline over a
+    simulated run of the live run's length (one observation per call, as live)."""
+    n = sum(1 for r in run.requests if not r.dropped)
+    times: list[float] = []
+    _simulate_once(run, config.replace({"requests_per_episode": n}), policy_spec, trust, times)
+    return 1e3 * float(np.median(times))
+
+
+def simulate(
+    run: Any, config: Any, policy_spec: str, trust: bool, decision_ms: float | None = None
+) -> dict[str, Any]:
     """Run the environment with the live run's config, seed and policy for as many requests;
     with stalls in the profile, pool ``STALL_REALISATIONS`` realisations of them (same seed, so
     the same arrivals and resource paths as the live run): a stall is the host's, not the
-    seed's, so the simulator's prediction is its average over stalls."""
+    seed's, so the simulator's prediction is its average over stalls.
+
+    :param decision_ms: the policy's decision time per stage (None: the config's).
+    """
     from distree_env.runtime.calibration import per_exit_latency
     from distree_env.traces import resolve_trace
 
     n = sum(1 for r in run.requests if not r.dropped)
     cfg = config.replace({"requests_per_episode": n})
+    if decision_ms is not None:
+        cfg = cfg.replace({"cluster.decision_ms": round(decision_ms, 4)})
     realisations = STALL_REALISATIONS if cfg.cluster.stall_probability > 0 else 1
     exits, lat, correct, met, dropped = [], [], [], [], 0
+    each: list[tuple[float, float]] = []  # (mean, p95) of each realisation
     for stall_seed in range(realisations):
         stalls = cfg.replace({"cluster.stall_seed": stall_seed})
         one = _simulate_once(run, stalls, policy_spec, trust)
         for pooled, part in zip((exits, lat, correct, met), one[:4], strict=True):
             pooled.extend(part)
         dropped += one[4]
+        each.append((np.mean(one[1]), np.percentile(one[1], 95)))
     exits_a, lat_a = np.asarray(exits), np.asarray(lat)
     k_count = resolve_trace(cfg.trace).num_exits
     total = len(exits) + dropped
@@ -196,14 +217,17 @@ def simulate(run: Any, config: Any, policy_spec: str, trust: bool) -> dict[str, 
         "drop_rate": dropped / max(total, 1),
         "exit_fractions": np.bincount(exits_a, minlength=k_count) / len(exits),
         "exit_latency_ms": per_exit_latency(exits_a, lat_a, k_count),
+        "realisation_mean_ms": [float(m) for m, _ in each],
+        "realisation_p95_ms": [float(p) for _, p in each],
     }
 
 
 def _simulate_once(
-    run: Any, cfg: Any, policy_spec: str, trust: bool
+    run: Any, cfg: Any, policy_spec: str, trust: bool, times: list[float] | None = None
 ) -> tuple[list[int], list[float], list[bool], list[bool], int]:
     """One simulated episode of the live run's length: exits, latencies, correctness, deadline
-    met (answered requests) and the number dropped."""
+    met (answered requests) and the number dropped; each ``predict``'s seconds go to ``times``
+    when given."""
     from distree_env.env import DistrEEEnv
     from experiments.run_live import make_policy
 
@@ -213,9 +237,12 @@ def _simulate_once(
     exits, lat, correct, met, dropped = [], [], [], [], 0
     state, first = None, True
     while True:
+        t0 = time.perf_counter()
         action, state = policy.predict(
             obs[None, :], state=state, episode_start=np.array([first]), deterministic=True
         )
+        if times is not None:
+            times.append(time.perf_counter() - t0)
         first = False
         obs, _, terminated, truncated, info = env.step(int(np.asarray(action).reshape(-1)[0]))
         dropped += int(info.get("dropped", 0))
@@ -241,13 +268,23 @@ def trace_agreement(run: Any, trace: Any) -> tuple[float, float]:
     return same / len(served), right / len(served)
 
 
+def _span(values: list[float]) -> str:
+    return f"{min(values):.1f}-{max(values):.1f}"
+
+
 def _fmt_exits(v: np.ndarray) -> str:
     return "/".join(f"{x:.2f}" for x in v)
 
 
-def comparison_table(runs: list[Any]) -> str:
+def comparison_table(runs: list[Any], calibration: Any) -> str:
     """Markdown: each live run beside the simulator's run of the same config, seed and policy,
-    with the per-exit and p95 latency errors against the issue's targets."""
+    with the per-exit and p95 latency errors against the issue's targets.
+
+    :param calibration: the calibration run; its policy is timed offline next to each run's, so
+        the simulator charges each policy its own decision time
+        (:func:`~distree_env.runtime.calibration.carried_decision_ms`).
+    """
+    from distree_env.runtime.calibration import carried_decision_ms
     from distree_env.traces import resolve_trace
 
     lines = [
@@ -261,7 +298,12 @@ def comparison_table(runs: list[Any]) -> str:
         trace = resolve_trace(config.trace)
         spec = run.meta["args"]["policy"]
         live = live_metrics(run, trace.num_exits)
-        sim = simulate(run, config, spec, bool(run.meta["args"].get("trust", False)))
+        trust = bool(run.meta["args"].get("trust", False))
+        own = predict_ms(run, config, spec, trust)
+        cal_spec = calibration.meta["args"]["policy"]
+        cal = predict_ms(run, config, cal_spec, bool(calibration.meta["args"].get("trust", False)))
+        decision = carried_decision_ms(config.cluster.decision_ms, cal, own)
+        sim = simulate(run, config, spec, trust, decision)
         same, trace_acc = trace_agreement(run, trace)
         for source, m in (("live", live), ("simulated", sim)):
             lines.append(
@@ -276,8 +318,11 @@ def comparison_table(runs: list[Any]) -> str:
             f"- {spec}: per-exit mean latency error at most {100 * per_exit:.1f}% (target 10%), "
             f"p95 error {100 * p95:.1f}% (target 15%); live predictions equal the trace's at "
             f"the same exit for {100 * same:.2f}% of requests (trace accuracy at the live exits "
-            f"{trace_acc:.4f}, live {live['accuracy']:.4f}); the policy took "
-            f"{live['decision_ms']:.2f} ms per decision live"
+            f"{trace_acc:.4f}, live {live['accuracy']:.4f}); decision time "
+            f"{live['decision_ms']:.2f} ms live, {decision:.2f} ms simulated ({own:.3f} ms "
+            f"predict offline against {cal:.3f} ms for {cal_spec}); the simulated stall "
+            f"realisations range over {_span(sim['realisation_mean_ms'])} ms (mean) and "
+            f"{_span(sim['realisation_p95_ms'])} ms (p95)"
         )
     return "\n".join(lines + [""] + notes)
 
@@ -337,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"profile": profile}
     if args.evaluate:
         evaluated = [load_run(p) for p in args.evaluate]
-        table = comparison_table(evaluated)
+        table = comparison_table(evaluated, runs[0])
         print("\nSimulator vs live (same config, seed, policy and images):\n")
         print(table)
         block = (

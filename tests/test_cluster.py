@@ -76,6 +76,17 @@ def test_parallel_pays_input_features_and_the_decision_back():
     assert np.isclose(half[0], 200 + 2 * (3 + 1) + 4 + 10 + 0.5)  # the slow link doubles bytes
 
 
+def test_the_controllers_decision_time_is_paid_on_every_stage():
+    from distree_env.config import EnvConfig
+    from distree_env.traces import resolve_trace
+
+    cfg = EnvConfig.scenario("isolated", trace="synthetic")
+    trace = resolve_trace(cfg.trace)
+    plain = LatencyModel.from_config(cfg, trace).full_speed_ms()
+    slow = cfg.replace({"cluster": {"stage_overhead_ms": 0.5, "decision_ms": 0.25}})
+    assert np.allclose(LatencyModel.from_config(slow, trace).full_speed_ms(), plain + 0.75)
+
+
 def test_pipeline_is_sequential_over_the_receiving_link():
     model = LatencyModel(
         "pipeline",

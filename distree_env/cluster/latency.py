@@ -67,7 +67,7 @@ class LatencyModel:
 
     ``compute_ms[k, d]``, ``transfer_ms[k, d]`` (divided by the shares at run time),
     ``fixed_ms[k, d]`` (message latencies), ``exit_ms[k]`` on ``exit_device[k]``,
-    ``overhead_ms`` per stage.
+    ``overhead_ms`` per stage (the cluster's stage overhead plus the controller's decision time).
     """
 
     def __init__(
@@ -125,7 +125,7 @@ class LatencyModel:
             device_rates(config.cluster, d, config.trace),
             bw,
             lat,
-            config.cluster.stage_overhead_ms,
+            config.cluster.stage_overhead_ms + config.cluster.decision_ms,
             config.cluster.decision_bytes,
         )
 

@@ -17,7 +17,10 @@ The fit, from the per-stage measurements of every request:
   least squares without intercept over the medians of each (stage, share) group (a message is
   one that carries bytes, as in the model);
 - the stage overhead: the mean of what the model with these rates leaves unexplained in
-  ``stage_ms + decision_ms`` (receive wake-ups, fusion, Python), at the levels that were imposed;
+  ``stage_ms`` (receive wake-ups, fusion, Python), at the levels that were imposed;
+- the decision time: the mean measured ``decision_ms`` (observation and policy). It is kept apart
+  from the stage overhead because it belongs to the policy: a profile fitted on a cheap rule
+  would otherwise under-price a neural policy (see :func:`carried_decision_ms`);
 - the hand-over, from the time between a request's end and the start of the next one where
   that one was already waiting: ``handover_ms`` is its median; the hand-overs longer than the
   median by ``STALL_MIN_MS`` are stalls (scheduler pauses of a loaded host), whose share and
@@ -40,6 +43,7 @@ __all__ = [
     "STALL_MIN_MS",
     "ClusterFit",
     "StageSamples",
+    "carried_decision_ms",
     "fit_cluster",
     "fit_handover",
     "handover_gaps",
@@ -58,14 +62,15 @@ class StageSamples:
     k: np.ndarray  # [n] stage index
     busy_ms: np.ndarray  # [n, D]
     transfer_ms: np.ndarray  # [n, D]
-    stage_ms: np.ndarray  # [n] incl. the decision
+    stage_ms: np.ndarray  # [n] dispatch -> exit head done (without the decision)
     compute: np.ndarray  # [n, D] imposed shares
     bandwidth: np.ndarray  # [n, D]
+    decision_ms: np.ndarray  # [n] observation + policy
 
 
 def stage_samples(runs: Sequence[RunRecord]) -> StageSamples:
     """Flatten the stages of the served requests of ``runs``; ValueError if there are none."""
-    k, busy, transfer, stage, comp, bw = [], [], [], [], [], []
+    k, busy, transfer, stage, comp, bw, decision = [], [], [], [], [], [], []
     for run in runs:
         for rec in run.requests:
             if rec.dropped or rec.exit < 0:
@@ -74,14 +79,15 @@ def stage_samples(runs: Sequence[RunRecord]) -> StageSamples:
                 k.append(j)
                 busy.append(rec.busy_ms[j])
                 transfer.append(rec.transfer_ms[j])
-                stage.append(rec.stage_ms[j] + rec.decision_ms[j])
+                stage.append(rec.stage_ms[j])
+                decision.append(rec.decision_ms[j])
                 comp.append(rec.compute_level[j])
                 bw.append(rec.bandwidth_level[j])
     if not k:
         raise ValueError("the run records hold no served request to calibrate on")
     return StageSamples(
         np.asarray(k), np.asarray(busy), np.asarray(transfer), np.asarray(stage),
-        np.asarray(comp), np.asarray(bw),
+        np.asarray(comp), np.asarray(bw), np.asarray(decision),
     )  # fmt: skip
 
 
@@ -95,6 +101,7 @@ class ClusterFit:
     link_latency_ms: float  # per message, shared by the links (as the config has it)
     stage_overhead_ms: float
     device_r2: np.ndarray  # [D]
+    decision_ms: float = 0.0
     handover_ms: float = 0.0
     stall_probability: float = 0.0
     stall_mean_ms: float = 0.0
@@ -107,6 +114,7 @@ class ClusterFit:
                 "links": [float(f"{v:.6g}") for v in self.link_bytes_per_s],
                 "link_latency_ms": round(float(self.link_latency_ms), 4),
                 "stage_overhead_ms": round(float(self.stage_overhead_ms), 4),
+                "decision_ms": round(float(self.decision_ms), 4),
                 "handover_ms": round(float(self.handover_ms), 4),
                 "stall_probability": round(float(self.stall_probability), 5),
                 "stall_mean_ms": round(float(self.stall_mean_ms), 3),
@@ -187,7 +195,8 @@ def fit_cluster(
     fit = ClusterFit(flops, intercept, bw, float(latency.mean()), 0.0, r2)
     model = model_stage_ms(fit.overrides(), samples.k, samples.compute, samples.bandwidth)
     overhead = max(float(np.mean(samples.stage_ms - model)), 0.0)
-    return ClusterFit(flops, intercept, bw, fit.link_latency_ms, overhead, r2)
+    decision = float(np.mean(samples.decision_ms))
+    return ClusterFit(flops, intercept, bw, fit.link_latency_ms, overhead, r2, decision)
 
 
 def handover_gaps(runs: Sequence[RunRecord]) -> np.ndarray:
@@ -216,6 +225,20 @@ def fit_handover(gaps: np.ndarray) -> dict[str, float]:
         "stall_probability": stalls.size / gaps.size,
         "stall_mean_ms": float(stalls.mean()) if stalls.size else 0.0,
     }
+
+
+def carried_decision_ms(
+    calibrated_ms: float, calibration_predict_ms: float, policy_predict_ms: float
+) -> float:
+    """The decision time the simulator should charge another policy: the live decision time of
+    the calibration run, with its policy's own inference swapped for this one's, both timed
+    offline on the same machine (the observation is built the same way for every policy).
+
+    :param calibrated_ms: the profile's ``decision_ms`` (measured live).
+    :param calibration_predict_ms: the calibration policy's ``predict``, timed offline.
+    :param policy_predict_ms: the other policy's ``predict``, timed offline.
+    """
+    return max(calibrated_ms + policy_predict_ms - calibration_predict_ms, 0.0)
 
 
 def per_exit_latency(exits: np.ndarray, latency_ms: np.ndarray, num_exits: int) -> np.ndarray:

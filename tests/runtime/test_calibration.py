@@ -9,6 +9,7 @@ import pytest
 
 from distree_env.runtime.calibration import (
     StageSamples,
+    carried_decision_ms,
     fit_cluster,
     fit_handover,
     handover_gaps,
@@ -40,10 +41,11 @@ def _samples(rng, n=300) -> StageSamples:
     busy = FLOPS[k] / true_rate + 0.05 + rng.normal(0, 0.01, (n, 2))
     transfer = BYTES[k] / true_bw / bw + MESSAGES[k] * lat + rng.normal(0, 0.01, (n, 2))
     stage = (busy / comp + transfer).max(axis=1) + overhead
-    return StageSamples(k, busy, transfer, stage, comp, bw)
+    decision = 0.2 + rng.exponential(0.05, n)
+    return StageSamples(k, busy, transfer, stage, comp, bw, decision)
 
 
-def test_fit_recovers_rates_bandwidth_latency_and_overhead():
+def test_fit_recovers_rates_bandwidth_latency_overhead_and_decision_time():
     s = _samples(np.random.default_rng(0))
     fit = fit_cluster(s, FLOPS, BYTES, MESSAGES, np.array([1e6, 1e6]), _model)
     # the rate reproduces the total busy time (the 0.05 ms per stage included) ...
@@ -54,18 +56,26 @@ def test_fit_recovers_rates_bandwidth_latency_and_overhead():
     assert fit.device_intercept_ms == pytest.approx([0.05, 0.05], abs=0.01)
     assert fit.link_bytes_per_s == pytest.approx([5e6, 2e6], rel=0.02)
     assert fit.link_latency_ms == pytest.approx(1.5, abs=0.02)
-    assert fit.stage_overhead_ms == pytest.approx(0.7, abs=0.1)
+    assert fit.stage_overhead_ms == pytest.approx(0.7, abs=0.1)  # the decision kept apart
+    assert fit.decision_ms == pytest.approx(0.25, abs=0.02)
     cl = fit.overrides()["cluster"]
     assert set(cl) == {
-        "devices", "links", "link_latency_ms", "stage_overhead_ms",
+        "devices", "links", "link_latency_ms", "stage_overhead_ms", "decision_ms",
         "handover_ms", "stall_probability", "stall_mean_ms",
     }  # fmt: skip
+
+
+def test_another_policy_is_charged_its_own_inference():
+    # live 0.3 ms with a 0.05 ms rule; a 0.45 ms network costs 0.4 ms more per decision
+    assert carried_decision_ms(0.3, 0.05, 0.45) == pytest.approx(0.7)
+    assert carried_decision_ms(0.3, 0.05, 0.05) == pytest.approx(0.3)
+    assert carried_decision_ms(0.1, 0.5, 0.05) == 0.0  # never negative
 
 
 def test_fit_refuses_stages_without_measured_work():
     s = _samples(np.random.default_rng(1))
     bad = StageSamples(s.k, np.zeros_like(s.busy_ms), s.transfer_ms, s.stage_ms, s.compute,
-                       s.bandwidth)  # fmt: skip
+                       s.bandwidth, s.decision_ms)  # fmt: skip
     with pytest.raises(ValueError, match="device 0"):
         fit_cluster(bad, FLOPS, BYTES, MESSAGES, np.array([1e6, 1e6]), _model)
 
@@ -73,7 +83,7 @@ def test_fit_refuses_stages_without_measured_work():
 def test_fit_keeps_the_prior_bandwidth_when_sizes_do_not_vary():
     s = _samples(np.random.default_rng(2))
     full = StageSamples(s.k, s.busy_ms, s.transfer_ms, s.stage_ms, s.compute,
-                        np.ones_like(s.bandwidth))  # fmt: skip
+                        np.ones_like(s.bandwidth), s.decision_ms)  # fmt: skip
     same = np.full_like(BYTES, 1000.0)
     fit = fit_cluster(full, FLOPS, same, MESSAGES, np.array([7e6, 7e6]), _model)
     assert fit.link_bytes_per_s == pytest.approx([7e6, 7e6])
@@ -100,6 +110,7 @@ def test_records_round_trip_atomically(tmp_path):
     assert back.requests[1].dropped and math.isnan(back.requests[1].latency_ms)
     samples = stage_samples([back])
     assert samples.k.tolist() == [0, 1]
+    assert samples.stage_ms.tolist() == [1.0, 2.0] and samples.decision_ms.tolist() == [0.2, 0.2]
     (tmp_path / "bad.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="bad.json"):
         load_run(tmp_path / "bad.json")
@@ -148,3 +159,6 @@ def test_simulated_prediction_pools_stall_realisations():
     pooled = simulate(run, stalls, "last-exit", False)
     assert plain["requests"] == pooled["requests"] == 60 and STALL_REALISATIONS > 1
     assert pooled["latency_mean_ms"] > plain["latency_mean_ms"]
+    # a slower controller answers later (it pays on every stage)
+    slow = simulate(run, base, "last-exit", False, decision_ms=5.0)
+    assert slow["latency_mean_ms"] > plain["latency_mean_ms"] + 5.0
