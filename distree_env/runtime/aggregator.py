@@ -23,7 +23,13 @@ from torch.nn import functional as F
 
 from distree_env.runtime.device import DeviceReport
 from distree_env.runtime.launch import device_rank
-from distree_env.runtime.records import FLUSH_EVERY, RequestRecord, RunRecord, write_run
+from distree_env.runtime.records import (
+    FLUSH_EVERY,
+    MAX_FLUSH_DEFER,
+    RequestRecord,
+    RunRecord,
+    write_run,
+)
 from distree_env.runtime.schedule import LiveScenario
 from distree_env.runtime.shaping import TokenBucket, sleep_until
 from distree_env.runtime.transport import Endpoint, Op, PeerError
@@ -74,10 +80,12 @@ class Aggregator:
     :param labels: ``[n]`` labels of the image set.
     :param downlinks: per device, the token bucket of its link towards it (None: unshaped).
     :param run: the run record to fill (its ``meta`` is kept).
-    :param out: where the run record is written (atomically, every ``FLUSH_EVERY`` requests).
+    :param out: where the run record is written (atomically, about every ``flush_every``
+        requests).
     :param bf16: run the exit heads under bfloat16 autocast, as the traces were exported.
     :param tta: the devices send two views (image and mirror image) to average, ditto.
-    :param flush_every: rewrite the run record every this many requests.
+    :param flush_every: rewrite the run record every this many requests, at the first moment
+        the devices are idle long enough for it (at most ``MAX_FLUSH_DEFER`` times later).
     :param progress: called with the number of finished requests after each one.
     :param on_request: called with a request's index when the devices take it up.
     """
@@ -117,13 +125,19 @@ class Aggregator:
         self.run.meta["status"] = "running"
         self._warm_up()
         self.ep.reset_clock()
+        written, write_ms = 0, 0.0
         try:
             for r in range(self.sc.num_requests):
                 self.run.requests.append(self._serve_one(r))
                 if self.progress is not None:
                     self.progress(r + 1)
-                if (r + 1) % self.flush_every == 0:
+                due = r + 1 - written
+                if due >= self.flush_every and (
+                    self._idle_for(r + 1, write_ms) or due >= MAX_FLUSH_DEFER * self.flush_every
+                ):
+                    started = self.ep.now_ms()
                     self._write()
+                    write_ms, written = self.ep.now_ms() - started, r + 1
         except PeerError as e:
             self.run.meta.update(status="failed", error=str(e), failed_rank=e.rank)
             self._write()
@@ -133,6 +147,16 @@ class Aggregator:
         self._write()
         self._stop_devices()
         return self.run
+
+    def _idle_for(self, nxt: int, ms: float) -> bool:
+        """Whether the devices stay idle for ``ms`` (twice, for slack) before request ``nxt``
+        arrives. Why: rewriting the record takes tens to hundreds of ms as it grows; done while
+        a request waits, it would add that to the request's latency (live runs showed it as rare
+        100 ms hand-over stalls). An isolated request starts when the previous one ends, so
+        nothing waits."""
+        if nxt >= self.sc.num_requests or self.sc.arrivals_ms is None:
+            return True
+        return float(self.sc.arrivals_ms[nxt]) >= self.ep.now_ms() + 2.0 * ms
 
     def _write(self) -> None:
         if self.out is not None:
@@ -215,11 +239,18 @@ class Aggregator:
 
     def _queue_full_at_arrival(self, r: int) -> bool:
         """Whether request ``r`` found ``queue_slots`` requests waiting when it arrived (FIFO:
-        every earlier request is started or dropped by now, so their start times are known)."""
+        every earlier request is started or dropped by now, so their start times are known).
+        Starts are in request order, so the scan walks back only over the requests that started
+        after the arrival: a scan of the whole run grew with it and, at a few thousand requests,
+        added half a millisecond to every hand-over."""
         t = float(self.sc.arrivals_ms[r])
-        waiting = sum(
-            1 for rec in self.run.requests if not rec.dropped and rec.arrival_ms <= t < rec.start_ms
-        )
+        waiting = 0
+        for rec in reversed(self.run.requests):
+            if rec.dropped:
+                continue
+            if rec.start_ms <= t:
+                break
+            waiting += rec.arrival_ms <= t
         return waiting >= self.sc.queue_slots
 
     def _devices_of(self, k: int) -> list[int]:

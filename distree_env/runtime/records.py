@@ -20,6 +20,7 @@ from distree_env.io import atomic_write_text
 
 __all__ = [
     "FLUSH_EVERY",
+    "MAX_FLUSH_DEFER",
     "RUN_FORMAT",
     "RUN_VERSION",
     "RequestRecord",
@@ -32,6 +33,9 @@ RUN_FORMAT = "distree-live-run"
 RUN_VERSION = 1
 #: How many finished requests between two atomic rewrites of a run's record.
 FLUSH_EVERY = 50
+#: A rewrite waits for the devices to be idle, but never past this many times its interval
+#: requests (a saturated run still keeps its records; a killed one loses at most that many).
+MAX_FLUSH_DEFER = 20
 
 
 @dataclass

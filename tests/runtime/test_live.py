@@ -216,3 +216,43 @@ def test_kernel_shaping_run(tiny, tmp_path):
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "dtree" not in listed
     assert json.loads(out.read_text())["meta"]["args"]["shaping"] == "kernel"
+
+
+def test_the_record_is_rewritten_only_while_the_devices_are_idle():
+    """A rewrite while a request waits would add its duration to that request's latency: it
+    waits until the next arrival leaves room for it (twice its last duration)."""
+    from types import SimpleNamespace
+
+    from distree_env.runtime.aggregator import Aggregator
+
+    agg = Aggregator.__new__(Aggregator)
+    agg.ep = SimpleNamespace(now_ms=lambda: 100.0)
+    agg.sc = SimpleNamespace(num_requests=3, arrivals_ms=np.array([0.0, 90.0, 130.0]))
+    assert not agg._idle_for(1, 0.0)  # request 1 is already waiting
+    assert agg._idle_for(2, 10.0) and not agg._idle_for(2, 20.0)  # 30 ms ahead: room for 15
+    assert agg._idle_for(3, 1e9)  # nothing comes after the last request
+    agg.sc = SimpleNamespace(num_requests=3, arrivals_ms=None)  # isolated: nothing ever waits
+    assert agg._idle_for(1, 1e9)
+
+
+def test_a_full_queue_at_arrival_counts_only_the_requests_still_waiting():
+    from types import SimpleNamespace
+
+    from distree_env.runtime.aggregator import Aggregator
+    from distree_env.runtime.records import RequestRecord
+
+    def rec(i, arrival, start, dropped=False):
+        return RequestRecord(index=i, sample=0, label=0, arrival_ms=arrival, start_ms=start,
+                             dropped=dropped)  # fmt: skip
+
+    agg = Aggregator.__new__(Aggregator)
+    agg.run = SimpleNamespace(requests=[
+        rec(0, 0.0, 0.0), rec(1, 1.0, 10.0), rec(2, 2.0, 20.0),
+        rec(3, 3.0, float("nan"), dropped=True), rec(4, 4.0, 30.0),
+    ])  # fmt: skip
+    # at t = 5: requests 1, 2 and 4 wait (3 was dropped); at t = 25 only 4 does
+    agg.sc = SimpleNamespace(arrivals_ms=np.array([0, 1, 2, 3, 4, 5.0, 25.0]), queue_slots=3)
+    assert agg._queue_full_at_arrival(5)
+    assert not agg._queue_full_at_arrival(6)
+    agg.sc.queue_slots = 1
+    assert agg._queue_full_at_arrival(6)
