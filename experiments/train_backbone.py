@@ -1,8 +1,9 @@
 """Train the early-exit WideResNet network on CIFAR-10 and ship it to checkpoints/.
 
-    # 1. the pipeline backbone (one WRN-16-2 cut into 4 segments), self-distilled:
-    python -m experiments.train_backbone --topology pipeline --kd-alpha 0.5
-    # 2. the parallel branches (2 x WRN-16-1), distilled from the pipeline backbone's final exit:
+    # the shipped recipe: each network self-distilled, no cutout (one core each, side by side)
+    python -m experiments.train_backbone --topology pipeline --kd-alpha 0.5 --cutout 0 --threads 1
+    python -m experiments.train_backbone --topology parallel --kd-alpha 0.5 --cutout 0 --threads 1
+    # or the lineage's: the parallel branches distilled from a trained backbone's final exit
     python -m experiments.train_backbone --topology parallel \
         --teacher checkpoints/backbone-pipeline.pt
     python -m experiments.train_backbone ... --resume      # continue a killed run
