@@ -23,10 +23,11 @@ The fit, from the per-stage measurements of every request:
   would otherwise under-price a neural policy (see :func:`carried_decision_ms`);
 - the hand-over, from the time between a request's end and the start of the next one where
   that one was already waiting: ``handover_ms`` is its median; the hand-overs longer than the
-  median by ``STALL_MIN_MS`` are stalls (scheduler pauses of a loaded host), whose share and
-  mean excess are ``stall_probability`` and ``stall_mean_ms``. Why: a stall of 100 ms in one
-  request in fifty adds 2 ms to the mean service time but, by holding up everyone queued behind
-  it, tens of ms to the mean wait; a simulator without them underestimates queueing.
+  median by ``STALL_MIN_MS`` are stalls (pauses of a loaded host, or of the runtime itself: an
+  earlier version rewrote its record while requests waited), whose share and mean excess are
+  ``stall_probability`` and ``stall_mean_ms``. Why: a stall of 100 ms in one request in fifty
+  adds 2 ms to the mean service time but, by holding up everyone queued behind it, tens of ms to
+  the mean wait; a simulator without them underestimates queueing.
 """
 
 from __future__ import annotations
