@@ -131,10 +131,7 @@ class Aggregator:
                 self.run.requests.append(self._serve_one(r))
                 if self.progress is not None:
                     self.progress(r + 1)
-                due = r + 1 - written
-                if due >= self.flush_every and (
-                    self._idle_for(r + 1, write_ms) or due >= MAX_FLUSH_DEFER * self.flush_every
-                ):
+                if self._time_to_write(r + 1, r + 1 - written, write_ms):
                     started = self.ep.now_ms()
                     self._write()
                     write_ms, written = self.ep.now_ms() - started, r + 1
@@ -147,6 +144,14 @@ class Aggregator:
         self._write()
         self._stop_devices()
         return self.run
+
+    def _time_to_write(self, done: int, unwritten: int, write_ms: float) -> bool:
+        """Whether to rewrite the record now, after ``done`` requests of which ``unwritten`` are
+        not in it yet: once ``flush_every`` are, as soon as the devices are idle long enough for
+        a rewrite (the last took ``write_ms``), or anyway after ``MAX_FLUSH_DEFER`` intervals."""
+        if done == self.sc.num_requests or unwritten < self.flush_every:
+            return False  # not due, or the final write follows
+        return unwritten >= MAX_FLUSH_DEFER * self.flush_every or self._idle_for(done, write_ms)
 
     def _idle_for(self, nxt: int, ms: float) -> bool:
         """Whether the devices stay idle for ``ms`` (twice, for slack) before request ``nxt``

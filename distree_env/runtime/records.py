@@ -33,8 +33,8 @@ RUN_FORMAT = "distree-live-run"
 RUN_VERSION = 1
 #: How many finished requests between two atomic rewrites of a run's record.
 FLUSH_EVERY = 50
-#: A rewrite waits for the devices to be idle, but never past this many times its interval
-#: requests (a saturated run still keeps its records; a killed one loses at most that many).
+#: A rewrite waits for the devices to be idle, but never longer than this many flush intervals
+#: (a saturated run still keeps its records; a killed one loses at most that many).
 MAX_FLUSH_DEFER = 20
 
 

@@ -231,6 +231,15 @@ def test_the_record_is_rewritten_only_while_the_devices_are_idle():
     assert not agg._idle_for(1, 0.0)  # request 1 is already waiting
     assert agg._idle_for(2, 10.0) and not agg._idle_for(2, 20.0)  # 30 ms ahead: room for 15
     assert agg._idle_for(3, 1e9)  # nothing comes after the last request
+    # due every 2 requests, forced after MAX_FLUSH_DEFER intervals, never right before the end
+    from distree_env.runtime.records import MAX_FLUSH_DEFER
+
+    agg.flush_every = 2
+    assert not agg._time_to_write(1, 1, 0.0)  # not due
+    assert agg._time_to_write(2, 2, 10.0)  # due, and request 2 arrives 30 ms from now
+    assert not agg._time_to_write(1, 2, 0.0)  # request 1 is waiting
+    assert agg._time_to_write(1, 2 * MAX_FLUSH_DEFER, 0.0)  # waited long enough
+    assert not agg._time_to_write(3, 2 * MAX_FLUSH_DEFER, 0.0)  # the final write follows
     agg.sc = SimpleNamespace(num_requests=3, arrivals_ms=None)  # isolated: nothing ever waits
     assert agg._idle_for(1, 1e9)
 
