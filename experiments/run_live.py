@@ -91,7 +91,7 @@ class Args:
                   "disturbs the measurements less)"},
     )  # fmt: skip
     flush_every: int = field(
-        default=FLUSH_EVERY, metadata={"help": "rewrite the record every N requests"}
+        default=FLUSH_EVERY, metadata={"help": "append finished requests to the journal every N"}
     )
 
     def __post_init__(self) -> None:

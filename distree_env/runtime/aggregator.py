@@ -25,9 +25,10 @@ from distree_env.runtime.device import DeviceReport
 from distree_env.runtime.launch import device_rank
 from distree_env.runtime.records import (
     FLUSH_EVERY,
-    MAX_FLUSH_DEFER,
     RequestRecord,
     RunRecord,
+    append_journal,
+    journal_path,
     write_run,
 )
 from distree_env.runtime.schedule import LiveScenario
@@ -80,12 +81,12 @@ class Aggregator:
     :param labels: ``[n]`` labels of the image set.
     :param downlinks: per device, the token bucket of its link towards it (None: unshaped).
     :param run: the run record to fill (its ``meta`` is kept).
-    :param out: where the run record is written (atomically, about every ``flush_every``
-        requests).
+    :param out: where the run record is written (atomically: at the start, at the end and if
+        the run fails; in between, finished requests go to its journal,
+        :func:`~distree_env.runtime.records.append_journal`).
     :param bf16: run the exit heads under bfloat16 autocast, as the traces were exported.
     :param tta: the devices send two views (image and mirror image) to average, ditto.
-    :param flush_every: rewrite the run record every this many requests, at the first moment
-        the devices are idle long enough for it (at most ``MAX_FLUSH_DEFER`` times later).
+    :param flush_every: append the finished requests to the journal every this many.
     :param progress: called with the number of finished requests after each one.
     :param on_request: called with a request's index when the devices take it up.
     """
@@ -125,16 +126,18 @@ class Aggregator:
         self.run.meta["status"] = "running"
         self._warm_up()
         self.ep.reset_clock()
-        written, write_ms = 0, 0.0
+        if self.out is not None:
+            journal_path(self.out).unlink(missing_ok=True)  # left by a killed run
+        self._write()  # the record exists (status "running") from the start
+        journaled = 0
         try:
             for r in range(self.sc.num_requests):
                 self.run.requests.append(self._serve_one(r))
                 if self.progress is not None:
                     self.progress(r + 1)
-                if self._time_to_write(r + 1, r + 1 - written, write_ms):
-                    started = self.ep.now_ms()
-                    self._write()
-                    write_ms, written = self.ep.now_ms() - started, r + 1
+                if self.out is not None and r + 1 - journaled >= self.flush_every:
+                    append_journal(self.out, self.run.requests[journaled:])
+                    journaled = r + 1
         except PeerError as e:
             self.run.meta.update(status="failed", error=str(e), failed_rank=e.rank)
             self._write()
@@ -145,27 +148,12 @@ class Aggregator:
         self._stop_devices()
         return self.run
 
-    def _time_to_write(self, done: int, unwritten: int, write_ms: float) -> bool:
-        """Whether to rewrite the record now, after ``done`` requests of which ``unwritten`` are
-        not in it yet: once ``flush_every`` are, as soon as the devices are idle long enough for
-        a rewrite (the last took ``write_ms``), or anyway after ``MAX_FLUSH_DEFER`` intervals."""
-        if done == self.sc.num_requests or unwritten < self.flush_every:
-            return False  # not due, or the final write follows
-        return unwritten >= MAX_FLUSH_DEFER * self.flush_every or self._idle_for(done, write_ms)
-
-    def _idle_for(self, nxt: int, ms: float) -> bool:
-        """Whether the devices stay idle for ``ms`` (twice, for slack) before request ``nxt``
-        arrives. Why: rewriting the record takes tens to hundreds of ms as it grows; done while
-        a request waits, it would add that to the request's latency (live runs showed it as rare
-        100 ms hand-over stalls). An isolated request starts when the previous one ends, so
-        nothing waits."""
-        if nxt >= self.sc.num_requests or self.sc.arrivals_ms is None:
-            return True
-        return float(self.sc.arrivals_ms[nxt]) >= self.ep.now_ms() + 2.0 * ms
-
     def _write(self) -> None:
+        """Write the whole record; once the run is over, its journal is no longer needed."""
         if self.out is not None:
             write_run(self.out, self.run)
+            if self.run.meta["status"] != "running":
+                journal_path(self.out).unlink(missing_ok=True)
 
     def _stop_devices(self, skip: int = -1) -> None:
         for d in range(self.num_devices):

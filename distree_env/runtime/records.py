@@ -20,7 +20,8 @@ from distree_env.io import atomic_write_text
 
 __all__ = [
     "FLUSH_EVERY",
-    "MAX_FLUSH_DEFER",
+    "append_journal",
+    "journal_path",
     "RUN_FORMAT",
     "RUN_VERSION",
     "RequestRecord",
@@ -31,11 +32,8 @@ __all__ = [
 
 RUN_FORMAT = "distree-live-run"
 RUN_VERSION = 1
-#: How many finished requests between two atomic rewrites of a run's record.
+#: How many finished requests between two appends to a running run's journal.
 FLUSH_EVERY = 50
-#: A rewrite waits for the devices to be idle, but never longer than this many flush intervals
-#: (a saturated run still keeps its records; a killed one loses at most that many).
-MAX_FLUSH_DEFER = 20
 
 
 @dataclass
@@ -88,6 +86,27 @@ def write_run(path: str | Path, run: RunRecord) -> None:
     """Write ``run`` as JSON; a reader never sees half a file (NaN is written as null)."""
     text = json.dumps(_nan_to_none(run.to_dict()), separators=(",", ":"), allow_nan=False)
     atomic_write_text(path, text + "\n")
+
+
+def journal_path(path: str | Path) -> Path:
+    """Where a running run appends its finished requests: ``<record>.partial.jsonl``."""
+    p = Path(path)
+    return p.with_name(p.name + ".partial.jsonl")
+
+
+def append_journal(path: str | Path, requests: list[RequestRecord]) -> None:
+    """Append ``requests`` to the journal of the record at ``path``, one JSON line each. Why not
+    rewrite the record: a rewrite grows with the run (hundreds of ms at a few thousand requests)
+    and, done while requests wait, adds that to their latency; an append costs what it adds.
+    The run's record itself is written whole at the end (and if the run fails); if the
+    aggregator is killed, the journal keeps what was served (a torn last line at worst)."""
+    lines = "".join(
+        json.dumps(_nan_to_none(asdict(r)), separators=(",", ":"), allow_nan=False) + "\n"
+        for r in requests
+    )
+    with open(journal_path(path), "a", encoding="utf-8") as f:
+        f.write(lines)
+        f.flush()
 
 
 def load_run(path: str | Path) -> RunRecord:

@@ -8,6 +8,7 @@ this folder (a few seconds each on 2 cores).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -27,7 +28,7 @@ from distree_env.model.export import export_trace
 from distree_env.model.network import MultiBranchNet, NetConfig
 from distree_env.model.train import to_tensor
 from distree_env.runtime.launch import free_port
-from distree_env.runtime.records import load_run
+from distree_env.runtime.records import RequestRecord, journal_path, load_run
 from distree_env.runtime.shaping import kernel_shaping_unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +88,7 @@ def test_live_predictions_equal_the_offline_model(layout, tiny, tiny_pipeline, t
     assert done.returncode == 0, done.stderr
     rec = load_run(out)
     assert rec.meta["status"] == "complete" and len(rec.requests) == 8
+    assert not journal_path(out).exists()  # the whole record replaced it
     with np.load(tiny / "images.npz") as f:
         images, labels = f["images"], f["labels"]
     net = MultiBranchNet(LAYOUTS[layout])
@@ -154,7 +156,7 @@ def test_a_failed_device_is_named_and_the_run_ends(tiny, tmp_path, sig, timeout)
         t.start()
     try:
         deadline = time.monotonic() + 120
-        while not out.exists():
+        while not journal_path(out).exists():  # two requests served
             assert time.monotonic() < deadline and proc.poll() is None, "".join(stderr)
             time.sleep(0.1)
         started = re.finditer(r"rank (\d)\) pid (\d+)", "".join(stdout))
@@ -218,37 +220,26 @@ def test_kernel_shaping_run(tiny, tmp_path):
     assert json.loads(out.read_text())["meta"]["args"]["shaping"] == "kernel"
 
 
-def test_the_record_is_rewritten_only_while_the_devices_are_idle():
-    """A rewrite while a request waits would add its duration to that request's latency: it
-    waits until the next arrival leaves room for it (twice its last duration)."""
-    from types import SimpleNamespace
+def test_a_running_record_grows_by_appends_and_the_journal_ends_with_the_run(tmp_path):
+    """While a run serves, finished requests are appended to a journal (one JSON line each: a
+    rewrite of the whole record, done while requests waited, delayed them by its growing
+    duration); the journal reads back as the requests, and the final write removes it."""
+    from distree_env.runtime.records import append_journal
 
-    from distree_env.runtime.aggregator import Aggregator
-
-    agg = Aggregator.__new__(Aggregator)
-    agg.ep = SimpleNamespace(now_ms=lambda: 100.0)
-    agg.sc = SimpleNamespace(num_requests=3, arrivals_ms=np.array([0.0, 90.0, 130.0]))
-    assert not agg._idle_for(1, 0.0)  # request 1 is already waiting
-    assert agg._idle_for(2, 10.0) and not agg._idle_for(2, 20.0)  # 30 ms ahead: room for 15
-    assert agg._idle_for(3, 1e9)  # nothing comes after the last request
-    # due every 2 requests, forced after MAX_FLUSH_DEFER intervals, never right before the end
-    from distree_env.runtime.records import MAX_FLUSH_DEFER
-
-    agg.flush_every = 2
-    assert not agg._time_to_write(1, 1, 0.0)  # not due
-    assert agg._time_to_write(2, 2, 10.0)  # due, and request 2 arrives 30 ms from now
-    assert not agg._time_to_write(1, 2, 0.0)  # request 1 is waiting
-    assert agg._time_to_write(1, 2 * MAX_FLUSH_DEFER, 0.0)  # waited long enough
-    assert not agg._time_to_write(3, 2 * MAX_FLUSH_DEFER, 0.0)  # the final write follows
-    agg.sc = SimpleNamespace(num_requests=3, arrivals_ms=None)  # isolated: nothing ever waits
-    assert agg._idle_for(1, 1e9)
+    out = tmp_path / "run.json"
+    recs = [RequestRecord(index=i, sample=i, label=0, arrival_ms=float(i)) for i in range(3)]
+    append_journal(out, recs[:2])
+    append_journal(out, recs[2:])
+    lines = journal_path(out).read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    back = [RequestRecord(**{k: math.nan if v is None else v for k, v in r.items()}) for r in rows]
+    assert [r.index for r in back] == [0, 1, 2] and math.isnan(back[0].latency_ms)
 
 
 def test_a_full_queue_at_arrival_counts_only_the_requests_still_waiting():
     from types import SimpleNamespace
 
     from distree_env.runtime.aggregator import Aggregator
-    from distree_env.runtime.records import RequestRecord
 
     def rec(i, arrival, start, dropped=False):
         return RequestRecord(index=i, sample=0, label=0, arrival_ms=arrival, start_ms=start,
