@@ -306,6 +306,9 @@ def comparison_table(runs: list[Any], calibration: Any) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
+    cal_spec = calibration.meta["args"]["policy"]
+    cal_trust = bool(calibration.meta["args"].get("trust", False))
+    cal = predict_ms(calibration, base_config(calibration), cal_spec, cal_trust)
     for run in runs:
         config = base_config(run)
         trace = resolve_trace(config.trace)
@@ -313,8 +316,6 @@ def comparison_table(runs: list[Any], calibration: Any) -> str:
         live = live_metrics(run, trace.num_exits)
         trust = bool(run.meta["args"].get("trust", False))
         own = predict_ms(run, config, spec, trust)
-        cal_spec = calibration.meta["args"]["policy"]
-        cal = predict_ms(run, config, cal_spec, bool(calibration.meta["args"].get("trust", False)))
         decision = carried_decision_ms(config.cluster.decision_ms, cal, own)
         sim = simulate(run, config, spec, trust, decision)
         same, trace_acc = trace_agreement(run, trace)

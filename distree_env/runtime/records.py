@@ -22,6 +22,7 @@ __all__ = [
     "FLUSH_EVERY",
     "append_journal",
     "journal_path",
+    "load_journal",
     "RUN_FORMAT",
     "RUN_VERSION",
     "RequestRecord",
@@ -98,8 +99,8 @@ def append_journal(path: str | Path, requests: list[RequestRecord]) -> None:
     """Append ``requests`` to the journal of the record at ``path``, one JSON line each. Why not
     rewrite the record: a rewrite grows with the run (hundreds of ms at a few thousand requests)
     and, done while requests wait, adds that to their latency; an append costs what it adds.
-    The run's record itself is written whole at the end (and if the run fails); if the
-    aggregator is killed, the journal keeps what was served (a torn last line at worst)."""
+    The run's record itself is written whole at the start, at the end and if the run fails; if
+    the aggregator is killed, :func:`load_journal` reads back what was served."""
     lines = "".join(
         json.dumps(_nan_to_none(asdict(r)), separators=(",", ":"), allow_nan=False) + "\n"
         for r in requests
@@ -122,14 +123,33 @@ def load_run(path: str | Path) -> RunRecord:
         or data.get("version") != RUN_VERSION
     ):
         raise ValueError(f"run record {str(p)!r} is not a {RUN_FORMAT} version {RUN_VERSION} file")
-    names = {f.name for f in fields(RequestRecord)}
-    requests = []
-    for i, row in enumerate(data.get("requests", [])):
-        if not isinstance(row, dict) or set(row) != names:
-            raise ValueError(f"run record {str(p)!r}: request {i} does not have the fields {names}")
-        row = {k: _none_to_nan(v) for k, v in row.items()}
-        requests.append(RequestRecord(**row))
+    requests = [_request(row, f"run record {str(p)!r}: request {i}")
+                for i, row in enumerate(data.get("requests", []))]  # fmt: skip
     return RunRecord(dict(data.get("meta", {})), requests)
+
+
+def load_journal(path: str | Path) -> list[RequestRecord]:
+    """The requests in the journal of the record at ``path`` (what a killed run had served);
+    a torn last line is left out. ValueError naming the line if another one is not a request."""
+    p = journal_path(path)
+    lines = p.read_text(encoding="utf-8").splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # the write the kill interrupted
+            raise ValueError(f"journal {str(p)!r}: line {i + 1} is not JSON") from None
+        out.append(_request(row, f"journal {str(p)!r}: line {i + 1}"))
+    return out
+
+
+def _request(row: Any, where: str) -> RequestRecord:
+    names = {f.name for f in fields(RequestRecord)}
+    if not isinstance(row, dict) or set(row) != names:
+        raise ValueError(f"{where} does not have the fields {names}")
+    return RequestRecord(**{k: _none_to_nan(v) for k, v in row.items()})
 
 
 def _none_to_nan(obj: Any) -> Any:

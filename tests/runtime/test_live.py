@@ -224,16 +224,20 @@ def test_a_running_record_grows_by_appends_and_the_journal_ends_with_the_run(tmp
     """While a run serves, finished requests are appended to a journal (one JSON line each: a
     rewrite of the whole record, done while requests waited, delayed them by its growing
     duration); the journal reads back as the requests, and the final write removes it."""
-    from distree_env.runtime.records import append_journal
+    from distree_env.runtime.records import append_journal, load_journal
 
     out = tmp_path / "run.json"
     recs = [RequestRecord(index=i, sample=i, label=0, arrival_ms=float(i)) for i in range(3)]
     append_journal(out, recs[:2])
     append_journal(out, recs[2:])
-    lines = journal_path(out).read_text().splitlines()
-    rows = [json.loads(line) for line in lines]
-    back = [RequestRecord(**{k: math.nan if v is None else v for k, v in r.items()}) for r in rows]
+    back = load_journal(out)
     assert [r.index for r in back] == [0, 1, 2] and math.isnan(back[0].latency_ms)
+    with open(journal_path(out), "a") as f:  # a kill in the middle of a write
+        f.write('{"index": 3, "sam')
+    assert len(load_journal(out)) == 3
+    journal_path(out).write_text('{"index": 0}\n{}\n')
+    with pytest.raises(ValueError, match="line 1"):
+        load_journal(out)
 
 
 def test_a_full_queue_at_arrival_counts_only_the_requests_still_waiting():
