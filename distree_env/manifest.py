@@ -161,16 +161,20 @@ def _git(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def git_commit() -> str:
-    """The commit an artefact was made from, ``-dirty`` when tracked files had changes;
-    ``uncommitted`` / ``unknown`` outside a git checkout or without git."""
+    """The commit an artefact was made from, ``-dirty`` when tracked files had changes.
+
+    Outside a git checkout (a copy of the tree on a training machine) ``$DISTREE_COMMIT`` names the
+    commit the copy was made from; without it, ``uncommitted`` / ``unknown``.
+    """
+    fallback = os.environ.get("DISTREE_COMMIT", "")
     try:
         out = _git("rev-parse", "HEAD")
         dirty = _git("status", "--porcelain", "--untracked-files=no")
         if out.returncode:
-            return "uncommitted"
+            return f"{fallback} (copy of the tree)" if fallback else "uncommitted"
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return f"{fallback} (copy of the tree)" if fallback else "unknown"
 
 
 def machine() -> str:

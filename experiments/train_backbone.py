@@ -38,6 +38,9 @@ class Args:
         default="", metadata={"help": "backbone .pt whose final exit teaches ('' = self)"}
     )
     widen: int = field(default=0, metadata={"help": "WRN widening factor (0 = preset)"})
+    exits: str = field(
+        default="", metadata={"help": "blocks an exit follows: 1,3,4,6 or all ('' = preset)"}
+    )
     epochs: int = field(default=0, metadata={"help": "0 = preset"})
     batch_size: int = field(default=0, metadata={"help": "0 = preset"})
     lr: float = field(default=0.0, metadata={"help": "peak one-cycle learning rate (0 = preset)"})
@@ -86,6 +89,21 @@ class Args:
         return self.output or f"checkpoints/backbone-{self.topology}.pt"
 
 
+def parse_exits(text: str, num_blocks: int) -> tuple[int, ...]:
+    """``"1,3,4,6"`` -> ``(1, 3, 4, 6)``, ``"all"`` -> an exit after each of ``num_blocks``.
+
+    NetConfig checks the block numbers themselves.
+    """
+    if text == "all":
+        return tuple(range(1, num_blocks + 1))
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--exits {text!r} is not allowed; give block numbers separated by commas"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the final metrics."""
     args = parse_args(Args, argv)
@@ -106,6 +124,10 @@ def main(argv: list[str] | None = None) -> dict:
         require_output_dir(args.runs_dir, "--runs-dir")
         p = preset(args.preset, args.topology)
         net_kw = p["net"] | ({"widen": args.widen} if args.widen else {})
+        if args.exits:
+            net_kw |= {"exits": parse_exits(args.exits, NetConfig(**net_kw).num_blocks)}
+            if args.topology == "pipeline":  # one segment per device
+                net_kw["num_devices"] = len(net_kw["exits"])
         net = NetConfig(**net_kw)
         teacher = load_backbone(args.teacher) if args.teacher else None
         cfg = TrainConfig(
@@ -178,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epochs": cfg.epochs,
         "train_seconds": round(sum(h["seconds"] for h in history), 1),
         "train_images": len(train),
+        "device": torch.cuda.get_device_name() if cfg.device == "cuda" else "cpu",
         "config": cfg.to_dict(),
     }
     shipped = out.resolve().is_relative_to(checkpoints_dir().resolve())
@@ -190,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         record(out, command_line("experiments.train_backbone"), metrics)
     print(
         f"saved {out}: val exit accuracy {metrics['val_exit_accuracy']}, "
-        f"{time.time() - started:.0f}s this session"
+        f"{metrics['train_seconds']}s training, {time.time() - started:.0f}s this session"
     )
     return metrics
 

@@ -7,8 +7,9 @@ Loss per exit k (weights in :class:`LossConfig`), as in NoNN (Bhardwaj et al.) a
   network's own deepest exit, detached, and the deepest exit from the labels alone;
 - activation (attention) transfer (Zagoruyko & Komodakis): each branch's stage-k attention map
   (channel mean of squared activations, L2-normalised) matches that of its share of the teacher's
-  channels at the same exit (NoNN splits the teacher's final channels between the students; the
-  split here is contiguous, NoNN's is found by community detection);
+  channels after the same block (so the teacher needs an exit after every block a student exits
+  after; NoNN splits the teacher's final channels between the students; the split here is
+  contiguous, NoNN's is found by community detection);
 - feature transfer: squared distance between the L2-normalised embedding of exit k and the detached
   one of exit k + 1, so consecutive exits' embeddings live in one space and the feature-difference
   criterion between them measures agreement.
@@ -170,7 +171,7 @@ def attention_loss(student: list[list[torch.Tensor]], teacher: list[torch.Tensor
     :param teacher: the teacher's feature map at each exit ``[k]``; its channels are split into
         one contiguous share per branch.
     """
-    total = torch.zeros(())
+    total = teacher[0].new_zeros((), dtype=torch.float32)
     for k, t_map in enumerate(teacher):
         shares = torch.chunk(t_map, len(student), dim=1)
         for maps, share in zip(student, shares, strict=True):
@@ -179,6 +180,21 @@ def attention_loss(student: list[list[torch.Tensor]], teacher: list[torch.Tensor
                 share = F.adaptive_avg_pool2d(share.float(), s_map.shape[-2:])
             total = total + (attention_map(s_map) - attention_map(share)).pow(2).mean()
     return total
+
+
+def matching_exits(student: NetConfig, teacher: NetConfig) -> list[int]:
+    """The teacher exit after the same block as each student exit, for attention transfer.
+
+    Attention is compared where both networks have seen the same depth of the image, so every
+    student exit needs a teacher exit after the same block of a network of the same depth.
+    """
+    if teacher.depth != student.depth or not set(student.exits) <= set(teacher.exits):
+        raise ValueError(
+            f"teacher exits={list(teacher.exits)} (depth {teacher.depth}) is not allowed for a "
+            f"student with exits={list(student.exits)} (depth {student.depth}); the teacher "
+            "needs the same depth and an exit after every block the student exits after"
+        )
+    return [teacher.exits.index(e) for e in student.exits]
 
 
 def exit_losses(
@@ -289,8 +305,10 @@ class Trainer:
         self.log = log or (lambda tag, value, step: None)
         torch.manual_seed(cfg.seed)
         self.model = MultiBranchNet(cfg.net).to(self.device, memory_format=torch.channels_last)
+        self.teacher_exits: list[int] = []  # the teacher exit matched with each student exit
         if self.teacher is not None:
             self.teacher.to(self.device, memory_format=torch.channels_last)
+            self.teacher_exits = matching_exits(cfg.net, self.teacher.config)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
             lr=cfg.lr,
@@ -403,7 +421,8 @@ class Trainer:
                 teacher_logits = t_logits[-1]
         loss, per_exit = exit_losses(logits, embeddings, y, cfg.loss, teacher_logits)
         if self.teacher is not None and cfg.loss.attention_weight:
-            loss = loss + cfg.loss.attention_weight * attention_loss(fmaps, t_maps[0])
+            matched = [t_maps[0][k] for k in self.teacher_exits]
+            loss = loss + cfg.loss.attention_weight * attention_loss(fmaps, matched)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss became {loss.item()} at epoch {self.epoch + 1}, step {i}"

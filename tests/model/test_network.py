@@ -21,6 +21,7 @@ from distree_env.model.train import (
     attention_map,
     augment,
     exit_losses,
+    matching_exits,
 )
 from distree_env.traces import ExitTrace
 
@@ -179,6 +180,18 @@ def test_attention_transfer_matches_each_branch_to_its_share_of_the_teacher():
     assert attention_loss(students, [big]).item() < attention_loss(swapped, [big]).item()
 
 
+def test_attention_is_matched_after_the_same_block_of_the_teacher():
+    student = NetConfig(topology="pipeline", num_devices=4, depth=16, exits=(1, 3, 4, 6))
+    teacher = NetConfig(
+        topology="pipeline", num_devices=6, depth=16, widen=4, exits=tuple(range(1, 7))
+    )
+    assert matching_exits(student, teacher) == [0, 2, 3, 5]
+    parallel = NetConfig(topology="parallel", depth=16)  # exits after blocks 2, 4, 5, 6
+    assert matching_exits(parallel, teacher) == [1, 3, 4, 5]
+    with pytest.raises(ValueError, match=r"an exit after every block"):
+        matching_exits(student, NetConfig(topology="pipeline", num_devices=4, depth=16))
+
+
 def test_augment_crops_flips_and_cuts_out_with_the_seeded_draws():
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), np.uint8))
     a = augment(x, np.random.default_rng(1), cutout=8)
@@ -237,10 +250,9 @@ def test_presets_build_valid_networks():
             p = preset(name, topology)
             cfg = NetConfig(**p["net"])
             assert cfg.topology == topology and cfg.num_parameters < 20_000_000
-    assert (
-        NetConfig(**preset("gpu", "pipeline")["net"]).widen
-        > NetConfig(**preset("cpu", "pipeline")["net"]).widen
-    )
+    for topology in ("parallel", "pipeline"):  # the GPU recipe ships the CPU recipe's sizes
+        gpu, cpu = (NetConfig(**preset(n, topology)["net"]) for n in ("gpu", "cpu"))
+        assert gpu.num_parameters == pytest.approx(cpu.num_parameters, rel=0.05)
     with pytest.raises(ValueError, match="preset='huge'"):
         preset("huge", "parallel")
 
