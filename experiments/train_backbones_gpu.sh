@@ -1,6 +1,7 @@
 #!/bin/bash
 # The GPU recipe: both shipped backbones distilled from a stronger teacher, on one GPU in ~10 minutes.
 #   bash experiments/train_backbones_gpu.sh [CIFAR-10 source] [teacher seconds] [student seconds]
+# (0 teacher seconds: no teacher, each student self-distilled from its deepest exit)
 # 1. two short epochs of each network on 8,192 images check the GPU path and time an epoch;
 # 2. the teacher, a WRN-16-4 with an exit after every block (runs/gpu/teacher.pt, not shipped):
 #    as many epochs as fit its seconds (at most 40);
@@ -37,24 +38,31 @@ PY
 
 students=()
 echo "== short runs: the GPU path, and an epoch's time"
-train "${teacher[@]}" --max-train-images "$SAMPLE" --epochs 2 --run-name short-teacher \
-  --output "$WORK/short-teacher.pt"
+taught=(--kd-alpha 0.5)  # without a teacher (0 teacher seconds): self-distillation
+if (( TEACHER_SECONDS > 0 )); then
+  train "${teacher[@]}" --max-train-images "$SAMPLE" --epochs 2 --run-name short-teacher \
+    --output "$WORK/short-teacher.pt"
+  taught=(--teacher "$WORK/short-teacher.pt")
+fi
 for topology in pipeline parallel; do
-  train --topology $topology --teacher "$WORK/short-teacher.pt" --max-train-images "$SAMPLE" \
+  train --topology $topology "${taught[@]}" --max-train-images "$SAMPLE" \
     --epochs 2 --run-name short-$topology --output "$WORK/short-$topology.pt" &
   students+=($!)
 done
 for pid in "${students[@]}"; do wait "$pid"; done
-teacher_epochs=$(fit_epochs short-teacher "$TEACHER_SECONDS" 40)
 student_epochs=$(fit_epochs short-pipeline "$STUDENT_SECONDS" 120)
 parallel_epochs=$(fit_epochs short-parallel "$STUDENT_SECONDS" 120)
 (( parallel_epochs < student_epochs )) && student_epochs=$parallel_epochs
-echo "== teacher: $teacher_epochs epochs; students: $student_epochs epochs"
-
-train "${teacher[@]}" --epochs "$teacher_epochs" --run-name teacher --output "$WORK/teacher.pt"
+if (( TEACHER_SECONDS > 0 )); then
+  teacher_epochs=$(fit_epochs short-teacher "$TEACHER_SECONDS" 40)
+  echo "== teacher: $teacher_epochs epochs"
+  train "${teacher[@]}" --epochs "$teacher_epochs" --run-name teacher --output "$WORK/teacher.pt"
+  taught=(--teacher "$WORK/teacher.pt")
+fi
+echo "== students: $student_epochs epochs, ${taught[*]}"
 students=()
 for topology in pipeline parallel; do
-  train --topology $topology --teacher "$WORK/teacher.pt" --epochs "$student_epochs" \
+  train --topology $topology "${taught[@]}" --epochs "$student_epochs" \
     --output "$SHIP/backbone-$topology.pt" &
   students+=($!)
 done
