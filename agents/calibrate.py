@@ -135,7 +135,8 @@ def calibrate_all(
 
 
 # ---- strong baselines ---------------------------------------------------------------------------
-#: The baselines :func:`calibrate_baselines` fits, in order (each starts from the one before).
+#: The baselines :func:`calibrate_baselines` fits, in order (each starts from the one before);
+#: with a target accuracy, ``LoadAware[accuracy]`` follows ``LoadAware``.
 BASELINES = (
     "PerExitThreshold",
     "PerExitThreshold[cheapest]",
@@ -386,6 +387,8 @@ def calibrate_baselines(
     rounds: int = 2,
     data_steps: int = 65_536,
     features: Sequence[str] = tuple(CONFIDENCE_FEATURES),
+    target_accuracy: float | None = None,
+    accuracy_tolerance: float = 0.005,
 ) -> dict[str, BaselineFit]:
     """Fit every baseline of :data:`BASELINES` on ``config``'s val trace.
 
@@ -401,6 +404,12 @@ def calibrate_baselines(
        as good as the one before.
     5. ``Planner``: :func:`fit_planner` on the data, and again on the data of the planner
        itself (with 20% random actions): the model is fitted where the policy goes.
+    6. With ``target_accuracy`` (a learned agent's val accuracy): ``LoadAware[accuracy]``, the
+       load-aware rule moved to that operating point: from ``LoadAware``, coordinate descent
+       over its thresholds for the fewest deadline misses among points within
+       ``accuracy_tolerance`` of the target (the nearest accuracy while none is). Comparing an
+       agent's misses with a rule of another accuracy, or with one that sees only confidence,
+       would not be a fair comparison.
 
     :param config: the val environment (a test trace is refused before it is read).
     :param max_accuracy_loss: accuracy budget of the cheapest operating point, in [0, 1].
@@ -409,8 +418,13 @@ def calibrate_baselines(
     :param points: thresholds per exit in a grid; ``rounds``: coordinate-descent passes.
     :param data_steps: transitions collected for grids, stage times and the planner.
     :param features: confidence features to choose from.
+    :param target_accuracy: accuracy in [0, 1] of the extra ``LoadAware[accuracy]`` point (None:
+        no such point); ``accuracy_tolerance``: how close, in [0, 1], counts as equal.
     """
     _check_baseline_args(max_accuracy_loss, points, rounds, data_steps, features)
+    if target_accuracy is not None:
+        check_number("target_accuracy", target_accuracy, 0.0, 1.0)
+    check_number("accuracy_tolerance", accuracy_tolerance, 0.0, 1.0)
     config = build_config(config)
     require_val(config, "calibrate_baselines")
     purpose = "calibrate_baselines"
@@ -464,6 +478,17 @@ def calibrate_baselines(
     shift = max(_SHIFTS, key=lambda s: (load(da, s)[1]["mean_reward"], -s))
     la = _descend(list(da), grids, lambda ts: (load(ts, shift)[1]["mean_reward"],), 1)
     done("LoadAware", *load(la, shift), before)
+    if target_accuracy is not None:
+        before = len(score.memo)
+
+        def at_accuracy(ts: tuple) -> tuple:
+            m = load(ts, shift)[1]
+            gap = abs(m["accuracy"] - target_accuracy)
+            ok = gap <= accuracy_tolerance + 1e-12
+            return (ok, m["qos_rate"] if ok else -gap, m["mean_reward"])
+
+        matched = _descend(list(la), grids, at_accuracy, rounds)
+        done("LoadAware[accuracy]", *load(matched, shift), before)
 
     # 5. the planner, refitted on its own state distribution
     before = len(score.memo)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The live benchmark behind the README's sim-vs-live table: calibrate the simulator on a live
-# LastExit run, choose the best classic rule on val with the calibrated cluster, run LastExit, that
+# The live benchmark behind the README's sim-vs-live table: calibrate the simulator on live
+# LastExit and random-exit runs, choose the best classic rule on val with the calibrated cluster, run LastExit, that
 # rule and the shipped PPO live on the test images, and put the simulator beside them.
 # Run it on a quiet machine: every live figure depends on the load. About 10 minutes on 2 cores.
 set -euo pipefail
@@ -16,9 +16,15 @@ N=${N:-3000}
 PPO=${PPO:-ppo-$SCEN}              # shipped agent trained on this scenario
 mkdir -p "$OUT"
 common=(--backbone checkpoints/backbone-parallel.pt --scenario "$SCEN" --trace cifar10-test)
-$PY -m experiments.run_live "${common[@]}" --policy last-exit --requests 1000 --seed 100 \
-    --out "$OUT/cal.json"
-$PY -m experiments.calibrate_cluster "$OUT/cal.json" --name live-2core --out "$OUT/cluster.json"
+# Calibration runs: LastExit, and a policy that leaves at every exit (random:0.35), so the fit
+# sees requests of every length and not only the stage sequence of one policy.
+cal=()
+for P in last-exit random:0.35; do
+  $PY -m experiments.run_live "${common[@]}" --policy "$P" --requests 1000 --seed 100 \
+      --out "$OUT/cal-${P//[:.]/_}.json"
+  cal+=("$OUT/cal-${P//[:.]/_}.json")
+done
+$PY -m experiments.calibrate_cluster "${cal[@]}" --name live-2core --out "$OUT/cluster.json"
 RULE=$($PY -m experiments.best_rule --scenario "$SCEN" --profile "$OUT/cluster.json")
 echo "best rule on val: $RULE"
 runs=()
@@ -27,5 +33,5 @@ for P in last-exit "$RULE" "$PPO"; do
       --requests "$N" --seed 0 --out "$OUT/live-${P//[:.]/_}.json"
   runs+=("$OUT/live-${P//[:.]/_}.json")
 done
-$PY -m experiments.calibrate_cluster "$OUT/cal.json" --name live-2core --out "$OUT/cluster.json" \
+$PY -m experiments.calibrate_cluster "${cal[@]}" --name live-2core --out "$OUT/cluster.json" \
     --evaluate "${runs[@]}" --table "$OUT/sim-vs-live.md" ${README:+--readme}

@@ -126,10 +126,17 @@ def topology_table(topology: str, val, test, entry: dict | None) -> str:
             f"{loss.get('label_smoothing')}, cutout {cfg.get('cutout')}, one-cycle SGD lr "
             f"{cfg.get('lr')}, batch {cfg.get('batch_size')}, bf16 {cfg.get('bf16')}; "
             f"{m.get('epochs')} epochs on {m.get('train_images')} images in "
-            f"{m.get('train_seconds', 0) / 60:.0f} min on {entry.get('machine')} "
+            f"{m.get('train_seconds', 0) / 60:.0f} min on {_machine(entry)} "
             f"({entry.get('created')})."
         )
     return "\n".join(lines)
+
+
+def _machine(entry: dict) -> str:
+    """Where a backbone was trained: the GPU and its host, or the CPU machine."""
+    device = entry.get("metrics", {}).get("device", "cpu")
+    host = entry.get("machine")
+    return host if device == "cpu" else f"one {device} GPU (host: {host})"
 
 
 def main(argv: list[str] | None = None) -> str:

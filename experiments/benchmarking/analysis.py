@@ -5,8 +5,9 @@ on hand-made rows and can be re-run on a saved CSV without evaluating anything a
 
 Every choice is made on the ``val`` rows and only measured on the ``test`` rows: which
 non-learned policy is the best (highest val reward), which learned agent is the best, which
-operating point of a rule is "cheapest within tolerance", and which non-learned point has the
-agent's accuracy for the deadline comparison. The headline questions (issue 9):
+operating point of a rule is "cheapest within tolerance", and which calibrated baseline (they see
+what the agent sees) has the agent's accuracy for the deadline comparison. The headline questions
+(issue 9):
 
 - does the best learned agent beat the best non-learned policy that sees the same observation,
   by how much per seed, and what share of that baseline's gap to the Oracle does it close?
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from agents.evaluate import METRICS
-from experiments.benchmarking.policies import LEARNED, NON_LEARNED, RULE
+from experiments.benchmarking.policies import BASELINE, LEARNED, NON_LEARNED, RULE
 
 __all__ = [
     "MARGIN_TARGET",
@@ -203,13 +204,14 @@ def _agent_vs(
 def _deadline_at_equal_accuracy(
     summary: Sequence[Row], scenario: str, agent_val: Row, tolerance: float
 ) -> dict[str, Any] | None:
-    """The non-learned point whose val accuracy is within ``tolerance`` of the agent's val
-    accuracy and that misses the fewest deadlines on val; both measured on test."""
+    """The calibrated baseline (it sees the agent's observation; the confidence-only rules do
+    not) whose val accuracy is within ``tolerance`` of the agent's val accuracy and that misses
+    the fewest deadlines on val; both measured on test."""
     val = split_rows(summary, "val", scenario)
     close = [
         r
         for r in val
-        if r["kind"] in NON_LEARNED and abs(r["accuracy"] - agent_val["accuracy"]) <= tolerance
+        if r["kind"] == BASELINE and abs(r["accuracy"] - agent_val["accuracy"]) <= tolerance
     ]
     choice = max(close, key=lambda r: r["qos_rate"], default=None)
     base = _on_test(summary, scenario, choice)

@@ -158,7 +158,7 @@ def headline_lines(headlines: Sequence[dict[str, Any]]) -> list[str]:
         d = h["deadline"]
         if d is None:
             lines.append(
-                "  - deadline misses at equal accuracy: no non-learned point within "
+                "  - deadline misses at equal accuracy: no calibrated baseline within "
                 f"{100 * TOLERANCE:g} points of the agent's val accuracy."
             )
         else:

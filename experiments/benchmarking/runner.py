@@ -26,7 +26,7 @@ from agents.calibrate import calibrate_baselines
 from agents.evaluate import evaluate
 from distree_env.config import EnvConfig
 from distree_env.traces import resolve_trace
-from experiments.benchmarking.analysis import METRICS
+from experiments.benchmarking.analysis import METRICS, TOLERANCE, summarize
 from experiments.benchmarking.policies import (
     AgentFile,
     PolicySpec,
@@ -121,10 +121,17 @@ def _load(trust: bool) -> Callable[[str], Any]:
 
 
 def scenario_specs(
-    plan: BenchmarkPlan, scenario: str, configs: dict[str, EnvConfig]
+    plan: BenchmarkPlan,
+    scenario: str,
+    configs: dict[str, EnvConfig],
+    target_accuracy: float | None = None,
 ) -> tuple[list[PolicySpec], dict[str, Any]]:
-    """Specs of one scenario (rules on the val grid, baselines calibrated on val, agents meant
-    for it, references) and the calibrated parameters (for the JSON record)."""
+    """Specs of one scenario (rules on the val grid, baselines calibrated on val, references;
+    not the agents) and the calibrated parameters (for the JSON record).
+
+    :param target_accuracy: the best agent's val accuracy, where the load-aware rule gets a
+        point of its own (``LoadAware[accuracy]``) for the equal-accuracy deadline comparison.
+    """
     c = plan.calibration
     fits = calibrate_baselines(
         configs["val"],
@@ -133,31 +140,42 @@ def scenario_specs(
         rounds=c.rounds,
         data_steps=c.data_steps,
         features=c.features,
+        target_accuracy=target_accuracy,
+        accuracy_tolerance=TOLERANCE,
     )
     params = {
         name: {"repr": repr(fit.policy), "val_reward": fit.val["mean_reward"]}
         for name, fit in fits.items()
     }
-    agents = [a for a in plan.agents if a.scenario in (None, scenario)]
     specs = [
         *reference_specs(),
         *rule_specs(resolve_trace(plan.val_trace), plan.thresholds),
         *baseline_specs(fits),
-        *learned_specs(agents, _load(plan.trust)),
     ]
     return specs, params
 
 
 def run_scenario(plan: BenchmarkPlan, scenario: str) -> tuple[list[dict[str, Any]], dict]:
-    """Calibrate on val, then every spec on both splits and every seed, for one scenario."""
+    """For one scenario: the agents on val first (the best one's val accuracy is where the
+    load-aware rule is also calibrated), the baselines calibrated on val, then every spec on
+    both splits and every seed."""
     configs = split_configs(plan, scenario)
-    specs, calibrated = scenario_specs(plan, scenario, configs)
-    rows = [
-        evaluate_point(spec, split, configs[split], scenario, seed, plan.n_requests)
-        for split in ("val", "test")
-        for spec in specs
-        for seed in plan.seeds
-    ]
+    agents = [a for a in plan.agents if a.scenario in (None, scenario)]
+    learned = learned_specs(agents, _load(plan.trust))
+
+    def rows_of(specs: list[PolicySpec], split: str) -> list[dict[str, Any]]:
+        return [
+            evaluate_point(spec, split, configs[split], scenario, seed, plan.n_requests)
+            for spec in specs
+            for seed in plan.seeds
+        ]
+
+    learned_val = rows_of(learned, "val")
+    best = max(summarize(learned_val), key=lambda r: r["mean_reward"], default=None)
+    specs, calibrated = scenario_specs(
+        plan, scenario, configs, None if best is None else best["accuracy"]
+    )
+    rows = rows_of(specs, "val") + learned_val + rows_of(specs, "test") + rows_of(learned, "test")
     return rows, calibrated
 
 

@@ -199,6 +199,18 @@ def test_calibration_on_val_gives_every_baseline(shipped):
 BASELINE_CHAIN = ("PerExitThreshold", "DeadlineAware", "LoadAware")
 
 
+def test_load_aware_is_moved_to_a_target_accuracy():
+    config = EnvConfig(trace="cifar10-val").with_scenario("bursty-stream")
+    last = evaluate(PerExitThreshold([None, None, None]), config, 256)["accuracy"]
+    target = last - 0.02  # a point between the reward-best rule and last-exit
+    fits = calibrate_baselines(config, target_accuracy=target, accuracy_tolerance=0.01, **TINY)
+    assert list(fits)[3:5] == ["LoadAware", "LoadAware[accuracy]"]
+    moved, best = fits["LoadAware[accuracy]"].val, fits["LoadAware"].val
+    assert abs(moved["accuracy"] - target) <= 0.01 < abs(best["accuracy"] - target)
+    with pytest.raises(ValueError, match="target_accuracy=1.5"):
+        calibrate_baselines(config, target_accuracy=1.5, **TINY)
+
+
 @pytest.mark.parametrize("trace", ["cifar10-test", "elsewhere/cifar10-test.npz"])
 def test_calibration_refuses_test_before_reading_it(shipped, trace):
     with pytest.raises(ValueError, match="test"):

@@ -235,6 +235,14 @@ def test_headline_margin_gap_share_and_deadlines_by_hand() -> None:
     assert d["relative_reduction"] == pytest.approx(0.5) and d["target_met"]
 
 
+def test_equal_accuracy_opponent_sees_what_the_agent_sees() -> None:
+    # a confidence-only rule at the agent's accuracy that misses fewer deadlines is no opponent
+    rows = _hand_rows()
+    rows += _rows("C", "rule", "val", [0.5, 0.5], accuracy=0.802, qos_rate=0.99)
+    rows += _rows("C", "rule", "test", [0.5, 0.5], accuracy=0.802, qos_rate=0.99)
+    assert headline(summarize(rows), rows, "s")["deadline"]["baseline"] == "A"
+
+
 def test_agent_names_give_algorithm_and_scenario(tmp_path: Path) -> None:
     assert agent_file("ppo-bursty-stream") == agent_file("ppo-bursty-stream")
     a = agent_file("recurrent_ppo-wifi-contention")
