@@ -5,8 +5,10 @@ Learned agents face the best non-learned policy that sees the same observation.
 Per scenario: the strong baselines (``agents.calibrate_baselines``) are calibrated on the val
 split, the classic rules are swept over thresholds placed on val, and every policy (rules,
 baselines, the scenario's learned agents, last exit, Oracle) is evaluated on val and on test with
-the same seeds. Every choice (the best baseline, the best agent, operating points, the point of
-equal accuracy) is made on val; test only measures. Writes a CSV of every point, a Markdown
+the same seeds. The agents go first on val: the best one's val accuracy is where
+``LoadAware[accuracy]`` is calibrated, the load-aware opponent of the deadline comparison at equal
+accuracy. Every choice (the best baseline, the best agent, operating points, the point of equal
+accuracy) is made on val; test only measures. Writes a CSV of every point, a Markdown
 table, headline figures (JSON) and PNG plots under --out; prints the headline. This is the one
 source of the README's results block.
 

@@ -47,6 +47,10 @@ class Args:
     evaluate: tuple[str, ...] = field(
         default=(), metadata={"help": "live run records to compare with the simulator"}
     )
+    decision_runs: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "live runs whose measured decision time is charged to their policy"},
+    )
     table: str | None = field(default=None, metadata={"help": "write the Markdown table here"})
     readme: bool = field(
         default=False, metadata={"help": "also write it into README.md's sim-vs-live block"}
@@ -281,6 +285,13 @@ def _pooling(profile: dict) -> str:
     return "no stalls were fitted, so each simulated row is one run"
 
 
+def first_stage_busy_ms(runs: list[Any]) -> float:
+    """Mean device compute of stage 0 at the machine's full speed (every served request runs
+    it): the machine's speed during a run, to compare a run with its calibration."""
+    busy = [np.nanmean(r.busy_ms[0]) for run in runs for r in run.requests if r.busy_ms]
+    return float(np.mean(busy)) if busy else float("nan")
+
+
 def _span(values: list[float]) -> str:
     return f"{min(values):.1f}-{max(values):.1f}"
 
@@ -289,14 +300,42 @@ def _fmt_exits(v: np.ndarray) -> str:
     return "/".join(f"{x:.2f}" for x in v)
 
 
-def comparison_table(runs: list[Any], calibration: Any) -> str:
+def measured_decision_ms(runs: list[Any]) -> dict[str, float]:
+    """Policy spec -> mean live decision time (ms) over the given runs of that policy.
+
+    Why measured live: between decisions the aggregator sleeps while the devices compute, and a
+    small network's ``predict`` after such a pause takes about twice its time in a tight loop
+    (0.26 against 0.12 ms for the shipped PPO with 6 ms pauses, more with the devices' work
+    beside it), which an offline timing misses.
+    """
+    times: dict[str, list[float]] = {}
+    for run in runs:
+        spec = run.meta["args"]["policy"]
+        times.setdefault(spec, []).extend(
+            d for r in run.requests if not r.dropped for d in r.decision_ms
+        )
+    return {spec: float(np.mean(ts)) for spec, ts in times.items() if ts}
+
+
+def comparison_table(
+    runs: list[Any],
+    calibration: Any,
+    measured: dict[str, float] | None = None,
+    calibration_busy_ms: float | None = None,
+) -> str:
     """Markdown: each live run beside the simulator's run of the same config, seed and policy,
     with the per-exit and p95 latency errors against the issue's targets.
 
     :param calibration: the calibration run; its policy is timed offline next to each run's, so
         the simulator charges each policy its own decision time
         (:func:`~distree_env.runtime.calibration.carried_decision_ms`).
+    :param measured: policy spec -> decision time measured in a separate live run of that
+        policy (:func:`measured_decision_ms`); charged instead of the offline estimate.
+    :param calibration_busy_ms: :func:`first_stage_busy_ms` of the calibration runs; each run's
+        own is printed beside it, since a machine slower during a run than during calibration
+        (other jobs, a shared host) shows up as longer queues the simulator cannot know of.
     """
+    measured = measured or {}
     from distree_env.runtime.calibration import carried_decision_ms
     from distree_env.traces import resolve_trace
 
@@ -316,7 +355,12 @@ def comparison_table(runs: list[Any], calibration: Any) -> str:
         live = live_metrics(run, trace.num_exits)
         trust = bool(run.meta["args"].get("trust", False))
         own = predict_ms(run, config, spec, trust)
-        decision = carried_decision_ms(config.cluster.decision_ms, cal, own)
+        decision = measured.get(spec, carried_decision_ms(config.cluster.decision_ms, cal, own))
+        charged = (
+            "measured in its own calibration run"
+            if spec in measured
+            else f"{own:.3f} ms predict offline against {cal:.3f} ms for {cal_spec}"
+        )
         sim = simulate(run, config, spec, trust, decision)
         same, trace_acc = trace_agreement(run, trace)
         for source, m in (("live", live), ("simulated", sim)):
@@ -333,9 +377,14 @@ def comparison_table(runs: list[Any], calibration: Any) -> str:
             f"p95 error {100 * p95:.1f}% (target 15%); live predictions equal the trace's at "
             f"the same exit for {100 * same:.2f}% of requests (trace accuracy at the live exits "
             f"{trace_acc:.4f}, live {live['accuracy']:.4f}); decision time "
-            f"{live['decision_ms']:.2f} ms live, {decision:.2f} ms simulated ({own:.3f} ms "
-            f"predict offline against {cal:.3f} ms for {cal_spec})"
+            f"{live['decision_ms']:.2f} ms live, {decision:.2f} ms simulated ({charged})"
         )
+        if calibration_busy_ms is not None:
+            busy = first_stage_busy_ms([run])
+            notes[-1] += (
+                f"; device compute of stage 0 {busy:.2f} ms, against {calibration_busy_ms:.2f} ms "
+                f"in the calibration runs ({100 * (busy / calibration_busy_ms - 1):+.0f}%)"
+            )
         if len(sim["realisation_mean_ms"]) > 1:
             notes[-1] += (
                 f"; the simulated stall realisations range over "
@@ -400,7 +449,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"profile": profile}
     if args.evaluate:
         evaluated = [load_run(p) for p in args.evaluate]
-        table = comparison_table(evaluated, runs[0])
+        measured = measured_decision_ms([load_run(p) for p in args.decision_runs])
+        table = comparison_table(evaluated, runs[0], measured, first_stage_busy_ms(runs))
         print("\nSimulator vs live (same config, seed, policy and images):\n")
         print(table)
         block = (

@@ -25,6 +25,9 @@ for P in last-exit random:0.35; do
   cal+=("$OUT/cal-${P//[:.]/_}.json")
 done
 $PY -m experiments.calibrate_cluster "${cal[@]}" --name live-2core --out "$OUT/cluster.json"
+# The agent's decision time under live load (about twice its offline time), from a run of its own.
+$PY -m experiments.run_live "${common[@]}" --config "$OUT/cluster.json" --policy "$PPO" \
+    --requests 500 --seed 100 --out "$OUT/cal-decisions.json"
 RULE=$($PY -m experiments.best_rule --scenario "$SCEN" --profile "$OUT/cluster.json")
 echo "best rule on val: $RULE"
 runs=()
@@ -34,4 +37,4 @@ for P in last-exit "$RULE" "$PPO"; do
   runs+=("$OUT/live-${P//[:.]/_}.json")
 done
 $PY -m experiments.calibrate_cluster "${cal[@]}" --name live-2core --out "$OUT/cluster.json" \
-    --evaluate "${runs[@]}" --table "$OUT/sim-vs-live.md" ${README:+--readme}
+    --decision-runs "$OUT/cal-decisions.json" --evaluate "${runs[@]}" --table "$OUT/sim-vs-live.md" ${README:+--readme}

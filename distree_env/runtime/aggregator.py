@@ -328,7 +328,6 @@ class Aggregator:
             values[f"compute_{d}"] = float(compute[d])
             values[f"bandwidth_{d}"] = float(bandwidth[d])
         values["elapsed_ratio"] = (now_ms - arrival_ms) / sc.deadline_ms
-        values["latency_ratio"] = values["elapsed_ratio"]  # TEMP until the v1 layout lands
         waiting = self._waiting(r, now_ms)
         values["queue_len"] = len(waiting) / max(sc.queue_capacity, 1)
         values["oldest_wait_ratio"] = (now_ms - waiting[0]) / sc.deadline_ms if waiting else 0.0

@@ -171,7 +171,11 @@ def headline_lines(headlines: Sequence[dict[str, Any]]) -> list[str]:
                 f"  - deadline misses at equal accuracy: {d['agent']} {_pct(d['agent_miss_rate'])} "
                 f"({100 * d['agent_accuracy']:.2f}% accurate) vs {d['baseline']} "
                 f"{_pct(d['baseline_miss_rate'])} ({100 * d['baseline_accuracy']:.2f}%){caveat}: "
-                f"{100 * d['relative_reduction']:.0f}% fewer (target {100 * MISS_TARGET:.0f}%: "
-                f"{_met(d['target_met'])})."
+                + (
+                    f"{100 * d['relative_reduction']:.0f}% fewer"
+                    if d["baseline_miss_rate"] > 0
+                    else "the baseline misses none"
+                )
+                + f" (target {100 * MISS_TARGET:.0f}%: {_met(d['target_met'])})."
             )
     return lines

@@ -142,6 +142,7 @@ def scenario_specs(
         features=c.features,
         target_accuracy=target_accuracy,
         accuracy_tolerance=TOLERANCE,
+        target_seeds=plan.seeds,
     )
     params = {
         name: {"repr": repr(fit.policy), "val_reward": fit.val["mean_reward"]}

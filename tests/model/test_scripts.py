@@ -150,6 +150,33 @@ def test_gpu_recipe_runs_on_the_cpu_with_a_tiny_configuration(tiny_cifar, tmp_pa
     assert len(history[0]["val_exit_accuracy"]) == 3
 
 
+def test_gpu_recipe_script_runs_its_steps_with_the_tiny_preset(tiny_cifar, tmp_path):
+    """The shipped GPU recipe end to end on a CPU: short timed runs, the teacher, both students."""
+    data, _ = tiny_cifar
+    ship = tmp_path / "ckpt"
+    env = _env(tmp_path) | {
+        "PRESET": "tiny",
+        "WORK": str(tmp_path / "runs"),
+        "SHIP": str(ship),
+        "SAMPLE": "16",
+        "TRAIN_ARGS": "--batch-size 4 --val-size 8 --threads 1 --bf16 false",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    script = ROOT / "experiments" / "train_backbones_gpu.sh"
+    out = subprocess.run(
+        ["bash", str(script), str(data), "1", "1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "== teacher: 1 epochs" in out.stdout
+    manifest = json.loads((ship / "MANIFEST.json").read_text())["files"]
+    assert sorted(manifest) == ["backbone-parallel.pt", "backbone-pipeline.pt"]  # no teacher
+    for entry in manifest.values():
+        assert "--teacher" in entry["command"] and entry["metrics"]["device"] == "cpu"
+        assert entry["metrics"]["distillation"].startswith("teacher teacher.pt")
+    assert (tmp_path / "runs" / "teacher.pt").exists()
+
+
 def test_image_sample_for_the_runtime(tiny_cifar, tmp_path):
     import numpy as np
 

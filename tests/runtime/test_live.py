@@ -119,12 +119,19 @@ def test_live_predictions_equal_the_offline_model(layout, tiny, tiny_pipeline, t
     profile, table = tmp_path / "profile.json", tmp_path / "table.md"
     result = calibrate_cluster.main(
         [str(out), "--out", str(profile), "--evaluate", str(out), "--table", str(table)]
+        + ["--decision-runs", str(out)]
     )
     cluster = json.loads(profile.read_text())["cluster"]
     assert len(cluster["devices"]) == LAYOUTS[layout].num_devices
     assert cluster["stage_overhead_ms"] >= 0
     assert "| random:0.4 | live | 8 |" in result["table"]
     assert "| random:0.4 | simulated |" in table.read_text()
+    assert "device compute of stage 0" in result["table"] and "(+0%)" in result["table"]
+    live_decision = np.mean([d for r in rec.requests for d in r.decision_ms])
+    assert (
+        f"{live_decision:.2f} ms live, {live_decision:.2f} ms simulated (measured in its own"
+        in (result["table"])
+    )
 
 
 def _read_lines(stream, lines: list[str]) -> None:
