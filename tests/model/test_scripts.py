@@ -222,6 +222,8 @@ EXPORT = [sys.executable, "-m", "experiments.export_traces"]
         ([*TRAIN, "--batch-size", "1000"], "--batch-size 1000"),
         ([*TRAIN, "--output", "/"], "--output"),
         ([*TRAIN, "--teacher", "/nonexistent.pt"], "does not exist"),
+        ([*TRAIN, "--exits", "1,x"], "--exits '1,x'"),
+        ([*TRAIN, "--exits", "2,1"], "exits=(2, 1)"),
         ([*EXPORT, "--threads", "0"], "--threads 0"),
         ([*EXPORT, "--max-images", "-1"], "--max-images -1"),
         ([*EXPORT, "--prefix", "../../x"], "--prefix '../../x'"),
