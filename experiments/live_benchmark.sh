@@ -25,7 +25,7 @@ for P in last-exit random:0.35; do
   cal+=("$OUT/cal-${P//[:.]/_}.json")
 done
 $PY -m experiments.calibrate_cluster "${cal[@]}" --name live-2core --out "$OUT/cluster.json"
-# The agent's decision time under live load (about twice its offline time), from a run of its own.
+# The agent's decision time under live load (slower than timed offline), from a run of its own.
 $PY -m experiments.run_live "${common[@]}" --config "$OUT/cluster.json" --policy "$PPO" \
     --requests 500 --seed 100 --out "$OUT/cal-decisions.json"
 RULE=$($PY -m experiments.best_rule --scenario "$SCEN" --profile "$OUT/cluster.json")

@@ -33,6 +33,7 @@ __all__ = [
     "MISS_TARGET",
     "WORSE_LIMIT",
     "TOLERANCE",
+    "best_agent_on_val",
     "headline",
     "pareto_front",
     "select_point",
@@ -271,12 +272,19 @@ def headline(
             entry = _agent_vs(rows, scenario, agent, base, oracle)
             entry["val_reward"] = val_reward[r["policy"]]
             out["agents"].append(entry)
-    if out["agents"]:
-        best = max(out["agents"], key=lambda a: a["val_reward"])
-        out["best_agent"] = best["policy"]
-        agent_val = next(r for r in learned_val if r["policy"] == best["policy"])
+    measured = {a["policy"] for a in out["agents"]}
+    agent_val = best_agent_on_val([r for r in learned_val if r["policy"] in measured])
+    if agent_val is not None:
+        out["best_agent"] = agent_val["policy"]
         out["deadline"] = _deadline_at_equal_accuracy(summary, scenario, agent_val, tolerance)
     return out
+
+
+def best_agent_on_val(val_rows: Sequence[Row]) -> Row | None:
+    """The learned point with the highest mean val reward: the agent the headline is about
+    (and whose val accuracy the runner calibrates ``LoadAware[accuracy]`` to)."""
+    learned = (r for r in val_rows if r["kind"] == LEARNED)
+    return max(learned, key=lambda r: r["mean_reward"], default=None)
 
 
 def table_rows(summary: Sequence[Row], scenario: str, tolerance: float = TOLERANCE) -> list[Row]:

@@ -26,7 +26,7 @@ from agents.calibrate import calibrate_baselines
 from agents.evaluate import evaluate
 from distree_env.config import EnvConfig
 from distree_env.traces import resolve_trace
-from experiments.benchmarking.analysis import METRICS, TOLERANCE, summarize
+from experiments.benchmarking.analysis import METRICS, TOLERANCE, best_agent_on_val, summarize
 from experiments.benchmarking.policies import (
     AgentFile,
     PolicySpec,
@@ -172,7 +172,7 @@ def run_scenario(plan: BenchmarkPlan, scenario: str) -> tuple[list[dict[str, Any
         ]
 
     learned_val = rows_of(learned, "val")
-    best = max(summarize(learned_val), key=lambda r: r["mean_reward"], default=None)
+    best = best_agent_on_val(summarize(learned_val))
     specs, calibrated = scenario_specs(
         plan, scenario, configs, None if best is None else best["accuracy"]
     )
