@@ -255,7 +255,10 @@ class ClusterConfig:
     ``DEVICE_PROFILES`` / ``LINK_PROFILES`` or an effective rate (FLOP/s, bytes/s); ``None``
     repeats ``device_profile`` / ``link_profile``. Link d is device d's link.
     ``link_latency_ms``: per-message latency of links given as numbers. ``stage_overhead_ms``:
-    fixed cost of every stage (dispatch, serialisation). ``decision_ms``: what the exit
+    fixed cost of every stage (dispatch, serialisation). ``exit_overhead_ms``: time of each exit
+    head at full speed beyond its FLOPs; it runs on the exit device's share of compute, so it
+    stretches as that device's availability drops (on a small network a head's cost is mostly
+    the framework's per-call time, which FLOPs do not count). ``decision_ms``: what the exit
     controller spends per decision (building the observation, running the policy), added to every
     stage; it is the policy's cost, not the cluster's, so a heavier policy answers later
     (``experiments.calibrate_cluster`` fits it on a live run and carries it over to another
@@ -281,6 +284,7 @@ class ClusterConfig:
     link_profile: str = "wifi-5"
     link_latency_ms: float = 1.0
     stage_overhead_ms: float = 0.0
+    exit_overhead_ms: float = 0.0
     decision_ms: float = 0.0
     handover_ms: float = 0.0
     stall_probability: float = 0.0
@@ -317,6 +321,8 @@ class ClusterConfig:
                 high=_LATENCY_MS[1], why=_LATENCY_MS[2])  # fmt: skip
         _number("stage_overhead_ms", self.stage_overhead_ms, low=0.0, high=1e4,
                 why="a fixed per-stage cost between 0 and 10 s")  # fmt: skip
+        _number("exit_overhead_ms", self.exit_overhead_ms, low=0.0, high=1e4,
+                why="an exit head's fixed time between 0 and 10 s")  # fmt: skip
         _number("decision_ms", self.decision_ms, low=0.0, high=1e4,
                 why="a per-decision cost between 0 and 10 s")  # fmt: skip
         for name in ("handover_ms", "stall_mean_ms"):

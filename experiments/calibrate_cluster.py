@@ -4,18 +4,19 @@
         --evaluate runs/live-last.json runs/live-rule.json runs/live-ppo.json \\
         --table runs/sim-vs-live.md
 
-Fits each device's effective FLOP/s, each link's bytes/s, the per-message link latency, the
-fixed per-stage overhead, the controller's decision time and the hand-over between requests
-with its rare stalls (see ``distree_env.runtime.calibration``) and writes them as a named cluster
-profile: a JSON of config overrides (``{"cluster": {...}}``) that ``run_live --config`` and
-``EnvConfig.replace`` load. Prints, per exit, the mean live latency and what the simulator's
-latency model predicts for the same requests at the same imposed levels, before (the config the
-runs used) and after calibration. With ``--evaluate``, runs the simulator (the environment itself,
-same config, seed and policy, on the same images; each policy charged its own decision time, the
-calibration run's with the policies' offline ``predict`` times swapped) for each evaluation record
-and prints a Markdown table of live and simulated figures side by side (also written to
-``--table``), plus how often the live prediction equals the exit trace's prediction at the exit
-the request took.
+Fits each device's effective FLOP/s, each link's bytes/s, the per-message link latency, an exit
+head's fixed time, the fixed per-stage overhead, the controller's decision time and the hand-over
+between requests with its rare stalls (see ``distree_env.runtime.calibration``) and writes them as
+a named cluster profile: a JSON of config overrides (``{"cluster": {...}}``) that
+``run_live --config`` and ``EnvConfig.replace`` load. Prints, per exit, the mean live latency and
+what the simulator's latency model predicts for the same requests at the same imposed levels,
+before (the config the runs used) and after calibration. With ``--evaluate``, runs the simulator
+(the environment itself, on the fitted cluster, with each evaluation record's seed, arrival rate,
+policy and images; each policy charged its own decision time, measured live with
+``--decision-runs`` or else the calibration run's with the policies' offline ``predict`` times
+swapped), pools the records of each policy and prints a Markdown table of live and simulated
+figures side by side (also written to ``--table``), plus how often the live prediction equals the
+exit trace's prediction at the exit the request took.
 """
 
 from __future__ import annotations
@@ -154,13 +155,32 @@ def error_table(runs: list, trace: Any, before, after) -> str:
     return "\n".join(lines)
 
 
+def exit_head_line(samples: Any, trace: Any, fit: Any, exit_device: np.ndarray) -> str:
+    """One line: the measured exit head time by its device's compute share beside the fitted
+    model's, which stretches the head's FLOPs and fixed time by the share as the runtime does."""
+    rate = fit.device_flops
+    dev = exit_device[samples.k]
+    share = samples.compute[np.arange(dev.size), dev]
+    model = (trace.exit_flops[samples.k] / rate[dev] * 1e3 + fit.exit_overhead_ms) / share
+    parts = []
+    for lo, hi in ((0.75, 1.0), (0.35, 0.75), (0.0, 0.35)):
+        sel = (share > lo) & (share <= hi)
+        if sel.any():
+            parts.append(
+                f"share ({lo:g}, {hi:g}]: {samples.exit_ms[sel].mean():.3f} ms live, "
+                f"{model[sel].mean():.3f} ms model ({int(sel.sum())} stages)"
+            )
+    return f"exit head, fixed {fit.exit_overhead_ms:.3f} ms at full speed: " + "; ".join(parts)
+
+
 # ---- sim vs live -------------------------------------------------------------------------------
-def live_metrics(run: Any, num_exits: int) -> dict[str, Any]:
-    """The simulator's episode figures, computed from a live run record."""
+def live_metrics(runs: list[Any], num_exits: int) -> dict[str, Any]:
+    """The simulator's episode figures, computed from live run records (pooled)."""
     from distree_env.runtime.calibration import per_exit_latency
 
-    served = [r for r in run.requests if not r.dropped]
-    dropped = len(run.requests) - len(served)
+    requests = [r for run in runs for r in run.requests]
+    served = [r for r in requests if not r.dropped]
+    dropped = len(requests) - len(served)
     lat = np.array([r.latency_ms for r in served])
     exits = np.array([r.exit for r in served])
     return {
@@ -168,12 +188,27 @@ def live_metrics(run: Any, num_exits: int) -> dict[str, Any]:
         "accuracy": float(np.mean([r.correct for r in served])),
         "latency_mean_ms": float(lat.mean()),
         "latency_p95_ms": float(np.percentile(lat, 95)),
-        "qos_rate": float(np.sum([r.deadline_met for r in served]) / max(len(run.requests), 1)),
-        "drop_rate": dropped / max(len(run.requests), 1),
+        "qos_rate": float(np.sum([r.deadline_met for r in served]) / max(len(requests), 1)),
+        "drop_rate": dropped / max(len(requests), 1),
         "exit_fractions": np.bincount(exits, minlength=num_exits) / len(served),
         "exit_latency_ms": per_exit_latency(exits, lat, num_exits),
         "decision_ms": float(np.mean([d for r in served for d in r.decision_ms])),
     }
+
+
+def simulated_config(run: Any, profile: dict) -> Any:
+    """The config that simulates ``run`` after calibration: the run's own, with the fitted
+    cluster ``profile``, and its arrival rate pinned to the live run's. Why pinned: a rate given
+    as a utilisation follows the cluster's service time, and the simulator must replay the very
+    arrivals the live run served (same seed, same rate: bit-identical arrival times)."""
+    from distree_env.dynamics import describe
+
+    config = base_config(run)
+    pinned = config.replace(profile)
+    if config.arrivals.utilisation is not None and config.arrivals.kind != "isolated":
+        rate = describe(config)["rate_per_s"]
+        pinned = pinned.replace({"arrivals": {"rate_per_s": rate, "utilisation": None}})
+    return pinned
 
 
 def predict_ms(run: Any, config: Any, policy_spec: str, trust: bool) -> float:
@@ -186,34 +221,40 @@ def predict_ms(run: Any, config: Any, policy_spec: str, trust: bool) -> float:
 
 
 def simulate(
-    run: Any, config: Any, policy_spec: str, trust: bool, decision_ms: float | None = None
+    runs: list[Any],
+    configs: list[Any],
+    policy_spec: str,
+    trust: bool,
+    decision_ms: float | None = None,
 ) -> dict[str, Any]:
-    """Run the environment with the live run's config, seed and policy for as many requests;
-    with stalls in the profile, pool ``STALL_REALISATIONS`` realisations of them (same seed, so
-    the same arrivals and resource paths as the live run): a stall is the host's, not the
-    seed's, so the simulator's prediction is its average over stalls.
+    """Run the environment with each live run's config, seed and policy for as many requests
+    and pool the runs; with stalls in the profile, pool ``STALL_REALISATIONS`` realisations of
+    them (same seed, so the same arrivals and resource paths as the live run): a stall is the
+    host's, not the seed's, so the simulator's prediction is its average over stalls.
 
+    :param configs: the config to simulate each run with (:func:`simulated_config`).
     :param decision_ms: the policy's decision time per stage (None: the config's).
     """
     from distree_env.runtime.calibration import per_exit_latency
     from distree_env.traces import resolve_trace
 
-    n = sum(1 for r in run.requests if not r.dropped)
-    cfg = config.replace({"requests_per_episode": n})
-    if decision_ms is not None:
-        cfg = cfg.replace({"cluster.decision_ms": round(decision_ms, 4)})
-    realisations = STALL_REALISATIONS if cfg.cluster.stall_probability > 0 else 1
     exits, lat, correct, met, dropped = [], [], [], [], 0
-    each: list[tuple[float, float]] = []  # (mean, p95) of each realisation
-    for stall_seed in range(realisations):
-        stalls = cfg.replace({"cluster.stall_seed": stall_seed})
-        one = _simulate_once(run, stalls, policy_spec, trust)
-        for pooled, part in zip((exits, lat, correct, met), one[:4], strict=True):
-            pooled.extend(part)
-        dropped += one[4]
-        each.append((np.mean(one[1]), np.percentile(one[1], 95)))
+    realisations = STALL_REALISATIONS if configs[0].cluster.stall_probability > 0 else 1
+    each: list[list[float]] = [[] for _ in range(realisations)]  # latencies per realisation
+    for run, config in zip(runs, configs, strict=True):
+        n = sum(1 for r in run.requests if not r.dropped)
+        cfg = config.replace({"requests_per_episode": n})
+        if decision_ms is not None:
+            cfg = cfg.replace({"cluster.decision_ms": round(decision_ms, 4)})
+        for stall_seed in range(realisations):
+            stalls = cfg.replace({"cluster.stall_seed": stall_seed})
+            one = _simulate_once(run, stalls, policy_spec, trust)
+            for pooled, part in zip((exits, lat, correct, met), one[:4], strict=True):
+                pooled.extend(part)
+            dropped += one[4]
+            each[stall_seed].extend(one[1])
     exits_a, lat_a = np.asarray(exits), np.asarray(lat)
-    k_count = resolve_trace(cfg.trace).num_exits
+    k_count = resolve_trace(configs[0].trace).num_exits
     total = len(exits) + dropped
     return {
         "requests": len(exits) // realisations,
@@ -224,8 +265,8 @@ def simulate(
         "drop_rate": dropped / max(total, 1),
         "exit_fractions": np.bincount(exits_a, minlength=k_count) / len(exits),
         "exit_latency_ms": per_exit_latency(exits_a, lat_a, k_count),
-        "realisation_mean_ms": [float(m) for m, _ in each],
-        "realisation_p95_ms": [float(p) for _, p in each],
+        "realisation_mean_ms": [float(np.mean(lats)) for lats in each],
+        "realisation_p95_ms": [float(np.percentile(lats, 95)) for lats in each],
     }
 
 
@@ -262,10 +303,10 @@ def _simulate_once(
             return exits, lat, correct, met, dropped
 
 
-def trace_agreement(run: Any, trace: Any) -> tuple[float, float]:
+def trace_agreement(runs: list[Any], trace: Any) -> tuple[float, float]:
     """(share of live predictions equal to the trace's at the same image and exit, trace
-    accuracy at the live exits)."""
-    served = [r for r in run.requests if not r.dropped]
+    accuracy at the live exits), over the served requests of ``runs``."""
+    served = [r for run in runs for r in run.requests if not r.dropped]
     same, right = 0, 0
     for r in served:
         row = r.sample
@@ -290,6 +331,16 @@ def first_stage_busy_ms(runs: list[Any]) -> float:
     it): the machine's speed during a run, to compare a run with its calibration."""
     busy = [np.nanmean(r.busy_ms[0]) for run in runs for r in run.requests if r.busy_ms]
     return float(np.mean(busy)) if busy else float("nan")
+
+
+def _runs_of(runs: list[Any]) -> str:
+    """``"2 live runs (1 of last-exit, 1 of random:0.35)"``: what a fit or a row pools."""
+    count: dict[str, int] = {}
+    for run in runs:
+        spec = run.meta["args"]["policy"]
+        count[spec] = count.get(spec, 0) + 1
+    parts = ", ".join(f"{n} of {spec}" for spec, n in count.items())
+    return f"{len(runs)} live run{'s' if len(runs) > 1 else ''} ({parts})"
 
 
 def _span(values: list[float]) -> str:
@@ -320,20 +371,27 @@ def measured_decision_ms(runs: list[Any]) -> dict[str, float]:
 def comparison_table(
     runs: list[Any],
     calibration: Any,
+    profile: dict,
     measured: dict[str, float] | None = None,
     calibration_busy_ms: float | None = None,
 ) -> str:
-    """Markdown: each live run beside the simulator's run of the same config, seed and policy,
-    with the per-exit and p95 latency errors against the issue's targets.
+    """Markdown: the live runs of each policy (pooled) beside the simulator's runs of the same
+    seeds and policy on the calibrated cluster, with the per-exit and p95 latency errors against
+    the issue's targets.
 
+    :param runs: live runs; several runs of one policy (chunks of an interleaved protocol, each
+        with its own seed) make one row.
     :param calibration: the calibration run; its policy is timed offline next to each run's, so
         the simulator charges each policy its own decision time
         (:func:`~distree_env.runtime.calibration.carried_decision_ms`).
+    :param profile: the fitted cluster overrides the simulator runs with
+        (:func:`simulated_config`).
     :param measured: policy spec -> decision time measured in a separate live run of that
         policy (:func:`measured_decision_ms`); charged instead of the offline estimate.
-    :param calibration_busy_ms: :func:`first_stage_busy_ms` of the calibration runs; each run's
-        own is printed beside it, since a machine slower during a run than during calibration
-        (other jobs, a shared host) shows up as longer queues the simulator cannot know of.
+    :param calibration_busy_ms: :func:`first_stage_busy_ms` of the calibration runs; each
+        policy's own is printed beside it, since a machine slower during a run than during
+        calibration (other jobs, a shared host) shows up as longer queues the simulator cannot
+        know of.
     """
     measured = measured or {}
     from distree_env.runtime.calibration import carried_decision_ms
@@ -348,20 +406,22 @@ def comparison_table(
     cal_spec = calibration.meta["args"]["policy"]
     cal_trust = bool(calibration.meta["args"].get("trust", False))
     cal = predict_ms(calibration, base_config(calibration), cal_spec, cal_trust)
+    by_policy: dict[str, list[Any]] = {}
     for run in runs:
-        config = base_config(run)
-        trace = resolve_trace(config.trace)
-        spec = run.meta["args"]["policy"]
-        live = live_metrics(run, trace.num_exits)
-        trust = bool(run.meta["args"].get("trust", False))
+        by_policy.setdefault(run.meta["args"]["policy"], []).append(run)
+    for spec, group in by_policy.items():
+        configs = [simulated_config(run, profile) for run in group]
+        trace = resolve_trace(configs[0].trace)
+        live = live_metrics(group, trace.num_exits)
+        trust = bool(group[0].meta["args"].get("trust", False))
         if spec in measured:
             decision, charged = measured[spec], "measured in its own calibration run"
         else:  # timing the policy offline simulates a whole run: only when needed
-            own = predict_ms(run, config, spec, trust)
-            decision = carried_decision_ms(config.cluster.decision_ms, cal, own)
+            own = predict_ms(group[0], configs[0], spec, trust)
+            decision = carried_decision_ms(configs[0].cluster.decision_ms, cal, own)
             charged = f"{own:.3f} ms predict offline against {cal:.3f} ms for {cal_spec}"
-        sim = simulate(run, config, spec, trust, decision)
-        same, trace_acc = trace_agreement(run, trace)
+        sim = simulate(group, configs, spec, trust, decision)
+        same, trace_acc = trace_agreement(group, trace)
         for source, m in (("live", live), ("simulated", sim)):
             lines.append(
                 f"| {spec} | {source} | {m['requests']} | {m['accuracy']:.4f} | "
@@ -372,14 +432,15 @@ def comparison_table(
             per_exit = np.nanmax(np.abs(sim["exit_latency_ms"] / live["exit_latency_ms"] - 1))
         p95 = abs(sim["latency_p95_ms"] / live["latency_p95_ms"] - 1)
         notes.append(
-            f"- {spec}: per-exit mean latency error at most {100 * per_exit:.1f}% (target 10%), "
-            f"p95 error {100 * p95:.1f}% (target 15%); live predictions equal the trace's at "
-            f"the same exit for {100 * same:.2f}% of requests (trace accuracy at the live exits "
-            f"{trace_acc:.4f}, live {live['accuracy']:.4f}); decision time "
-            f"{live['decision_ms']:.2f} ms live, {decision:.2f} ms simulated ({charged})"
+            f"- {spec} ({len(group)} run{'s' if len(group) > 1 else ''}): per-exit mean latency "
+            f"error at most {100 * per_exit:.1f}% (target 10%), p95 error {100 * p95:.1f}% "
+            f"(target 15%); live predictions equal the trace's at the same exit for "
+            f"{100 * same:.2f}% of requests (trace accuracy at the live exits {trace_acc:.4f}, "
+            f"live {live['accuracy']:.4f}); decision time {live['decision_ms']:.2f} ms live, "
+            f"{decision:.2f} ms simulated ({charged})"
         )
         if calibration_busy_ms is not None:
-            busy = first_stage_busy_ms([run])
+            busy = first_stage_busy_ms(group)
             notes[-1] += (
                 f"; device compute of stage 0 {busy:.2f} ms, against {calibration_busy_ms:.2f} ms "
                 f"in the calibration runs ({100 * (busy / calibration_busy_ms - 1):+.0f}%)"
@@ -413,15 +474,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = base_config(runs[0])
     trace = resolve_trace(config.trace)
     samples = stage_samples(runs)
-    from distree_env.cluster.latency import link_rates
+    from distree_env.cluster.latency import LatencyModel, link_rates
 
     prior_bw, _ = link_rates(config.cluster, trace.num_devices, config.trace)
+    exit_device = LatencyModel.from_config(config, trace).exit_device
     fit = fit_cluster(
         samples,
         trace.stage_flops.astype(np.float64),
         *link_traffic(trace, config.cluster.decision_bytes),
         prior_bw,
         lambda ov, k, c, b: model_for(config, trace, ov, overhead=False)(k, c, b),
+        trace.exit_flops.astype(np.float64),
+        exit_device,
     )
     gaps = handover_gaps(runs)
     fit = dataclasses.replace(fit, **fit_handover(gaps))
@@ -440,6 +504,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + "; per-stage device intercepts (ms): "
         + ", ".join(f"{v:.3f}" for v in fit.device_intercept_ms)
     )  # fmt: skip
+    head = exit_head_line(samples, trace, fit, exit_device)
+    print(head)
     before = model_for(config, trace, None)
     after = model_for(config, trace, profile)
     errors = error_table(runs, trace, before, after)
@@ -449,15 +515,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.evaluate:
         evaluated = [load_run(p) for p in args.evaluate]
         measured = measured_decision_ms([load_run(p) for p in args.decision_runs])
-        table = comparison_table(evaluated, runs[0], measured, first_stage_busy_ms(runs))
-        print("\nSimulator vs live (same config, seed, policy and images):\n")
+        table = comparison_table(evaluated, runs[0], profile, measured, first_stage_busy_ms(runs))
+        print("\nSimulator vs live (each policy's runs pooled; same seeds, policy and images):\n")
         print(table)
         block = (
-            f"Cluster profile `{args.name}` fitted to {', '.join(args.records)}: "
+            f"Cluster profile `{args.name}` fitted to {_runs_of(runs)}: "
             f"`{json.dumps(profile['cluster'])}`\n\n"
+            f"The calibration runs' {head[0].lower() + head[1:]}\n\n"
             "Per-exit latency of the calibration requests, live vs the simulator's model at the "
             f"same imposed levels:\n\n{errors}\n\n"
-            "Live runs vs the simulator (same config, seed, policy and images; "
+            "Live runs vs the simulator on the fitted cluster (each policy's runs pooled; the "
+            "simulator replays each run's seed, arrivals, policy and images; "
             f"{_pooling(profile)}):\n\n"
             f"{table}\n"
         )

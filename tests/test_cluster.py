@@ -87,6 +87,24 @@ def test_the_controllers_decision_time_is_paid_on_every_stage():
     assert np.allclose(LatencyModel.from_config(slow, trace).full_speed_ms(), plain + 0.75)
 
 
+def test_an_exit_heads_fixed_time_stretches_with_its_devices_share():
+    from distree_env.config import EnvConfig
+    from distree_env.traces import resolve_trace
+
+    cfg = EnvConfig.scenario("isolated", trace="synthetic")
+    trace = resolve_trace(cfg.trace)
+    d = trace.num_devices
+    k = np.arange(trace.num_exits)
+    plain = LatencyModel.from_config(cfg, trace)
+    headed = LatencyModel.from_config(cfg.replace({"cluster.exit_overhead_ms": 0.4}), trace)
+    full, ones = np.ones((k.size, d)), np.ones((k.size, d))
+    assert np.allclose(headed.stage_ms(k, full, ones), plain.stage_ms(k, full, ones) + 0.4)
+    quarter = full.copy()
+    quarter[:, 0] = 0.25  # the exit head's device (parallel) at a quarter of its speed
+    extra = headed.stage_ms(k, quarter, ones) - plain.stage_ms(k, quarter, ones)
+    assert np.allclose(extra, 0.4 / 0.25)
+
+
 def test_pipeline_is_sequential_over_the_receiving_link():
     model = LatencyModel(
         "pipeline",

@@ -120,6 +120,7 @@ BAD = [
     ({"cluster": {"links": [0.0]}}, r"cluster.links\[0\]"),
     ({"cluster": {"link_latency_ms": -1}}, "cluster.link_latency_ms"),
     ({"cluster": {"stage_overhead_ms": -1}}, "cluster.stage_overhead_ms"),
+    ({"cluster": {"exit_overhead_ms": -0.5}}, "cluster.exit_overhead_ms"),
     ({"cluster": {"decision_ms": float("nan")}}, "cluster.decision_ms"),
     ({"cluster": {"handover_ms": -0.1}}, "cluster.handover_ms"),
     ({"cluster": {"stall_probability": 1.5}}, "cluster.stall_probability"),

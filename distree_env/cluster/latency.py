@@ -1,20 +1,20 @@
 """Stage latency: milliseconds of one stage of a request from FLOPs, bytes and resource levels.
 
 Why one formula for both topologies: the live runtime's calibration fits the same parameters
-(device FLOP/s, link bytes/s, per-message link latency, fixed per-stage overhead) whatever the
-layout. Stage k of a request takes
+(device FLOP/s, link bytes/s, per-message link latency, an exit head's fixed time, fixed
+per-stage overhead) whatever the layout. Stage k of a request takes
 
     stage_ms[k] = max_d ( flops[k,d] / rate_d + bytes[k,d] / bw_d + messages[k,d] * latency_d )
-                  + exit_flops[k] / rate_{exit device of k} + stage_overhead
+                  + (exit_flops[k] / peak_e + exit_overhead) / share_e + stage_overhead
 
-with rate_d = device d's FLOP/s x its compute share and bw_d = link d's bytes/s x its bandwidth
-share. ``parallel`` (DistrEE): every device runs stage k of its branch; stage 0 first receives the
-input over each device's link, later stages first receive the aggregator's continue decision
-(``cluster.decision_bytes``; 0 = none, the first version's model); each device then sends its
-pooled features back; the exit head runs on the aggregator (device 0). ``pipeline`` (MDI-Exit):
-stage k runs on device k only, after its input (stage 0: the request's input; stage k: the
-feature map of stage k-1) arrives over link k, the receiving device's link; exit head k runs on
-device k.
+with peak_d device d's FLOP/s, share_d its compute share, rate_d = peak_d x share_d, e the exit
+device of stage k, and bw_d = link d's bytes/s x its bandwidth share. ``parallel`` (DistrEE):
+every device runs stage k of its branch; stage 0 first receives the input over each device's
+link, later stages first receive the aggregator's continue decision (``cluster.decision_bytes``;
+0 = none, the first version's model); each device then sends its pooled features back; the exit
+head runs on the aggregator (device 0). ``pipeline`` (MDI-Exit): stage k runs on device k only,
+after its input (stage 0: the request's input; stage k: the feature map of stage k-1) arrives
+over link k, the receiving device's link; exit head k runs on device k.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ class LatencyModel:
     """Stage latencies of one network layout on one cluster (all tables in ms at full availability).
 
     ``compute_ms[k, d]``, ``transfer_ms[k, d]`` (divided by the shares at run time),
-    ``fixed_ms[k, d]`` (message latencies), ``exit_ms[k]`` on ``exit_device[k]``,
+    ``fixed_ms[k, d]`` (message latencies), ``exit_ms[k]`` on ``exit_device[k]`` (its FLOPs
+    and ``cluster.exit_overhead_ms``),
     ``overhead_ms`` per stage (the cluster's stage overhead plus the controller's decision time).
     """
 
@@ -82,6 +83,7 @@ class LatencyModel:
         link_latency_s: np.ndarray,
         stage_overhead_ms: float = 0.0,
         decision_bytes: float = 0.0,
+        exit_overhead_ms: float = 0.0,
     ) -> None:
         k, d = stage_flops.shape
         self.topology, self.num_stages, self.num_devices = topology, k, d
@@ -108,7 +110,8 @@ class LatencyModel:
             messages = (incoming > 0).astype(np.float64)
         self.transfer_ms = (incoming + outgoing) / bw[None, :] * 1e3
         self.fixed_ms = messages * lat_ms[None, :]
-        self.exit_ms = np.asarray(exit_flops, dtype=np.float64) / rate[self.exit_device] * 1e3
+        head_flops_ms = np.asarray(exit_flops, dtype=np.float64) / rate[self.exit_device] * 1e3
+        self.exit_ms = head_flops_ms + float(exit_overhead_ms)
         self.overhead_ms = float(stage_overhead_ms)
 
     @classmethod
@@ -127,6 +130,7 @@ class LatencyModel:
             lat,
             config.cluster.stage_overhead_ms + config.cluster.decision_ms,
             config.cluster.decision_bytes,
+            config.cluster.exit_overhead_ms,
         )
 
     def stage_ms(self, k: np.ndarray, compute: np.ndarray, bandwidth: np.ndarray) -> np.ndarray:

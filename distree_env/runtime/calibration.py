@@ -2,9 +2,9 @@
 
 Why these parameters: they are exactly the knobs of the environment's latency model
 (``distree_env.cluster.latency``): each device's effective FLOP/s, each link's bytes/s, the
-per-message link latency and a fixed per-stage overhead. A fitted set is written as config
-overrides (``{"cluster": {...}}``), so ``EnvConfig.replace(profile)`` or ``run_live --config``
-load it directly.
+per-message link latency, an exit head's fixed time and a fixed per-stage overhead. A fitted set
+is written as config overrides (``{"cluster": {...}}``), so ``EnvConfig.replace(profile)`` or
+``run_live --config`` load it directly.
 
 The fit, from the per-stage measurements of every request:
 - device ``d``: ``rate_d = sum(flops) / sum(busy_ms)`` over its measured stages (``busy`` is the
@@ -16,6 +16,12 @@ The fit, from the per-stage measurements of every request:
 - link ``d``: ``transfer_ms = bytes(k, d) / (bw_d x share) + messages(k, d) x latency_d`` by
   least squares without intercept over the medians of each (stage, share) group (a message is
   one that carries bytes, as in the model);
+- the exit head's fixed time: the mean of the measured exit head time scaled to full speed
+  (``exit_ms x share`` of its device: the runtime stalls it like a device stage) less its
+  FLOPs' time. Why: a head of a small network costs about 0.4 ms of framework time on this
+  project's machine and almost nothing in FLOPs; left in the fixed overhead, it would not
+  stretch when availability drops, and the simulator would under-price exactly the slow
+  periods in which queues build;
 - the stage overhead: the mean of what the model with these rates leaves unexplained in
   ``stage_ms`` (receive wake-ups, fusion, Python), at the levels that were imposed;
 - the decision time: the mean measured ``decision_ms`` (observation and policy). It is kept apart
@@ -33,7 +39,7 @@ The fit, from the per-stage measurements of every request:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 
 import numpy as np
@@ -67,11 +73,12 @@ class StageSamples:
     compute: np.ndarray  # [n, D] imposed shares
     bandwidth: np.ndarray  # [n, D]
     decision_ms: np.ndarray  # [n] observation + policy
+    exit_ms: np.ndarray  # [n] exit head, on its device's share of compute
 
 
 def stage_samples(runs: Sequence[RunRecord]) -> StageSamples:
     """Flatten the stages of the served requests of ``runs``; ValueError if there are none."""
-    k, busy, transfer, stage, comp, bw, decision = [], [], [], [], [], [], []
+    k, busy, transfer, stage, comp, bw, decision, head = [], [], [], [], [], [], [], []
     for run in runs:
         for rec in run.requests:
             if rec.dropped or rec.exit < 0:
@@ -82,13 +89,14 @@ def stage_samples(runs: Sequence[RunRecord]) -> StageSamples:
                 transfer.append(rec.transfer_ms[j])
                 stage.append(rec.stage_ms[j])
                 decision.append(rec.decision_ms[j])
+                head.append(rec.exit_ms[j])
                 comp.append(rec.compute_level[j])
                 bw.append(rec.bandwidth_level[j])
     if not k:
         raise ValueError("the run records hold no served request to calibrate on")
     return StageSamples(
         np.asarray(k), np.asarray(busy), np.asarray(transfer), np.asarray(stage),
-        np.asarray(comp), np.asarray(bw), np.asarray(decision),
+        np.asarray(comp), np.asarray(bw), np.asarray(decision), np.asarray(head),
     )  # fmt: skip
 
 
@@ -103,6 +111,7 @@ class ClusterFit:
     stage_overhead_ms: float
     device_r2: np.ndarray  # [D]
     decision_ms: float = 0.0
+    exit_overhead_ms: float = 0.0
     handover_ms: float = 0.0
     stall_probability: float = 0.0
     stall_mean_ms: float = 0.0
@@ -115,6 +124,7 @@ class ClusterFit:
                 "links": [float(f"{v:.6g}") for v in self.link_bytes_per_s],
                 "link_latency_ms": round(float(self.link_latency_ms), 4),
                 "stage_overhead_ms": round(float(self.stage_overhead_ms), 4),
+                "exit_overhead_ms": round(float(self.exit_overhead_ms), 4),
                 "decision_ms": round(float(self.decision_ms), 4),
                 "handover_ms": round(float(self.handover_ms), 4),
                 "stall_probability": round(float(self.stall_probability), 5),
@@ -152,6 +162,8 @@ def fit_cluster(
     stage_messages: np.ndarray,
     prior_link_bytes_per_s: np.ndarray,
     model_stage_ms,
+    exit_flops: np.ndarray,
+    exit_device: np.ndarray,
 ) -> ClusterFit:
     """Fit devices, links, latency and the stage overhead (see the module docstring).
 
@@ -163,6 +175,8 @@ def fit_cluster(
         sizes do not vary enough to fit a slope (then only the latency is fitted).
     :param model_stage_ms: ``f(overrides, k, compute, bandwidth) -> [n] ms``: the simulator's
         stage latency for config overrides, without the stage overhead.
+    :param exit_flops: ``[K]`` FLOPs of each exit head.
+    :param exit_device: ``[K]`` the device whose compute share exit head k runs on.
     """
     d_count = samples.busy_ms.shape[1]
     flops = np.empty(d_count)
@@ -193,11 +207,15 @@ def fit_cluster(
         else:  # sizes do not vary (or noise swamps them): keep the rate, fit the latency
             per_message = float(np.sum((y - x / bw[d] * 1e3) * m) / max(np.sum(m * m), 1e-12))
         latency[d] = max(float(per_message), 0.0)
-    fit = ClusterFit(flops, intercept, bw, float(latency.mean()), 0.0, r2)
+    e = np.asarray(exit_device)[samples.k]
+    full_speed = samples.exit_ms * samples.compute[np.arange(e.size), e]
+    flops_ms = np.asarray(exit_flops)[samples.k] / flops[e] * 1e3
+    head = max(float(np.mean(full_speed - flops_ms)), 0.0)
+    fit = ClusterFit(flops, intercept, bw, float(latency.mean()), 0.0, r2, exit_overhead_ms=head)
     model = model_stage_ms(fit.overrides(), samples.k, samples.compute, samples.bandwidth)
     overhead = max(float(np.mean(samples.stage_ms - model)), 0.0)
     decision = float(np.mean(samples.decision_ms))
-    return ClusterFit(flops, intercept, bw, fit.link_latency_ms, overhead, r2, decision)
+    return replace(fit, stage_overhead_ms=overhead, decision_ms=decision)
 
 
 def handover_gaps(runs: Sequence[RunRecord]) -> np.ndarray:

@@ -21,6 +21,8 @@ from distree_env.runtime.records import RequestRecord, RunRecord, load_run, writ
 FLOPS = np.array([[2e6, 2e6], [4e6, 4e6], [1e6, 1e6]])  # [K, D]
 BYTES = np.array([[3072 + 128.0, 3072 + 128], [256.0, 256], [512.0, 512]])
 MESSAGES = np.array([[2.0, 2], [1, 1], [1, 1]])  # no decision message after stage 0
+EXIT_FLOPS = np.array([2e5, 2e5, 4e5])  # [K], run on device 0's share (parallel)
+EXIT_DEVICE = np.zeros(3, dtype=np.int64)
 
 
 def _model(overrides, k, compute, bandwidth):
@@ -29,25 +31,29 @@ def _model(overrides, k, compute, bandwidth):
     bw = np.array(cl["links"]) / 1e3  # B/ms
     latency = MESSAGES[k] * cl["link_latency_ms"]
     per = FLOPS[k] / rate / compute + BYTES[k] / bw / bandwidth + latency
-    return per.max(axis=1)
+    head = (EXIT_FLOPS[k] / rate[0] + cl["exit_overhead_ms"]) / compute[:, 0]
+    return per.max(axis=1) + head
 
 
 def _samples(rng, n=300) -> StageSamples:
     true_rate = np.array([2e9, 1e9]) / 1e3
-    true_bw, lat, overhead = np.array([5e6, 2e6]) / 1e3, 1.5, 0.7
+    true_bw, lat, overhead, head_fixed = np.array([5e6, 2e6]) / 1e3, 1.5, 0.7, 0.4
     k = rng.integers(0, 3, n)
     comp = rng.choice([1.0, 0.5, 0.2], size=(n, 2))
     bw = rng.choice([1.0, 0.4, 0.1], size=(n, 2))
     busy = FLOPS[k] / true_rate + 0.05 + rng.normal(0, 0.01, (n, 2))
     transfer = BYTES[k] / true_bw / bw + MESSAGES[k] * lat + rng.normal(0, 0.01, (n, 2))
-    stage = (busy / comp + transfer).max(axis=1) + overhead
+    # the exit head: its FLOPs plus a fixed framework time, stalled by device 0's share
+    head = (EXIT_FLOPS[k] / true_rate[0] + head_fixed) / comp[:, 0] + rng.normal(0, 0.01, n)
+    stage = (busy / comp + transfer).max(axis=1) + head + overhead
     decision = 0.2 + rng.exponential(0.05, n)
-    return StageSamples(k, busy, transfer, stage, comp, bw, decision)
+    return StageSamples(k, busy, transfer, stage, comp, bw, decision, head)
 
 
 def test_fit_recovers_rates_bandwidth_latency_overhead_and_decision_time():
     s = _samples(np.random.default_rng(0))
-    fit = fit_cluster(s, FLOPS, BYTES, MESSAGES, np.array([1e6, 1e6]), _model)
+    fit = fit_cluster(s, FLOPS, BYTES, MESSAGES, np.array([1e6, 1e6]), _model, EXIT_FLOPS,
+                      EXIT_DEVICE)  # fmt: skip
     # the rate reproduces the total busy time (the 0.05 ms per stage included) ...
     total = [FLOPS[s.k, d].sum() / s.busy_ms[:, d].sum() * 1e3 for d in range(2)]
     assert fit.device_flops == pytest.approx(total)
@@ -56,12 +62,14 @@ def test_fit_recovers_rates_bandwidth_latency_overhead_and_decision_time():
     assert fit.device_intercept_ms == pytest.approx([0.05, 0.05], abs=0.01)
     assert fit.link_bytes_per_s == pytest.approx([5e6, 2e6], rel=0.02)
     assert fit.link_latency_ms == pytest.approx(1.5, abs=0.02)
+    # the head's fixed time stretches with device 0's share; the rest of the stage does not
+    assert fit.exit_overhead_ms == pytest.approx(0.4, abs=0.03)
     assert fit.stage_overhead_ms == pytest.approx(0.7, abs=0.1)  # the decision kept apart
     assert fit.decision_ms == pytest.approx(0.25, abs=0.02)
     cl = fit.overrides()["cluster"]
     assert set(cl) == {
-        "devices", "links", "link_latency_ms", "stage_overhead_ms", "decision_ms",
-        "handover_ms", "stall_probability", "stall_mean_ms",
+        "devices", "links", "link_latency_ms", "stage_overhead_ms", "exit_overhead_ms",
+        "decision_ms", "handover_ms", "stall_probability", "stall_mean_ms",
     }  # fmt: skip
 
 
@@ -75,17 +83,20 @@ def test_another_policy_is_charged_its_own_inference():
 def test_fit_refuses_stages_without_measured_work():
     s = _samples(np.random.default_rng(1))
     bad = StageSamples(s.k, np.zeros_like(s.busy_ms), s.transfer_ms, s.stage_ms, s.compute,
-                       s.bandwidth, s.decision_ms)  # fmt: skip
+                       s.bandwidth, s.decision_ms, s.exit_ms)  # fmt: skip
     with pytest.raises(ValueError, match="device 0"):
-        fit_cluster(bad, FLOPS, BYTES, MESSAGES, np.array([1e6, 1e6]), _model)
+        fit_cluster(
+            bad, FLOPS, BYTES, MESSAGES, np.array([1e6, 1e6]), _model, EXIT_FLOPS, EXIT_DEVICE
+        )
 
 
 def test_fit_keeps_the_prior_bandwidth_when_sizes_do_not_vary():
     s = _samples(np.random.default_rng(2))
     full = StageSamples(s.k, s.busy_ms, s.transfer_ms, s.stage_ms, s.compute,
-                        np.ones_like(s.bandwidth), s.decision_ms)  # fmt: skip
+                        np.ones_like(s.bandwidth), s.decision_ms, s.exit_ms)  # fmt: skip
     same = np.full_like(BYTES, 1000.0)
-    fit = fit_cluster(full, FLOPS, same, MESSAGES, np.array([7e6, 7e6]), _model)
+    fit = fit_cluster(full, FLOPS, same, MESSAGES, np.array([7e6, 7e6]), _model, EXIT_FLOPS,
+                      EXIT_DEVICE)  # fmt: skip
     assert fit.link_bytes_per_s == pytest.approx([7e6, 7e6])
 
 
@@ -154,11 +165,40 @@ def test_simulated_prediction_pools_stall_realisations():
     served = [RequestRecord(index=i, sample=i, label=0, arrival_ms=0.0) for i in range(60)]
     run = RunRecord(meta={"args": {"seed": 4}}, requests=served)
     base = EnvConfig.scenario("bursty-stream", trace="synthetic")
-    plain = simulate(run, base, "last-exit", False)
+    plain = simulate([run], [base], "last-exit", False)
     stalls = base.replace({"cluster": {"stall_probability": 0.3, "stall_mean_ms": 20.0}})
-    pooled = simulate(run, stalls, "last-exit", False)
+    pooled = simulate([run], [stalls], "last-exit", False)
     assert plain["requests"] == pooled["requests"] == 60 and STALL_REALISATIONS > 1
     assert pooled["latency_mean_ms"] > plain["latency_mean_ms"]
     # a slower controller answers later (it pays on every stage)
-    slow = simulate(run, base, "last-exit", False, decision_ms=5.0)
+    slow = simulate([run], [base], "last-exit", False, decision_ms=5.0)
     assert slow["latency_mean_ms"] > plain["latency_mean_ms"] + 5.0
+    # runs of one policy pool: two chunks of 60 make one row of 120
+    other = RunRecord(meta={"args": {"seed": 5}}, requests=served)
+    both = simulate([run, other], [base, base], "last-exit", False)
+    alone = simulate([other], [base], "last-exit", False)
+    assert both["requests"] == 120
+    assert both["latency_mean_ms"] == pytest.approx(
+        (plain["latency_mean_ms"] + alone["latency_mean_ms"]) / 2
+    )
+
+
+def test_the_simulated_config_replays_the_live_runs_arrivals_on_the_fitted_cluster():
+    """After calibration the simulator runs the fitted cluster; a rate given as a utilisation
+    would follow its service time, so the live run's rate is pinned: same arrival times."""
+    from distree_env.config import EnvConfig
+    from distree_env.runtime.schedule import live_scenario
+    from experiments.calibrate_cluster import simulated_config
+
+    live = EnvConfig.scenario("steady-stream", trace="synthetic")
+    run = RunRecord(meta={"config": live.to_dict(), "args": {"seed": 3}})
+    profile = {"cluster": {"device_profile": "jetson-nano", "stage_overhead_ms": 3.0}}
+    sim = simulated_config(run, profile)
+    assert sim.cluster.stage_overhead_ms == 3.0 and sim.arrivals.utilisation is None
+    assert np.array_equal(
+        live_scenario(sim, 3, 200).arrivals_ms, live_scenario(live, 3, 200).arrivals_ms
+    )
+    unpinned = live.replace(profile)  # the same profile with the utilisation kept: other times
+    assert not np.array_equal(
+        live_scenario(unpinned, 3, 200).arrivals_ms, live_scenario(live, 3, 200).arrivals_ms
+    )
