@@ -165,7 +165,7 @@ def fit_cluster(
     exit_flops: np.ndarray,
     exit_device: np.ndarray,
 ) -> ClusterFit:
-    """Fit devices, links, latency and the stage overhead (see the module docstring).
+    """Fit devices, links, latency, the exit head and the stage overhead (see the module docstring).
 
     :param samples: the measured stages.
     :param stage_flops: ``[K, D]`` FLOPs of each stage on each device (the trace's cost table).
