@@ -158,10 +158,10 @@ def error_table(runs: list, trace: Any, before, after) -> str:
 def exit_head_line(samples: Any, trace: Any, fit: Any, exit_device: np.ndarray) -> str:
     """One line: the measured exit head time by its device's compute share beside the fitted
     model's, which stretches the head's FLOPs and fixed time by the share as the runtime does."""
-    rate = fit.device_flops
-    dev = exit_device[samples.k]
-    share = samples.compute[np.arange(dev.size), dev]
-    model = (trace.exit_flops[samples.k] / rate[dev] * 1e3 + fit.exit_overhead_ms) / share
+    from distree_env.runtime.calibration import exit_head_shares
+
+    share, flops_ms = exit_head_shares(samples, trace.exit_flops, exit_device, fit.device_flops)
+    model = (flops_ms + fit.exit_overhead_ms) / share
     parts = []
     for lo, hi in ((0.75, 1.0), (0.35, 0.75), (0.0, 0.35)):
         sel = (share > lo) & (share <= hi)

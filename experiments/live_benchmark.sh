@@ -10,7 +10,7 @@
 # calibration chunks. Why: this shared machine's speed drifts by 10-20% from one minute to the
 # next, and where requests queue that moves the waits by tens of percent; calibrating and
 # evaluating in alternation puts the same drift on both sides.
-# Run it on a quiet machine: every live figure depends on the load. About 15 minutes on 2 cores.
+# Run it on a quiet machine: every live figure depends on the load. About 13 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1

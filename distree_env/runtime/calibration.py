@@ -51,6 +51,7 @@ __all__ = [
     "ClusterFit",
     "StageSamples",
     "carried_decision_ms",
+    "exit_head_shares",
     "fit_cluster",
     "fit_handover",
     "handover_gaps",
@@ -207,15 +208,23 @@ def fit_cluster(
         else:  # sizes do not vary (or noise swamps them): keep the rate, fit the latency
             per_message = float(np.sum((y - x / bw[d] * 1e3) * m) / max(np.sum(m * m), 1e-12))
         latency[d] = max(float(per_message), 0.0)
-    e = np.asarray(exit_device)[samples.k]
-    full_speed = samples.exit_ms * samples.compute[np.arange(e.size), e]
-    flops_ms = np.asarray(exit_flops)[samples.k] / flops[e] * 1e3
-    head = max(float(np.mean(full_speed - flops_ms)), 0.0)
+    share, flops_ms = exit_head_shares(samples, exit_flops, exit_device, flops)
+    head = max(float(np.mean(samples.exit_ms * share - flops_ms)), 0.0)
     fit = ClusterFit(flops, intercept, bw, float(latency.mean()), 0.0, r2, exit_overhead_ms=head)
     model = model_stage_ms(fit.overrides(), samples.k, samples.compute, samples.bandwidth)
     overhead = max(float(np.mean(samples.stage_ms - model)), 0.0)
     decision = float(np.mean(samples.decision_ms))
     return replace(fit, stage_overhead_ms=overhead, decision_ms=decision)
+
+
+def exit_head_shares(
+    samples: StageSamples, exit_flops: np.ndarray, exit_device: np.ndarray, device_flops: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per measured stage ``[n]``: the compute share its exit head ran on, and the head's FLOP
+    time at full speed (ms) on that device (the fit and the report of the head both need them)."""
+    e = np.asarray(exit_device)[samples.k]
+    share = samples.compute[np.arange(e.size), e]
+    return share, np.asarray(exit_flops)[samples.k] / np.asarray(device_flops)[e] * 1e3
 
 
 def handover_gaps(runs: Sequence[RunRecord]) -> np.ndarray:
