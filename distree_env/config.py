@@ -247,6 +247,17 @@ def _wifi5_bandwidth() -> ProcessConfig:
     )
 
 
+def _check_cold_start(extra_ms: Any, tau_ms: Any) -> None:
+    """``cluster.cold_start_ms`` (per stage, ms) and ``cluster.cold_start_tau_ms``."""
+    if not isinstance(extra_ms, tuple) or len(extra_ms) > 64:
+        raise _bad("cold_start_ms", extra_ms, "a list of at most 64 numbers")
+    for i, extra in enumerate(extra_ms):
+        _number(f"cold_start_ms[{i}]", extra, low=0.0, high=1e4,
+                why="a stage's extra time between 0 and 10 s")  # fmt: skip
+    _number("cold_start_tau_ms", tau_ms, low=0.1, high=6e5,
+            why="how fast idle devices cool, 0.1 ms to 10 minutes")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """Devices, links, how their availability evolves, and what the policy can measure.
@@ -273,6 +284,13 @@ class ClusterConfig:
     (they have a random stream of their own, so arrivals and resource paths stay those of the
     env's seed, as in a live run driven by the same seed). ``decision_bytes``: the continue
     decision the aggregator sends back to every device (parallel topology; 0 = none).
+    ``cold_start_ms``: per exit stage, the extra time (ms at full speed, devices and exit head
+    together) a request's stage takes when the cluster was idle for long before the request
+    started; after ``idle`` ms of idling it is ``cold_start_ms[k] x (1 - exp(-idle /
+    cold_start_tau_ms))``, stretched by the exit device's compute share. Empty (the default):
+    none. Why: a core that idled computes its next stage more slowly (caches, clock), measured
+    live as 50-65% on the first stage after 40 ms; a light load meets cold devices, a queue warm ones
+    (``experiments.calibrate_cluster`` fits both fields from live records).
     ``clock``: ``time`` (processes run in wall-clock time on a ``tick_ms`` grid) or ``request``
     (levels drawn once per request, the first version). ``measurement_period_ms``: the policy sees
     the levels measured at the last multiple of this period (0: the present tick).
@@ -290,6 +308,8 @@ class ClusterConfig:
     stall_probability: float = 0.0
     stall_mean_ms: float = 0.0
     stall_seed: int = 0
+    cold_start_ms: tuple[float, ...] = ()
+    cold_start_tau_ms: float = 40.0
     decision_bytes: float = 64.0
     clock: str = "time"
     tick_ms: float = 10.0
@@ -330,6 +350,7 @@ class ClusterConfig:
                     why="a pause between 0 and 10 s")  # fmt: skip
         _number("stall_probability", self.stall_probability, low=0.0, high=1.0)
         _integer("stall_seed", self.stall_seed, 0, 2**32 - 1, "2**32 - 1")
+        _check_cold_start(self.cold_start_ms, self.cold_start_tau_ms)
         _number("decision_bytes", self.decision_bytes, low=0.0, high=1e6,
                 why="a small control message, at most 1 MB")  # fmt: skip
         _choice("clock", self.clock, CLOCKS)

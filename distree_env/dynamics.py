@@ -341,6 +341,14 @@ class Dynamics:
             cl.stall_mean_ms,
         )
         self._inv_tick = 1.0 / cl.tick_ms
+        lat = tb.latency
+        #: Cold starts (``cluster.cold_start_ms``): whether there are any, the extra ms of each
+        #: stage, the column of its exit device's compute share in a pool row, and the coldness
+        #: in [0, 1) of each stream's request in service (fixed by the idle time before it).
+        self.cold = bool(lat.cold_ms.any())
+        self.cold_ms, self._cold_col = lat.cold_ms, lat.exit_device
+        self._inv_cold_tau = 1.0 / lat.cold_tau_ms
+        self.coldness = np.zeros(b)
         self._inv_period = 1.0 / cl.measurement_period_ms if cl.measurement_period_ms else 0.0
         self._period_ticks = cl.measurement_period_ms / cl.tick_ms
         self._inv_deadline = 1.0 / self.deadline
@@ -404,7 +412,10 @@ class Dynamics:
         chosen[envs] = True
         self._start_next(rng, chosen)
         pos = self._positions(envs, measured=False)
-        self.t[envs] += self.pool.stage_ms.take(pos * self.K)  # stage 0
+        stage = self.pool.stage_ms.take(pos * self.K)  # stage 0
+        if self.cold:
+            stage = stage + self._cold_ms(pos, 0, envs)
+        self.t[envs] += stage
         self._arrivals(rng, np.zeros(self.num_envs, dtype=np.int64))
 
     def _accumulators(self) -> tuple[np.ndarray, ...]:
@@ -455,7 +466,10 @@ class Dynamics:
         self.k = k_old + (~ex if active is None else ~ex & active)
         if ex.any():
             self._start_next(rng, ex)
-        stage = self.pool.stage_ms.take(self._positions(None, measured=False) * kk + self.k)
+        pos = self._positions(None, measured=False)
+        stage = self.pool.stage_ms.take(pos * kk + self.k)
+        if self.cold:
+            stage = stage + self._cold_ms(pos, self.k)
         if active is not None:
             stage *= active
         self.t += stage
@@ -566,11 +580,23 @@ class Dynamics:
             start = start + self._handover_ms(busy)
         self.arrival = np.where(ex, arrival, self.arrival)
         self.sample = np.where(ex, sample, self.sample)
+        if self.cold:
+            cool = 1.0 - np.exp((t - start) * self._inv_cold_tau)
+            self.coldness = np.where(ex, cool, self.coldness)
         self.service_start = np.where(ex, start, self.service_start)
         self.last_decision = np.where(ex, arrival, self.last_decision)
         self.t = np.where(ex, start, t)
         self.k = np.where(ex, 0, self.k)
         self.request += ex
+
+    def _cold_ms(self, pos: np.ndarray, k: Any, envs: np.ndarray | None = None) -> np.ndarray:
+        """Cold-start time of stage ``k`` (an index or one per stream) of the requests in
+        service in streams ``envs`` (all) at pool rows ``pos``: stretched by the exit device's
+        compute share, as the exit head and the device stages are."""
+        assert self.pool is not None
+        share = self.pool.levels.take(pos * (2 * self.D) + self._cold_col[k])
+        coldness = self.coldness if envs is None else self.coldness[envs]
+        return coldness * self.cold_ms[k] / share
 
     def _handover_ms(self, busy: np.ndarray) -> np.ndarray:
         """Hand-over times ``[n]``: ``handover_ms``, plus, where ``busy`` (the next request was
@@ -711,7 +737,12 @@ class Dynamics:
             self.k[0] = k
         pool = self.pool
         index = self.request.item() if self.request_clock else int(t * self._inv_tick)
-        t += pool.stage_ms.item(((self.offset.item() + index) & pool.mask) * self.K + k)
+        row = (self.offset.item() + index) & pool.mask
+        stage = pool.stage_ms.item(row * self.K + k)
+        if self.cold:
+            share = pool.levels.item(row * 2 * self.D + self._cold_col.item(k))
+            stage += self.coldness.item() * self.cold_ms.item(k) / share
+        t += stage
         self.t[0] = t
         dropped = 0 if self.isolated else self._arrivals_one(rng, t)
         drop = dropped * -self.drop_cost
@@ -792,6 +823,8 @@ class Dynamics:
         start = max(t, arrival)
         if self.handover or self.stall_p:
             start = start + self._handover_ms(np.array([busy])).item()
+        if self.cold:
+            self.coldness[0] = 1.0 - np.exp((t - start) * self._inv_cold_tau)
         self.arrival[0] = arrival
         self.sample[0] = sample
         self.service_start[0] = start
@@ -990,7 +1023,10 @@ class Dynamics:
             pos = paths.positions(
                 self.offset[live], t[live], self.request[live], pool.mask, measured=False
             )
-            t[live] += pool.stage_ms.take(pos * kk + j)
+            stage = pool.stage_ms.take(pos * kk + j)
+            if self.cold:
+                stage = stage + self._cold_ms(pos, j, live)
+            t[live] += stage
             lat[live, j] = t[live] - self.arrival[live]
         return lat, self.tables.correct.take(self.sample[:, None] * kk + np.arange(kk))
 

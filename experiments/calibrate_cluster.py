@@ -26,6 +26,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,10 @@ class Args:
     decision_runs: tuple[str, ...] = field(
         default=(),
         metadata={"help": "live runs whose measured decision time is charged to their policy"},
+    )
+    cold_start: bool = field(
+        default=True,
+        metadata={"help": "fit the cold start (stages slower after the devices idled)"},
     )
     table: str | None = field(default=None, metadata={"help": "write the Markdown table here"})
     readme: bool = field(
@@ -102,30 +107,45 @@ def link_traffic(trace: Any, decision_bytes: float) -> tuple[np.ndarray, np.ndar
 
 
 def model_for(config: Any, trace: Any, overrides: dict | None, overhead: bool = True):
-    """``f(k, compute, bandwidth) -> ms`` of the simulator's latency model for ``config`` with
-    ``overrides`` (the stage overhead and decision time left out when ``overhead`` is False)."""
+    """``f(k, compute, bandwidth, idle_ms=0) -> ms`` of the simulator's latency model for
+    ``config`` with ``overrides`` (the stage overhead and decision time left out when
+    ``overhead`` is False), with the cold start of a request that the devices idled ``idle_ms``
+    before, as the environment adds it."""
     from distree_env.cluster.latency import LatencyModel
 
     cfg = config.replace(overrides or {})
     if not overhead:
         cfg = cfg.replace({"cluster.stage_overhead_ms": 0.0, "cluster.decision_ms": 0.0})
     model = LatencyModel.from_config(cfg, trace)
-    return lambda k, c, b: model.stage_ms(np.asarray(k), np.asarray(c), np.asarray(b))
+
+    def stage_ms(k: Any, c: Any, b: Any, idle_ms: float = 0.0) -> np.ndarray:
+        k, c = np.asarray(k), np.asarray(c)
+        cold = 1.0 - np.exp(-max(idle_ms, 0.0) / model.cold_tau_ms)
+        share = c[np.arange(k.size), model.exit_device[k]]
+        return model.stage_ms(k, c, np.asarray(b)) + model.cold_ms[k] * cold / share
+
+    return stage_ms
 
 
-def replayed_latency(run: Any, stage_model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per served request of ``run``: exit, live latency, and the model's latency for the same
-    stages at the same imposed levels plus the measured queue wait."""
-    exits, live, sim = [], [], []
+def replayed_latency(run: Any, stage_model) -> tuple[np.ndarray, ...]:
+    """Per served request of ``run``: exit, live latency, the model's latency for the same
+    stages at the same imposed levels (and the same idle time before it) plus the measured queue
+    wait, that wait, and the idle time."""
+    exits, live, sim, waits, idles = [], [], [], [], []
+    free = 0.0  # when the devices last finished a request (the run starts with them idle)
     for rec in run.requests:
         if rec.dropped or rec.exit < 0:
             continue
         k = np.arange(rec.exit + 1)
-        stages = stage_model(k, np.asarray(rec.compute_level), np.asarray(rec.bandwidth_level))
+        idle, free = rec.start_ms - free, rec.end_ms
+        levels = np.asarray(rec.compute_level), np.asarray(rec.bandwidth_level)
+        stages = stage_model(k, *levels, idle)
         exits.append(rec.exit)
         live.append(rec.latency_ms)
         sim.append(rec.queue_wait_ms + float(np.sum(stages)))
-    return np.asarray(exits), np.asarray(live), np.asarray(sim)
+        waits.append(rec.queue_wait_ms)
+        idles.append(idle)
+    return tuple(np.asarray(v, dtype=np.float64) for v in (exits, live, sim, waits, idles))
 
 
 def error_table(runs: list, trace: Any, before, after) -> str:
@@ -133,9 +153,10 @@ def error_table(runs: list, trace: Any, before, after) -> str:
     from distree_env.runtime.calibration import per_exit_latency
 
     k_count = trace.num_exits
-    exits = np.concatenate([replayed_latency(r, before)[0] for r in runs])
-    live = np.concatenate([replayed_latency(r, before)[1] for r in runs])
-    sim_b = np.concatenate([replayed_latency(r, before)[2] for r in runs])
+    replays = [replayed_latency(r, before) for r in runs]
+    exits = np.concatenate([r[0] for r in replays]).astype(np.int64)
+    live = np.concatenate([r[1] for r in replays])
+    sim_b = np.concatenate([r[2] for r in replays])
     sim_a = np.concatenate([replayed_latency(r, after)[2] for r in runs])
     lines = [
         "| exit | requests | live mean ms | sim before | error before | sim after | error after |",
@@ -157,11 +178,16 @@ def error_table(runs: list, trace: Any, before, after) -> str:
 
 def exit_head_line(samples: Any, trace: Any, fit: Any, exit_device: np.ndarray) -> str:
     """One line: the measured exit head time by its device's compute share beside the fitted
-    model's, which stretches the head's FLOPs and fixed time by the share as the runtime does."""
+    model's, which stretches the head's FLOPs, fixed time and cold start by the share as the
+    runtime does."""
     from distree_env.runtime.calibration import exit_head_shares
 
     share, flops_ms = exit_head_shares(samples, trace.exit_flops, exit_device, fit.device_flops)
     model = (flops_ms + fit.exit_overhead_ms) / share
+    if fit.cold_start_ms:  # the head's part of the cold start, by each request's idle time
+        head = np.asarray(fit.cold_start_ms) - np.asarray(fit.cold_device_ms)
+        cold = 1.0 - np.exp(-np.maximum(samples.idle_ms, 0.0) / fit.cold_start_tau_ms)
+        model = model + head[samples.k] * cold / share
     parts = []
     for lo, hi in ((0.75, 1.0), (0.35, 0.75), (0.0, 0.35)):
         sel = (share > lo) & (share <= hi)
@@ -333,6 +359,73 @@ def first_stage_busy_ms(runs: list[Any]) -> float:
     return float(np.mean(busy)) if busy else float("nan")
 
 
+#: Upper edges (ms) of the bands of idle time before a request that :func:`idle_compute_line`
+#: reports (the last band is open).
+IDLE_BANDS_MS = (2.0, 10.0, 40.0)
+
+
+def idle_before_request(runs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """For every served request after a run's first: how long the devices had been idle before
+    it started (ms since the previous request ended), and its device compute of stage 0 at the
+    machine's full speed (ms, mean over devices)."""
+    idle, busy = [], []
+    for run in runs:
+        served = sorted((r for r in run.requests if not r.dropped and r.busy_ms),
+                        key=lambda r: r.start_ms)  # fmt: skip
+        for before, r in pairwise(served):
+            idle.append(r.start_ms - before.end_ms)
+            busy.append(float(np.nanmean(r.busy_ms[0])))
+    return np.asarray(idle, dtype=np.float64), np.asarray(busy, dtype=np.float64)
+
+
+def idle_bands(idle: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """``("idle <= 2 ms", mask)`` for each band of :data:`IDLE_BANDS_MS` that ``idle`` visits."""
+    edges = (-np.inf, *IDLE_BANDS_MS, np.inf)
+    bands = []
+    for lo, hi in pairwise(edges):
+        sel = (idle > lo) & (idle <= hi)
+        if sel.any():
+            if lo == -np.inf:
+                label = f"<= {hi:g}"
+            else:
+                label = f"> {lo:g}" if hi == np.inf else f"{lo:g}-{hi:g}"
+            bands.append((f"idle {label} ms", sel))
+    return bands
+
+
+def idle_compute_line(runs: list[Any]) -> str:
+    """Stage 0's device compute by the devices' idle time before the request, per band of
+    :data:`IDLE_BANDS_MS`: on this host a core that idled computes the next stage more slowly
+    (what the cold start models)."""
+    idle, busy = idle_before_request(runs)
+    parts = [f"{b}: {busy[sel].mean():.2f} ms ({int(sel.sum())})" for b, sel in idle_bands(idle)]
+    return "stage 0 device compute by idle time before the request: " + ", ".join(parts)
+
+
+def service_line(runs: list[Any], stage_model) -> str:
+    """Service time (latency less queue wait) by the idle time before the request, live against
+    the fitted model at the imposed levels: whether the model follows the cold start."""
+    replays = [replayed_latency(r, stage_model) for r in runs]
+    live, sim, wait, idle = (np.concatenate([r[i] for r in replays]) for i in (1, 2, 3, 4))
+    live, sim = live - wait, sim - wait
+    parts = [
+        f"{band}: {live[sel].mean():.2f}/{sim[sel].mean():.2f} ms "
+        f"({100 * (sim[sel].mean() / live[sel].mean() - 1):+.1f}%)"
+        for band, sel in idle_bands(idle)
+    ]
+    return "service live/model by idle time before the request: " + ", ".join(parts)
+
+
+def cold_start_line(fit: Any) -> str:
+    """The fitted cold start: its time constant and each stage's extra time after a long idle."""
+    device = "/".join(f"{v:.2f}" for v in fit.cold_device_ms)
+    total = "/".join(f"{v:.2f}" for v in fit.cold_start_ms)
+    return (
+        f"fitted cold start: tau {fit.cold_start_tau_ms:g} ms, per stage after a long idle "
+        f"{total} ms at full speed (devices {device} ms, the rest the exit head)"
+    )
+
+
 def _runs_of(runs: list[Any]) -> str:
     """``"2 live runs (1 of last-exit, 1 of random:0.35)"``: what a fit or a row pools."""
     count: dict[str, int] = {}
@@ -421,6 +514,7 @@ def comparison_table(
             decision = carried_decision_ms(configs[0].cluster.decision_ms, cal, own)
             charged = f"{own:.3f} ms predict offline against {cal:.3f} ms for {cal_spec}"
         sim = simulate(group, configs, spec, trust, decision)
+        priced = {"cluster": {**profile["cluster"], "decision_ms": decision}}
         same, trace_acc = trace_agreement(group, trace)
         for source, m in (("live", live), ("simulated", sim)):
             lines.append(
@@ -443,7 +537,10 @@ def comparison_table(
             busy = first_stage_busy_ms(group)
             notes[-1] += (
                 f"; device compute of stage 0 {busy:.2f} ms, against {calibration_busy_ms:.2f} ms "
-                f"in the calibration runs ({100 * (busy / calibration_busy_ms - 1):+.0f}%)"
+                f"in the calibration runs ({100 * (busy / calibration_busy_ms - 1):+.0f}%); "
+                + idle_compute_line(group)
+                + "; "
+                + service_line(group, model_for(base_config(group[0]), trace, priced))
             )
         if len(sim["realisation_mean_ms"]) > 1:
             notes[-1] += (
@@ -486,6 +583,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lambda ov, k, c, b: model_for(config, trace, ov, overhead=False)(k, c, b),
         trace.exit_flops.astype(np.float64),
         exit_device,
+        args.cold_start,
     )
     gaps = handover_gaps(runs)
     fit = dataclasses.replace(fit, **fit_handover(gaps))
@@ -506,6 +604,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )  # fmt: skip
     head = exit_head_line(samples, trace, fit, exit_device)
     print(head)
+    idle_line = idle_compute_line(runs)
+    if args.cold_start:
+        idle_line += "; " + cold_start_line(fit)
+    print(idle_line)
     before = model_for(config, trace, None)
     after = model_for(config, trace, profile)
     errors = error_table(runs, trace, before, after)
@@ -522,6 +624,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"Cluster profile `{args.name}` fitted to {_runs_of(runs)}: "
             f"`{json.dumps(profile['cluster'])}`\n\n"
             f"The calibration runs' {head[0].lower() + head[1:]}\n\n"
+            f"The calibration runs' {idle_line}\n\n"
             "Per-exit latency of the calibration requests, live vs the simulator's model at the "
             f"same imposed levels:\n\n{errors}\n\n"
             "Live runs vs the simulator on the fitted cluster (each policy's runs pooled; the "

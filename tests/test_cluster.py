@@ -105,6 +105,20 @@ def test_an_exit_heads_fixed_time_stretches_with_its_devices_share():
     assert np.allclose(extra, 0.4 / 0.25)
 
 
+def test_cold_start_needs_one_entry_per_stage():
+    from distree_env.config import EnvConfig
+    from distree_env.traces import resolve_trace
+
+    cfg = EnvConfig.scenario("steady-stream", trace="synthetic")
+    trace = resolve_trace(cfg.trace)
+    with pytest.raises(
+        ValueError, match=f"cluster.cold_start_ms has 2 entries .* {trace.num_exits} stages"
+    ):
+        LatencyModel.from_config(cfg.replace({"cluster.cold_start_ms": [1.0, 2.0]}), trace)
+    fitted = cfg.replace({"cluster.cold_start_ms": [1.0] * trace.num_exits})
+    assert LatencyModel.from_config(fitted, trace).cold_ms.tolist() == [1.0] * trace.num_exits
+
+
 def test_pipeline_is_sequential_over_the_receiving_link():
     model = LatencyModel(
         "pipeline",

@@ -258,3 +258,28 @@ def _paid_by_answer(cfg: EnvConfig, part: str, n: int) -> tuple[float, list[floa
             sums.append(total)
             env.reset()
     return a0, sums
+
+
+def test_cold_starts_add_their_time_by_the_idle_time_before_each_request():
+    """With ``cold_start_ms`` every stage of a request that starts after ``idle`` ms of idle
+    devices takes ``cold_start_ms[k] (1 - exp(-idle / tau)) / share`` longer (at half compute
+    here); a half-loaded periodic stream never queues, so each latency shows it exactly."""
+    cold, tau, share = [2.0, 1.0, 0.5, 0.25], 30.0, 0.5
+    base = EnvConfig.from_dict(
+        {**CONSTANT, "arrivals": {"kind": "periodic", "utilisation": 0.5},
+         "cluster": {"compute": {"kind": "constant", "value": share},
+                     "bandwidth": {"kind": "constant"}}}
+    )  # fmt: skip
+    warm = _served(base, 40)
+    cooled = _served(
+        base.replace({"cluster.cold_start_ms": cold, "cluster.cold_start_tau_ms": tau}), 40
+    )
+    ends = [0.0] + [end for _, _, end in cooled[:-1]]
+    for (w_wait, w_start, w_end), (wait, start, end), before in zip(
+        warm, cooled, ends, strict=True
+    ):
+        assert wait == w_wait == 0.0
+        idle = start - before
+        expected = sum(cold) * (1.0 - np.exp(-idle / tau)) / share
+        assert np.isclose((end - start) - (w_end - w_start), expected, rtol=1e-9, atol=1e-9)
+    assert min(start - before for (_, start, _), before in zip(cooled, ends, strict=True)) > 1.0

@@ -50,8 +50,20 @@ def test_make_vec_accepts_the_sync_keywords():
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_single_and_vector_one_identical(env_id):
     """vector(1) replays the single env exactly, NEXT_STEP autoreset included."""
-    env = gym.make(env_id).unwrapped
-    venv = gym.make_vec(env_id, num_envs=1, vectorization_mode="vector_entry_point")
+    _assert_vector_one_replays_single(env_id)
+
+
+@pytest.mark.parametrize("env_id", ["DistrEE-v2", "DistrEE-Bursty-v2", "DistrEE-Cellular-v2"])
+def test_single_and_vector_one_identical_with_cold_starts(env_id):
+    """The cold-start time (fixed at each request's start, added to every stage) takes the same
+    floating-point path in both."""
+    cluster = {"cold_start_ms": [3.0, 1.0, 0.5, 0.25], "cold_start_tau_ms": 20.0}
+    _assert_vector_one_replays_single(env_id, cluster=cluster)
+
+
+def _assert_vector_one_replays_single(env_id: str, **kwargs) -> None:
+    env = gym.make(env_id, **kwargs).unwrapped
+    venv = gym.make_vec(env_id, num_envs=1, vectorization_mode="vector_entry_point", **kwargs)
     assert np.array_equal(env.reset(seed=11)[0], venv.reset(seed=11)[0][0])
     ended, ends = False, 0
     for a in np.random.default_rng(3).integers(0, 2, 300):

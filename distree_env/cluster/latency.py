@@ -8,7 +8,10 @@ per-stage overhead) whatever the layout. Stage k of a request takes
                   + (exit_flops[k] / peak_e + exit_overhead) / share_e + stage_overhead
 
 with peak_d device d's FLOP/s, share_d its compute share, rate_d = peak_d x share_d, e the exit
-device of stage k, and bw_d = link d's bytes/s x its bandwidth share. ``parallel`` (DistrEE):
+device of stage k, and bw_d = link d's bytes/s x its bandwidth share. A request that starts after
+the cluster idled ``idle`` ms adds ``cold_ms[k] x (1 - exp(-idle / cold_tau_ms)) / share_e`` to
+each of its stages (``cluster.cold_start_ms``; the environment's dynamics add it, since the idle
+time is the stream's, not the levels'). ``parallel`` (DistrEE):
 every device runs stage k of its branch; stage 0 first receives the input over each device's
 link, later stages first receive the aggregator's continue decision (``cluster.decision_bytes``;
 0 = none, the first version's model); each device then sends its pooled features back; the exit
@@ -68,7 +71,8 @@ class LatencyModel:
     ``compute_ms[k, d]``, ``transfer_ms[k, d]`` (divided by the shares at run time),
     ``fixed_ms[k, d]`` (message latencies), ``exit_ms[k]`` on ``exit_device[k]`` (its FLOPs
     and ``cluster.exit_overhead_ms``),
-    ``overhead_ms`` per stage (the cluster's stage overhead plus the controller's decision time).
+    ``overhead_ms`` per stage (the cluster's stage overhead plus the controller's decision time),
+    ``cold_ms[k]`` and ``cold_tau_ms`` (a cold start's extra time per stage; zeros: none).
     """
 
     def __init__(
@@ -84,6 +88,8 @@ class LatencyModel:
         stage_overhead_ms: float = 0.0,
         decision_bytes: float = 0.0,
         exit_overhead_ms: float = 0.0,
+        cold_start_ms: np.ndarray | None = None,
+        cold_start_tau_ms: float = 40.0,
     ) -> None:
         k, d = stage_flops.shape
         self.topology, self.num_stages, self.num_devices = topology, k, d
@@ -113,6 +119,13 @@ class LatencyModel:
         head_flops_ms = np.asarray(exit_flops, dtype=np.float64) / rate[self.exit_device] * 1e3
         self.exit_ms = head_flops_ms + float(exit_overhead_ms)
         self.overhead_ms = float(stage_overhead_ms)
+        cold = np.zeros(k) if cold_start_ms is None else np.asarray(cold_start_ms, np.float64)
+        if cold.shape != (k,):
+            raise ValueError(
+                f"cluster.cold_start_ms has {cold.size} entries but the network has {k} "
+                f"stages; give {k} entries (ms per stage) or none"
+            )
+        self.cold_ms, self.cold_tau_ms = cold, float(cold_start_tau_ms)
 
     @classmethod
     def from_config(cls, config: Any, trace: Any) -> LatencyModel:
@@ -131,6 +144,8 @@ class LatencyModel:
             config.cluster.stage_overhead_ms + config.cluster.decision_ms,
             config.cluster.decision_bytes,
             config.cluster.exit_overhead_ms,
+            np.asarray(config.cluster.cold_start_ms or np.zeros(trace.num_exits), np.float64),
+            config.cluster.cold_start_tau_ms,
         )
 
     def stage_ms(self, k: np.ndarray, compute: np.ndarray, bandwidth: np.ndarray) -> np.ndarray:

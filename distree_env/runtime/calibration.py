@@ -22,6 +22,13 @@ The fit, from the per-stage measurements of every request:
   project's machine and almost nothing in FLOPs; left in the fixed overhead, it would not
   stretch when availability drops, and the simulator would under-price exactly the slow
   periods in which queues build;
+- the cold start: a stage's compute (devices and exit head, at full speed) grows with how long
+  the devices idled before its request: ``extra = cold_k x (1 - exp(-idle / tau))``, fitted per
+  stage by least squares for each ``tau`` of :data:`COLD_TAUS_MS`, the ``tau`` that fits best
+  kept. Why: on this project's machine a core that idled more than 40 ms runs the next
+  request's first stage 50-65% slower (caches, clock); one speed per device would price a light
+  load (long idles) too low and a queue (none) too high. The devices', the head's and the stages'
+  measurements are made warm (the fitted cold part taken off) before the fits below;
 - the stage overhead: the mean of what the model with these rates leaves unexplained in
   ``stage_ms`` (receive wake-ups, fusion, Python), at the levels that were imposed;
 - the decision time: the mean measured ``decision_ms`` (observation and policy). It is kept apart
@@ -47,12 +54,15 @@ import numpy as np
 from distree_env.runtime.records import RunRecord
 
 __all__ = [
+    "COLD_MIN_STAGES",
+    "COLD_TAUS_MS",
     "STALL_MIN_MS",
     "ClusterFit",
     "StageSamples",
     "carried_decision_ms",
     "exit_head_shares",
     "fit_cluster",
+    "fit_cold_start",
     "fit_handover",
     "handover_gaps",
     "per_exit_latency",
@@ -61,6 +71,11 @@ __all__ = [
 
 #: A hand-over longer than the median hand-over by at least this much is a stall (ms).
 STALL_MIN_MS = 5.0
+#: Time constants (ms) the cold-start fit tries for how fast idle devices cool.
+COLD_TAUS_MS = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
+#: Fewest measured stages of one exit for a cold-start fit of that stage (else none: a slope from
+#: a handful of requests is noise).
+COLD_MIN_STAGES = 50
 
 
 @dataclass(frozen=True)
@@ -75,15 +90,20 @@ class StageSamples:
     bandwidth: np.ndarray  # [n, D]
     decision_ms: np.ndarray  # [n] observation + policy
     exit_ms: np.ndarray  # [n] exit head, on its device's share of compute
+    idle_ms: np.ndarray  # [n] how long the devices idled before the stage's request started
 
 
 def stage_samples(runs: Sequence[RunRecord]) -> StageSamples:
     """Flatten the stages of the served requests of ``runs``; ValueError if there are none."""
     k, busy, transfer, stage, comp, bw, decision, head = [], [], [], [], [], [], [], []
+    idle = []
     for run in runs:
-        for rec in run.requests:
+        free = 0.0  # the run's clock starts with idle devices
+        for rec in run.requests:  # in request order, which is start order (FIFO)
             if rec.dropped or rec.exit < 0:
                 continue
+            idle.extend([rec.start_ms - free] * (rec.exit + 1))
+            free = rec.end_ms
             for j in range(rec.exit + 1):
                 k.append(j)
                 busy.append(rec.busy_ms[j])
@@ -98,6 +118,7 @@ def stage_samples(runs: Sequence[RunRecord]) -> StageSamples:
     return StageSamples(
         np.asarray(k), np.asarray(busy), np.asarray(transfer), np.asarray(stage),
         np.asarray(comp), np.asarray(bw), np.asarray(decision), np.asarray(head),
+        np.asarray(idle, dtype=np.float64),
     )  # fmt: skip
 
 
@@ -116,6 +137,9 @@ class ClusterFit:
     handover_ms: float = 0.0
     stall_probability: float = 0.0
     stall_mean_ms: float = 0.0
+    cold_start_ms: tuple[float, ...] = ()  # [K] devices and exit head together
+    cold_start_tau_ms: float = 40.0
+    cold_device_ms: tuple[float, ...] = ()  # [K] the devices' part of cold_start_ms
 
     def overrides(self) -> dict:
         """Config overrides that make the simulator use this fit."""
@@ -130,6 +154,8 @@ class ClusterFit:
                 "handover_ms": round(float(self.handover_ms), 4),
                 "stall_probability": round(float(self.stall_probability), 5),
                 "stall_mean_ms": round(float(self.stall_mean_ms), 3),
+                "cold_start_ms": [round(float(v), 4) for v in self.cold_start_ms],
+                "cold_start_tau_ms": float(self.cold_start_tau_ms),
             }
         }
 
@@ -165,8 +191,10 @@ def fit_cluster(
     model_stage_ms,
     exit_flops: np.ndarray,
     exit_device: np.ndarray,
+    cold_start: bool = True,
 ) -> ClusterFit:
-    """Fit devices, links, latency, the exit head and the stage overhead (see the module docstring).
+    """Fit devices, links, latency, the exit head, the cold start and the stage overhead (see the
+    module docstring).
 
     :param samples: the measured stages.
     :param stage_flops: ``[K, D]`` FLOPs of each stage on each device (the trace's cost table).
@@ -178,7 +206,11 @@ def fit_cluster(
         stage latency for config overrides, without the stage overhead.
     :param exit_flops: ``[K]`` FLOPs of each exit head.
     :param exit_device: ``[K]`` the device whose compute share exit head k runs on.
+    :param cold_start: fit the cold start (False: none, every stage priced alike).
     """
+    cold = fit_cold_start(samples, exit_device) if cold_start else None
+    if cold is not None:
+        samples = _warm(samples, exit_device, *cold)
     d_count = samples.busy_ms.shape[1]
     flops = np.empty(d_count)
     intercept = np.empty(d_count)
@@ -214,7 +246,62 @@ def fit_cluster(
     model = model_stage_ms(fit.overrides(), samples.k, samples.compute, samples.bandwidth)
     overhead = max(float(np.mean(samples.stage_ms - model)), 0.0)
     decision = float(np.mean(samples.decision_ms))
-    return replace(fit, stage_overhead_ms=overhead, decision_ms=decision)
+    fit = replace(fit, stage_overhead_ms=overhead, decision_ms=decision)
+    if cold is not None:
+        device, head, tau = cold
+        fit = replace(fit, cold_start_ms=tuple(device + head), cold_start_tau_ms=tau,
+                      cold_device_ms=tuple(device))  # fmt: skip
+    return fit
+
+
+def fit_cold_start(
+    samples: StageSamples, exit_device: np.ndarray, taus: Sequence[float] = COLD_TAUS_MS
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The cold start (see the module docstring): per stage, the devices' and the exit head's
+    extra time at full speed after a long idle ``[K]`` each, and the time constant (ms).
+
+    The devices' part is fitted on the slowest device's busy time of each stage (the one the
+    stage waits for), the head's on its time scaled to full speed; both share the ``tau`` with
+    the least squared error. A stage whose time does not grow with idling, or with fewer than
+    :data:`COLD_MIN_STAGES` measurements, gets 0; no stage's line may put its warm time (the
+    intercept) below 0.
+    """
+    k_count = int(samples.k.max()) + 1
+    device = np.nanmax(samples.busy_ms, axis=1)
+    share = samples.compute[np.arange(samples.k.size), np.asarray(exit_device)[samples.k]]
+    head = samples.exit_ms * share
+    best: tuple[float, np.ndarray, np.ndarray, float] | None = None
+    for tau in taus:
+        w = 1.0 - np.exp(-np.maximum(samples.idle_ms, 0.0) / tau)
+        slopes, error = np.zeros((2, k_count)), 0.0
+        for k in range(k_count):
+            at = samples.k == k
+            for row, y in enumerate((device[at], head[at])):
+                a, b, _ = _line(w[at], y) if at.sum() >= COLD_MIN_STAGES else (0.0, 0.0, 0.0)
+                cap = float(y.mean() / max(w[at].mean(), 1e-9)) if at.any() else 0.0
+                slopes[row, k] = min(max(a, 0.0), max(cap, 0.0))  # warm time >= 0 on average
+                error += float(((y - a * w[at] - b) ** 2).sum())
+        if best is None or error < best[0]:
+            best = (error, slopes[0], slopes[1], float(tau))
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def _warm(
+    samples: StageSamples, exit_device: np.ndarray, device: np.ndarray, head: np.ndarray, tau: float
+) -> StageSamples:
+    """``samples`` with the fitted cold part taken off every measured time (devices, exit head,
+    and the stage as the simulator prices it: the cold time on the exit device's share)."""
+    w = 1.0 - np.exp(-np.maximum(samples.idle_ms, 0.0) / tau)
+    share = samples.compute[np.arange(samples.k.size), np.asarray(exit_device)[samples.k]]
+    dev = device[samples.k] * w
+    hd = head[samples.k] * w / share
+    return replace(
+        samples,
+        busy_ms=samples.busy_ms - dev[:, None],
+        exit_ms=samples.exit_ms - hd,
+        stage_ms=samples.stage_ms - (dev + head[samples.k] * w) / share,
+    )
 
 
 def exit_head_shares(

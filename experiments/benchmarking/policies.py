@@ -71,8 +71,10 @@ class PolicySpec:
 
 
 def threshold_grid(trace: ExitTrace, feature: str, exits_above: bool, points: int) -> list[float]:
-    """``points`` thresholds spanning exit rates 0..1 on ``trace`` (denser at low exit rates,
-    where accuracy stays close to the last exit's)."""
+    """``points`` thresholds at exit rates strictly between 0 and 1 on ``trace`` (denser at low
+    exit rates, where accuracy stays close to the last exit's). Why not 0 and 1: at a rate of 1
+    the rule exits at its first exit on every request and is only ``FixedExit`` again (it showed
+    up as the best-reward point of ``FeatureDifference``); at 0 it nearly never exits early."""
     if points < 2:
         raise ValueError(f"points={points!r} is not allowed: at least 2 thresholds per rule")
     feats, _ = exit_features(trace)
@@ -81,7 +83,8 @@ def threshold_grid(trace: ExitTrace, feature: str, exits_above: bool, points: in
     first = 1 if feature == "feature_diff" else 0  # feature_diff is 1.0 at exit 0 by definition
     values = column[:, first : max(k - 1, first + 1)].ravel().astype(np.float64)
     n_low = points // 2
-    rates = np.concatenate([np.linspace(0.0, 1.0, points - n_low), np.geomspace(0.005, 0.3, n_low)])
+    spread = np.linspace(0.0, 1.0, points - n_low + 2)[1:-1]
+    rates = np.concatenate([spread, np.geomspace(0.005, 0.3, n_low)])
     levels = 1.0 - rates if exits_above else rates
     grid = np.unique(np.round(np.quantile(values, np.clip(levels, 0.0, 1.0)), 4))
     return [float(t) for t in np.clip(grid, 0.0, 1.0)]

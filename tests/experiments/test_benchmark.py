@@ -255,3 +255,22 @@ def test_agent_names_give_algorithm_and_scenario(tmp_path: Path) -> None:
         ("dqn", None, "dqn"),
         ("ppo", "steady-stream", "ppo-steady-stream"),
     ]
+
+
+@pytest.mark.parametrize("trace_name", ["synthetic", "cifar10-val"])
+def test_rule_grids_hold_no_fixed_exit_in_disguise(trace_name: str) -> None:
+    """No threshold of a rule's grid exits every request at the rule's first exit (that point is
+    ``FixedExit`` again) or never lets one out early at any exit."""
+    from distree_env.dynamics import EXIT_FEATURES, exit_features
+    from distree_env.traces import resolve_trace
+    from experiments.benchmarking.policies import threshold_grid
+
+    trace = resolve_trace(trace_name)
+    feats, _ = exit_features(trace)
+    for feature, above in (("max_prob", True), ("entropy", False), ("feature_diff", False)):
+        column = feats[:, EXIT_FEATURES.index(feature)].reshape(trace.n, trace.num_exits)
+        first = 1 if feature == "feature_diff" else 0
+        for t in threshold_grid(trace, feature, above, 16):
+            passes = column >= t if above else column <= t
+            assert passes[:, first].mean() < 1.0, (feature, t)
+            assert passes[:, first:-1].any(), (feature, t)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ from distree_env.runtime.calibration import (
     StageSamples,
     carried_decision_ms,
     fit_cluster,
+    fit_cold_start,
     fit_handover,
     handover_gaps,
     per_exit_latency,
@@ -35,7 +37,9 @@ def _model(overrides, k, compute, bandwidth):
     return per.max(axis=1) + head
 
 
-def _samples(rng, n=300) -> StageSamples:
+def _samples(rng, n=300, cold=None, tau=40.0) -> StageSamples:
+    """Stages measured on a known cluster; with ``cold`` (``[K]`` ms each for the slowest device
+    and the head at full speed) requests that idled longer ran slower."""
     true_rate = np.array([2e9, 1e9]) / 1e3
     true_bw, lat, overhead, head_fixed = np.array([5e6, 2e6]) / 1e3, 1.5, 0.7, 0.4
     k = rng.integers(0, 3, n)
@@ -45,15 +49,21 @@ def _samples(rng, n=300) -> StageSamples:
     transfer = BYTES[k] / true_bw / bw + MESSAGES[k] * lat + rng.normal(0, 0.01, (n, 2))
     # the exit head: its FLOPs plus a fixed framework time, stalled by device 0's share
     head = (EXIT_FLOPS[k] / true_rate[0] + head_fixed) / comp[:, 0] + rng.normal(0, 0.01, n)
+    idle = rng.uniform(0.0, 200.0, n)
     stage = (busy / comp + transfer).max(axis=1) + head + overhead
+    if cold is not None:  # stretched by the exit device's share, as the simulator has it
+        extra = cold[k] * (1.0 - np.exp(-idle / tau))
+        busy = busy + extra[:, None]
+        head = head + extra / comp[:, 0]
+        stage = stage + 2 * extra / comp[:, 0]
     decision = 0.2 + rng.exponential(0.05, n)
-    return StageSamples(k, busy, transfer, stage, comp, bw, decision, head)
+    return StageSamples(k, busy, transfer, stage, comp, bw, decision, head, idle)
 
 
 def test_fit_recovers_rates_bandwidth_latency_overhead_and_decision_time():
     s = _samples(np.random.default_rng(0))
     fit = fit_cluster(s, FLOPS, BYTES, MESSAGES, np.array([1e6, 1e6]), _model, EXIT_FLOPS,
-                      EXIT_DEVICE)  # fmt: skip
+                      EXIT_DEVICE, cold_start=False)  # fmt: skip
     # the rate reproduces the total busy time (the 0.05 ms per stage included) ...
     total = [FLOPS[s.k, d].sum() / s.busy_ms[:, d].sum() * 1e3 for d in range(2)]
     assert fit.device_flops == pytest.approx(total)
@@ -69,8 +79,35 @@ def test_fit_recovers_rates_bandwidth_latency_overhead_and_decision_time():
     cl = fit.overrides()["cluster"]
     assert set(cl) == {
         "devices", "links", "link_latency_ms", "stage_overhead_ms", "exit_overhead_ms",
-        "decision_ms", "handover_ms", "stall_probability", "stall_mean_ms",
+        "decision_ms", "handover_ms", "stall_probability", "stall_mean_ms", "cold_start_ms",
+        "cold_start_tau_ms",
     }  # fmt: skip
+    assert cl["cold_start_ms"] == []
+    with_cold = fit_cluster(s, FLOPS, BYTES, MESSAGES, np.array([1e6, 1e6]), _model, EXIT_FLOPS,
+                            EXIT_DEVICE)  # fmt: skip
+    assert max(with_cold.cold_start_ms) < 0.02  # nothing here grows with idling
+
+
+def test_fit_recovers_the_cold_start_and_keeps_the_warm_rates():
+    """Stages after long idles slower by 0.6 / 0.2 / 0.1 ms (devices, and the head again at full
+    speed), cooling with tau = 40 ms: the fit finds tau and the per-stage times, and the device
+    rates and the head's fixed time are the warm ones."""
+    cold = np.array([0.6, 0.2, 0.1])
+    s = _samples(np.random.default_rng(0), n=3000, cold=cold)
+    fit = fit_cluster(s, FLOPS, BYTES, MESSAGES, np.array([1e6, 1e6]), _model, EXIT_FLOPS,
+                      EXIT_DEVICE)  # fmt: skip
+    assert fit.cold_start_tau_ms == 40.0
+    assert fit.cold_device_ms == pytest.approx(cold, abs=0.01)
+    assert fit.cold_start_ms == pytest.approx(2 * cold, abs=0.02)
+    assert fit.device_flops == pytest.approx([2e9, 1e9], rel=0.06)
+    assert fit.exit_overhead_ms == pytest.approx(0.4, abs=0.03)
+    assert fit.stage_overhead_ms == pytest.approx(0.7, abs=0.1)
+    plain = fit_cluster(s, FLOPS, BYTES, MESSAGES, np.array([1e6, 1e6]), _model, EXIT_FLOPS,
+                        EXIT_DEVICE, cold_start=False)  # fmt: skip
+    assert plain.cold_start_ms == () and plain.device_flops[0] < 0.95 * fit.device_flops[0]
+    few = _samples(np.random.default_rng(1), n=60, cold=cold)  # about 20 stages per exit
+    device, head, _ = fit_cold_start(few, EXIT_DEVICE)
+    assert not device.any() and not head.any()  # too few to tell a slope from noise
 
 
 def test_another_policy_is_charged_its_own_inference():
@@ -82,8 +119,7 @@ def test_another_policy_is_charged_its_own_inference():
 
 def test_fit_refuses_stages_without_measured_work():
     s = _samples(np.random.default_rng(1))
-    bad = StageSamples(s.k, np.zeros_like(s.busy_ms), s.transfer_ms, s.stage_ms, s.compute,
-                       s.bandwidth, s.decision_ms, s.exit_ms)  # fmt: skip
+    bad = dataclasses.replace(s, busy_ms=np.zeros_like(s.busy_ms))
     with pytest.raises(ValueError, match="device 0"):
         fit_cluster(
             bad, FLOPS, BYTES, MESSAGES, np.array([1e6, 1e6]), _model, EXIT_FLOPS, EXIT_DEVICE
@@ -92,8 +128,7 @@ def test_fit_refuses_stages_without_measured_work():
 
 def test_fit_keeps_the_prior_bandwidth_when_sizes_do_not_vary():
     s = _samples(np.random.default_rng(2))
-    full = StageSamples(s.k, s.busy_ms, s.transfer_ms, s.stage_ms, s.compute,
-                        np.ones_like(s.bandwidth), s.decision_ms, s.exit_ms)  # fmt: skip
+    full = dataclasses.replace(s, bandwidth=np.ones_like(s.bandwidth))
     same = np.full_like(BYTES, 1000.0)
     fit = fit_cluster(full, FLOPS, same, MESSAGES, np.array([7e6, 7e6]), _model, EXIT_FLOPS,
                       EXIT_DEVICE)  # fmt: skip
@@ -202,3 +237,49 @@ def test_the_simulated_config_replays_the_live_runs_arrivals_on_the_fitted_clust
     assert not np.array_equal(
         live_scenario(unpinned, 3, 200).arrivals_ms, live_scenario(live, 3, 200).arrivals_ms
     )
+
+
+def test_idle_compute_line_bands_stage_zero_by_idle_time_before_the_request():
+    """Requests started after 1, 5 and 100 ms of idle time, with stage 0 taking 1, 2 and 4 ms
+    (out of start order in the record, and one dropped): each lands in its band with its mean."""
+    from experiments.calibrate_cluster import idle_before_request, idle_compute_line
+
+    requests, t = [], 0.0
+    for i, (idle, busy) in enumerate([(1.0, 1.0), (5.0, 2.0), (100.0, 4.0), (1.0, 1.0)] * 3):
+        start = t + idle
+        requests.append(RequestRecord(index=i, sample=i, label=0, arrival_ms=start,
+                                      start_ms=start, end_ms=start + 3.0, exit=0,
+                                      busy_ms=[[busy, busy]]))  # fmt: skip
+        t = start + 3.0
+    requests.reverse()
+    requests.append(RequestRecord(index=99, sample=0, label=0, arrival_ms=5.0, dropped=True))
+    idle, busy = idle_before_request([RunRecord(meta={}, requests=requests)])
+    assert idle.size == 11  # the first request has no idle time before it
+    line = idle_compute_line([RunRecord(meta={}, requests=requests)])
+    assert "idle <= 2 ms: 1.00 ms (5)" in line
+    assert "idle 2-10 ms: 2.00 ms (3)" in line
+    assert "idle 10-40 ms" not in line
+    assert "idle > 40 ms: 4.00 ms (3)" in line
+
+
+def test_service_line_compares_live_and_model_service_by_idle_band():
+    """Service is latency less queue wait; the model's is its stage times at the same levels for
+    the same idle time (here 1 ms per stage, plus 1 ms after a long idle)."""
+    from experiments.calibrate_cluster import service_line
+
+    requests, t = [], 0.0
+    for i, idle in enumerate([1.0, 100.0, 1.0, 100.0]):
+        start = t + idle
+        requests.append(RequestRecord(index=i, sample=i, label=0, arrival_ms=start - 0.5,
+                                      start_ms=start, end_ms=start + 2.5, queue_wait_ms=0.5,
+                                      latency_ms=3.0, exit=1,
+                                      compute_level=[[1.0, 1.0]] * 2,
+                                      bandwidth_level=[[1.0, 1.0]] * 2))  # fmt: skip
+        t = start + 2.5
+
+    def model(k, compute, bandwidth, idle_ms=0.0):
+        return np.ones(len(k)) + (idle_ms > 50.0) / len(k)
+
+    line = service_line([RunRecord(meta={}, requests=requests)], model)
+    assert "idle <= 2 ms: 2.50/2.00 ms (-20.0%)" in line
+    assert "idle > 40 ms: 2.50/3.00 ms (+20.0%)" in line
