@@ -288,9 +288,9 @@ class ClusterConfig:
     together) a request's stage takes when the cluster was idle for long before the request
     started; after ``idle`` ms of idling it is ``cold_start_ms[k] x (1 - exp(-idle /
     cold_start_tau_ms))``, stretched by the exit device's compute share. Empty (the default):
-    none. Why: a core that idled computes its next stage more slowly (caches, clock), measured
-    live as 50-65% on the first stage after 40 ms; a light load meets cold devices, a queue warm ones
-    (``experiments.calibrate_cluster`` fits both fields from live records).
+    none. Why: a core that idled computes its next stage more slowly (caches, clock): 50-65% on
+    the first stage after 40 ms, measured live; a light load meets cold devices, a queue warm
+    ones (``experiments.calibrate_cluster`` fits both fields from live records).
     ``clock``: ``time`` (processes run in wall-clock time on a ``tick_ms`` grid) or ``request``
     (levels drawn once per request, the first version). ``measurement_period_ms``: the policy sees
     the levels measured at the last multiple of this period (0: the present tick).
