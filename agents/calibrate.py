@@ -42,6 +42,7 @@ from agents.rules import (
     check_number,
 )
 from distree_env.config import EnvConfig, build_config
+from distree_env.dynamics import EXIT_FEATURES, exit_features
 from distree_env.traces import ExitTrace, resolve_trace
 
 __all__ = [
@@ -65,18 +66,33 @@ def _fixed_grid(trace: ExitTrace) -> tuple[float, ...]:
     return tuple(float(k) for k in range(trace.num_exits))
 
 
-def _confidence_grid(trace: ExitTrace) -> tuple[float, ...]:
-    """Thresholds above 1/C: the top probability is always at least 1/C (FixedExit(0) below)."""
-    return tuple(t for t in _OPEN_GRID if t > 1.0 / trace.num_classes)
+def _threshold_grid(feature: str, exits_above: bool) -> Callable[[ExitTrace], tuple[float, ...]]:
+    """The open-grid thresholds of a rule on ``feature`` that are no other rule in disguise on the
+    trace: not every request passing at the rule's first exit (``FixedExit``; e.g. a top
+    probability is always at least 1/C) and not none passing before the last (``LastExit``)."""
+
+    def grid(trace: ExitTrace) -> tuple[float, ...]:
+        feats, _ = exit_features(trace)
+        column = feats[:, EXIT_FEATURES.index(feature)].reshape(trace.n, trace.num_exits)
+        first = 1 if feature == "feature_diff" else 0  # feature_diff has no exit 0 to agree with
+        early = column[:, first : max(trace.num_exits - 1, first + 1)].astype(np.float64)
+        kept = []
+        for t in _OPEN_GRID:
+            passes = early >= t if exits_above else early <= t
+            if passes[:, 0].mean() < 1.0 and passes.any():
+                kept.append(t)
+        return tuple(kept)
+
+    return grid
 
 
 #: Rule name -> (factory from one parameter, grid of that parameter or a function of the trace).
 CALIBRATED_RULES: dict[str, tuple[Callable[[float], RulePolicy], Any]] = {
     "FixedExit": (lambda k: FixedExit(int(k)), _fixed_grid),
     "RandomExit": (RandomExit, _OPEN_GRID),
-    "ConfidenceThreshold": (ConfidenceThreshold, _confidence_grid),
-    "EntropyThreshold": (EntropyThreshold, _OPEN_GRID),
-    "FeatureDifference": (FeatureDifference, _OPEN_GRID),
+    "ConfidenceThreshold": (ConfidenceThreshold, _threshold_grid("max_prob", True)),
+    "EntropyThreshold": (EntropyThreshold, _threshold_grid("entropy", False)),
+    "FeatureDifference": (FeatureDifference, _threshold_grid("feature_diff", False)),
 }
 
 

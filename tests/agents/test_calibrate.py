@@ -9,7 +9,7 @@ import pytest
 from agents import calibrate
 from distree_env.config import EnvConfig
 from distree_env.manifest import record
-from distree_env.traces import synthetic_trace
+from distree_env.traces import resolve_trace, synthetic_trace
 from tests.agents import SYNTH
 
 
@@ -67,3 +67,27 @@ def test_default_grids_drop_degenerate_thresholds():
         assert grid and 0.0 not in grid and 1.0 not in grid, rule
     confidence = CALIBRATED_RULES["ConfidenceThreshold"][1](trace)
     assert min(confidence) > 0.1  # max_prob >= 1/C always: FixedExit(0) at or below it
+
+
+@pytest.mark.parametrize("trace_name", ["synthetic", "cifar10-val"])
+def test_threshold_grids_hold_no_fixed_exit_in_disguise(trace_name):
+    """On the trace, no grid point exits every request at the rule's first exit (the shipped
+    network's feature difference never exceeds about 0.6, so 0.65-0.975 were FixedExit(1)), and
+    every grid point lets some request out early."""
+    from agents.calibrate import CALIBRATED_RULES
+    from distree_env.dynamics import EXIT_FEATURES, exit_features
+
+    trace = resolve_trace(trace_name)
+    feats, _ = exit_features(trace)
+    for rule, feature, above in (
+        ("ConfidenceThreshold", "max_prob", True),
+        ("EntropyThreshold", "entropy", False),
+        ("FeatureDifference", "feature_diff", False),
+    ):
+        column = feats[:, EXIT_FEATURES.index(feature)].reshape(trace.n, trace.num_exits)
+        first = 1 if feature == "feature_diff" else 0
+        grid = CALIBRATED_RULES[rule][1](trace)
+        assert len(grid) >= 5, rule
+        for t in grid:
+            passes = column >= t if above else column <= t
+            assert passes[:, first].mean() < 1.0 and passes[:, first:-1].any(), (rule, t)
