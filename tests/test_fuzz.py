@@ -89,6 +89,8 @@ def configs(draw):
                 "handover_ms": draw(st.sampled_from([0.0, 0.3])),
                 "stall_probability": draw(st.sampled_from([0.0, 0.05, 1.0])),
                 "stall_mean_ms": draw(st.floats(0.0, 50.0)),
+                "cold_start_ms": draw(st.sampled_from([[], [1.5] * exits, [0.0] * exits])),
+                "cold_start_tau_ms": draw(st.floats(0.1, 500.0)),
                 "compute": compute,
                 "bandwidth": bandwidth,
             },
