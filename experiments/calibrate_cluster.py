@@ -131,13 +131,11 @@ def replayed_latency(run: Any, stage_model) -> tuple[np.ndarray, ...]:
     """Per served request of ``run``: exit, live latency, the model's latency for the same
     stages at the same imposed levels (and the same idle time before it) plus the measured queue
     wait, that wait, and the idle time."""
+    from distree_env.runtime.calibration import served_with_idle
+
     exits, live, sim, waits, idles = [], [], [], [], []
-    free = 0.0  # when the devices last finished a request (the run starts with them idle)
-    for rec in run.requests:
-        if rec.dropped or rec.exit < 0:
-            continue
+    for rec, idle in served_with_idle(run):
         k = np.arange(rec.exit + 1)
-        idle, free = rec.start_ms - free, rec.end_ms
         levels = np.asarray(rec.compute_level), np.asarray(rec.bandwidth_level)
         stages = stage_model(k, *levels, idle)
         exits.append(rec.exit)
@@ -365,16 +363,14 @@ IDLE_BANDS_MS = (2.0, 10.0, 40.0)
 
 
 def idle_before_request(runs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """For every served request after a run's first: how long the devices had been idle before
-    it started (ms since the previous request ended), and its device compute of stage 0 at the
-    machine's full speed (ms, mean over devices)."""
-    idle, busy = [], []
-    for run in runs:
-        served = sorted((r for r in run.requests if not r.dropped and r.busy_ms),
-                        key=lambda r: r.start_ms)  # fmt: skip
-        for before, r in pairwise(served):
-            idle.append(r.start_ms - before.end_ms)
-            busy.append(float(np.nanmean(r.busy_ms[0])))
+    """For every served request: how long the devices had been idle before it started
+    (:func:`~distree_env.runtime.calibration.served_with_idle`), and its device compute of stage
+    0 at the machine's full speed (ms, mean over devices)."""
+    from distree_env.runtime.calibration import served_with_idle
+
+    served = [(rec, idle) for run in runs for rec, idle in served_with_idle(run)]
+    idle = [idle for _, idle in served]
+    busy = [float(np.nanmean(rec.busy_ms[0])) for rec, _ in served]
     return np.asarray(idle, dtype=np.float64), np.asarray(busy, dtype=np.float64)
 
 

@@ -47,11 +47,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from itertools import pairwise
 
 import numpy as np
 
-from distree_env.runtime.records import RunRecord
+from distree_env.runtime.records import RequestRecord, RunRecord
 
 __all__ = [
     "COLD_MIN_STAGES",
@@ -66,6 +65,7 @@ __all__ = [
     "fit_handover",
     "handover_gaps",
     "per_exit_latency",
+    "served_with_idle",
     "stage_samples",
 ]
 
@@ -93,17 +93,26 @@ class StageSamples:
     idle_ms: np.ndarray  # [n] how long the devices idled before the stage's request started
 
 
+def served_with_idle(run: RunRecord) -> list[tuple[RequestRecord, float]]:
+    """The served requests of ``run`` in start order (FIFO: the record's order), each with how
+    long the devices idled before it started: ms since the previous served request ended (the
+    run's clock starts with idle devices)."""
+    served, free = [], 0.0
+    for rec in run.requests:
+        if rec.dropped or rec.exit < 0:
+            continue
+        served.append((rec, rec.start_ms - free))
+        free = rec.end_ms
+    return served
+
+
 def stage_samples(runs: Sequence[RunRecord]) -> StageSamples:
     """Flatten the stages of the served requests of ``runs``; ValueError if there are none."""
     k, busy, transfer, stage, comp, bw, decision, head = [], [], [], [], [], [], [], []
     idle = []
     for run in runs:
-        free = 0.0  # the run's clock starts with idle devices
-        for rec in run.requests:  # in request order, which is start order (FIFO)
-            if rec.dropped or rec.exit < 0:
-                continue
-            idle.extend([rec.start_ms - free] * (rec.exit + 1))
-            free = rec.end_ms
+        for rec, idle_ms in served_with_idle(run):
+            idle.extend([idle_ms] * (rec.exit + 1))
             for j in range(rec.exit + 1):
                 k.append(j)
                 busy.append(rec.busy_ms[j])
@@ -319,11 +328,9 @@ def handover_gaps(runs: Sequence[RunRecord]) -> np.ndarray:
     that one had arrived by then (the devices had work waiting: the gap is the runtime's)."""
     gaps = []
     for run in runs:
-        served = sorted((r for r in run.requests if not r.dropped and r.exit >= 0),
-                        key=lambda r: r.start_ms)  # fmt: skip
-        for done, nxt in pairwise(served):
-            if nxt.arrival_ms < done.end_ms:
-                gaps.append(nxt.start_ms - done.end_ms)
+        for rec, idle in served_with_idle(run)[1:]:
+            if rec.arrival_ms < rec.start_ms - idle:  # it arrived before the previous one ended
+                gaps.append(idle)
     return np.asarray(gaps, dtype=np.float64)
 
 

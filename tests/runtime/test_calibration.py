@@ -240,8 +240,9 @@ def test_the_simulated_config_replays_the_live_runs_arrivals_on_the_fitted_clust
 
 
 def test_idle_compute_line_bands_stage_zero_by_idle_time_before_the_request():
-    """Requests started after 1, 5 and 100 ms of idle time, with stage 0 taking 1, 2 and 4 ms
-    (out of start order in the record, and one dropped): each lands in its band with its mean."""
+    """Requests started after 1, 5 and 100 ms of idle time (the first after 1 ms of the run's
+    clock), with stage 0 taking 1, 2 and 4 ms, and one dropped: each lands in its band with its
+    mean."""
     from experiments.calibrate_cluster import idle_before_request, idle_compute_line
 
     requests, t = [], 0.0
@@ -251,12 +252,11 @@ def test_idle_compute_line_bands_stage_zero_by_idle_time_before_the_request():
                                       start_ms=start, end_ms=start + 3.0, exit=0,
                                       busy_ms=[[busy, busy]]))  # fmt: skip
         t = start + 3.0
-    requests.reverse()
-    requests.append(RequestRecord(index=99, sample=0, label=0, arrival_ms=5.0, dropped=True))
+    requests.insert(2, RequestRecord(index=99, sample=0, label=0, arrival_ms=5.0, dropped=True))
     idle, busy = idle_before_request([RunRecord(meta={}, requests=requests)])
-    assert idle.size == 11  # the first request has no idle time before it
+    assert idle.tolist() == [1.0, 5.0, 100.0, 1.0] * 3 and busy.size == 12
     line = idle_compute_line([RunRecord(meta={}, requests=requests)])
-    assert "idle <= 2 ms: 1.00 ms (5)" in line
+    assert "idle <= 2 ms: 1.00 ms (6)" in line
     assert "idle 2-10 ms: 2.00 ms (3)" in line
     assert "idle 10-40 ms" not in line
     assert "idle > 40 ms: 4.00 ms (3)" in line
