@@ -217,7 +217,7 @@ def fit_cluster(
     :param exit_device: ``[K]`` the device whose compute share exit head k runs on.
     :param cold_start: fit the cold start (False: none, every stage priced alike).
     """
-    cold = fit_cold_start(samples, exit_device) if cold_start else None
+    cold = fit_cold_start(samples, exit_device, stage_flops.shape[0]) if cold_start else None
     if cold is not None:
         samples = _warm(samples, exit_device, *cold)
     d_count = samples.busy_ms.shape[1]
@@ -264,10 +264,14 @@ def fit_cluster(
 
 
 def fit_cold_start(
-    samples: StageSamples, exit_device: np.ndarray, taus: Sequence[float] = COLD_TAUS_MS
+    samples: StageSamples,
+    exit_device: np.ndarray,
+    num_stages: int,
+    taus: Sequence[float] = COLD_TAUS_MS,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """The cold start (see the module docstring): per stage, the devices' and the exit head's
-    extra time at full speed after a long idle ``[K]`` each, and the time constant (ms).
+    """The cold start (see the module docstring): per stage of the ``num_stages``, the devices'
+    and the exit head's extra time at full speed after a long idle ``[K]`` each, and the time
+    constant (ms). A stage no request reached gets 0.
 
     The devices' part is fitted on the slowest device's busy time of each stage (the one the
     stage waits for), the head's on its time scaled to full speed; both share the ``tau`` with
@@ -275,7 +279,7 @@ def fit_cold_start(
     :data:`COLD_MIN_STAGES` measurements, gets 0; no stage's line may put its warm time (the
     intercept) below 0.
     """
-    k_count = int(samples.k.max()) + 1
+    k_count = int(num_stages)
     device = np.nanmax(samples.busy_ms, axis=1)
     share = samples.compute[np.arange(samples.k.size), np.asarray(exit_device)[samples.k]]
     head = samples.exit_ms * share

@@ -106,8 +106,14 @@ def test_fit_recovers_the_cold_start_and_keeps_the_warm_rates():
                         EXIT_DEVICE, cold_start=False)  # fmt: skip
     assert plain.cold_start_ms == () and plain.device_flops[0] < 0.95 * fit.device_flops[0]
     few = _samples(np.random.default_rng(1), n=60, cold=cold)  # about 20 stages per exit
-    device, head, _ = fit_cold_start(few, EXIT_DEVICE)
+    device, head, _ = fit_cold_start(few, EXIT_DEVICE, 3)
     assert not device.any() and not head.any()  # too few to tell a slope from noise
+    early = dataclasses.replace(s, **{f: getattr(s, f)[s.k < 2] for f in (
+        "k", "busy_ms", "transfer_ms", "stage_ms", "compute", "bandwidth", "decision_ms",
+        "exit_ms", "idle_ms")})  # fmt: skip
+    device, head, _ = fit_cold_start(early, EXIT_DEVICE, 3)  # no request reached stage 2
+    assert device.shape == head.shape == (3,) and device[2] == head[2] == 0.0
+    assert device[:2] == pytest.approx(cold[:2], abs=0.02)
 
 
 def test_another_policy_is_charged_its_own_inference():
