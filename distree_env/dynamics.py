@@ -35,7 +35,7 @@ from typing import Any, TypedDict
 import numpy as np
 
 from distree_env.cluster.arrivals import ArrivalProcess, ArrivalState
-from distree_env.cluster.latency import LatencyModel
+from distree_env.cluster.latency import LatencyModel, coldness
 from distree_env.cluster.queue import QUEUE_HARD_CAP, WaitingQueue
 from distree_env.cluster.resources import ResourcePaths
 from distree_env.config import EnvConfig
@@ -347,7 +347,7 @@ class Dynamics:
         #: in [0, 1) of each stream's request in service (fixed by the idle time before it).
         self.cold = bool(lat.cold_ms.any())
         self.cold_ms, self._cold_col = lat.cold_ms, lat.exit_device
-        self._inv_cold_tau = 1.0 / lat.cold_tau_ms
+        self.cold_tau_ms = lat.cold_tau_ms
         self.coldness = np.zeros(b)
         self._inv_period = 1.0 / cl.measurement_period_ms if cl.measurement_period_ms else 0.0
         self._period_ticks = cl.measurement_period_ms / cl.tick_ms
@@ -581,8 +581,7 @@ class Dynamics:
         self.arrival = np.where(ex, arrival, self.arrival)
         self.sample = np.where(ex, sample, self.sample)
         if self.cold:
-            cool = 1.0 - np.exp((t - start) * self._inv_cold_tau)
-            self.coldness = np.where(ex, cool, self.coldness)
+            self.coldness = np.where(ex, coldness(start - t, self.cold_tau_ms), self.coldness)
         self.service_start = np.where(ex, start, self.service_start)
         self.last_decision = np.where(ex, arrival, self.last_decision)
         self.t = np.where(ex, start, t)
@@ -824,7 +823,7 @@ class Dynamics:
         if self.handover or self.stall_p:
             start = start + self._handover_ms(np.array([busy])).item()
         if self.cold:
-            self.coldness[0] = 1.0 - np.exp((t - start) * self._inv_cold_tau)
+            self.coldness[0] = coldness(start - t, self.cold_tau_ms)
         self.arrival[0] = arrival
         self.sample[0] = sample
         self.service_start[0] = start

@@ -111,7 +111,7 @@ def model_for(config: Any, trace: Any, overrides: dict | None, overhead: bool = 
     ``config`` with ``overrides`` (the stage overhead and decision time left out when
     ``overhead`` is False), with the cold start of a request that the devices idled ``idle_ms``
     before, as the environment adds it."""
-    from distree_env.cluster.latency import LatencyModel
+    from distree_env.cluster.latency import LatencyModel, coldness
 
     cfg = config.replace(overrides or {})
     if not overhead:
@@ -120,9 +120,9 @@ def model_for(config: Any, trace: Any, overrides: dict | None, overhead: bool = 
 
     def stage_ms(k: Any, c: Any, b: Any, idle_ms: float = 0.0) -> np.ndarray:
         k, c = np.asarray(k), np.asarray(c)
-        cold = 1.0 - np.exp(-max(idle_ms, 0.0) / model.cold_tau_ms)
         share = c[np.arange(k.size), model.exit_device[k]]
-        return model.stage_ms(k, c, np.asarray(b)) + model.cold_ms[k] * cold / share
+        cold = model.cold_ms[k] * coldness(idle_ms, model.cold_tau_ms) / share
+        return model.stage_ms(k, c, np.asarray(b)) + cold
 
     return stage_ms
 
@@ -178,13 +178,14 @@ def exit_head_line(samples: Any, trace: Any, fit: Any, exit_device: np.ndarray) 
     """One line: the measured exit head time by its device's compute share beside the fitted
     model's, which stretches the head's FLOPs, fixed time and cold start by the share as the
     runtime does."""
+    from distree_env.cluster.latency import coldness
     from distree_env.runtime.calibration import exit_head_shares
 
     share, flops_ms = exit_head_shares(samples, trace.exit_flops, exit_device, fit.device_flops)
     model = (flops_ms + fit.exit_overhead_ms) / share
     if fit.cold_start_ms:  # the head's part of the cold start, by each request's idle time
         head = np.asarray(fit.cold_start_ms) - np.asarray(fit.cold_device_ms)
-        cold = 1.0 - np.exp(-np.maximum(samples.idle_ms, 0.0) / fit.cold_start_tau_ms)
+        cold = coldness(samples.idle_ms, fit.cold_start_tau_ms)
         model = model + head[samples.k] * cold / share
     parts = []
     for lo, hi in ((0.75, 1.0), (0.35, 0.75), (0.0, 0.35)):
@@ -362,18 +363,6 @@ def first_stage_busy_ms(runs: list[Any]) -> float:
 IDLE_BANDS_MS = (2.0, 10.0, 40.0)
 
 
-def idle_before_request(runs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """For every served request: how long the devices had been idle before it started
-    (:func:`~distree_env.runtime.calibration.served_with_idle`), and its device compute of stage
-    0 at the machine's full speed (ms, mean over devices)."""
-    from distree_env.runtime.calibration import served_with_idle
-
-    served = [(rec, idle) for run in runs for rec, idle in served_with_idle(run)]
-    idle = [idle for _, idle in served]
-    busy = [float(np.nanmean(rec.busy_ms[0])) for rec, _ in served]
-    return np.asarray(idle, dtype=np.float64), np.asarray(busy, dtype=np.float64)
-
-
 def idle_bands(idle: np.ndarray) -> list[tuple[str, np.ndarray]]:
     """``("idle <= 2 ms", mask)`` for each band of :data:`IDLE_BANDS_MS` that ``idle`` visits."""
     edges = (-np.inf, *IDLE_BANDS_MS, np.inf)
@@ -393,7 +382,11 @@ def idle_compute_line(runs: list[Any]) -> str:
     """Stage 0's device compute by the devices' idle time before the request, per band of
     :data:`IDLE_BANDS_MS`: on this host a core that idled computes the next stage more slowly
     (what the cold start models)."""
-    idle, busy = idle_before_request(runs)
+    from distree_env.runtime.calibration import stage_samples
+
+    samples = stage_samples(runs)
+    first = samples.k == 0  # every served request runs stage 0 once
+    idle, busy = samples.idle_ms[first], np.nanmean(samples.busy_ms[first], axis=1)
     parts = [f"{b}: {busy[sel].mean():.2f} ms ({int(sel.sum())})" for b, sel in idle_bands(idle)]
     return "stage 0 device compute by idle time before the request: " + ", ".join(parts)
 

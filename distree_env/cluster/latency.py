@@ -28,7 +28,13 @@ import numpy as np
 
 from distree_env.cluster.profiles import DEVICE_PROFILES, LINK_PROFILES
 
-__all__ = ["LatencyModel", "device_rates", "link_rates"]
+__all__ = ["LatencyModel", "coldness", "device_rates", "link_rates"]
+
+
+def coldness(idle_ms: Any, tau_ms: float) -> Any:
+    """Share in [0, 1) of the full cold start (``cluster.cold_start_ms``) that a request pays
+    after the devices idled ``idle_ms`` (a number or an array): ``1 - exp(-idle / tau)``."""
+    return 1.0 - np.exp(-np.maximum(idle_ms, 0.0) / tau_ms)
 
 
 def device_rates(cluster: Any, num_devices: int, trace_name: str) -> np.ndarray:
@@ -88,7 +94,7 @@ class LatencyModel:
         stage_overhead_ms: float = 0.0,
         decision_bytes: float = 0.0,
         exit_overhead_ms: float = 0.0,
-        cold_start_ms: np.ndarray | None = None,
+        cold_start_ms: np.ndarray | tuple[float, ...] | None = None,
         cold_start_tau_ms: float = 40.0,
     ) -> None:
         k, d = stage_flops.shape
@@ -144,7 +150,7 @@ class LatencyModel:
             config.cluster.stage_overhead_ms + config.cluster.decision_ms,
             config.cluster.decision_bytes,
             config.cluster.exit_overhead_ms,
-            np.asarray(config.cluster.cold_start_ms or np.zeros(trace.num_exits), np.float64),
+            config.cluster.cold_start_ms or None,
             config.cluster.cold_start_tau_ms,
         )
 

@@ -50,6 +50,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from distree_env.cluster.latency import coldness
 from distree_env.runtime.records import RequestRecord, RunRecord
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "StageSamples",
     "carried_decision_ms",
     "exit_head_shares",
+    "exit_shares",
     "fit_cluster",
     "fit_cold_start",
     "fit_handover",
@@ -281,11 +283,10 @@ def fit_cold_start(
     """
     k_count = int(num_stages)
     device = np.nanmax(samples.busy_ms, axis=1)
-    share = samples.compute[np.arange(samples.k.size), np.asarray(exit_device)[samples.k]]
-    head = samples.exit_ms * share
+    head = samples.exit_ms * exit_shares(samples, exit_device)
     best: tuple[float, np.ndarray, np.ndarray, float] | None = None
     for tau in taus:
-        w = 1.0 - np.exp(-np.maximum(samples.idle_ms, 0.0) / tau)
+        w = coldness(samples.idle_ms, tau)
         slopes, error = np.zeros((2, k_count)), 0.0
         for k in range(k_count):
             at = samples.k == k
@@ -305,8 +306,8 @@ def _warm(
 ) -> StageSamples:
     """``samples`` with the fitted cold part taken off every measured time (devices, exit head,
     and the stage as the simulator prices it: the cold time on the exit device's share)."""
-    w = 1.0 - np.exp(-np.maximum(samples.idle_ms, 0.0) / tau)
-    share = samples.compute[np.arange(samples.k.size), np.asarray(exit_device)[samples.k]]
+    w = coldness(samples.idle_ms, tau)
+    share = exit_shares(samples, exit_device)
     dev = device[samples.k] * w
     hd = head[samples.k] * w / share
     return replace(
@@ -323,8 +324,13 @@ def exit_head_shares(
     """Per measured stage ``[n]``: the compute share its exit head ran on, and the head's FLOP
     time at full speed (ms) on that device (the fit and the report of the head both need them)."""
     e = np.asarray(exit_device)[samples.k]
-    share = samples.compute[np.arange(e.size), e]
-    return share, np.asarray(exit_flops)[samples.k] / np.asarray(device_flops)[e] * 1e3
+    flops_ms = np.asarray(exit_flops)[samples.k] / np.asarray(device_flops)[e] * 1e3
+    return exit_shares(samples, exit_device), flops_ms
+
+
+def exit_shares(samples: StageSamples, exit_device: np.ndarray) -> np.ndarray:
+    """Per measured stage ``[n]``: the compute share of the device its exit head ran on."""
+    return samples.compute[np.arange(samples.k.size), np.asarray(exit_device)[samples.k]]
 
 
 def handover_gaps(runs: Sequence[RunRecord]) -> np.ndarray:

@@ -249,18 +249,21 @@ def test_idle_compute_line_bands_stage_zero_by_idle_time_before_the_request():
     """Requests started after 1, 5 and 100 ms of idle time (the first after 1 ms of the run's
     clock), with stage 0 taking 1, 2 and 4 ms, and one dropped: each lands in its band with its
     mean."""
-    from experiments.calibrate_cluster import idle_before_request, idle_compute_line
+    from experiments.calibrate_cluster import idle_compute_line
 
     requests, t = [], 0.0
     for i, (idle, busy) in enumerate([(1.0, 1.0), (5.0, 2.0), (100.0, 4.0), (1.0, 1.0)] * 3):
         start = t + idle
         requests.append(RequestRecord(index=i, sample=i, label=0, arrival_ms=start,
                                       start_ms=start, end_ms=start + 3.0, exit=0,
-                                      busy_ms=[[busy, busy]]))  # fmt: skip
+                                      stage_ms=[3.0], exit_ms=[0.5], decision_ms=[0.1],
+                                      busy_ms=[[busy, busy]], transfer_ms=[[1.0, 1.0]],
+                                      compute_level=[[1.0, 1.0]],
+                                      bandwidth_level=[[1.0, 1.0]]))  # fmt: skip
         t = start + 3.0
     requests.insert(2, RequestRecord(index=99, sample=0, label=0, arrival_ms=5.0, dropped=True))
-    idle, busy = idle_before_request([RunRecord(meta={}, requests=requests)])
-    assert idle.tolist() == [1.0, 5.0, 100.0, 1.0] * 3 and busy.size == 12
+    samples = stage_samples([RunRecord(meta={}, requests=requests)])
+    assert samples.idle_ms.tolist() == [1.0, 5.0, 100.0, 1.0] * 3
     line = idle_compute_line([RunRecord(meta={}, requests=requests)])
     assert "idle <= 2 ms: 1.00 ms (6)" in line
     assert "idle 2-10 ms: 2.00 ms (3)" in line
