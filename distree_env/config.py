@@ -137,6 +137,12 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def _boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise _bad(name, value, "true or false")
+    return bool(value)
+
+
 def _share(name: str, value: Any) -> float:
     return _number(
         name,
@@ -240,6 +246,23 @@ class ProcessConfig:
             raise _bad("csv", self.csv, "None unless kind='trace'")
 
 
+def _check_pipelining(config: EnvConfig) -> None:
+    """What ``cluster.pipelining`` needs from the other fields (its topology is checked when the
+    trace is read). Why ``system`` reward timing is refused: it pays the latency of every request
+    in the system at each decision, in the order of time; with several requests in flight the
+    decisions are taken request by request, not in the order of time."""
+    needs = (
+        ("arrivals.kind", config.arrivals.kind, config.arrivals.kind != "isolated",
+         "a request stream (not 'isolated')"),
+        ("cluster.clock", config.cluster.clock, config.cluster.clock == "time", "'time'"),
+        ("reward.timing", config.reward.timing, config.reward.timing in ("request", "stage"),
+         "'request' or 'stage'"),
+    )  # fmt: skip
+    for name, value, ok, allowed in needs:
+        if not ok:
+            raise not_allowed(name, value, f"{allowed} when cluster.pipelining is true")
+
+
 def _wifi5_bandwidth() -> ProcessConfig:
     return ProcessConfig(
         levels=(1.0, 0.4, 0.1),
@@ -291,6 +314,13 @@ class ClusterConfig:
     none. Why: a core that idled computes its next stage more slowly (caches, clock): 50-65% on
     the first stage after 40 ms, measured live; a light load meets cold devices, a queue warm
     ones (``experiments.calibrate_cluster`` fits both fields from live records).
+    ``pipelining`` (pipeline topology only): devices work on different requests at once, as in
+    MDI-Exit's pipeline: device 0 takes the next waiting request as soon as it has finished stage
+    0 of the previous one, and stage k of a request starts when stage k-1 has ended and device k
+    has finished the requests ahead of it (FIFO; unbounded buffers between devices; the queue
+    and its capacity are the waiting requests that device 0 has not started). False (the
+    default): one request in service at a time. It needs a request stream (not ``isolated``),
+    ``clock="time"`` and a per-request reward timing (``request`` or ``stage``).
     ``clock``: ``time`` (processes run in wall-clock time on a ``tick_ms`` grid) or ``request``
     (levels drawn once per request, the first version). ``measurement_period_ms``: the policy sees
     the levels measured at the last multiple of this period (0: the present tick).
@@ -311,6 +341,7 @@ class ClusterConfig:
     cold_start_ms: tuple[float, ...] = ()
     cold_start_tau_ms: float = 40.0
     decision_bytes: float = 64.0
+    pipelining: bool = False
     clock: str = "time"
     tick_ms: float = 10.0
     measurement_period_ms: float = 100.0
@@ -353,6 +384,7 @@ class ClusterConfig:
         _check_cold_start(self.cold_start_ms, self.cold_start_tau_ms)
         _number("decision_bytes", self.decision_bytes, low=0.0, high=1e6,
                 why="a small control message, at most 1 MB")  # fmt: skip
+        _boolean("pipelining", self.pipelining)
         _choice("clock", self.clock, CLOCKS)
         _number("tick_ms", self.tick_ms, low=0.1, high=1e4,
                 why="the resource time grid, 0.1 ms to 10 s")  # fmt: skip
@@ -380,7 +412,8 @@ class ArrivalConfig:
     ``rate_per_s`` frames per second), ``trace`` (arrival times in ms from ``csv``).
 
     The mean rate is ``rate_per_s`` or, if that is None, ``utilisation`` / (mean last-exit
-    service time with resources at their stationary levels).
+    service time with resources at their stationary levels; with ``cluster.pipelining``, the
+    mean stage time of the slowest device: what the pipeline can serve).
     """
 
     kind: str = "poisson"
@@ -506,6 +539,8 @@ class EnvConfig:
         for name, cls in _NESTED[EnvConfig].items():
             if not isinstance(getattr(self, name), cls):
                 raise _bad(name, getattr(self, name), f"a {cls.__name__} or a dict")
+        if self.cluster.pipelining:
+            _check_pipelining(self)
 
     # ---- conversion ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -671,6 +706,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         },
     },
     "pipeline": {"trace": DEFAULT_PIPELINE_TRACE},
+    "pipelined-stream": {
+        "trace": DEFAULT_PIPELINE_TRACE,
+        "cluster": {"pipelining": True},
+        "reward": {"timing": "stage"},
+    },
 }
 
 #: What each scenario's numbers stand for (shown in the env card and the README).
@@ -696,6 +736,10 @@ SCENARIO_SOURCES: dict[str, str] = {
     "measure; 50 ms per message (assumed), 1 s deadline, levels on a 50 ms grid.",
     "pipeline": "steady-stream on the pipeline topology (MDI-Exit): one backbone cut across the "
     "devices, feature maps shipped between them; one request in service at a time.",
+    "pipelined-stream": "pipeline with the devices working on different requests at once, as "
+    "MDI-Exit's pipeline does (device k runs stage k of one request while device k-1 runs stage "
+    "k-1 of the next); Poisson arrivals at 70% of what the slowest device can serve; each "
+    "decision pays its own request's latency since its previous decision (stage timing).",
 }
 
 

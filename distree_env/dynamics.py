@@ -14,6 +14,15 @@ queue, or are dropped when it is full. The observation shows the exit's confiden
 resource levels measured at the last measurement instant, the time this request has spent since
 its arrival, the queue length and the age of the oldest waiting request.
 
+Pipelining (``cluster.pipelining``, pipeline topology): device k runs stage k of one request
+while device k-1 runs stage k-1 of the next. Device 0 serves the queue in arrival order whatever
+happens downstream, so a request's stage 0 is run when it is admitted; stage k starts when
+stage k-1 has ended and device k has finished the requests ahead (``free``). The decisions are
+taken request by request, each request on its own clock ``t`` (so ``t`` can step back when the
+next request starts): exact for a FIFO pipeline, since no request can delay one ahead of it.
+Arrivals are admitted up to the latest time reached (``horizon``); what the policy sees of the
+queue is what it was at the decision's own time.
+
 Randomness: the resource pool (a sample path of every device's and link's level on the grid,
 with the stage durations it implies) comes from the pool seed alone (the ``reset`` seed, or a
 draw of the env's generator); then, from the env's generator, per fresh stream: the offset of
@@ -246,7 +255,17 @@ def _build_tables(config: EnvConfig, trace: ExitTrace) -> Tables:
     rng = np.random.default_rng(0)
     compute = paths.compute.stationary_sample(rng, SERVICE_SAMPLES)
     bandwidth = paths.bandwidth.stationary_sample(rng, SERVICE_SAMPLES)
-    mean_service = float(latency.all_stages_ms(compute, bandwidth).sum(axis=-1).mean())
+    stages = latency.all_stages_ms(compute, bandwidth)
+    if config.cluster.pipelining:
+        if trace.topology != "pipeline":
+            raise ValueError(
+                f"cluster.pipelining=True is not allowed with trace {config.trace!r}: its "
+                f"topology is {trace.topology!r}; pipelining needs a 'pipeline' trace"
+            )
+        # a pipeline answers at the pace of its slowest device, not of the whole request
+        mean_service = float(stages.mean(axis=0).max())
+    else:
+        mean_service = float(stages.sum(axis=-1).mean())
     arr = config.arrivals
     if arr.rate_per_s is not None:
         rate_per_ms = arr.rate_per_s / 1e3
@@ -299,8 +318,12 @@ class Dynamics:
         self.R = config.requests_per_episode
         self.deadline = float(config.deadline_ms)
         self.isolated = config.arrivals.kind == "isolated"
+        self.pipelined = config.cluster.pipelining
         self.capacity = config.queue.capacity
-        self.slots = self.capacity if config.queue.overflow == "drop" else QUEUE_HARD_CAP
+        #: Ring slots of the queue: in a pipeline, requests device 0 started but whose turn to
+        #: decide has not come stay in it, beyond the capacity of waiting requests.
+        self.dropping = config.queue.overflow == "drop"
+        self.slots = self.capacity if self.dropping and not self.pipelined else QUEUE_HARD_CAP
         rw = config.reward
         self.per_stage = rw.timing == "stage"
         self.system_cost = rw.timing == "system"
@@ -327,6 +350,18 @@ class Dynamics:
         self.request = np.zeros(b, dtype=np.int64)
         self.offset = np.zeros(b, dtype=np.int64)
         self.queue = WaitingQueue(b, self.slots)
+        if self.pipelined:
+            #: Pipelining: when each queued request starts (and ends) stage 0 on device 0, its
+            #: coldness (flat, beside the queue's ring); when each device is free ``[B, K]``
+            #: (device 0: after the last request admitted); how many queued requests had
+            #: started by the last admission; the latest time any request reached (arrivals
+            #: up to it are admitted).
+            self.q_start = np.zeros(b * self.slots)
+            self.q_end0 = np.zeros(b * self.slots)
+            self.q_cold = np.zeros(b * self.slots)
+            self.free = np.zeros((b, self.K))
+            self.started = np.zeros(b, dtype=np.int64)
+            self.horizon = np.zeros(b)
         # upcoming arrivals: ring of 2 blocks per stream, flat; a_next/a_end count draws
         self.a_time = np.zeros(b * 2 * ARRIVAL_BLOCK)
         self.a_sample = np.zeros(b * 2 * ARRIVAL_BLOCK, dtype=np.int64)
@@ -410,6 +445,13 @@ class Dynamics:
         self.begin_episode(envs)
         chosen = np.zeros(self.num_envs, dtype=bool)
         chosen[envs] = True
+        if self.pipelined:
+            self.free[envs] = 0.0
+            self.started[envs] = 0
+            self._start_next(rng, chosen)  # stage 0 is done: device 0 started it on admission
+            self.horizon[envs] = self.t[envs]
+            self._arrivals_pipelined(rng, np.zeros(self.num_envs, dtype=np.int64))
+            return
         self._start_next(rng, chosen)
         pos = self._positions(envs, measured=False)
         stage = self.pool.stage_ms.take(pos * self.K)  # stage 0
@@ -463,9 +505,12 @@ class Dynamics:
                 lat *= active
                 self.last_decision = np.where(active, self.t, self.last_decision)
             info["reward_latency"] = lat
-        self.k = k_old + (~ex if active is None else ~ex & active)
+        cont = ~ex if active is None else ~ex & active
+        self.k = k_old + cont
         if ex.any():
             self._start_next(rng, ex)
+        if self.pipelined:
+            return self._finish_step_pipelined(rng, info, cont)
         pos = self._positions(None, measured=False)
         stage = self.pool.stage_ms.take(pos * kk + self.k)
         if self.cold:
@@ -475,9 +520,15 @@ class Dynamics:
         self.t += stage
         dropped = np.zeros(self.num_envs, dtype=np.int64)
         self._arrivals(rng, dropped)
+        return self._pay(info, dropped, self.queue.size.copy())
+
+    def _pay(
+        self, info: dict[str, np.ndarray], dropped: np.ndarray, waiting: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """The end of :meth:`step`: drops, the queue, rewards and the episode accumulators."""
         drop = dropped * -self.drop_cost
         info["dropped"], info["reward_drop"] = dropped, drop
-        info["queue_len"] = self.queue.size.copy()
+        info["queue_len"] = waiting
         rewards = info["reward_correct"] + info["reward_latency"] + info["reward_deadline"] + drop
         acc = self.ep_rewards
         acc[:, 0] += info["reward_correct"]
@@ -563,7 +614,11 @@ class Dynamics:
     def _start_next(self, rng: np.random.Generator, ex: np.ndarray) -> None:
         """Streams where ``ex`` (devices free at ``t``) take the next request: the oldest
         waiting one, or the next arrival (idling until it comes); ``isolated``: a request
-        arriving now."""
+        arriving now. Pipelining: the oldest queued request (admitting the next arrival first
+        where none is queued), whose stage 0 device 0 ran on admission: ``t`` is its end."""
+        if self.pipelined:
+            self._start_next_pipelined(rng, ex)
+            return
         t = self.t
         if self.isolated:
             arrival, sample = t, self._take(rng, ex)[1]
@@ -691,6 +746,172 @@ class Dynamics:
         if left.min() < ARRIVAL_BLOCK // 2:
             self._refill(rng, np.flatnonzero(left <= ARRIVAL_BLOCK))
 
+    # ---- pipelining (cluster.pipelining) ----------------------------------------------------
+    def _admit(self, m: np.ndarray, time: np.ndarray, sample: np.ndarray) -> None:
+        """Queue one arrival (``time``, ``sample``) in each stream of ``m`` (each has room) and
+        run its stage 0 on device 0: from when it arrives, or when device 0 finished the request
+        admitted before it. Why at once: device 0 serves the queue in arrival order whatever the
+        decisions of the requests ahead, so its start is known on arrival."""
+        assert self.pool is not None
+        f0 = self.free[m, 0]
+        start = np.maximum(f0, time)
+        if self.handover or self.stall_p:
+            start = start + self._handover_ms(time < f0)
+        pos = self.tables.paths.positions(
+            self.offset[m], start, self.request[m], self.pool.mask, measured=False
+        )
+        stage = self.pool.stage_ms.take(pos * self.K)
+        q = self.queue
+        flat = m * self.slots + (q.head[m] + q.size[m]) % self.slots
+        if self.cold:
+            cold = coldness(start - f0, self.cold_tau_ms)
+            share = self.pool.levels.take(pos * (2 * self.D) + self._cold_col[0])
+            stage = stage + cold * self.cold_ms[0] / share
+            self.q_cold[flat] = cold
+        end = start + stage
+        self.q_start[flat] = start
+        self.q_end0[flat] = end
+        q.push(m, time, sample)
+        self.free[m, 0] = end
+
+    def _start_next_pipelined(self, rng: np.random.Generator, ex: np.ndarray) -> None:
+        """:meth:`_start_next` with pipelining."""
+        q = self.queue
+        empty = ex & (q.size == 0)
+        if empty.any():  # nobody waits: the next arrival, admitted now (it is the next in time)
+            time, sample = self._take(rng, empty)
+            m = np.flatnonzero(empty)
+            self._admit(m, time[m], sample[m])
+        head = q.base + q.head
+        start, end = self.q_start.take(head), self.q_end0.take(head)
+        arrival, sample = q.pop(ex)
+        self.started = np.where(ex, np.maximum(self.started - 1, 0), self.started)
+        self.arrival = np.where(ex, arrival, self.arrival)
+        self.sample = np.where(ex, sample, self.sample)
+        if self.cold:
+            self.coldness = np.where(ex, self.q_cold.take(head), self.coldness)
+        self.service_start = np.where(ex, start, self.service_start)
+        self.last_decision = np.where(ex, arrival, self.last_decision)
+        self.t = np.where(ex, end, self.t)
+        self.k = np.where(ex, 0, self.k)
+        self.request += ex
+
+    def _finish_step_pipelined(
+        self, rng: np.random.Generator, info: dict[str, np.ndarray], cont: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """The rest of :meth:`step` with pipelining: the requests that continue (``cont``) run
+        stage k on device k once it is free of the requests ahead; arrivals up to the latest
+        time reached are admitted."""
+        assert self.pool is not None
+        k = self.k
+        begin = np.maximum(self.t, self.free[self._rows, k])
+        pos = self.tables.paths.positions(
+            self.offset, begin, self.request, self.pool.mask, measured=False
+        )
+        stage = self.pool.stage_ms.take(pos * self.K + k)
+        if self.cold:
+            stage = stage + self._cold_ms(pos, k)
+        self.t = np.where(cont, begin + stage, self.t)
+        self.free[self._rows[cont], k[cont]] = self.t[cont]
+        self.horizon = np.maximum(self.horizon, self.t)
+        dropped = np.zeros(self.num_envs, dtype=np.int64)
+        self._arrivals_pipelined(rng, dropped)
+        return self._pay(info, dropped, self._waiting_at(None)[0])
+
+    def _arrivals_pipelined(self, rng: np.random.Generator, dropped: np.ndarray) -> None:
+        """:meth:`_arrivals` with pipelining: every arrival up to ``horizon`` in time order; it
+        is refused when ``capacity`` requests wait for device 0 at its arrival (or the ring is
+        full: ``QUEUE_HARD_CAP`` requests in the system)."""
+        mask = 2 * ARRIVAL_BLOCK - 1
+        q = self.queue
+        nxt = self.a_time.take(self._ring_base + (self.a_next & mask))
+        active = np.flatnonzero(nxt <= self.horizon)
+        taken = 0
+        while active.size:
+            flat = self._ring_base.take(active) + (self.a_next.take(active) & mask)
+            time, sample = self.a_time.take(flat), self.a_sample.take(flat)
+            self.a_next[active] += 1
+            taken += 1
+            if taken == ARRIVAL_BLOCK // 2:
+                self._refill_low(rng)
+                taken = 0
+            self._count_started(active, time)
+            size = q.size.take(active)
+            waiting = size - self.started.take(active)
+            room = size < self.slots
+            if self.dropping:
+                room &= waiting < self.capacity
+            else:  # overflow="admit": count admissions beyond the capacity
+                self.ep_overflow[active[room & (waiting >= self.capacity)]] += 1
+            if room.any():
+                self._admit(active[room], time[room], sample[room])
+            full = active[~room]
+            dropped[full] += 1
+            self.ep_dropped[full] += 1
+            nxt = self.a_time.take(self._ring_base.take(active) + (self.a_next.take(active) & mask))
+            active = active[nxt <= self.horizon.take(active)]
+        self._refill_low(rng)
+
+    def _count_started(self, m: np.ndarray, time: np.ndarray) -> None:
+        """Move ``started`` of streams ``m`` past the queued requests device 0 started by
+        ``time`` (starts grow along the queue, so they are a prefix)."""
+        q = self.queue
+        done, size = self.started.take(m), q.size.take(m)
+        base, head = q.base.take(m), q.head.take(m)
+        while True:
+            go = (done < size) & (self.q_start.take(base + (head + done) % self.slots) <= time)
+            if not go.any():
+                break
+            done = done + go
+        self.started[m] = done
+
+    def _waiting_at(self, envs: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """With pipelining, at each stream's ``t`` (streams ``envs``, all if None): how many
+        queued requests had arrived and not started on device 0, and the arrival time of the
+        oldest of them (meaningless where none). The queue may hold later arrivals, admitted
+        when another request reached a later time."""
+        q = self.queue
+        rows = self._rows if envs is None else envs
+        t, size = self.t.take(rows), q.size.take(rows)
+        base, head = q.base.take(rows), q.head.take(rows)
+        first = np.zeros(rows.size, dtype=np.int64)
+        while True:  # skip those device 0 had started by t
+            go = (first < size) & (self.q_start.take(base + (head + first) % self.slots) <= t)
+            if not go.any():
+                break
+            first = first + go
+        last = first.copy()
+        while True:  # then count those that had arrived by t
+            go = (last < size) & (q.time.take(base + (head + last) % self.slots) <= t)
+            if not go.any():
+                break
+            last = last + go
+        return last - first, q.time.take(base + (head + first) % self.slots)
+
+    def waiting_one(self) -> int:
+        """Requests waiting now in the single stream (the info's ``queue_len``)."""
+        if self.pipelined:
+            return int(self._waiting_at(None)[0][0])
+        return self.queue.size.item()
+
+    def waiting_now(self) -> np.ndarray:
+        """Requests waiting now in every stream ``[B]`` (the info's ``queue_len``)."""
+        if self.pipelined:
+            return self._waiting_at(None)[0]
+        return self.queue.size.copy()
+
+    def _step_one_batched(
+        self, rng: np.random.Generator, exit_now: bool
+    ) -> tuple[np.ndarray, float, dict[str, Any], bool]:
+        """:meth:`step_one` through the batched path (pipelining has no scalar path: it is
+        the same code as the vector env's, hence identical)."""
+        rewards, batch_info, done = self.step(rng, np.array([exit_now]))
+        info = self.neutral_info.copy()
+        info["episode_exit_fractions"] = np.zeros(self.K)
+        for key, value in batch_info.items():
+            info[key] = value[0]
+        return self.observe()[0], float(rewards[0]), info, bool(done[0])
+
     # ---- the single-stream fast path -------------------------------------------------------
     def step_one(
         self, rng: np.random.Generator, exit_now: bool
@@ -707,6 +928,8 @@ class Dynamics:
         dict and exit-fraction array every step) and only the values this step changes are
         replaced.
         Returns ``(observation, reward, info, episode_done)``."""
+        if self.pipelined:
+            return self._step_one_batched(rng, exit_now)
         k, t = self.k.item(), self.t.item()
         info = self.neutral_info.copy()
         info["episode_exit_fractions"] = np.zeros(self.K)  # arrays are never shared
@@ -868,6 +1091,8 @@ class Dynamics:
 
     def observe_one(self) -> np.ndarray:
         """:meth:`observe` of the single stream, ``[obs_dim]`` float32 (a fresh array)."""
+        if self.pipelined:
+            return self.observe()[0]
         return self._observation_one(self.t.item(), self.k.item(), self.queue.size.item())
 
     def _observation_one(self, t: float, k: int, size: int) -> np.ndarray:
@@ -900,9 +1125,12 @@ class Dynamics:
         out[:, 5 : 5 + d2] = self.pool.levels.take(self._positions(envs, measured=True), axis=0)
         inv, cap = self._inv_deadline, self.config.max_elapsed_ratio
         out[:, -3] = np.minimum((t - self.arrival[rows]) * inv, cap)
-        size = self.queue.size if envs is None else self.queue.size[envs]
+        if self.pipelined:
+            size, oldest = self._waiting_at(envs)
+        else:
+            size = self.queue.size if envs is None else self.queue.size[envs]
+            oldest = self.queue.oldest(envs)
         out[:, -2] = np.minimum(size * self._inv_capacity, 1.0)
-        oldest = self.queue.oldest(envs)
         out[:, -1] = np.where(size > 0, np.minimum((t - oldest) * inv, cap), 0.0)
         return out
 
@@ -1019,13 +1247,14 @@ class Dynamics:
             live = np.flatnonzero(self.k < j)
             if not live.size:
                 continue
+            begin = np.maximum(t[live], self.free[live, j]) if self.pipelined else t[live]
             pos = paths.positions(
-                self.offset[live], t[live], self.request[live], pool.mask, measured=False
+                self.offset[live], begin, self.request[live], pool.mask, measured=False
             )
             stage = pool.stage_ms.take(pos * kk + j)
             if self.cold:
                 stage = stage + self._cold_ms(pos, j, live)
-            t[live] += stage
+            t[live] = begin + stage
             lat[live, j] = t[live] - self.arrival[live]
         return lat, self.tables.correct.take(self.sample[:, None] * kk + np.arange(kk))
 

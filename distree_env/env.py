@@ -122,7 +122,12 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     deadline counts from its arrival, so waiting counts, and an early exit shortens the wait of
     the requests behind it. Resource levels evolve in wall-clock time, so later stages can meet
     other levels; the agent sees levels measured every ``measurement_period_ms``. Requests come
-    from an exit trace (the recorded outputs of a real or synthetic network). Scenarios:
+    from an exit trace (the recorded outputs of a real or synthetic network). With
+    ``cluster.pipelining`` (``DistrEE-Pipelined-v2``) the pipeline's devices work on different
+    requests at once: device 0 takes the next waiting request as soon as it finished stage 0 of
+    the previous one, and stage k waits for device k to finish the requests ahead. Decisions
+    then come request by request (all of one request's, then the next's), each observed at its
+    own time: exact for a FIFO pipeline, where no request can delay one ahead of it. Scenarios:
     ``distree_env.SCENARIOS`` (sources in ``SCENARIO_SOURCES``).
 
     ## Action Space
@@ -189,6 +194,8 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     in service, true future resource levels) and ``oracle_actions()``.
 
     ## Version History
+    * v2, ``DistrEE-Pipelined-v2`` (added later, the other ids unchanged): the pipeline topology
+      with ``cluster.pipelining``, devices working on different requests at once.
     * v2: every request is an episode (``requests_per_episode=1``, ``terminate-continue``) and
       ``system`` reward timing charges each decision the latency accrued, and the deadlines
       passed, by every request in the system; the dynamics are v1's. Why: with v1's
@@ -267,7 +274,7 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
         self._last, self._episode_over = None, False
         info = dyn.neutral_info.copy()
         info["episode_exit_fractions"] = np.zeros(self.num_exits)
-        info["queue_len"] = dyn.counts[dyn.queue.size.item()]
+        info["queue_len"] = dyn.counts[dyn.waiting_one()]
         return self._obs.copy(), info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:

@@ -42,6 +42,7 @@ ENV_IDS: dict[str, dict[str, Any]] = {
     "DistrEE-WiFi-v2": {"scenario": "wifi-contention"},
     "DistrEE-Cellular-v2": {"scenario": "cellular"},
     "DistrEE-Pipeline-v2": {"scenario": "pipeline"},
+    "DistrEE-Pipelined-v2": {"scenario": "pipelined-stream"},
     # v1: the same streams in 128-request truncated episodes with rewards on the exit step.
     "DistrEE-v1": {"scenario": "steady-stream", **V1_EPISODES},
     "DistrEE-Bursty-v1": {"scenario": "bursty-stream", **V1_EPISODES},

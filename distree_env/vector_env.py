@@ -171,7 +171,7 @@ class DistrEEVecEnv(VectorEnv):
         self._elapsed[:] = 0
         self._obs = dyn.observe()
         info = step_info_at_reset(self.num_envs, dyn.K)
-        info["queue_len"] = dyn.queue.size.copy()
+        info["queue_len"] = dyn.waiting_now()
         return self._obs.copy(), self._with_masks(info)
 
     def step(

@@ -13,6 +13,7 @@ from distree_env.config import SCENARIO_SOURCES, SCENARIOS, EnvConfig, ProcessCo
 from distree_env.dynamics import describe
 
 FAST = {"trace": "synthetic:n=200"}
+FAST_PIPELINE = "synthetic:topology=pipeline,n=200"
 
 
 def test_defaults_round_trip_and_hashable():
@@ -33,7 +34,8 @@ def test_partial_dict_and_overrides():
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_scenarios_build_and_are_sourced(name):
-    cfg = EnvConfig.scenario(name, **FAST)
+    pipelined = EnvConfig.scenario(name).cluster.pipelining  # needs a pipeline trace
+    cfg = EnvConfig.scenario(name, trace=FAST_PIPELINE if pipelined else FAST["trace"])
     assert SCENARIO_SOURCES[name]
     env = DistrEEEnv(cfg)
     env.reset(seed=0)

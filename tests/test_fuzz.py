@@ -1,5 +1,6 @@
-"""Hypothesis fuzzing: random valid configs (arrivals, queues, clocks, processes, rewards) and
-random actions never raise, never produce NaN, and keep every observation inside its space."""
+"""Hypothesis fuzzing: random valid configs (arrivals, queues, clocks, processes, rewards,
+pipelining) and random actions never raise, never produce NaN, and keep every observation inside
+its space."""
 
 from __future__ import annotations
 
@@ -62,7 +63,12 @@ def configs(draw):
         f"classes={draw(st.integers(2, 12))},seed={draw(st.integers(0, 3))}"
     )
     profiles = st.sampled_from(["raspberry-pi-4", "jetson-nano", "raspberry-pi-5"])
-    clock = draw(st.sampled_from(["time", "request"]))
+    pipelining = topology == "pipeline" and draw(st.booleans())
+    clock = "time" if pipelining else draw(st.sampled_from(["time", "request"]))
+    stream = draw(arrivals())
+    if pipelining and stream["kind"] == "isolated":  # pipelining needs a request stream
+        stream["kind"] = "poisson"
+    timings = ("request", "stage") if pipelining else REWARD_TIMINGS
     tick = draw(st.floats(0.1, 50.0))
     compute, bandwidth = draw(process()), draw(process())
     for proc in (compute, bandwidth):
@@ -74,7 +80,7 @@ def configs(draw):
             "deadline_ms": draw(st.floats(0.001, 1e4)),
             "max_elapsed_ratio": draw(st.floats(1.0, 100.0)),
             "episode_end": draw(st.sampled_from(EPISODE_ENDS)),
-            "arrivals": draw(arrivals()),
+            "arrivals": stream,
             "queue": {
                 "capacity": draw(st.integers(1, 40)),
                 "overflow": draw(st.sampled_from(["drop", "admit"])),
@@ -83,6 +89,7 @@ def configs(draw):
                 "device_profile": draw(profiles),
                 "link_profile": draw(st.sampled_from(["wifi-4", "wifi-5", "ethernet-1g"])),
                 "clock": clock,
+                "pipelining": pipelining,
                 "tick_ms": tick,
                 "measurement_period_ms": draw(st.sampled_from([0.0, 1.0, 3.7, 100.0])) * tick,
                 "stage_overhead_ms": draw(st.floats(0.0, 5.0)),
@@ -99,7 +106,7 @@ def configs(draw):
                 "wrong_penalty": draw(st.floats(0, 10)),
                 "latency_weight": draw(st.floats(0, 10)),
                 "deadline_penalty": draw(st.floats(0, 10)),
-                "timing": draw(st.sampled_from(REWARD_TIMINGS)),
+                "timing": draw(st.sampled_from(timings)),
             },
         }
     )

@@ -1,0 +1,176 @@
+"""Pipelining (``cluster.pipelining``): devices of the pipeline topology work on different
+requests at once. Checked against a hand-written FIFO tandem queue, against the Oracle's
+outlook, and for the errors of configs it cannot serve."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from distree_env import DistrEEEnv, EnvConfig
+from distree_env.dynamics import describe
+
+PIPELINED = {
+    "trace": "synthetic:topology=pipeline,n=200",
+    "cluster": {
+        "pipelining": True,
+        "compute": {"kind": "constant"},
+        "bandwidth": {"kind": "constant"},
+    },
+    "reward": {"timing": "stage"},
+}
+
+
+def _tandem(arrivals, depth, stage_ms, capacity):
+    """The reference: a FIFO tandem of K devices with a bounded queue before device 0 and
+    unbounded buffers between devices. Returns per served request its arrival, device-0 start
+    and latency, and the arrivals refused."""
+    starts, served, refused, f0 = [], [], 0, 0.0
+    for a in arrivals:  # device 0 serves in arrival order whatever happens downstream
+        if sum(s > a for s in starts) >= capacity:
+            refused += 1
+            continue
+        s0 = max(a, f0)
+        f0 = s0 + stage_ms[0]
+        starts.append(s0)
+        served.append(a)
+    free = [0.0] * len(stage_ms)
+    latency = []
+    for a, s0, d in zip(served, starts, depth, strict=False):
+        t = s0 + stage_ms[0]
+        for k in range(1, d + 1):  # stage k waits for device k to finish the requests ahead
+            t = max(t, free[k]) + stage_ms[k]
+            free[k] = t
+        latency.append(t - a)
+    return np.array(served), np.array(starts), np.array(latency), refused
+
+
+def test_latencies_waits_and_drops_match_a_fifo_tandem_computed_by_hand():
+    """Periodic arrivals faster than device 0 (a backlog downstream, drops at the input) and
+    random exit depths: every request's latency, wait and the drops are the reference's."""
+    # the env keeps stage times in float32; a gap that no sum of stage times meets exactly
+    stage_ms = np.float32(describe(EnvConfig.from_dict(PIPELINED))["full_speed_stage_ms"])
+    stage_ms = stage_ms.astype(np.float64).tolist()
+    gap = 0.9137 * stage_ms[0]
+    periodic = {"kind": "periodic", "rate_per_s": 1e3 / gap, "utilisation": None}
+    cfg = EnvConfig.from_dict({**PIPELINED, "arrivals": periodic, "queue": {"capacity": 3}})
+    depth = np.random.default_rng(0).integers(0, len(stage_ms), 300)
+    env = DistrEEEnv(cfg)
+    env.reset(seed=1)
+    a0 = env._dyn.arrival[0]
+    got, waits, answered, dropped = [], [], 0, 0
+    while answered < 300:
+        k = int(env._dyn.k[0])
+        _, _, term, _, info = env.step(int(k == depth[answered]))
+        dropped += int(info["dropped"])
+        if info["request_done"]:
+            assert info["request_exit"] == depth[answered]
+            got.append(info["request_latency_ms"])
+            waits.append(info["request_wait_ms"])
+            answered += 1
+        if term:
+            env.reset()
+    horizon = float(env._dyn.horizon[0])
+    arrivals = a0 + gap * np.arange(int((horizon - a0) / gap) + 1)
+    served, starts, latency, refused = _tandem(arrivals, depth, stage_ms, capacity=3)
+    assert np.allclose(got, latency[:300])
+    assert np.allclose(waits, (starts - served)[:300])
+    assert refused > 10  # the case is one with drops
+    assert dropped == refused
+
+
+def test_observed_queue_is_the_requests_waiting_for_device_0_at_the_decision():
+    """At each decision (time t) the info's queue_len counts requests that had arrived by t
+    and that device 0 had not started, although later arrivals may already be admitted."""
+    cfg = EnvConfig.from_dict(
+        {**PIPELINED, "arrivals": {"kind": "poisson", "utilisation": 0.9}}
+    )  # fmt: skip
+    env = DistrEEEnv(cfg)
+    env.reset(seed=4)
+    dyn = env._dyn
+    rng = np.random.default_rng(1)
+    seen = set()
+    for _ in range(3000):
+        _, _, term, _, info = env.step(int(rng.random() < 0.3))
+        q, t = dyn.queue, dyn.t[0]
+        rows = (q.head[0] + np.arange(q.size[0])) % q.slots
+        waiting = (q.time[rows] <= t) & (dyn.q_start[rows] > t)
+        assert info["queue_len"] == waiting.sum()
+        seen.add(int(info["queue_len"]))
+        if term:
+            env.reset()
+    assert len(seen) >= 3  # the queue did build up
+
+
+def test_the_outlook_predicts_the_latency_a_request_gets():
+    """The Oracle's hindsight: with time-varying resources, the latency the outlook gives at a
+    request's first decision for its final exit is the one it gets (earlier requests fixed when
+    each device is free, later ones cannot delay it)."""
+    env = DistrEEEnv(scenario="pipelined-stream", trace="synthetic:topology=pipeline,n=200")
+    env.reset(seed=2)
+    rng = np.random.default_rng(3)
+    predicted = None
+    checked = 0
+    for _ in range(2000):
+        if predicted is None:
+            predicted = env.request_latencies_ms.copy()
+        _, _, term, _, info = env.step(int(rng.random() < 0.4))
+        if info["request_done"]:
+            assert np.isclose(predicted[info["request_exit"]], info["request_latency_ms"])
+            predicted, checked = None, checked + 1
+        if term:
+            env.reset()
+    assert checked > 500
+
+
+def test_pipelining_serves_more_than_one_request_at_a_time():
+    """At the same arrival rate, the pipelined cluster answers with lower latency than the
+    one-request-at-a-time one (the last exit every time), and the stream's devices overlap."""
+    base = {**PIPELINED, "arrivals": {"kind": "poisson", "rate_per_s": 28.0, "utilisation": None}}
+    mean = {}
+    for pipelining in (False, True):
+        env = DistrEEEnv(EnvConfig.from_dict(base), **{"cluster.pipelining": pipelining})
+        env.reset(seed=0)
+        latencies = []
+        while len(latencies) < 400:
+            _, _, term, _, info = env.step(0)
+            if info["request_done"]:
+                latencies.append(info["request_latency_ms"])
+            if term:
+                env.reset()
+        mean[pipelining] = np.mean(latencies)
+    assert mean[True] < 0.8 * mean[False]
+
+
+def test_rollouts_are_deterministic():
+    """(single == vector(1) for the registered id is checked with every id in test_vector_env.)"""
+    actions = np.random.default_rng(0).integers(0, 2, 400)
+    runs = []
+    for _ in range(2):
+        env = DistrEEEnv(scenario="pipelined-stream", trace="synthetic:topology=pipeline,n=200")
+        obs, _ = env.reset(seed=7)
+        run = [obs]
+        for a in actions:
+            obs, reward, term, _, info = env.step(int(a))
+            run += [obs, reward, info["queue_len"], info["request_latency_ms"]]
+            if term:
+                obs, _ = env.reset()
+                run.append(obs)
+        runs.append(run)
+    for x, y in zip(*runs, strict=True):
+        assert np.array_equal(x, y)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"trace": "synthetic:n=50"}, "'parallel'"),
+        ({"arrivals": {"kind": "isolated"}}, "arrivals.kind"),
+        ({"reward": {"timing": "system"}}, "reward.timing"),
+        ({"cluster": {"clock": "request"}}, "cluster.clock"),
+        ({"cluster": {"pipelining": "yes"}}, "cluster.pipelining"),
+    ],
+)
+def test_configs_pipelining_cannot_serve_are_refused_naming_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        DistrEEEnv(EnvConfig.from_dict(PIPELINED).replace(overrides))
