@@ -11,7 +11,7 @@ from pathlib import Path
 from distree_env.config import EnvConfig
 from distree_env.traces import resolve_trace, trace_path
 
-__all__ = ["check_not_test", "held_out_trace", "is_test_name", "trace_split"]
+__all__ = ["check_not_test", "held_out_trace", "is_test_name", "on_split", "trace_split"]
 
 
 def is_test_name(trace: str) -> bool:
@@ -40,6 +40,17 @@ def held_out_trace(trace: str) -> str:
     if trace == "synthetic":
         return "synthetic:seed=1"
     return trace
+
+
+def on_split(config: EnvConfig, split: str, trace: str | None = None) -> EnvConfig:
+    """``config`` on the traces of ``split`` (``"val"`` or ``"test"``): the exit trace ``trace``
+    (default: the held-out counterpart of ``config.trace`` for test, itself for val) and the
+    split's link and arrival traces (used where the scenario replays them)."""
+    if trace is None:
+        trace = held_out_trace(config.trace) if split == "test" else config.trace
+    return config.replace(
+        {"trace": trace, "cluster.bandwidth.split": split, "arrivals.split": split}
+    )
 
 
 def trace_split(trace: str) -> str:

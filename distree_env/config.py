@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from distree_env.cluster.arrivals import ARRIVAL_PROCESSES
+from distree_env.cluster.arrivals import ARRIVAL_PROCESSES, ARRIVAL_SPLITS, SHIPPED_ARRIVALS
 from distree_env.cluster.profiles import DEVICE_PROFILES, LINK_PROFILES
 from distree_env.cluster.queue import OVERFLOW_POLICIES, QUEUE_HARD_CAP
 from distree_env.cluster.resources import (
@@ -409,8 +409,11 @@ class ArrivalConfig:
     """How requests arrive: ``kind`` in ``isolated`` (the next request arrives when the previous
     one is answered; no queue), ``poisson``, ``bursty`` (on/off MMPP: exponential periods of mean
     ``on_ms``/``off_ms``, the off rate ``off_share`` times the on rate), ``periodic`` (a camera at
-    ``rate_per_s`` frames per second), ``trace`` (arrival times in ms from ``csv``).
+    ``rate_per_s`` frames per second), ``trace`` (arrival times in ms from ``csv``: a path, or a
+    name from ``SHIPPED_ARRIVALS``, the measured arrivals of an Azure LLM inference service, its
+    hour's first half for ``split="val"`` and its second half for ``split="test"``).
 
+    A trace is time-scaled to the mean rate when one is set (both None: replayed as recorded).
     The mean rate is ``rate_per_s`` or, if that is None, ``utilisation`` / (mean last-exit
     service time with resources at their stationary levels; with ``cluster.pipelining``, the
     mean stage time of the slowest device: what the pipeline can serve).
@@ -423,10 +426,12 @@ class ArrivalConfig:
     off_ms: float = 3000.0
     off_share: float = 0.25
     csv: str | None = None
+    split: str = "val"
 
     def __post_init__(self) -> None:
         _normalise(self)
         _choice("kind", self.kind, ARRIVAL_PROCESSES)
+        _choice("split", self.split, ARRIVAL_SPLITS)
         if self.rate_per_s is not None:
             _number("rate_per_s", self.rate_per_s, low=_RATE_PER_S[0], high=_RATE_PER_S[1],
                     why=_RATE_PER_S[2])  # fmt: skip
@@ -445,7 +450,8 @@ class ArrivalConfig:
                 why="the off state's rate as a share of the on state's")  # fmt: skip
         if self.kind == "trace":
             if not isinstance(self.csv, str) or not self.csv.strip():
-                raise _bad("csv", self.csv, "a path to a CSV of arrival times when kind='trace'")
+                raise _bad("csv", self.csv, f"one of {', '.join(SHIPPED_ARRIVALS)} or a path "
+                           "to a CSV of arrival times when kind='trace'")  # fmt: skip
         elif self.csv is not None:
             raise _bad("csv", self.csv, "None unless kind='trace'")
 
@@ -705,6 +711,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "bandwidth": {"kind": "trace", "csv": "hsdpa", "split": "val", "step_ms": 100.0},
         },
     },
+    "azure-code": {
+        "arrivals": {"kind": "trace", "csv": "azure-llm-code", "split": "val", "utilisation": 0.7}
+    },
     "pipeline": {"trace": DEFAULT_PIPELINE_TRACE},
     "pipelined-stream": {
         "trace": DEFAULT_PIPELINE_TRACE,
@@ -734,6 +743,11 @@ SCENARIO_SOURCES: dict[str, str] = {
     "cellular": "Devices on 3G/HSDPA uplinks: every link replays measured commute throughput "
     "(Riiser et al., MMSys 2013, the traces used by Pensieve), val files to train, test files to "
     "measure; 50 ms per message (assumed), 1 s deadline, levels on a 50 ms grid.",
+    "azure-code": "Requests arriving as at a production inference service: the measured arrival "
+    "times of Azure's code-completion LLM service (2023-11-16; Patel et al., Splitwise, ISCA 2024), "
+    "on/off bursts with minutes of silence between minutes of hundreds of requests, time-scaled to "
+    "70% of the last-exit service capacity on average; the hour's first half to tune and train, its "
+    "second half to measure; otherwise steady-stream.",
     "pipeline": "steady-stream on the pipeline topology (MDI-Exit): one backbone cut across the "
     "devices, feature maps shipped between them; one request in service at a time.",
     "pipelined-stream": "pipeline with the devices working on different requests at once, as "

@@ -41,6 +41,7 @@ ENV_IDS: dict[str, dict[str, Any]] = {
     "DistrEE-Bursty-v2": {"scenario": "bursty-stream"},
     "DistrEE-WiFi-v2": {"scenario": "wifi-contention"},
     "DistrEE-Cellular-v2": {"scenario": "cellular"},
+    "DistrEE-AzureCode-v2": {"scenario": "azure-code"},
     "DistrEE-Pipeline-v2": {"scenario": "pipeline"},
     "DistrEE-Pipelined-v2": {"scenario": "pipelined-stream"},
     # v1: the same streams in 128-request truncated episodes with rewards on the exit step.

@@ -176,15 +176,13 @@ def held_out_config(env_id: str) -> tuple[Any, str]:
     scenario name (for the tuned agent)."""
     import gymnasium as gym
 
-    from agents.splits import held_out_trace
+    from agents.splits import on_split
 
     env = gym.make(env_id)
     config = env.unwrapped.config
     env.close()
     scenario = str(gym.spec(env_id).kwargs.get("scenario", ""))
-    test = config.replace(
-        {"trace": held_out_trace(config.trace), "cluster.bandwidth.split": "test"}
-    )
+    test = on_split(config, "test")
     return test, scenario
 
 

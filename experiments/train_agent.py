@@ -379,7 +379,7 @@ def _callbacks(
 
 
 def ship(args: Args, config: Any, final: Path, val_reward: float) -> dict[str, Any]:
-    """Evaluate the chosen model on the held-out split (test exit trace, test link traces) over
+    """Evaluate the chosen model on the held-out split (test exit, link and arrival traces) over
     ``--eval-seeds`` seeds, copy it to
     ``--save-to`` and record it (with the metrics) in the manifest when it lies under
     checkpoints/ (replacing an earlier entry). Its normalisation statistics travel with it and
@@ -389,14 +389,12 @@ def ship(args: Args, config: Any, final: Path, val_reward: float) -> dict[str, A
     from agents.evaluate import METRICS, evaluate
     from agents.loading import load_agent
     from agents.policy import sidecar
-    from agents.splits import held_out_trace
+    from agents.splits import on_split
     from distree_env.io import atomic_write_bytes
     from distree_env.manifest import checkpoints_dir, command_line, record
 
     policy = load_agent(str(final), trust=True, algo=args.algo)  # the run's own file
-    test_config = config.replace(
-        {"trace": held_out_trace(config.trace), "cluster.bandwidth.split": "test"}
-    )
+    test_config = on_split(config, "test")
     runs = [
         evaluate(policy, test_config, args.eval_requests, seed) for seed in range(args.eval_seeds)
     ]

@@ -31,7 +31,15 @@ from experiments.cli import fail, parse_args
 
 #: Scenarios whose requests are coupled through a queue (issue 9), and the isolated one for
 #: the parity result.
-SCENARIOS = ("steady-stream", "bursty-stream", "wifi-contention", "cellular", "isolated")
+SCENARIOS = (
+    "steady-stream",
+    "bursty-stream",
+    "wifi-contention",
+    "cellular",
+    "azure-code",
+    "pipelined-stream",
+    "isolated",
+)
 ALGOS = ("ppo", "dqn", "recurrent_ppo")
 #: Share of a run's time left for evaluation along the run and the held-out evaluation.
 MARGIN = 0.25

@@ -5,8 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distree_env.cluster.arrivals import ArrivalProcess, ArrivalStream, load_arrival_csv
-from distree_env.config import ArrivalConfig
+from agents.splits import on_split
+from distree_env import DistrEEEnv
+from distree_env.cluster.arrivals import (
+    ARRIVAL_SPLITS,
+    SHIPPED_ARRIVALS,
+    ArrivalProcess,
+    ArrivalStream,
+    arrival_trace_path,
+    load_arrival_csv,
+)
+from distree_env.config import ArrivalConfig, EnvConfig
 
 
 def _times(kind, n=20000, seed=0, **kw):
@@ -41,6 +50,39 @@ def test_trace_replays_its_gaps_cyclically(tmp_path):
     # gaps of the trace (5, 25) and the wrap gap (mean gap 15), in cyclic order
     assert sorted(set(np.round(gaps, 6))) == [5.0, 15.0, 25.0]
     assert (gaps > 0).all()
+
+
+@pytest.mark.parametrize("name", SHIPPED_ARRIVALS)
+def test_shipped_traces_are_two_disjoint_halves_of_an_hour(name):
+    halves = [load_arrival_csv(arrival_trace_path(name, split)) for split in ARRIVAL_SPLITS]
+    for times in halves:
+        assert len(times) > 3000 and times[0] == 0.0
+        assert 25 * 60e3 < times[-1] < 30 * 60e3  # about half of the recorded hour
+    assert not np.array_equal(halves[0][:1000], halves[1][:1000])
+
+
+def test_a_trace_is_time_scaled_to_the_configured_rate_keeping_its_pattern():
+    """With a mean rate the gaps are the recording's times one factor (the mean gap is the
+    rate's); without one the trace is replayed as recorded."""
+    recorded = load_arrival_csv(arrival_trace_path("azure-llm-code", "val"))
+    config = ArrivalConfig(kind="trace", csv="azure-llm-code", utilisation=None, rate_per_s=25.0)
+    scaled = ArrivalProcess.from_config(config, 25.0 / 1e3).times
+    assert np.isclose(np.diff(scaled).mean(), 40.0)
+    assert np.allclose(np.diff(scaled), np.diff(recorded) * (scaled[-1] / recorded[-1]))
+    as_recorded = ArrivalConfig(kind="trace", csv="azure-llm-code", utilisation=None)
+    assert np.array_equal(ArrivalProcess.from_config(as_recorded, 0.0).times, recorded)
+
+
+def test_azure_code_replays_the_split_it_is_given():
+    """Training and tuning see the first half of the hour; ``on_split(config, "test")``, what the
+    benchmark and the agents' held-out evaluation use, the second."""
+    val = EnvConfig.scenario("azure-code", trace="synthetic:n=200")
+    test = on_split(val, "test", val.trace)
+    assert (val.arrivals.split, test.arrivals.split) == ("val", "test")
+    first = [DistrEEEnv(c)._dyn.tables.arrivals.times for c in (val, test)]
+    assert not np.array_equal(first[0][:500], first[1][:500])
+    with pytest.raises(ValueError, match="arrivals.split"):
+        val.replace({"arrivals.split": "train"})
 
 
 def test_streams_replay_by_seed_and_isolated_has_none():

@@ -5,7 +5,9 @@ devices for the requests behind it, so one decision changes the latency of the n
 Kinds: ``isolated`` (closed loop: the next request arrives the moment the previous one is answered;
 no queue; the first version's behaviour), ``poisson``, ``bursty`` (a two-state Markov-modulated
 Poisson process, on/off), ``periodic`` (a camera at a fixed frame rate, random phase), ``trace``
-(arrival times from a CSV, replayed cyclically from a random offset).
+(arrival times from a CSV, or the shipped Azure traces, replayed cyclically from a random
+offset; time-scaled to the configured mean rate when there is one, so the pattern of gaps is the
+recording's and the load is the scenario's).
 
 Arrival times are generated in blocks for a batch of environments at once (array operations, no
 loop over environments), so the vector env and the single env share one implementation.
@@ -24,16 +26,36 @@ from distree_env.io import csv_rows
 
 __all__ = [
     "ARRIVAL_PROCESSES",
+    "ARRIVAL_SPLITS",
+    "AZURE_LLM_DIR",
+    "AZURE_LLM_SERVICES",
     "MAX_ARRIVAL_ROWS",
+    "SHIPPED_ARRIVALS",
     "ArrivalProcess",
     "ArrivalState",
     "ArrivalStream",
+    "arrival_trace_path",
     "load_arrival_csv",
 ]
 
 ARRIVAL_PROCESSES = ("isolated", "poisson", "bursty", "periodic", "trace")
 #: Largest number of rows of an arrival-time CSV.
 MAX_ARRIVAL_ROWS = 1 << 22
+#: The shipped arrival traces: measured request arrivals of two Azure LLM inference services
+#: (``csv="azure-llm-<service>"``), each cut in two halves of its hour, the first for ``val``
+#: and the second for ``test`` (see the folder's README.md).
+AZURE_LLM_DIR = Path(__file__).resolve().parent.parent / "data" / "arrivals" / "azure-llm"
+AZURE_LLM_SERVICES = ("conversation", "code")
+ARRIVAL_SPLITS = ("val", "test")
+SHIPPED_ARRIVALS = tuple(f"azure-llm-{service}" for service in AZURE_LLM_SERVICES)
+
+
+def arrival_trace_path(csv: str, split: str) -> Path:
+    """The file of ``arrivals.csv``: the shipped trace's ``split`` half for a shipped name,
+    else the path itself."""
+    if csv in SHIPPED_ARRIVALS:
+        return AZURE_LLM_DIR / f"{csv.removeprefix('azure-llm-')}-{split}.csv"
+    return Path(csv)
 
 
 def load_arrival_csv(path: str | Path, field_name: str = "arrivals.csv") -> np.ndarray:
@@ -93,8 +115,14 @@ class ArrivalProcess:
 
     @classmethod
     def from_config(cls, arrivals: Any, rate_per_ms: float) -> ArrivalProcess:
-        """From a validated ``ArrivalConfig`` and its resolved mean rate."""
-        times = load_arrival_csv(arrivals.csv) if arrivals.kind == "trace" else None
+        """From a validated ``ArrivalConfig`` and its resolved mean rate (0: a trace is replayed
+        as recorded; else its gaps are scaled so that its mean rate is this one)."""
+        times = None
+        if arrivals.kind == "trace":
+            times = load_arrival_csv(arrival_trace_path(arrivals.csv, arrivals.split))
+            if rate_per_ms > 0:
+                mean_gap = (times[-1] - times[0]) / (len(times) - 1)
+                times = (times - times[0]) * (1.0 / (rate_per_ms * mean_gap))
         return cls(
             arrivals.kind,
             rate_per_ms,

@@ -24,6 +24,7 @@ import numpy as np
 from agents.baselines import CONFIDENCE_FEATURES
 from agents.calibrate import calibrate_baselines
 from agents.evaluate import evaluate
+from agents.splits import on_split
 from distree_env.config import EnvConfig
 from distree_env.traces import resolve_trace
 from experiments.benchmarking.analysis import METRICS, TOLERANCE, best_agent_on_val, summarize
@@ -79,11 +80,11 @@ class BenchmarkPlan:
 
 def split_configs(plan: BenchmarkPlan, scenario: str) -> dict[str, EnvConfig]:
     """``{"val": ..., "test": ...}``: the scenario on each split's exit trace, and a scenario
-    that replays link traces (``cellular``) on that split's link traces: training traces on val,
-    held-out ones on test."""
+    that replays link or arrival traces (``cellular``, ``azure-code``) on that split's traces:
+    training traces on val, held-out ones on test."""
     base = plan.config.with_scenario(scenario)
     return {
-        split: base.replace({"trace": trace, "cluster.bandwidth.split": split})
+        split: on_split(base, split, trace)
         for split, trace in (("val", plan.val_trace), ("test", plan.test_trace))
     }
 

@@ -21,3 +21,4 @@ def test_held_out_config_uses_test_traces():
     config, scenario = bench_learnability.held_out_config("DistrEE-Cellular-v2")
     assert scenario == "cellular"
     assert config.trace.endswith("-test") and config.cluster.bandwidth.split == "test"
+    assert config.arrivals.split == "test"
