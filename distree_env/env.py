@@ -194,8 +194,11 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     in service, true future resource levels) and ``oracle_actions()``.
 
     ## Version History
-    * v2, ``DistrEE-Pipelined-v2`` (added later, the other ids unchanged): the pipeline topology
-      with ``cluster.pipelining``, devices working on different requests at once.
+    * v2, later additions (the earlier ids unchanged): ``DistrEE-Pipelined-v2``, the pipeline
+      topology with ``cluster.pipelining`` (devices working on different requests at once);
+      ``DistrEE-AzureCode-v2``, measured arrivals of a production inference service
+      (``arrivals.csv="azure-llm-code"``). ``trace`` arrivals are now time-scaled to the
+      configured rate (``rate_per_s`` or ``utilisation``; both None replays them as recorded).
     * v2: every request is an episode (``requests_per_episode=1``, ``terminate-continue``) and
       ``system`` reward timing charges each decision the latency accrued, and the deadlines
       passed, by every request in the system; the dynamics are v1's. Why: with v1's
