@@ -65,7 +65,14 @@ OUTPUT_FILES = (
 )
 #: The scenarios of the headline: the isolated requests of the first version (parity expected)
 #: and the load-coupled streams.
-DEFAULT_SCENARIOS = ("isolated", "steady-stream", "bursty-stream", "wifi-contention", "cellular")
+DEFAULT_SCENARIOS = (
+    "isolated",
+    "steady-stream",
+    "bursty-stream",
+    "wifi-contention",
+    "cellular",
+    "azure-code",
+)
 
 
 @dataclass(frozen=True)
@@ -204,8 +211,9 @@ def val_counterpart(trace: str) -> str | None:
 
 
 def _agents(args: BenchmarkArgs, obs_dim: int) -> tuple[list[AgentFile], list[str]]:
-    """The learned agents to evaluate (loadable, with this env's observation shape) and notes on
-    those skipped."""
+    """The learned agents to evaluate (of a benchmarked scenario, loadable, with this env's
+    observation shape) and notes on those skipped. An agent of another scenario is not even
+    loaded."""
     from agents import load_agent
 
     notes: list[str] = []
@@ -219,6 +227,8 @@ def _agents(args: BenchmarkArgs, obs_dim: int) -> tuple[list[AgentFile], list[st
         found = [agent_file(ref) for ref in args.agents]
     kept = []
     for agent in found:
+        if agent.scenario is not None and agent.scenario not in args.scenarios:
+            continue
         try:
             policy = load_agent(agent.ref, trust=args.trust)
         except ValueError as exc:
@@ -236,8 +246,6 @@ def _agents(args: BenchmarkArgs, obs_dim: int) -> tuple[list[AgentFile], list[st
             if args.agents != ("auto",):
                 raise ValueError(problem)
             notes.append(f"skipped {problem}")
-            continue
-        if agent.scenario is not None and agent.scenario not in args.scenarios:
             continue
         kept.append(agent)
     return kept, notes
