@@ -212,8 +212,8 @@ def val_counterpart(trace: str) -> str | None:
 
 def _agents(args: BenchmarkArgs, obs_dim: int) -> tuple[list[AgentFile], list[str]]:
     """The learned agents to evaluate (of a benchmarked scenario, loadable, with this env's
-    observation shape) and notes on those skipped. An agent of another scenario is not even
-    loaded."""
+    observation shape) and notes on those skipped. A found agent of another scenario is not
+    even loaded; a named one is, so that a bad name or file is still an error."""
     from agents import load_agent
 
     notes: list[str] = []
@@ -227,7 +227,8 @@ def _agents(args: BenchmarkArgs, obs_dim: int) -> tuple[list[AgentFile], list[st
         found = [agent_file(ref) for ref in args.agents]
     kept = []
     for agent in found:
-        if agent.scenario is not None and agent.scenario not in args.scenarios:
+        benchmarked = agent.scenario is None or agent.scenario in args.scenarios
+        if not benchmarked and args.agents == ("auto",):
             continue
         try:
             policy = load_agent(agent.ref, trust=args.trust)
@@ -247,7 +248,8 @@ def _agents(args: BenchmarkArgs, obs_dim: int) -> tuple[list[AgentFile], list[st
                 raise ValueError(problem)
             notes.append(f"skipped {problem}")
             continue
-        kept.append(agent)
+        if benchmarked:
+            kept.append(agent)
     return kept, notes
 
 
