@@ -744,12 +744,12 @@ SCENARIO_SOURCES: dict[str, str] = {
     "(Riiser et al., MMSys 2013, the traces used by Pensieve), val files to train, test files to "
     "measure; 50 ms per message (assumed), 1 s deadline, levels on a 50 ms grid.",
     "azure-code": "Requests arriving as at a production inference service: the measured arrival "
-    "times of Azure's code-completion LLM service (2023-11-16; Patel et al., Splitwise, ISCA 2024), "
-    "on/off bursts with minutes of silence between minutes of hundreds of requests, time-scaled to "
-    "30% of the last-exit service capacity on average: a cluster sized for the busiest minute of "
-    "the hour's first half (3.5 times the mean rate), which then offers about the last-exit "
-    "capacity; the first half to tune and train, the second half to measure; otherwise "
-    "steady-stream.",
+    "times of Azure's code-completion LLM service (2023-11-16; Patel et al., Splitwise, ISCA "
+    "2024), on/off bursts with minutes of silence between minutes of hundreds of requests, "
+    "time-scaled to 30% of the last-exit service capacity on average: a cluster sized for the "
+    "busiest minute of the hour's first half (3.5 times the mean rate), which then offers about "
+    "the last-exit capacity; the first half to tune and train, the second half to measure; "
+    "otherwise steady-stream.",
     "pipeline": "steady-stream on the pipeline topology (MDI-Exit): one backbone cut across the "
     "devices, feature maps shipped between them; one request in service at a time.",
     "pipelined-stream": "pipeline with the devices working on different requests at once, as "

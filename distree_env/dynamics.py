@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any, TypedDict
@@ -704,26 +705,11 @@ class Dynamics:
         self.a_end[envs] += n
 
     def _arrivals(self, rng: np.random.Generator, dropped: np.ndarray) -> None:
-        """Admit (or drop, counted into ``dropped``) every arrival up to now in every stream.
-
-        Every stream has at least ``ARRIVAL_BLOCK // 2`` unread arrivals on entry (refills keep
-        it so), so the ring is checked for refills only after the loop or when a stream has
-        taken that many arrivals in this call (the draws are the same as checking every time)."""
+        """Admit (or drop, counted into ``dropped``) every arrival up to now in every stream."""
         if self.isolated:
             return
-        mask = 2 * ARRIVAL_BLOCK - 1
-        nxt = self.a_time.take(self._ring_base + (self.a_next & mask))
-        active = np.flatnonzero(nxt <= self.t)
-        taken = 0
         queue, counting = self.queue, self.slots > self.capacity
-        while active.size:
-            flat = self._ring_base.take(active) + (self.a_next.take(active) & mask)
-            time, sample = self.a_time.take(flat), self.a_sample.take(flat)
-            self.a_next[active] += 1
-            taken += 1
-            if taken == ARRIVAL_BLOCK // 2:
-                self._refill_low(rng)
-                taken = 0
+        for active, time, sample in self._arriving(rng, self.t):
             size = queue.size.take(active)
             room = size < self.slots
             if room.all():
@@ -735,8 +721,30 @@ class Dynamics:
                 self.ep_dropped[full] += 1
             if counting:  # overflow="admit": count admissions beyond the capacity
                 self.ep_overflow[active[room & (size >= self.capacity)]] += 1
+
+    def _arriving(
+        self, rng: np.random.Generator, until: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The arrivals up to ``until`` ``[B]`` in rounds, each consumed as it is yielded: the
+        streams with one more (indices), its time and its trace row. Every stream has at least
+        ``ARRIVAL_BLOCK // 2`` unread arrivals on entry (refills keep it so), so the ring is
+        checked for refills only after the loop or when a stream has taken that many arrivals in
+        this call (the draws are the same as checking every time)."""
+        mask = 2 * ARRIVAL_BLOCK - 1
+        nxt = self.a_time.take(self._ring_base + (self.a_next & mask))
+        active = np.flatnonzero(nxt <= until)
+        taken = 0
+        while active.size:
+            flat = self._ring_base.take(active) + (self.a_next.take(active) & mask)
+            time, sample = self.a_time.take(flat), self.a_sample.take(flat)
+            self.a_next[active] += 1
+            taken += 1
+            if taken == ARRIVAL_BLOCK // 2:
+                self._refill_low(rng)
+                taken = 0
+            yield active, time, sample
             nxt = self.a_time.take(self._ring_base.take(active) + (self.a_next.take(active) & mask))
-            active = active[nxt <= self.t.take(active)]
+            active = active[nxt <= until.take(active)]
         self._refill_low(rng)
 
     def _refill_low(self, rng: np.random.Generator) -> None:
@@ -822,19 +830,8 @@ class Dynamics:
         """:meth:`_arrivals` with pipelining: every arrival up to ``horizon`` in time order; it
         is refused when ``capacity`` requests wait for device 0 at its arrival (or the ring is
         full: ``QUEUE_HARD_CAP`` requests in the system)."""
-        mask = 2 * ARRIVAL_BLOCK - 1
         q = self.queue
-        nxt = self.a_time.take(self._ring_base + (self.a_next & mask))
-        active = np.flatnonzero(nxt <= self.horizon)
-        taken = 0
-        while active.size:
-            flat = self._ring_base.take(active) + (self.a_next.take(active) & mask)
-            time, sample = self.a_time.take(flat), self.a_sample.take(flat)
-            self.a_next[active] += 1
-            taken += 1
-            if taken == ARRIVAL_BLOCK // 2:
-                self._refill_low(rng)
-                taken = 0
+        for active, time, sample in self._arriving(rng, self.horizon):
             self._count_started(active, time)
             size = q.size.take(active)
             waiting = size - self.started.take(active)
@@ -848,9 +845,6 @@ class Dynamics:
             full = active[~room]
             dropped[full] += 1
             self.ep_dropped[full] += 1
-            nxt = self.a_time.take(self._ring_base.take(active) + (self.a_next.take(active) & mask))
-            active = active[nxt <= self.horizon.take(active)]
-        self._refill_low(rng)
 
     def _count_started(self, m: np.ndarray, time: np.ndarray) -> None:
         """Move ``started`` of streams ``m`` past the queued requests device 0 started by
