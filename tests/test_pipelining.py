@@ -21,31 +21,41 @@ PIPELINED = {
 }
 
 
-def _tandem(arrivals, depth, stage_ms, capacity):
+def _tandem(arrivals, depth, stage_ms, capacity, handover=0.0, cold_ms=None, tau_ms=40.0):
     """The reference: a FIFO tandem of K devices with a bounded queue before device 0 and
-    unbounded buffers between devices. Returns per served request its arrival, device-0 start
-    and latency, and the arrivals refused."""
-    starts, served, refused, f0 = [], [], 0, 0.0
+    unbounded buffers between devices; a request starts ``handover`` ms after device 0 can take
+    it, and each of its stages k lasts ``cold_ms[k] * (1 - exp(-idle / tau_ms))`` longer, idle
+    being how long device 0 waited for it. Returns per served request its arrival, device-0
+    start and latency, and the arrivals refused."""
+    cold_ms = cold_ms or [0.0] * len(stage_ms)
+    starts, colds, served, refused, f0 = [], [], [], 0, 0.0
     for a in arrivals:  # device 0 serves in arrival order whatever happens downstream
         if sum(s > a for s in starts) >= capacity:
             refused += 1
             continue
-        s0 = max(a, f0)
-        f0 = s0 + stage_ms[0]
+        s0 = max(a, f0) + handover
+        cold = 1.0 - np.exp(-(s0 - f0) / tau_ms)
+        f0 = s0 + (stage_ms[0] + cold * cold_ms[0])
         starts.append(s0)
+        colds.append(cold)
         served.append(a)
     free = [0.0] * len(stage_ms)
     latency = []
-    for a, s0, d in zip(served, starts, depth, strict=False):
-        t = s0 + stage_ms[0]
+    for a, s0, cold, d in zip(served, starts, colds, depth, strict=False):
+        t = s0 + (stage_ms[0] + cold * cold_ms[0])
         for k in range(1, d + 1):  # stage k waits for device k to finish the requests ahead
-            t = max(t, free[k]) + stage_ms[k]
+            t = max(t, free[k]) + (stage_ms[k] + cold * cold_ms[k])
             free[k] = t
         latency.append(t - a)
     return np.array(served), np.array(starts), np.array(latency), refused
 
 
-def test_latencies_waits_and_drops_match_a_fifo_tandem_computed_by_hand():
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"handover_ms": 0.3, "cold_start_ms": [1.5, 0.5, 0.3, 0.2], "cold_start_tau_ms": 20.0}],
+    ids=["plain", "handover-and-cold-starts"],
+)
+def test_latencies_waits_and_drops_match_a_fifo_tandem_computed_by_hand(extra):
     """Periodic arrivals faster than device 0 (a backlog downstream, drops at the input) and
     random exit depths: every request's latency, wait and the drops are the reference's."""
     # the env keeps stage times in float32; a gap that no sum of stage times meets exactly
@@ -54,6 +64,7 @@ def test_latencies_waits_and_drops_match_a_fifo_tandem_computed_by_hand():
     gap = 0.9137 * stage_ms[0]
     periodic = {"kind": "periodic", "rate_per_s": 1e3 / gap, "utilisation": None}
     cfg = EnvConfig.from_dict({**PIPELINED, "arrivals": periodic, "queue": {"capacity": 3}})
+    cfg = cfg.replace({f"cluster.{key}": value for key, value in extra.items()})
     depth = np.random.default_rng(0).integers(0, len(stage_ms), 300)
     env = DistrEEEnv(cfg)
     env.reset(seed=1)
@@ -72,7 +83,15 @@ def test_latencies_waits_and_drops_match_a_fifo_tandem_computed_by_hand():
             env.reset()
     horizon = float(env._dyn.horizon[0])
     arrivals = a0 + gap * np.arange(int((horizon - a0) / gap) + 1)
-    served, starts, latency, refused = _tandem(arrivals, depth, stage_ms, capacity=3)
+    served, starts, latency, refused = _tandem(
+        arrivals,
+        depth,
+        stage_ms,
+        capacity=3,
+        handover=extra.get("handover_ms", 0.0),
+        cold_ms=extra.get("cold_start_ms"),
+        tau_ms=extra.get("cold_start_tau_ms", 40.0),
+    )
     assert np.allclose(got, latency[:300])
     assert np.allclose(waits, (starts - served)[:300])
     assert refused > 10  # the case is one with drops
