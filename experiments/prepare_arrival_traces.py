@@ -59,13 +59,21 @@ def arrival_ms(path: Path) -> list[float]:
     return [(s - stamps[0]).total_seconds() * 1e3 for s in stamps]
 
 
-def halves(times: list[float]) -> dict[str, list[float]]:
+def halves(times: list[float], name: str) -> dict[str, list[float]]:
     """The ``val`` (before the midpoint of the recording) and ``test`` (from it) halves, each
-    in ms since its own first request."""
+    in ms since its own first request; ValueError naming ``name`` when a half could not be
+    replayed (fewer than 2 distinct arrival times)."""
     middle = times[-1] / 2
     first = [t for t in times if t < middle]
     second = [t for t in times if t >= middle]
-    return {"val": first, "test": [t - second[0] for t in second]}
+    out = {"val": first, "test": [t - second[0] for t in second]}
+    for split, half in out.items():
+        if len(half) < 2 or half[-1] <= half[0]:
+            raise ValueError(
+                f"{name}: its {split} half holds {len(half)} request(s) at distinct times; a "
+                "trace needs at least 2"
+            )
+    return out
 
 
 @one_line_errors
@@ -78,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         source = getattr(args, service)
         if not source:
             raise ValueError(f"--{service} is required: the service's raw CSV")
-        for split, times in halves(arrival_ms(Path(source))).items():
+        for split, times in halves(arrival_ms(Path(source)), source).items():
             target = out / f"{service}-{split}.csv"
             atomic_write_text(target, "arrival_ms\n" + "".join(f"{t:.3f}\n" for t in times))
             span_s = times[-1] / 1e3
