@@ -37,6 +37,7 @@ SCENARIOS = (
     "wifi-contention",
     "cellular",
     "azure-code",
+    "pipeline",
     "pipelined-stream",
     "isolated",
 )
