@@ -143,7 +143,7 @@ def test_the_outlook_predicts_the_latency_a_request_gets():
 
 
 def test_pipelining_serves_more_than_one_request_at_a_time():
-    """At the same arrival rate (about 90% of what one request at a time can serve), the
+    """At the same arrival rate (88% of what one request at a time can serve), the
     pipelined cluster answers with far lower latency, the last exit every time: its devices
     work on several requests at once, so requests queue less."""
     base = {**PIPELINED, "arrivals": {"kind": "poisson", "rate_per_s": 28.0, "utilisation": None}}
