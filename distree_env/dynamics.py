@@ -457,7 +457,7 @@ class Dynamics:
         pos = self._positions(envs, measured=False)
         stage = self.pool.stage_ms.take(pos * self.K)  # stage 0
         if self.cold:
-            stage = stage + self._cold_ms(pos, 0, envs)
+            stage = stage + self._cold_ms(pos, 0, self.coldness[envs])
         self.t[envs] += stage
         self._arrivals(rng, np.zeros(self.num_envs, dtype=np.int64))
 
@@ -515,7 +515,7 @@ class Dynamics:
         pos = self._positions(None, measured=False)
         stage = self.pool.stage_ms.take(pos * kk + self.k)
         if self.cold:
-            stage = stage + self._cold_ms(pos, self.k)
+            stage = stage + self._cold_ms(pos, self.k, self.coldness)
         if active is not None:
             stage *= active
         self.t += stage
@@ -644,14 +644,13 @@ class Dynamics:
         self.k = np.where(ex, 0, self.k)
         self.request += ex
 
-    def _cold_ms(self, pos: np.ndarray, k: Any, envs: np.ndarray | None = None) -> np.ndarray:
-        """Cold-start time of stage ``k`` (an index or one per stream) of the requests in
-        service in streams ``envs`` (all) at pool rows ``pos``: stretched by the exit device's
-        compute share, as the exit head and the device stages are."""
+    def _cold_ms(self, pos: np.ndarray, k: Any, cold: np.ndarray) -> np.ndarray:
+        """Cold-start time of stage ``k`` (an index or one per request) of requests of coldness
+        ``cold`` at pool rows ``pos``: stretched by the exit device's compute share, as the exit
+        head and the device stages are."""
         assert self.pool is not None
         share = self.pool.levels.take(pos * (2 * self.D) + self._cold_col[k])
-        coldness = self.coldness if envs is None else self.coldness[envs]
-        return coldness * self.cold_ms[k] / share
+        return cold * self.cold_ms[k] / share
 
     def _handover_ms(self, busy: np.ndarray) -> np.ndarray:
         """Hand-over times ``[n]``: ``handover_ms``, plus, where ``busy`` (the next request was
@@ -773,8 +772,7 @@ class Dynamics:
         flat = m * self.slots + (q.head[m] + q.size[m]) % self.slots
         if self.cold:
             cold = coldness(start - f0, self.cold_tau_ms)
-            share = self.pool.levels.take(pos * (2 * self.D) + self._cold_col[0])
-            stage = stage + cold * self.cold_ms[0] / share
+            stage = stage + self._cold_ms(pos, 0, cold)
             self.q_cold[flat] = cold
         end = start + stage
         self.q_start[flat] = start
@@ -818,7 +816,7 @@ class Dynamics:
         )
         stage = self.pool.stage_ms.take(pos * self.K + k)
         if self.cold:
-            stage = stage + self._cold_ms(pos, k)
+            stage = stage + self._cold_ms(pos, k, self.coldness)
         self.t = np.where(cont, begin + stage, self.t)
         self.free[self._rows[cont], k[cont]] = self.t[cont]
         self.horizon = np.maximum(self.horizon, self.t)
@@ -1247,7 +1245,7 @@ class Dynamics:
             )
             stage = pool.stage_ms.take(pos * kk + j)
             if self.cold:
-                stage = stage + self._cold_ms(pos, j, live)
+                stage = stage + self._cold_ms(pos, j, self.coldness[live])
             t[live] = begin + stage
             lat[live, j] = t[live] - self.arrival[live]
         return lat, self.tables.correct.take(self.sample[:, None] * kk + np.arange(kk))
