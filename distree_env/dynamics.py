@@ -1109,21 +1109,25 @@ class Dynamics:
     # ---- observation and metrics ----------------------------------------------------------------
     def observe(self, envs: np.ndarray | None = None) -> np.ndarray:
         """Observations ``[len(envs), obs_dim]`` float32 (all streams if ``envs`` is None)."""
-        rows = self._rows if envs is None else envs
-        t = self.t if envs is None else self.t[envs]
+        if envs is None:
+            t, sample, k, arrival = self.t, self.sample, self.k, self.arrival
+        else:
+            t, sample, k = self.t[envs], self.sample[envs], self.k[envs]
+            arrival = self.arrival[envs]
         d2, kk = 2 * self.D, self.K
-        out = np.empty((rows.size, 5 + d2 + 3), dtype=np.float32)
-        out[:, :5] = self.tables.feats.take(self.sample[rows] * kk + self.k[rows], axis=0)
-        out[:, 5 : 5 + d2] = self.pool.levels.take(self._positions(envs, measured=True), axis=0)
+        tail = 5 + d2  # elapsed_ratio, queue_len, oldest_wait_ratio
+        out = np.empty((t.size, len(self.tables.observation_names)), dtype=np.float32)
+        out[:, :5] = self.tables.feats.take(sample * kk + k, axis=0)
+        out[:, 5:tail] = self.pool.levels.take(self._positions(envs, measured=True), axis=0)
         inv, cap = self._inv_deadline, self.config.max_elapsed_ratio
-        out[:, -3] = np.minimum((t - self.arrival[rows]) * inv, cap)
+        out[:, tail] = np.minimum((t - arrival) * inv, cap)
         if self.pipelined:
             size, oldest = self._waiting_at(envs)
         else:
             size = self.queue.size if envs is None else self.queue.size[envs]
             oldest = self.queue.oldest(envs)
-        out[:, -2] = np.minimum(size * self._inv_capacity, 1.0)
-        out[:, -1] = np.where(size > 0, np.minimum((t - oldest) * inv, cap), 0.0)
+        out[:, tail + 1] = np.minimum(size * self._inv_capacity, 1.0)
+        out[:, tail + 2] = np.where(size > 0, np.minimum((t - oldest) * inv, cap), 0.0)
         return out
 
     def episode_metrics(self, envs: np.ndarray) -> EpisodeMetrics:
@@ -1132,7 +1136,9 @@ class Dynamics:
         r = float(self.R)
         dropped = self.ep_dropped[envs]
         total = r + dropped
-        lat = np.sort(self.ep_latency[envs], axis=1)
+        lat = self.ep_latency[envs]
+        if self.R > 1:  # one request (v2) needs no sort, and its mean is itself
+            lat.sort(axis=1)
         pos = 0.95 * (self.R - 1)  # numpy's default (linear) percentile
         lo = int(pos)
         hi, frac = min(lo + 1, self.R - 1), pos - lo
@@ -1145,7 +1151,7 @@ class Dynamics:
             "episode_requests": np.full(envs.size, r),
             "episode_accuracy": self.ep_correct[envs] / r,
             "episode_compute_saving": 1.0 - self.ep_flops[envs] / full if full > 0 else 0.0 * ret,
-            "episode_latency_mean_ms": lat.mean(axis=1),
+            "episode_latency_mean_ms": lat.mean(axis=1) if self.R > 1 else lat[:, 0],
             "episode_latency_p95_ms": lat[:, lo] * (1.0 - frac) + lat[:, hi] * frac,
             "episode_qos_rate": self.ep_met[envs] / total,
             "episode_drop_rate": dropped / total,
@@ -1201,21 +1207,15 @@ class Dynamics:
 
     def batch_episode_metrics(self, done: np.ndarray) -> dict[str, np.ndarray]:
         """Episode metrics ``[B]`` (and ``[B, K]``) for every stream: values where ``done``,
-        zeros elsewhere. The scalar metrics are columns of one fresh ``[B, n]`` array (one
-        allocation and one scatter per step instead of one per metric)."""
-        b = self.num_envs
-        table = np.zeros((b, len(EPISODE_METRICS)))
-        fractions = np.zeros((b, self.K))
-        ended = np.zeros(b, dtype=bool)
+        zeros elsewhere. The scalar metrics are rows of one fresh array (one allocation and one
+        scatter per step instead of one per metric)."""
+        table, out = _episode_info(self.num_envs, self.K)
         if done.any():
             idx = np.flatnonzero(done)
             values = self.episode_metrics(idx)
-            table[idx] = np.column_stack([values[key] for key in EPISODE_METRICS])
-            fractions[idx] = values["episode_exit_fractions"]
-            ended[idx] = True
-        out: dict[str, np.ndarray] = {"episode_done": ended}
-        out.update({key: table[:, j] for j, key in enumerate(EPISODE_METRICS)})
-        out["episode_exit_fractions"] = fractions
+            out["episode_done"][idx] = True
+            out["episode_exit_fractions"][idx] = values["episode_exit_fractions"]
+            table[:, idx] = [values[key] for key in EPISODE_METRICS]
         return out
 
     def shown_request(self, i: int) -> int:
@@ -1280,10 +1280,17 @@ def _empty_step_info(b: int) -> dict[str, np.ndarray]:
 def empty_episode_metrics(b: int, num_exits: int) -> dict[str, np.ndarray]:
     """Episode-metric arrays for ``b`` streams that did not end an episode (zeros; no NaN, so
     Gymnasium's determinism checks can compare infos)."""
+    return _episode_info(b, num_exits)[1]
+
+
+def _episode_info(b: int, num_exits: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Zero episode metrics for ``b`` streams, and the ``[len(EPISODE_METRICS), b]`` table whose
+    rows the scalar metrics are (one allocation, and one scatter fills every metric)."""
+    table = np.zeros((len(EPISODE_METRICS), b))
     out: dict[str, np.ndarray] = {"episode_done": np.zeros(b, dtype=bool)}
-    out.update({key: np.zeros(b) for key in EPISODE_METRICS})
+    out.update(zip(EPISODE_METRICS, table, strict=True))
     out["episode_exit_fractions"] = np.zeros((b, num_exits))
-    return out
+    return table, out
 
 
 def step_info_at_reset(b: int, num_exits: int) -> dict[str, np.ndarray]:

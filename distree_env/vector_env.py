@@ -11,7 +11,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from distree_env.config import EnvConfig, build_config
-from distree_env.dynamics import Dynamics, step_info_at_reset
+from distree_env.dynamics import STEP_INFO, Dynamics, empty_episode_metrics, step_info_at_reset
 from distree_env.env import check_reset_args, split_kwargs
 from distree_env.render import RENDER_MODES, Renderer, RenderState, draw_frame
 
@@ -144,8 +144,16 @@ class DistrEEVecEnv(VectorEnv):
         self._autoreset = np.zeros(b, dtype=bool)
         self._elapsed = np.zeros(b, dtype=np.int64)
         self._all = np.arange(b)
-        self._true = np.ones(b, dtype=bool)
-        self._true.flags.writeable = False
+        true = np.ones(b, dtype=bool)
+        true.flags.writeable = False
+        #: The ``_key`` mask of every info key (read-only, shared: the info keys never change).
+        self._masks = {f"_{key}": true for key in step_info_at_reset(1, dyn.K)}
+        #: A reset's value of every step-info key but ``queue_len`` (see _info_after_reset).
+        self._neutral_step_info = {
+            key: value[0]
+            for key, value in step_info_at_reset(1, dyn.K).items()
+            if key in STEP_INFO and key != "queue_len"
+        }
         self._obs = np.zeros((b, len(self.observation_names)), dtype=np.float32)
         self._renderer: Renderer | None = None
 
@@ -201,22 +209,22 @@ class DistrEEVecEnv(VectorEnv):
         ended = terminated | truncated
         info.update(dyn.batch_episode_metrics(done))
         obs = dyn.observe()
-        infos = self._with_masks(info)
-        if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP:
-            if ended.any():  # as SyncVectorEnv: step info to final_info, reset info in its place
-                idx = np.flatnonzero(ended)
-                final_obs = obs.copy()
-                infos["final_info"] = {k: np.array(v, copy=True) for k, v in infos.items()}
-                infos["_final_info"] = ended.copy()
-                infos["final_obs"] = final_obs
-                infos["_final_obs"] = ended.copy()
-                self._reset_envs(idx)
-                obs[idx] = dyn.observe(idx)
-                for key, value in step_info_at_reset(idx.size, dyn.K).items():
-                    if key != "queue_len":  # a reset's info shows the queue as it is
-                        infos[key][idx] = value
+        if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP and ended.any():
+            # As SyncVectorEnv: the step's info goes to final_info (its arrays are this step's
+            # own), the info of the resets takes its place where an episode ended.
+            idx = np.flatnonzero(ended)
+            final_obs = obs.copy()
+            self._reset_envs(idx)
+            obs[idx] = dyn.observe(idx)
+            infos = self._with_masks(self._info_after_reset(info, idx))
+            infos["final_info"] = self._with_masks(info)
+            infos["_final_info"] = ended.copy()
+            infos["final_obs"] = final_obs
+            infos["_final_obs"] = ended.copy()
         else:
-            self._autoreset = ended.copy()
+            infos = self._with_masks(info)
+            if self.metadata["autoreset_mode"] != AutoresetMode.SAME_STEP:
+                self._autoreset = ended.copy()
         self._obs = obs
         return obs.copy(), rewards, terminated, truncated, infos
 
@@ -317,10 +325,22 @@ class DistrEEVecEnv(VectorEnv):
             self._dyn.begin_episode(idx)
         self._elapsed[idx] = 0
 
+    def _info_after_reset(self, info: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, Any]:
+        """SAME_STEP: the step's ``info`` with the reset's neutral values in sub-envs ``idx``
+        (fresh arrays; ``queue_len`` keeps the queue as it is). The episode metrics are zero
+        everywhere then: they are nonzero only where an episode ended, and every sub-env whose
+        episode ended has just been reset."""
+        out = {key: info[key].copy() for key in self._neutral_step_info}
+        for key, value in self._neutral_step_info.items():
+            out[key][idx] = value
+        out["queue_len"] = info["queue_len"].copy()
+        out.update(empty_episode_metrics(self.num_envs, self.num_exits))
+        return out
+
     def _with_masks(self, info: dict[str, np.ndarray]) -> dict[str, Any]:
+        """``info`` with Gymnasium's ``_key`` masks (every key is set in every sub-env)."""
         out: dict[str, Any] = dict(info)
-        for key in info:
-            out[f"_{key}"] = self._true
+        out.update(self._masks)
         return out
 
     def _check_actions(self, actions: Any) -> np.ndarray:
