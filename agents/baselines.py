@@ -27,6 +27,7 @@ from agents.rules import RulePolicy, check_number
 __all__ = [
     "CONFIDENCE_FEATURES",
     "DeadlineAware",
+    "NEXT_WAIT",
     "LoadAware",
     "PerExitThreshold",
     "Planner",
@@ -36,6 +37,9 @@ __all__ = [
     "solve_planner",
 ]
 
+#: The observation of the wait for the next device (only with ``cluster.pipelining``): known
+#: before continuing, so the deadline guard adds it to the predicted next stage.
+NEXT_WAIT = "next_wait_ratio"
 #: Confidence features a threshold can use: True where a high value means "safe to exit".
 CONFIDENCE_FEATURES: dict[str, bool] = {
     "max_prob": True,
@@ -161,7 +165,8 @@ class StageTimeTable:
 
 class DeadlineAware(PerExitThreshold):
     """:class:`PerExitThreshold`, and exit when continuing is predicted to miss the deadline:
-    ``elapsed_ratio + guard * next_stage > 1`` (next stage from a :class:`StageTimeTable`).
+    ``elapsed_ratio + guard * next_stage > 1`` (next stage from a :class:`StageTimeTable`;
+    with pipelining, ``next_stage`` also holds the observed ``next_wait_ratio``).
 
     Why a guard and not a hard rule: missing the deadline costs a fixed penalty, a wrong early
     answer costs the correctness bonus; ``guard`` (chosen on val) trades them. Once a request is
@@ -188,10 +193,13 @@ class DeadlineAware(PerExitThreshold):
         self.guard = check_number(f"{type(self).__name__}.guard", guard, 0.0, 100.0)
 
     def will_miss(self, obs: np.ndarray, k: np.ndarray) -> np.ndarray:
-        """Boolean ``[n]``: on time now, late after the next stage (as predicted)."""
+        """Boolean ``[n]``: on time now, late after the next stage (as predicted; after the
+        observed wait for the next device too, where the observation has one: pipelining)."""
         elapsed = self.feature(obs, "elapsed_ratio").astype(np.float64)
-        nxt = self.table.next_stage(obs, k, self.observation_names)
-        return (elapsed <= 1.0) & (elapsed + self.guard * nxt > 1.0)
+        ahead = self.table.next_stage(obs, k, self.observation_names)
+        if NEXT_WAIT in self.observation_names:
+            ahead = ahead + self.feature(obs, NEXT_WAIT)
+        return (elapsed <= 1.0) & (elapsed + self.guard * ahead > 1.0)
 
     def decide(self, obs: np.ndarray) -> np.ndarray:
         """Exit where the threshold passes or the next stage would miss the deadline."""

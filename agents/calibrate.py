@@ -20,6 +20,7 @@ import numpy as np
 
 from agents.baselines import (
     CONFIDENCE_FEATURES,
+    NEXT_WAIT,
     DeadlineAware,
     LoadAware,
     PerExitThreshold,
@@ -250,6 +251,8 @@ def stage_time_table(data: Transitions, bins: int = 3) -> StageTimeTable:
     from the steps of ``data`` that continued; empty cells take their exit's mean."""
     steps = (data.action == 0) & (data.next_exit_index == data.exit_index + 1)
     delta = data.column("elapsed_ratio", "next_obs") - data.column("elapsed_ratio")
+    if NEXT_WAIT in data.names:  # the wait for the next device is observed, not predicted
+        delta = delta - data.column(NEXT_WAIT)
     c_level, b_level = slowest_levels(data.obs, data.names)
     c_edges, b_edges = _edges(c_level, bins), _edges(b_level, bins)
     table = StageTimeTable(c_edges, b_edges, np.zeros((data.num_exits - 1, 1, 1)))

@@ -128,8 +128,9 @@ SERVICE_SAMPLES = 4096
 _REWARD_PARTS = ("reward_correct", "reward_latency", "reward_deadline", "reward_drop")
 
 
-def observation_names(num_devices: int) -> tuple[str, ...]:
-    """The observation layout for ``num_devices`` devices (one link each)."""
+def observation_names(num_devices: int, pipelining: bool = False) -> tuple[str, ...]:
+    """The observation layout for ``num_devices`` devices (one link each); with
+    ``cluster.pipelining`` one more column, the wait for the next device."""
     return (
         *EXIT_FEATURES,
         *(f"compute_{d}" for d in range(num_devices)),
@@ -137,6 +138,7 @@ def observation_names(num_devices: int) -> tuple[str, ...]:
         "elapsed_ratio",
         "queue_len",
         "oldest_wait_ratio",
+        *(("next_wait_ratio",) if pipelining else ()),
     )
 
 
@@ -274,10 +276,11 @@ def _build_tables(config: EnvConfig, trace: ExitTrace) -> Tables:
         rate_per_ms = arr.utilisation / mean_service
     else:
         rate_per_ms = 0.0
-    names = observation_names(d)
+    names = observation_names(d, config.cluster.pipelining)
     high = np.ones(len(names), dtype=np.float32)
-    high[names.index("elapsed_ratio")] = config.max_elapsed_ratio
-    high[names.index("oldest_wait_ratio")] = config.max_elapsed_ratio
+    for name in ("elapsed_ratio", "oldest_wait_ratio", "next_wait_ratio"):
+        if name in names:
+            high[names.index(name)] = config.max_elapsed_ratio
     high.flags.writeable = False
     per_stage = trace.stage_flops.sum(axis=1) + trace.exit_flops
     return Tables(
@@ -1115,7 +1118,7 @@ class Dynamics:
             t, sample, k = self.t[envs], self.sample[envs], self.k[envs]
             arrival = self.arrival[envs]
         d2, kk = 2 * self.D, self.K
-        tail = 5 + d2  # elapsed_ratio, queue_len, oldest_wait_ratio
+        tail = 5 + d2  # elapsed_ratio, queue_len, oldest_wait_ratio (, next_wait_ratio)
         out = np.empty((t.size, len(self.tables.observation_names)), dtype=np.float32)
         out[:, :5] = self.tables.feats.take(sample * kk + k, axis=0)
         out[:, 5:tail] = self.pool.levels.take(self._positions(envs, measured=True), axis=0)
@@ -1128,7 +1131,18 @@ class Dynamics:
             oldest = self.queue.oldest(envs)
         out[:, tail + 1] = np.minimum(size * self._inv_capacity, 1.0)
         out[:, tail + 2] = np.where(size > 0, np.minimum((t - oldest) * inv, cap), 0.0)
+        if self.pipelined:
+            out[:, tail + 3] = np.minimum(self._next_wait_ms(envs, t, k) * inv, cap)
         return out
+
+    def _next_wait_ms(self, envs: np.ndarray | None, t: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """With pipelining: how long the request in service of streams ``envs`` (all if None),
+        at time ``t`` and exit ``k``, would wait for device ``k + 1`` to finish the requests
+        ahead of it if it continued (0 at the last exit). A scheduler knows it: the work
+        already handed to that device."""
+        rows = self._rows if envs is None else envs
+        nxt = np.minimum(k + 1, self.K - 1)
+        return np.where(k < self.K - 1, np.maximum(self.free[rows, nxt] - t, 0.0), 0.0)
 
     def episode_metrics(self, envs: np.ndarray) -> EpisodeMetrics:
         """Metrics of the just-finished episodes of ``envs`` (each answered ``R`` requests):

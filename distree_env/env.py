@@ -47,6 +47,11 @@ OBSERVATION_MEANINGS: dict[str, tuple[str, str]] = {
         "age of the oldest waiting request / deadline (0 when none)",
         "[0, max_elapsed_ratio]",
     ),
+    "next_wait_ratio": (
+        "only with `cluster.pipelining`: wait for the next device to finish the requests ahead"
+        " / deadline (0 at the last exit)",
+        "[0, max_elapsed_ratio]",
+    ),
 }
 
 
@@ -57,7 +62,12 @@ def observation_table(names: tuple[str, ...] | None = None) -> str:
     :param names: ``env.observation_names`` of a concrete env, or None.
     """
     if names is None:
-        names = (*EXIT_FEATURES, "compute_<d>", "bandwidth_<d>", *observation_names(0)[5:])
+        names = (
+            *EXIT_FEATURES,
+            "compute_<d>",
+            "bandwidth_<d>",
+            *observation_names(0, pipelining=True)[len(EXIT_FEATURES) :],
+        )
     lines = ["| name | meaning | range |", "| --- | --- | --- |"]
     for name in names:
         key = name
@@ -195,7 +205,8 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
 
     ## Version History
     * v2, later additions (the earlier ids unchanged): ``DistrEE-Pipelined-v2``, the pipeline
-      topology with ``cluster.pipelining`` (devices working on different requests at once);
+      topology with ``cluster.pipelining`` (devices working on different requests at once),
+      whose observation ends with ``next_wait_ratio`` (the wait for the next device);
       ``DistrEE-AzureCode-v2``, measured arrivals of a production inference service
       (``arrivals.csv="azure-llm-code"``). ``trace`` arrivals are now time-scaled to the
       configured rate (``rate_per_s`` or ``utilisation``; both None replays them as recorded).

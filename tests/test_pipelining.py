@@ -194,3 +194,41 @@ def test_rollouts_are_deterministic():
 def test_configs_pipelining_cannot_serve_are_refused_naming_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
         DistrEEEnv(EnvConfig.from_dict(PIPELINED).replace(overrides))
+
+
+def test_next_wait_is_the_wait_the_request_gets_at_the_next_device():
+    """With pipelining the observation shows how long device k + 1 stays busy with the
+    requests ahead: continuing from exit k moves the request's clock by exactly that wait plus
+    stage k + 1 (constant resources, no cold starts), and the wait is often not zero."""
+    cfg = EnvConfig.from_dict({**PIPELINED, "arrivals": {"kind": "poisson", "utilisation": 0.9}})
+    stage_ms = describe(cfg)["full_speed_stage_ms"]
+    env = DistrEEEnv(cfg)
+    obs, _ = env.reset(seed=5)
+    column = env.observation_names.index("next_wait_ratio")
+    assert column == len(env.observation_names) - 1
+    dyn, last = env._dyn, len(stage_ms) - 1
+    rng = np.random.default_rng(2)
+    waits = []
+    for _ in range(3000):
+        k, t = int(dyn.k[0]), float(dyn.t[0])
+        wait = float(obs[column]) * cfg.deadline_ms
+        if k == last:
+            assert wait == 0.0
+        go_on = (
+            k < last and rng.random() < 0.7 and wait < 0.9 * cfg.max_elapsed_ratio * cfg.deadline_ms
+        )
+        obs, _, term, _, _ = env.step(0 if go_on else 1)
+        if go_on:
+            assert np.isclose(float(dyn.t[0]) - t, wait + stage_ms[k + 1], rtol=1e-5, atol=1e-3)
+            waits.append(wait)
+        if term:
+            obs, _ = env.reset()
+    assert np.mean(np.array(waits) > 0) > 0.1  # devices downstream did build a backlog
+
+
+def test_only_pipelining_adds_the_next_wait_to_the_layout():
+    plain = DistrEEEnv(trace="synthetic:topology=pipeline,n=200")
+    piped = DistrEEEnv(EnvConfig.from_dict(PIPELINED))
+    assert "next_wait_ratio" not in plain.observation_names
+    assert piped.observation_names == (*plain.observation_names, "next_wait_ratio")
+    assert piped.observation_space.shape == (len(piped.observation_names),)

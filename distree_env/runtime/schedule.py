@@ -135,6 +135,11 @@ def live_scenario(config: EnvConfig, seed: int, num_requests: int) -> LiveScenar
     from distree_env.cluster.latency import link_rates
     from distree_env.dynamics import ARRIVAL_BLOCK, pool_steps, tables_for
 
+    if config.cluster.pipelining:
+        raise ValueError(
+            "cluster.pipelining=True is not allowed in the live runtime: it serves one request "
+            "at a time; allowed: False (pipelining is simulated only)"
+        )
     tb = tables_for(config)
     d_count, paths = tb.num_devices, tb.paths
     timeline = ResourceTimeline(paths, seed, pool_steps(1))

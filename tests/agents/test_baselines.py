@@ -16,9 +16,10 @@ from agents import (
     evaluate,
 )
 from agents.baselines import StageTimeTable, StateBins, solve_planner
-from agents.calibrate import fit_planner
+from agents.calibrate import fit_planner, stage_time_table
 from agents.rollouts import collect
 from distree_env.config import EnvConfig
+from distree_env.dynamics import describe
 from tests.agents import SYNTH
 
 NAMES = (
@@ -117,6 +118,21 @@ def test_deadline_guard_exits_when_the_next_stage_would_be_late():
     assert off.predict(obs(rows))[0].tolist() == [0, 0, 0, 0]
 
 
+def test_deadline_guard_adds_the_observed_wait_for_the_next_device():
+    """With pipelining the observation has ``next_wait_ratio``: the wait before the next stage
+    can start counts towards the deadline (and guard 0 still turns the guard off)."""
+    names = (*NAMES, "next_wait_ratio")
+    rows = [
+        {"elapsed_ratio": 0.5, "progress": 0.0, "next_wait_ratio": 0.1},  # 0.5 + 0.1 + 0.3 <= 1
+        {"elapsed_ratio": 0.5, "progress": 0.0, "next_wait_ratio": 0.3},  # 0.5 + 0.3 + 0.3 > 1
+        {"elapsed_ratio": 1.1, "progress": 0.0, "next_wait_ratio": 0.3},  # already late
+    ]
+    rule = DeadlineAware([None, None], _table(0.3), guard=1.0).bind(Layout(names))
+    assert rule.predict(obs(rows, names))[0].tolist() == [0, 1, 0]
+    off = DeadlineAware([None, None], _table(0.3), guard=0.0).bind(Layout(names))
+    assert off.predict(obs(rows, names))[0].tolist() == [0, 0, 0]
+
+
 def test_load_aware_lowers_thresholds_with_the_queue():
     rule = LoadAware([0.9, 0.9], _table(0.0), guard=0.0, shift=0.2).bind(Layout())
     rows = [
@@ -166,6 +182,28 @@ def test_planner_acts_by_table_and_falls_back_on_unseen_states():
         {"max_prob": 0.1, "progress": 1.0},  # last exit
     ]
     assert planner.predict(obs(rows))[0].tolist() == [0, 1, 0, 1, 1]
+
+
+def test_stage_time_table_leaves_out_the_observed_wait_for_the_next_device():
+    """With pipelining the next-stage times learned from val are the stages themselves: the
+    wait before them is observed (``next_wait_ratio``), so it is not averaged into them."""
+    cfg = EnvConfig.from_dict(
+        {
+            "trace": "synthetic:topology=pipeline,n=200",
+            "cluster": {
+                "pipelining": True,
+                "compute": {"kind": "constant"},
+                "bandwidth": {"kind": "constant"},
+            },
+            "arrivals": {"kind": "poisson", "utilisation": 0.9},
+            "reward": {"timing": "request"},
+        }
+    )
+    data = collect(RandomExit(0.25), cfg, n_steps=8192, seed=0)
+    assert (data.column("next_wait_ratio") > 0).mean() > 0.05  # there were waits to leave out
+    stage_ms = np.array(describe(cfg)["full_speed_stage_ms"])
+    table = stage_time_table(data)
+    assert np.allclose(table.ratio[:, 0, 0], stage_ms[1:] / cfg.deadline_ms, rtol=1e-3)
 
 
 def test_fitted_planner_beats_the_behaviour_it_learned_from():

@@ -55,3 +55,9 @@ def test_confidence_features_match_the_trace_definition():
     assert f["entropy"] == pytest.approx(entropy)
     assert f["feature_diff"] == pytest.approx(0.5 * np.sqrt(2.0))
     assert confidence_features(probs, a, None)["feature_diff"] == 1.0
+
+
+def test_pipelining_is_refused_naming_the_field():
+    config = EnvConfig.scenario("pipelined-stream", trace="synthetic:topology=pipeline,n=64")
+    with pytest.raises(ValueError, match=r"cluster\.pipelining=True is not allowed"):
+        live_scenario(config, 0, 10)
