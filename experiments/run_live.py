@@ -224,12 +224,13 @@ def start_local(args: Args, argv: list[str]) -> int:
     The device count comes from the exit trace (numpy), so the launcher never imports torch;
     each worker checks that the network has as many devices."""
     from distree_env.runtime.launch import spawn_local
-    from distree_env.runtime.schedule import live_scenario
+    from distree_env.runtime.schedule import check_live_config, live_scenario
     from distree_env.runtime.shaping import KernelShaper, kernel_shaping_unavailable
     from distree_env.traces import resolve_trace
 
     _, labels, indices = load_images(args)
     config = env_config(args, labels, indices)
+    check_live_config(config)  # once here, not in every worker
     devices = resolve_trace(config.trace).num_devices
     command = [sys.executable, "-m", "experiments.run_live", *argv]
     env = {"OMP_NUM_THREADS": str(args.threads)}

@@ -24,7 +24,7 @@ import numpy as np
 from distree_env.config import EnvConfig
 from distree_env.runtime.shaping import LevelPath, Levels, RequestLevels
 
-__all__ = ["LiveScenario", "image_trace", "live_scenario"]
+__all__ = ["LiveScenario", "check_live_config", "image_trace", "live_scenario"]
 
 #: Longest stretch of run time the level paths are laid out for (beyond it the last level holds).
 HORIZON_MS = 3_600_000.0
@@ -124,6 +124,15 @@ def _compress(times: np.ndarray, levels: np.ndarray) -> LevelPath:
     return LevelPath(times[keep], levels[keep])
 
 
+def check_live_config(config: EnvConfig) -> None:
+    """Refuse a config the live runtime cannot serve (ValueError naming the field)."""
+    if config.cluster.pipelining:
+        raise ValueError(
+            "cluster.pipelining=True is not allowed in the live runtime: it serves one request "
+            "at a time; allowed: False (pipelining is simulated only)"
+        )
+
+
 def live_scenario(config: EnvConfig, seed: int, num_requests: int) -> LiveScenario:
     """The requests, resource levels, links and observation layout of a run.
 
@@ -135,11 +144,7 @@ def live_scenario(config: EnvConfig, seed: int, num_requests: int) -> LiveScenar
     from distree_env.cluster.latency import link_rates
     from distree_env.dynamics import ARRIVAL_BLOCK, pool_steps, tables_for
 
-    if config.cluster.pipelining:
-        raise ValueError(
-            "cluster.pipelining=True is not allowed in the live runtime: it serves one request "
-            "at a time; allowed: False (pipelining is simulated only)"
-        )
+    check_live_config(config)
     tb = tables_for(config)
     d_count, paths = tb.num_devices, tb.paths
     timeline = ResourceTimeline(paths, seed, pool_steps(1))

@@ -198,6 +198,18 @@ def test_wrong_world_size_is_one_line_and_exit_2(tiny, tmp_path):
     assert "WORLD_SIZE=5 does not fit" in done.stderr
 
 
+def test_pipelining_is_one_line_and_exit_2_before_any_worker_starts(tmp_path):
+    """The launcher refuses it once (the workers would each have said so)."""
+    done = run(
+        [sys.executable, "-m", "experiments.run_live", "--scenario", "pipelined-stream",
+         "--requests", "5", "--out", str(tmp_path / "r.json")]
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0
+    assert "cluster.pipelining=True is not allowed" in done.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_unreachable_master_is_one_line_and_exit_2(tiny, tmp_path):
     cmd = live_command(tiny, tmp_path / "r.json")
     cmd[cmd.index("--rendezvous-timeout") + 1] = "2"
