@@ -20,15 +20,17 @@ source of the README's results block.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from distree_env.config import SCENARIOS, EnvConfig
+from distree_env.dynamics import tables_for
 from distree_env.io import atomic_write_text, require_output_dir, require_output_file
 from distree_env.manifest import checkpoints_dir
 from distree_env.traces import resolve_trace
@@ -210,10 +212,13 @@ def val_counterpart(trace: str) -> str | None:
     return None
 
 
-def _agents(args: BenchmarkArgs, obs_dim: int) -> tuple[list[AgentFile], list[str]]:
-    """The learned agents to evaluate (of a benchmarked scenario, loadable, with this env's
-    observation shape) and notes on those skipped. A found agent of another scenario is not
-    even loaded; a named one is, so that a bad name or file is still an error."""
+def _agents(
+    args: BenchmarkArgs, obs_dim: Callable[[str], int | None]
+) -> tuple[list[AgentFile], list[str]]:
+    """The learned agents to evaluate (of a benchmarked scenario, loadable, with the observation
+    shape of its scenario, ``obs_dim(scenario)``; of every benchmarked one for an agent of no
+    scenario) and notes on those skipped. A found agent of another scenario is not even
+    loaded; a named one is, so that a bad name or file is still an error."""
     from agents import load_agent
 
     notes: list[str] = []
@@ -239,10 +244,13 @@ def _agents(args: BenchmarkArgs, obs_dim: int) -> tuple[list[AgentFile], list[st
             continue
         _one_thread()
         space = getattr(getattr(policy, "model", None), "observation_space", None)
-        if space is not None and space.shape != (obs_dim,):
+        scenarios = args.scenarios if agent.scenario is None else (agent.scenario,)
+        dims = sorted({d for d in map(obs_dim, scenarios) if d is not None})
+        if space is not None and any(space.shape != (d,) for d in dims):
             problem = (
                 f"{agent.ref} expects observations of shape {space.shape}, the environment "
-                f"gives ({obs_dim},): it was trained for another version, network or cluster"
+                f"gives {' or '.join(f'({d},)' for d in dims)}: it was trained for another "
+                "version, network or cluster"
             )
             if args.agents != ("auto",):
                 raise ValueError(problem)
@@ -251,6 +259,19 @@ def _agents(args: BenchmarkArgs, obs_dim: int) -> tuple[list[AgentFile], list[st
         if benchmarked:
             kept.append(agent)
     return kept, notes
+
+
+def _observation_dims(config: EnvConfig) -> Callable[[str], int | None]:
+    """Observation length of each scenario on ``config``'s trace (its devices, and pipelining
+    adds a column); None for a scenario the project does not define."""
+
+    @functools.cache
+    def dim(scenario: str) -> int | None:
+        if scenario not in SCENARIOS:
+            return None
+        return len(tables_for(config.with_scenario(scenario)).observation_names)
+
+    return dim
 
 
 def _one_thread() -> None:
@@ -279,12 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(f"--val-trace: {exc}")
     base = EnvConfig()
     try:
-        from distree_env.vector_env import DistrEEVecEnv
-
-        obs_dim = int(
-            DistrEEVecEnv(1, base.replace(trace=args.trace)).single_observation_space.shape[0]
-        )
-        agents, notes = _agents(args, obs_dim)
+        agents, notes = _agents(args, _observation_dims(base.replace(trace=args.trace)))
     except ValueError as exc:
         fail(str(exc))
     try:

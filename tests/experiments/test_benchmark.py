@@ -274,3 +274,29 @@ def test_rule_grids_hold_no_fixed_exit_in_disguise(trace_name: str) -> None:
             passes = column >= t if above else column <= t
             assert passes[:, first].mean() < 1.0, (feature, t)
             assert passes[:, first:-1].any(), (feature, t)
+
+
+def test_each_agent_is_checked_against_its_own_scenarios_observation() -> None:
+    """Pipelining adds an observation column: the shipped pipelined-stream agents fit their own
+    scenario on the pipeline trace (they were skipped when every agent was checked against the
+    default scenario), and a named agent whose scenario has another shape is an error."""
+    args = benchmark.BenchmarkArgs(
+        scenarios=("pipeline", "pipelined-stream"), trace="cifar10-pipeline-test"
+    )
+    dims = benchmark._observation_dims(benchmark.EnvConfig(trace=args.trace))
+    assert dims("pipelined-stream") == dims("pipeline") + 1
+    kept, notes = benchmark._agents(args, dims)
+    assert {(a.algo, a.scenario) for a in kept} >= {
+        ("ppo", "pipeline"),
+        ("dqn", "pipelined-stream"),
+        ("recurrent_ppo", "pipelined-stream"),
+    }
+    assert notes == []
+    dims_one_scenario = {"pipeline": dims("pipeline"), "pipelined-stream": dims("pipeline")}
+    with pytest.raises(ValueError, match=r"expects observations of shape \(17,\)"):
+        benchmark._agents(
+            benchmark.BenchmarkArgs(
+                scenarios=args.scenarios, trace=args.trace, agents=("ppo-pipelined-stream",)
+            ),
+            dims_one_scenario.get,
+        )
