@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -44,6 +45,8 @@ SCENARIOS = (
 ALGOS = ("ppo", "dqn", "recurrent_ppo")
 #: Share of a run's time left for evaluation along the run and the held-out evaluation.
 MARGIN = 0.25
+#: Seconds a training run gets to stop after SIGTERM before it is killed.
+STOP_GRACE_S = 10.0
 PROBE_STEPS = 4096
 
 
@@ -197,32 +200,66 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {"runs": runs, "timesteps": timesteps, "rates": rates}
     logs = Path(args.runs_dir) / "train_agents_logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    pending, running, results = list(commands), [], {}
     started = time.perf_counter()
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            algo, scenario, cmd = pending.pop(0)
-            log = open(logs / f"{algo}-{scenario}.log", "w", encoding="utf-8")  # noqa: SIM115
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            running.append((algo, scenario, proc, log, time.perf_counter()))
-        time.sleep(1.0)
-        for item in list(running):
-            algo, scenario, proc, log, t0 = item
-            if proc.poll() is None:
-                continue
-            log.close()
-            running.remove(item)
-            minutes = (time.perf_counter() - t0) / 60
-            results[f"{algo}-{scenario}"] = {"returncode": proc.returncode, "minutes": minutes}
-            state = "done" if proc.returncode == 0 else f"FAILED ({log.name})"
-            print(f"{algo}-{scenario}: {state} in {minutes:.1f} min", flush=True)
+    results = run_all(commands, args.jobs, logs)
     total = (time.perf_counter() - started) / 60
     print(f"all runs finished in {total:.1f} min (budget {args.budget_minutes:g})")
     print(json.dumps(results, indent=2))
     if any(r["returncode"] for r in results.values()):
         raise SystemExit(1)
     return {"runs": runs, "timesteps": timesteps, "rates": rates, "results": results}
+
+
+def run_all(
+    commands: list[tuple[str, str, list[str]]], jobs: int, logs: Path
+) -> dict[str, dict[str, Any]]:
+    """Run ``(algo, scenario, command)``s, ``jobs`` at once, each logging to
+    ``logs/<algo>-<scenario>.log``; returns each run's return code and minutes. Stopped (Ctrl-C,
+    SIGTERM) or failed, it stops the runs still going: none trains on without it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    pending, running, results = list(commands), [], {}
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                algo, scenario, cmd = pending.pop(0)
+                log = open(logs / f"{algo}-{scenario}.log", "w", encoding="utf-8")  # noqa: SIM115
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                running.append((algo, scenario, proc, log, time.perf_counter()))
+            time.sleep(1.0)
+            for item in list(running):
+                algo, scenario, proc, log, t0 = item
+                if proc.poll() is None:
+                    continue
+                log.close()
+                running.remove(item)
+                minutes = (time.perf_counter() - t0) / 60
+                results[f"{algo}-{scenario}"] = {"returncode": proc.returncode, "minutes": minutes}
+                state = "done" if proc.returncode == 0 else f"FAILED ({log.name})"
+                print(f"{algo}-{scenario}: {state} in {minutes:.1f} min", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop([item[2] for item in running])
+        for item in running:
+            item[3].close()
+    return results
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Terminate ``procs``, then kill those still there after ``STOP_GRACE_S``."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _terminated(signum: int, _frame: Any) -> None:
+    """SIGTERM: leave the loop like Ctrl-C does, so that the runs are stopped on the way out."""
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

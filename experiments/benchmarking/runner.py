@@ -14,6 +14,9 @@ reported number.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -47,6 +50,8 @@ __all__ = [
 ]
 
 Progress = Callable[[str], None]
+#: How often a worker checks that the benchmark process is still there (seconds).
+_WATCH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,18 @@ def run_scenario(plan: BenchmarkPlan, scenario: str) -> tuple[list[dict[str, Any
     return rows, calibrated
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: end the worker once the benchmark process ``parent`` is gone (killed,
+    say), instead of finishing a scenario for nobody."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_WATCH_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def run_benchmark(
     plan: BenchmarkPlan, jobs: int = 1, progress: Progress | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -194,7 +211,12 @@ def run_benchmark(
             tick(scenario)
     else:
         context = multiprocessing.get_context("spawn")  # no forked torch or thread state
-        with ProcessPoolExecutor(min(jobs, len(plan.scenarios)), mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            min(jobs, len(plan.scenarios)),
+            mp_context=context,
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             futures = {pool.submit(run_scenario, plan, s): s for s in plan.scenarios}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
