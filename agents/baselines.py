@@ -254,8 +254,10 @@ class StateBins:
     """How an observation becomes a discrete planner state.
 
     State = (exit k, confidence bin, slowest-device bin, slowest-link bin, queue bin, elapsed
-    bin); each bin is ``searchsorted(edges, value, side="right")``. Confidence edges are per
-    exit (quantiles of val), the others shared.
+    bin, next-device wait bin); each bin is ``searchsorted(edges, value, side="right")``.
+    Confidence edges are per exit (quantiles of val), the others shared. The wait is
+    ``next_wait_ratio`` where the observation has it (pipelining), else 0: with no
+    ``wait_edges`` it is one bin and the states are those without it.
     """
 
     feature: str
@@ -264,6 +266,7 @@ class StateBins:
     bandwidth_edges: tuple[float, ...]
     queue_edges: tuple[float, ...]
     elapsed_edges: tuple[float, ...]
+    wait_edges: tuple[float, ...] = ()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -275,6 +278,7 @@ class StateBins:
             len(self.bandwidth_edges) + 1,
             len(self.queue_edges) + 1,
             len(self.elapsed_edges) + 1,
+            len(self.wait_edges) + 1,
         )
 
     @property
@@ -293,6 +297,7 @@ class StateBins:
                 conf[rows] = np.searchsorted(np.asarray(edges), value[rows], side="right")
         c, b = slowest_levels(obs, names)
         q, e = obs[:, col["queue_len"]], obs[:, col["elapsed_ratio"]]
+        w = obs[:, col[NEXT_WAIT]] if NEXT_WAIT in col else np.zeros(len(obs), obs.dtype)
         parts = (
             np.minimum(k, len(self.confidence_edges) - 1),
             conf,
@@ -300,6 +305,7 @@ class StateBins:
             np.searchsorted(np.asarray(self.bandwidth_edges), b, side="right"),
             np.searchsorted(np.asarray(self.queue_edges), q, side="right"),
             np.searchsorted(np.asarray(self.elapsed_edges), e, side="right"),
+            np.searchsorted(np.asarray(self.wait_edges), w, side="right"),
         )
         return np.ravel_multi_index(parts, self.shape).astype(np.int64)
 

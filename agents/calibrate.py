@@ -286,6 +286,7 @@ def fit_planner(
     resource_bins: int = 3,
     queue_edges: Sequence[float] = (1e-6, 0.25, 0.5),
     elapsed_edges: Sequence[float] = (0.5, 0.8, 1.0),
+    wait_edges: Sequence[float] = (1e-6, 0.1, 0.3),
     discount: float = 0.95,
     min_count: int = 5,
 ) -> Planner:
@@ -301,10 +302,16 @@ def fit_planner(
     :param queue_edges: bin edges of ``queue_len`` (default: empty, light, half, heavy).
     :param elapsed_edges: bin edges of ``elapsed_ratio`` (default: early, later, near the
         deadline, late).
+    :param wait_edges: bin edges of ``next_wait_ratio``, used where the data has it
+        (pipelining; default: none, short, long, very long).
     :param discount: per-request discount of the value iteration.
     :param min_count: visits below which a (state, action) pair backs off to its group.
     """
-    bins = _state_bins(data, feature, confidence_bins, resource_bins, queue_edges, elapsed_edges)
+    if NEXT_WAIT not in data.names:  # no wait observed (no pipelining): one bin
+        wait_edges = ()
+    bins = _state_bins(
+        data, feature, confidence_bins, resource_bins, queue_edges, elapsed_edges, wait_edges
+    )
     model = _empirical_model(data, bins, min_count)
     ends = np.array([[False, True]] * len(model.seen_codes))
     q = solve_planner(model.r_mean, model.transition, ends, discount, model.successors_of)
@@ -326,9 +333,10 @@ def _state_bins(
     resource_bins: int,
     queue_edges: Sequence[float],
     elapsed_edges: Sequence[float],
+    wait_edges: Sequence[float],
 ) -> StateBins:
     """The planner's discretisation: ``feature`` at per-exit quantiles of val, the slowest
-    device and link levels at :func:`_edges`, queue and elapsed time at the given edges."""
+    device and link levels at :func:`_edges`, queue, elapsed time and wait at the given edges."""
     conf_edges = []
     value = data.column(feature).astype(np.float64)
     for k in range(data.num_exits):
@@ -346,6 +354,7 @@ def _state_bins(
         _edges(b_level, resource_bins),
         tuple(float(e) for e in queue_edges),
         tuple(float(e) for e in elapsed_edges),
+        tuple(float(e) for e in wait_edges),
     )
 
 

@@ -160,14 +160,27 @@ def test_value_iteration_by_hand():
     np.testing.assert_allclose(q[2, 1], 0.9 + 0.5 * 1.6, atol=1e-6)
 
 
+def test_planner_state_has_the_wait_for_the_next_device_where_observed():
+    bins = StateBins("max_prob", ((0.5,), ()), (), (), (), (), (0.2,))
+    names = (*NAMES, "next_wait_ratio")
+    rows = [{"progress": 0.0, "next_wait_ratio": 0.1}, {"progress": 0.0, "next_wait_ratio": 0.3}]
+    k = np.zeros(2, dtype=np.int64)
+    short, long = bins.codes(obs(rows, names), k, names)
+    assert np.unravel_index(long, bins.shape)[-1] == 1 and short == long - 1
+    # no such column (no pipelining): every state is in the first wait bin
+    assert bins.codes(obs(rows), k, NAMES).tolist() == [short, short]
+
+
 def test_planner_acts_by_table_and_falls_back_on_unseen_states():
     bins = StateBins("max_prob", ((0.5,), (0.5,), ()), (), (), (), ())
-    assert bins.shape == (3, 2, 1, 1, 1, 1)
+    assert bins.shape == (3, 2, 1, 1, 1, 1, 1)
     table = np.zeros(bins.size, dtype=bool)
     seen = np.zeros(bins.size, dtype=bool)
     # exit 0: seen both bins; exit when confident. exit 1: only the unsure bin seen (continue).
     codes = {
-        (k, c): np.ravel_multi_index((k, c, 0, 0, 0, 0), bins.shape) for k in (0, 1) for c in (0, 1)
+        (k, c): np.ravel_multi_index((k, c, 0, 0, 0, 0, 0), bins.shape)
+        for k in (0, 1)
+        for c in (0, 1)
     }
     table[codes[0, 1]] = True
     seen[[codes[0, 0], codes[0, 1], codes[1, 0]]] = True
