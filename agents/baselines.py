@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from agents.rules import RulePolicy, check_number
+from distree_env.dynamics import NEXT_WAIT
 
 __all__ = [
     "CONFIDENCE_FEATURES",
     "DeadlineAware",
-    "NEXT_WAIT",
     "LoadAware",
     "PerExitThreshold",
     "Planner",
@@ -37,9 +37,6 @@ __all__ = [
     "solve_planner",
 ]
 
-#: The observation of the wait for the next device (only with ``cluster.pipelining``): known
-#: before continuing, so the deadline guard adds it to the predicted next stage.
-NEXT_WAIT = "next_wait_ratio"
 #: Confidence features a threshold can use: True where a high value means "safe to exit".
 CONFIDENCE_FEATURES: dict[str, bool] = {
     "max_prob": True,

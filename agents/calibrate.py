@@ -20,7 +20,6 @@ import numpy as np
 
 from agents.baselines import (
     CONFIDENCE_FEATURES,
-    NEXT_WAIT,
     DeadlineAware,
     LoadAware,
     PerExitThreshold,
@@ -43,7 +42,7 @@ from agents.rules import (
     check_number,
 )
 from distree_env.config import EnvConfig, build_config
-from distree_env.dynamics import EXIT_FEATURES, exit_features
+from distree_env.dynamics import EXIT_FEATURES, NEXT_WAIT, exit_features
 from distree_env.traces import ExitTrace, resolve_trace
 
 __all__ = [

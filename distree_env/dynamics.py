@@ -55,6 +55,7 @@ __all__ = [
     "EPISODE_METRICS",
     "EpisodeMetrics",
     "EXIT_FEATURES",
+    "NEXT_WAIT",
     "STEP_INFO",
     "Dynamics",
     "Pool",
@@ -70,6 +71,8 @@ __all__ = [
 
 #: Exit confidence features, in observation order.
 EXIT_FEATURES = ("max_prob", "margin", "entropy", "feature_diff", "progress")
+#: The observation of the wait for the next device (only with ``cluster.pipelining``).
+NEXT_WAIT = "next_wait_ratio"
 #: Per-step info keys (present every step and at reset) and their dtypes.
 STEP_INFO: dict[str, type] = {
     "reward_correct": np.float64,
@@ -138,7 +141,7 @@ def observation_names(num_devices: int, pipelining: bool = False) -> tuple[str, 
         "elapsed_ratio",
         "queue_len",
         "oldest_wait_ratio",
-        *(("next_wait_ratio",) if pipelining else ()),
+        *((NEXT_WAIT,) if pipelining else ()),
     )
 
 
@@ -278,7 +281,7 @@ def _build_tables(config: EnvConfig, trace: ExitTrace) -> Tables:
         rate_per_ms = 0.0
     names = observation_names(d, config.cluster.pipelining)
     high = np.ones(len(names), dtype=np.float32)
-    for name in ("elapsed_ratio", "oldest_wait_ratio", "next_wait_ratio"):
+    for name in ("elapsed_ratio", "oldest_wait_ratio", NEXT_WAIT):
         if name in names:
             high[names.index(name)] = config.max_elapsed_ratio
     high.flags.writeable = False
@@ -1118,10 +1121,11 @@ class Dynamics:
             t, sample, k = self.t[envs], self.sample[envs], self.k[envs]
             arrival = self.arrival[envs]
         d2, kk = 2 * self.D, self.K
-        tail = 5 + d2  # elapsed_ratio, queue_len, oldest_wait_ratio (, next_wait_ratio)
+        head = len(EXIT_FEATURES)
+        tail = head + d2  # elapsed_ratio, queue_len, oldest_wait_ratio (, next_wait_ratio)
         out = np.empty((t.size, len(self.tables.observation_names)), dtype=np.float32)
-        out[:, :5] = self.tables.feats.take(sample * kk + k, axis=0)
-        out[:, 5:tail] = self.pool.levels.take(self._positions(envs, measured=True), axis=0)
+        out[:, :head] = self.tables.feats.take(sample * kk + k, axis=0)
+        out[:, head:tail] = self.pool.levels.take(self._positions(envs, measured=True), axis=0)
         inv, cap = self._inv_deadline, self.config.max_elapsed_ratio
         out[:, tail] = np.minimum((t - arrival) * inv, cap)
         if self.pipelined:
@@ -1138,8 +1142,9 @@ class Dynamics:
     def _next_wait_ms(self, envs: np.ndarray | None, t: np.ndarray, k: np.ndarray) -> np.ndarray:
         """With pipelining: how long the request in service of streams ``envs`` (all if None),
         at time ``t`` and exit ``k``, would wait for device ``k + 1`` to finish the requests
-        ahead of it if it continued (0 at the last exit). A scheduler knows it: the work
-        already handed to that device."""
+        ahead of it if it continued (0 at the last exit): when that device finishes the work
+        already handed to it, as simulated (a real scheduler would estimate it from the
+        device's progress)."""
         rows = self._rows if envs is None else envs
         nxt = np.minimum(k + 1, self.K - 1)
         return np.where(k < self.K - 1, np.maximum(self.free[rows, nxt] - t, 0.0), 0.0)
