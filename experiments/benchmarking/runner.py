@@ -18,14 +18,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from agents.baselines import CONFIDENCE_FEATURES
-from agents.calibrate import calibrate_baselines
+from agents.calibrate import BaselineFit, calibrate_baselines
 from agents.evaluate import evaluate
 from agents.splits import on_split
 from distree_env.config import EnvConfig
@@ -43,7 +43,9 @@ from experiments.benchmarking.policies import (
 __all__ = [
     "BenchmarkPlan",
     "Calibration",
+    "choose_on_val",
     "evaluate_point",
+    "measure_on_test",
     "run_benchmark",
     "run_scenario",
     "split_configs",
@@ -126,20 +128,16 @@ def _load(trust: bool) -> Callable[[str], Any]:
     return load
 
 
-def scenario_specs(
-    plan: BenchmarkPlan,
-    scenario: str,
-    configs: dict[str, EnvConfig],
-    target_accuracy: float | None = None,
-) -> tuple[list[PolicySpec], dict[str, Any]]:
-    """Specs of one scenario (rules on the val grid, baselines calibrated on val, references;
-    not the agents) and the calibrated parameters (for the JSON record).
+def calibrate_scenario(
+    plan: BenchmarkPlan, scenario: str, configs: dict[str, EnvConfig], target_accuracy: float | None
+) -> dict[str, BaselineFit]:
+    """The baselines of one scenario, calibrated on val.
 
     :param target_accuracy: the best agent's val accuracy, where the load-aware rule gets a
         point of its own (``LoadAware[accuracy]``) for the equal-accuracy deadline comparison.
     """
     c = plan.calibration
-    fits = calibrate_baselines(
+    return calibrate_baselines(
         configs["val"],
         n_requests=c.n_requests,
         points=c.points,
@@ -150,40 +148,72 @@ def scenario_specs(
         accuracy_tolerance=TOLERANCE,
         target_seeds=plan.seeds,
     )
-    params = {
-        name: {"repr": repr(fit.policy), "val_reward": fit.val["mean_reward"]}
-        for name, fit in fits.items()
-    }
-    specs = [
+
+
+def scenario_specs(plan: BenchmarkPlan, fits: dict[str, BaselineFit]) -> list[PolicySpec]:
+    """Specs of one scenario but its agents: references, rules on the val grid, and the
+    baselines ``fits`` calibrated on val."""
+    return [
         *reference_specs(),
         *rule_specs(resolve_trace(plan.val_trace), plan.thresholds),
         *baseline_specs(fits),
     ]
-    return specs, params
+
+
+def _rows(
+    plan: BenchmarkPlan, scenario: str, specs: list[PolicySpec], split: str, config: EnvConfig
+) -> list[dict[str, Any]]:
+    """Every spec on ``split`` with every seed."""
+    return [
+        evaluate_point(spec, split, config, scenario, seed, plan.n_requests)
+        for spec in specs
+        for seed in plan.seeds
+    ]
+
+
+def _learned(plan: BenchmarkPlan, scenario: str) -> list[PolicySpec]:
+    """The agents evaluated on ``scenario``: its own and those of no scenario."""
+    agents = [a for a in plan.agents if a.scenario in (None, scenario)]
+    return learned_specs(agents, _load(plan.trust))
+
+
+def choose_on_val(
+    plan: BenchmarkPlan, scenario: str
+) -> tuple[list[dict[str, Any]], dict[str, BaselineFit]]:
+    """The val half of a scenario: the agents on val first (the best one's val accuracy is where
+    the load-aware rule is also calibrated), then the baselines calibrated on val and every
+    non-learned spec on val. Returns the val rows and the calibrated baselines."""
+    configs = split_configs(plan, scenario)
+    learned_val = _rows(plan, scenario, _learned(plan, scenario), "val", configs["val"])
+    best = best_agent_on_val(summarize(learned_val))
+    fits = calibrate_scenario(plan, scenario, configs, None if best is None else best["accuracy"])
+    specs = scenario_specs(plan, fits)
+    return _rows(plan, scenario, specs, "val", configs["val"]) + learned_val, fits
+
+
+def measure_on_test(
+    plan: BenchmarkPlan, scenario: str, fits: dict[str, BaselineFit]
+) -> list[dict[str, Any]]:
+    """The test half of a scenario: every spec (``fits`` as calibrated on val) and every agent
+    on test."""
+    test = split_configs(plan, scenario)["test"]
+    specs = scenario_specs(plan, fits) + _learned(plan, scenario)
+    return _rows(plan, scenario, specs, "test", test)
+
+
+def calibrated_params(fits: dict[str, BaselineFit]) -> dict[str, Any]:
+    """The calibrated baselines as the JSON record keeps them."""
+    return {
+        name: {"repr": repr(fit.policy), "val_reward": fit.val["mean_reward"]}
+        for name, fit in fits.items()
+    }
 
 
 def run_scenario(plan: BenchmarkPlan, scenario: str) -> tuple[list[dict[str, Any]], dict]:
-    """For one scenario: the agents on val first (the best one's val accuracy is where the
-    load-aware rule is also calibrated), the baselines calibrated on val, then every spec on
-    both splits and every seed."""
-    configs = split_configs(plan, scenario)
-    agents = [a for a in plan.agents if a.scenario in (None, scenario)]
-    learned = learned_specs(agents, _load(plan.trust))
-
-    def rows_of(specs: list[PolicySpec], split: str) -> list[dict[str, Any]]:
-        return [
-            evaluate_point(spec, split, configs[split], scenario, seed, plan.n_requests)
-            for spec in specs
-            for seed in plan.seeds
-        ]
-
-    learned_val = rows_of(learned, "val")
-    best = best_agent_on_val(summarize(learned_val))
-    specs, calibrated = scenario_specs(
-        plan, scenario, configs, None if best is None else best["accuracy"]
-    )
-    rows = rows_of(specs, "val") + learned_val + rows_of(specs, "test") + rows_of(learned, "test")
-    return rows, calibrated
+    """For one scenario: :func:`choose_on_val`, then :func:`measure_on_test`; returns the rows
+    and the calibrated parameters."""
+    val_rows, fits = choose_on_val(plan, scenario)
+    return val_rows + measure_on_test(plan, scenario, fits), calibrated_params(fits)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -198,6 +228,37 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def _run_parallel(
+    plan: BenchmarkPlan, jobs: int, tick: Progress
+) -> dict[str, tuple[list[dict[str, Any]], dict]]:
+    """Every scenario in worker processes, in two tasks each (its val half, then its test half
+    once the val half is done), so that the workers stay busy to the end instead of one of
+    them finishing the last scenario alone."""
+    context = multiprocessing.get_context("spawn")  # no forked torch or thread state
+    results: dict[str, tuple[list[dict[str, Any]], dict]] = {}
+    with ProcessPoolExecutor(
+        min(jobs, len(plan.scenarios)),
+        mp_context=context,
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
+        pending = {pool.submit(choose_on_val, plan, s): ("val", s) for s in plan.scenarios}
+        val: dict[str, tuple[list[dict[str, Any]], dict[str, BaselineFit]]] = {}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                half, scenario = pending.pop(future)
+                if half == "val":
+                    val[scenario] = future.result()
+                    fits = val[scenario][1]
+                    pending[pool.submit(measure_on_test, plan, scenario, fits)] = ("test", scenario)
+                else:
+                    rows, fits = val[scenario]
+                    results[scenario] = (rows + future.result(), calibrated_params(fits))
+                    tick(scenario)
+    return results
+
+
 def run_benchmark(
     plan: BenchmarkPlan, jobs: int = 1, progress: Progress | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -210,16 +271,6 @@ def run_benchmark(
             results[scenario] = run_scenario(plan, scenario)
             tick(scenario)
     else:
-        context = multiprocessing.get_context("spawn")  # no forked torch or thread state
-        with ProcessPoolExecutor(
-            min(jobs, len(plan.scenarios)),
-            mp_context=context,
-            initializer=_exit_with_parent,
-            initargs=(os.getpid(),),
-        ) as pool:
-            futures = {pool.submit(run_scenario, plan, s): s for s in plan.scenarios}
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                tick(futures[future])
+        results = _run_parallel(plan, jobs, tick)
     rows = [row for s in plan.scenarios for row in results[s][0]]
     return rows, {s: results[s][1] for s in plan.scenarios}

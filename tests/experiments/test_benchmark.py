@@ -90,6 +90,16 @@ def test_readme_block_is_replaced_and_nothing_else(quick_run: Path) -> None:
     assert (quick_run / "docs" / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_rows_do_not_depend_on_the_worker_processes(quick_run: Path, tmp_path: Path) -> None:
+    """In one process every scenario runs whole; with --jobs 2 its val and test halves are
+    tasks of their own, in any order: the CSV of every point is the same."""
+    out = tmp_path / "serial"
+    argv = ["--quick", *TINY, "--scenarios", *SCENARIOS, "--agents", "none", "--jobs", "1"]
+    assert benchmark.main([*argv, "--out", str(out)]) == 0
+    name = "benchmark_points.csv"
+    assert (out / name).read_bytes() == (quick_run / "results" / name).read_bytes()
+
+
 def test_table_equals_agents_evaluate(quick_run: Path) -> None:
     """A reported number is what ``agents.evaluate`` returns for the same seed and split."""
     points = _read_csv(quick_run / "results" / "benchmark_points.csv")
