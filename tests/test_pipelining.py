@@ -9,6 +9,7 @@ import pytest
 
 from distree_env import DistrEEEnv, EnvConfig
 from distree_env.dynamics import describe
+from tests import last_exit_latencies
 
 PIPELINED = {
     "trace": "synthetic:topology=pipeline,n=200",
@@ -151,14 +152,7 @@ def test_pipelining_serves_more_than_one_request_at_a_time():
     for pipelining in (False, True):
         env = DistrEEEnv(EnvConfig.from_dict(base), **{"cluster.pipelining": pipelining})
         env.reset(seed=0)
-        latencies = []
-        while len(latencies) < 400:
-            _, _, term, _, info = env.step(0)
-            if info["request_done"]:
-                latencies.append(info["request_latency_ms"])
-            if term:
-                env.reset()
-        mean[pipelining] = np.mean(latencies)
+        mean[pipelining] = last_exit_latencies(env, 400).mean()
     assert mean[True] < 0.8 * mean[False]
 
 

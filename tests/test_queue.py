@@ -8,6 +8,7 @@ import numpy as np
 from distree_env import DistrEEEnv, DistrEEVecEnv, EnvConfig
 from distree_env.cluster.queue import WaitingQueue
 from distree_env.dynamics import describe
+from tests import last_exit_latencies
 
 # Constant, full resources: every request that runs to the last exit takes exactly S ms.
 CONSTANT = {
@@ -37,13 +38,7 @@ def test_deterministic_overload_waits_grow_as_computed_by_hand():
     gap = 0.75 * service
     env = DistrEEEnv(cfg)
     env.reset(seed=0)
-    latencies = []
-    while len(latencies) < 20:
-        _, _, terminated, _, info = env.step(0)
-        if info["request_done"]:
-            latencies.append(info["request_latency_ms"])
-        if terminated:
-            env.reset()  # v2: a request is an episode; the stream goes on
+    latencies = last_exit_latencies(env, 20)
     expected = service + np.arange(20) * (service - gap)
     assert np.allclose(latencies, expected)
 
