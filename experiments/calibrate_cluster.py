@@ -363,18 +363,23 @@ def first_stage_busy_ms(runs: list[Any]) -> float:
 IDLE_BANDS_MS = (2.0, 10.0, 40.0)
 
 
-def idle_bands(idle: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """``("idle <= 2 ms", mask)`` for each band of :data:`IDLE_BANDS_MS` that ``idle`` visits."""
-    edges = (-np.inf, *IDLE_BANDS_MS, np.inf)
+def band_label(lo: float, hi: float) -> str:
+    """``idle <= 2 ms``, ``idle 2-10 ms`` or ``idle > 40 ms`` for the band ``(lo, hi]``."""
+    if lo == -np.inf:
+        return f"idle <= {hi:g} ms"
+    return f"idle > {lo:g} ms" if hi == np.inf else f"idle {lo:g}-{hi:g} ms"
+
+
+def idle_bands(
+    idle: np.ndarray, upper_ms: tuple[float, ...] = IDLE_BANDS_MS
+) -> list[tuple[str, np.ndarray]]:
+    """``("idle <= 2 ms", mask)`` for each band of ``upper_ms`` (upper edges; the last band is
+    open) that ``idle`` visits."""
     bands = []
-    for lo, hi in pairwise(edges):
+    for lo, hi in pairwise((-np.inf, *upper_ms, np.inf)):
         sel = (idle > lo) & (idle <= hi)
         if sel.any():
-            if lo == -np.inf:
-                label = f"<= {hi:g}"
-            else:
-                label = f"> {lo:g}" if hi == np.inf else f"{lo:g}-{hi:g}"
-            bands.append((f"idle {label} ms", sel))
+            bands.append((band_label(lo, hi), sel))
     return bands
 
 

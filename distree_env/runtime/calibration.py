@@ -68,6 +68,7 @@ __all__ = [
     "handover_gaps",
     "per_exit_latency",
     "served_with_idle",
+    "stage0_after_gap",
     "stage_samples",
 ]
 
@@ -106,6 +107,34 @@ def served_with_idle(run: RunRecord) -> list[tuple[RequestRecord, float]]:
         served.append((rec, rec.start_ms - free))
         free = rec.end_ms
     return served
+
+
+def stage0_after_gap(run: RunRecord) -> tuple[np.ndarray, np.ndarray]:
+    """For every served request after the first: how long its stage-0 devices had been idle when
+    stage 0 was dispatched, and stage 0's compute at the machine's speed (both means over those
+    devices, ms).
+
+    A device's idle time counts from the end of its last stage at the machine's speed (the
+    stage's dispatch plus its ``busy_ms``; each downlink delay falls on both ends alike). Why not
+    :func:`served_with_idle`: a device also waits inside a request (the throttle's stall, the
+    links, the exit head, the decision), and how long depends on where the previous request
+    left, so two policies at equal idle time between requests hand their devices different
+    pauses.
+    """
+    gaps, busy = [], []
+    last_end: dict[int, float] = {}
+    for rec, _ in served_with_idle(run):
+        dispatch = rec.start_ms
+        for k in range(rec.exit + 1):
+            stage_busy = np.asarray(rec.busy_ms[k], dtype=np.float64)
+            devices = np.flatnonzero(np.isfinite(stage_busy))
+            if k == 0 and all(int(d) in last_end for d in devices):
+                gaps.append(np.mean([dispatch - last_end[int(d)] for d in devices]))
+                busy.append(stage_busy[devices].mean())
+            for d in devices:
+                last_end[int(d)] = dispatch + float(stage_busy[d])
+            dispatch += rec.stage_ms[k] + rec.decision_ms[k]
+    return np.asarray(gaps, dtype=np.float64), np.asarray(busy, dtype=np.float64)
 
 
 def stage_samples(runs: Sequence[RunRecord]) -> StageSamples:

@@ -292,3 +292,63 @@ def test_service_line_compares_live_and_model_service_by_idle_band():
     line = service_line([RunRecord(meta={}, requests=requests)], model)
     assert "idle <= 2 ms: 2.50/2.00 ms (-20.0%)" in line
     assert "idle > 40 ms: 2.50/3.00 ms (+20.0%)" in line
+
+
+def _request(i, start, exit_k, busy, stage_ms=3.0, decision_ms=0.5, devices=2):
+    """A served request: every stage ``stage_ms`` + ``decision_ms`` long, each device busy for
+    ``busy[k]`` (NaN: not in the stage), ending after its last decision."""
+    n = exit_k + 1
+    return RequestRecord(index=i, sample=i, label=0, arrival_ms=start, start_ms=start,
+                         end_ms=start + n * (stage_ms + decision_ms), exit=exit_k,
+                         stage_ms=[stage_ms] * n, exit_ms=[0.5] * n,
+                         decision_ms=[decision_ms] * n, busy_ms=[list(b) for b in busy[:n]],
+                         transfer_ms=[[1.0] * devices] * n,
+                         compute_level=[[1.0] * devices] * n,
+                         bandwidth_level=[[1.0] * devices] * n)  # fmt: skip
+
+
+def test_stage0_gap_counts_from_each_devices_last_stage_not_from_the_request_end():
+    """Parallel: request 0 runs stages 0-2 (dispatched at 0, 3.5, 7), request 1 starts at 12
+    after exit 0, request 2 at 16. A device's gap ends its last stage at dispatch + busy: 12 - (7
+    + 0.5) = 4.5, 16 - (12 + 1.5) = 2.5; the request-level idle would be 1.5 and 0.5. Pipeline:
+    only device 0 runs stage 0, and its own last stage 0 counts."""
+    from distree_env.runtime.calibration import stage0_after_gap
+
+    busy = [[1.0, 1.0], [0.8, 0.8], [0.5, 0.5]]
+    requests = [_request(0, 0.0, 2, busy), _request(1, 12.0, 0, [[1.5, 1.5]]),
+                RequestRecord(index=9, sample=0, label=0, arrival_ms=13.0, dropped=True),
+                _request(2, 16.0, 0, [[2.0, 2.0]])]  # fmt: skip
+    gaps, stage0 = stage0_after_gap(RunRecord(meta={}, requests=requests))
+    np.testing.assert_allclose(gaps, [4.5, 2.5])
+    np.testing.assert_allclose(stage0, [1.5, 2.0])
+    nan = math.nan
+    pipe = [[1.0, nan], [nan, 0.8]]
+    requests = [_request(0, 0.0, 1, pipe), _request(1, 9.0, 0, [[1.2, nan]])]
+    gaps, stage0 = stage0_after_gap(RunRecord(meta={}, requests=requests))
+    np.testing.assert_allclose(gaps, [8.0])  # 9 - (0 + 1.0): device 0's stage 0
+    np.testing.assert_allclose(stage0, [1.2])
+
+
+def test_device_speed_table_groups_runs_by_policy_and_load():
+    """Two runs of one policy and load pool into one row; another load is its own row; each
+    stage 0 lands in the band of its gap; the duty is the busy share of the served span (3
+    stages of 1 or 3 ms in 83.5 ms: 0.036 and 0.108, mean 0.072)."""
+    from experiments.device_speed import speed_table
+
+    def run(policy, utilisation, stage0):
+        meta = {
+            "args": {"policy": policy},
+            "config": {"arrivals": {"rate_per_s": None, "utilisation": utilisation}},
+        }
+        starts = [0.0, 20.0, 80.0]  # gaps 20 - b and 60 - b: the 8-20 and > 40 ms bands
+        reqs = [_request(i, s, 0, [[stage0, stage0]]) for i, s in enumerate(starts)]
+        return RunRecord(meta=meta, requests=reqs)
+
+    runs = [run("last-exit", 0.7, 1.0), run("x", 1.4, 2.0), run("last-exit", 0.7, 3.0)]
+    table = speed_table(runs)
+    lines = table.splitlines()
+    assert lines[0].startswith("| policy @ load | runs | device duty | stage 0 ms, idle <= 5 ms")
+    assert len(lines) == 4
+    row = "| last-exit @ utilisation 0.7 | 2 | 0.072 | - | - | 2.000 (2) | - | 2.000 (2) |"
+    assert lines[2] == row
+    assert lines[3].startswith("| x @ utilisation 1.4 | 1 | ")
