@@ -23,6 +23,8 @@ scenarios already make every request an episode (and charge it the wait it cause
 ``reward.timing="system"``), so the flag changes nothing there; it matters for configs with
 longer episodes (``isolated``, v1 settings), where discounting per decision step over many
 requests makes every extra stage delay all later rewards and PPO drifts to "always exit 0".
+``--drain-weight W`` adds to each such episode's end W times the change in what the queue will
+still cost (``SB3VecEnv``): the part of a decision's cost that a one-request episode hides.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.hyperparams import MAX_ENVS, MAX_FILE_BYTES, MAX_TIMESTEPS, safe_yaml
+from agents.sb3 import MAX_DRAIN_WEIGHT
 from agents.training import ALGOS
 from distree_env.config import SCENARIOS
 from distree_env.io import (
@@ -87,6 +90,11 @@ class Args:
             "isolated)",
         },
     )
+    drain_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of the queue's drain cost added at each episode end the "
+                  "learner sees (0: none; agents.sb3.SB3VecEnv)"},
+    )  # fmt: skip
     checkpoint_freq: int = field(default=20_000, metadata={"help": "steps between checkpoints"})
     save_to: str | None = field(
         default=None, metadata={"help": "ship the final model (e.g. checkpoints/agents/ppo.zip)"}
@@ -108,6 +116,11 @@ class Args:
         _bounded("eval_requests", self.eval_requests, 1, MAX_REQUESTS)
         _bounded("threads", self.threads, 1, MAX_THREADS)
         _bounded("verbose", self.verbose, 0, 2)
+        if not 0.0 <= self.drain_weight <= MAX_DRAIN_WEIGHT:  # also NaN
+            raise ValueError(
+                f"--drain-weight={self.drain_weight!r} is not allowed: a number in "
+                f"[0, {MAX_DRAIN_WEIGHT:g}]"
+            )
         if self.config is not None:
             require_input_file(self.config, "--config")
         if self.hyperparams is not None:
@@ -282,6 +295,7 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
     model.set_logger(configure(str(run_dir), formats))
     hyperparameters = {"algo": args.algo, "env_id": env_id_for(args.scenario), "n_envs": n_envs,
                        "timesteps": timesteps, "request_episodes": per_request,
+                       "drain_weight": args.drain_weight,
                        "policy": hp.policy, "policy_kwargs": hp.policy_kwargs,
                        "normalize": hp.normalize, **hp.algo_kwargs}  # fmt: skip
     callbacks, checkpoint, val = _callbacks(args, config, run_dir, n_envs, hyperparameters)
@@ -329,7 +343,7 @@ def _model(
     from agents.sb3 import make_sb3_env
     from agents.training import load_replay_buffer
 
-    env = make_sb3_env(config, n_envs, args.seed + done_steps, per_request)
+    env = make_sb3_env(config, n_envs, args.seed + done_steps, per_request, args.drain_weight)
     if hp.normalize is not None:
         env = VecNormalize(env, gamma=hp.algo_kwargs.get("gamma", 0.99), **hp.normalize)
     if not found:

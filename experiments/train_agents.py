@@ -64,6 +64,9 @@ class Args:
     dqn_timesteps: int = field(default=0, metadata={"help": "0 = from the budget"})
     recurrent_ppo_timesteps: int = field(default=0, metadata={"help": "0 = from the budget"})
     seed: int = 1
+    drain_weight: float = field(
+        default=0.0, metadata={"help": "train_agent --drain-weight of every run (0: none)"}
+    )
     out: str = field(default="", metadata={"help": "agents folder (default checkpoints/agents)"})
     runs_dir: str = "runs"
     eval_requests: int = field(default=4096, metadata={"help": "requests per held-out seed"})
@@ -82,6 +85,12 @@ class Args:
             raise ValueError(f"--budget-minutes {self.budget_minutes!r}: must be in (0, 1440]")
         if not 1 <= self.jobs <= 64:
             raise ValueError(f"--jobs {self.jobs!r}: must be an integer in [1, 64]")
+        from agents.sb3 import MAX_DRAIN_WEIGHT
+
+        if not 0.0 <= self.drain_weight <= MAX_DRAIN_WEIGHT:  # also NaN
+            raise ValueError(
+                f"--drain-weight {self.drain_weight!r}: must be in [0, {MAX_DRAIN_WEIGHT:g}]"
+            )
         for name in ("ppo_timesteps", "dqn_timesteps", "recurrent_ppo_timesteps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
@@ -122,6 +131,8 @@ def _command(args: Args, algo: str, scenario: str, timesteps: int, out: Path) ->
         str(timesteps),
         "--seed",
         str(args.seed),
+        "--drain-weight",
+        str(args.drain_weight),
         "--threads",
         "1",
         "--runs-dir",

@@ -67,6 +67,8 @@ def _common(tmp_path, tiny) -> list[str]:
         (["--threads", "0"], "--threads"),
         (["--seed", str(2**40)], "--seed"),
         (["--eval-requests", str(10**13)], "--eval-requests"),
+        (["--drain-weight", "-1"], "--drain-weight"),
+        (["--drain-weight", "nan"], "--drain-weight"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, needle, capsys):

@@ -31,17 +31,30 @@ def test_every_run_gets_an_equal_share_of_the_budget():
 
 def test_dry_run_with_given_timesteps_prints_the_commands(capsys, tmp_path):
     argv = ["--scenarios", "isolated", "--algos", "ppo", "dqn", "--ppo-timesteps", "2048"]
-    argv += ["--dqn-timesteps", "4096", "--dry-run", "--out", str(tmp_path)]
+    argv += [
+        "--dqn-timesteps",
+        "4096",
+        "--drain-weight",
+        "1.5",
+        "--dry-run",
+        "--out",
+        str(tmp_path),
+    ]
     result = train_agents.main(argv)
     assert result["timesteps"] == {"ppo": 2048, "dqn": 4096}
     out = capsys.readouterr().out
     assert "--algo ppo --scenario isolated --timesteps 2048" in out
+    assert out.count("--drain-weight 1.5") == 2  # every run
     assert str(tmp_path / "dqn-isolated.zip") in out
 
 
 @pytest.mark.parametrize(
     ("argv", "needle"),
-    [(["--scenarios", "windy"], "--scenarios"), (["--algos", "sac"], "--algos")],
+    [
+        (["--scenarios", "windy"], "--scenarios"),
+        (["--algos", "sac"], "--algos"),
+        (["--drain-weight", "-2"], "--drain-weight"),
+    ],
 )
 def test_bad_arguments_exit_2(argv, needle, capsys):
     with pytest.raises(SystemExit) as info:
