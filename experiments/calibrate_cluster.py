@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.cli import one_line_errors, parse_args
+from experiments.cli import one_line_errors, parse_args, records_positional
 
 
 @dataclass(frozen=True)
@@ -65,14 +65,6 @@ class Args:
     def __post_init__(self) -> None:
         if not self.records:
             raise ValueError("records: give at least one live run record to fit")
-
-
-def _argv_with_positional(argv: list[str]) -> list[str]:
-    """``calibrate_cluster A.json B.json --name x`` -> ``--records A.json B.json --name x``."""
-    head = []
-    while argv and not argv[0].startswith("-"):
-        head.append(argv.pop(0))
-    return (["--records", *head] if head else []) + argv
 
 
 #: Stall realisations the simulator's prediction averages over (see :func:`simulate`). With
@@ -548,7 +540,7 @@ def comparison_table(
 @one_line_errors
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the profile and table."""
-    argv = _argv_with_positional(list(sys.argv[1:] if argv is None else argv))
+    argv = records_positional(list(sys.argv[1:] if argv is None else argv))
     args = parse_args(Args, argv)
     from distree_env.io import atomic_write_text
     from distree_env.runtime.calibration import (

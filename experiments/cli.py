@@ -88,6 +88,15 @@ def parse_args(
         raise  # unreachable: parser.error exits
 
 
+def records_positional(argv: list[str]) -> list[str]:
+    """``script A.json B.json --name x`` -> ``--records A.json B.json --name x``: the leading
+    positional arguments of a script whose ``Args`` has a ``records`` tuple."""
+    head = []
+    while argv and not argv[0].startswith("-"):
+        head.append(argv.pop(0))
+    return (["--records", *head] if head else []) + argv
+
+
 def run_name(env_id: str, experiment: str, seed: int) -> str:
     """CleanRL's run name: ``env__experiment__seed__unixtime``."""
     return f"{env_id}__{experiment}__{seed}__{int(time.time())}"

@@ -1,6 +1,6 @@
 """How fast the live devices compute, by policy and load: the question behind the cold start.
 
-    python -m experiments.device_speed runs/probe/*.json
+    python -m experiments.device_speed runs/live-probe/*-r*.json
 
 Groups live run records by policy and arrival rate and prints, per group, the devices' duty (the
 share of the run they spent computing at the machine's speed) and stage 0's device compute by how
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from experiments.calibrate_cluster import band_label, idle_bands
-from experiments.cli import one_line_errors, parse_args
+from experiments.cli import one_line_errors, parse_args, records_positional
 
 #: Upper edges (ms) of the bands of device idle time the table reports (the last band is open).
 GAP_BANDS_MS = (5.0, 8.0, 20.0, 40.0)
@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> str:
     """Print the table for the records in ``argv`` (default ``sys.argv``) and return it."""
     import sys
 
-    from experiments.calibrate_cluster import _argv_with_positional
-
-    args = parse_args(Args, _argv_with_positional(list(sys.argv[1:] if argv is None else argv)))
+    args = parse_args(Args, records_positional(list(sys.argv[1:] if argv is None else argv)))
     from distree_env.runtime.records import load_run
 
     table = speed_table([load_run(p) for p in args.records])
