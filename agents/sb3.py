@@ -21,11 +21,26 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvS
 from distree_env.config import EnvConfig
 from distree_env.vector_env import DistrEEVecEnv
 
-__all__ = ["MAX_DRAIN_WEIGHT", "DistrEEMetricsCallback", "SB3VecEnv", "make_sb3_env"]
+__all__ = [
+    "MAX_DRAIN_WEIGHT",
+    "DistrEEMetricsCallback",
+    "SB3VecEnv",
+    "check_drain_weight",
+    "make_sb3_env",
+]
 
 #: Largest ``drain_weight`` :class:`SB3VecEnv` takes (1 prices the queue at the mean last-exit
 #: service; far above it the shaping would swamp the reward).
 MAX_DRAIN_WEIGHT = 100.0
+
+
+def check_drain_weight(value: float, name: str = "drain_weight") -> None:
+    """ValueError naming ``name`` unless ``value`` is a number in [0, MAX_DRAIN_WEIGHT]."""
+    if not 0.0 <= value <= MAX_DRAIN_WEIGHT:  # also NaN
+        raise ValueError(
+            f"{name}={value!r} is not allowed: a number in [0, {MAX_DRAIN_WEIGHT:g}] "
+            "(0: no shaping)"
+        )
 
 
 class SB3VecEnv(VecEnv):
@@ -62,11 +77,7 @@ class SB3VecEnv(VecEnv):
                 f"SB3VecEnv: the DistrEEVecEnv's autoreset_mode is {mode}; SB3 needs "
                 "AutoresetMode.SAME_STEP (DistrEEVecEnv(..., autoreset_mode='same_step'))"
             )
-        if not 0.0 <= drain_weight <= MAX_DRAIN_WEIGHT:
-            raise ValueError(
-                f"SB3VecEnv: drain_weight={drain_weight!r}; allowed: a number in "
-                f"[0, {MAX_DRAIN_WEIGHT:g}] (0: no shaping)"
-            )
+        check_drain_weight(drain_weight, "SB3VecEnv: drain_weight")
         self.venv = venv
         self.request_episodes = request_episodes
         self.drain_weight = float(drain_weight)
@@ -79,7 +90,8 @@ class SB3VecEnv(VecEnv):
         """Reset every sub-env with the seed SB3 set (``VecEnv.seed``), if any."""
         seed = self._seeds[0]
         obs, _ = self.venv.reset(seed=seed)
-        self._drain_start = self.venv.queue_drain_cost()
+        if self.drain_weight:
+            self._drain_start = self.venv.queue_drain_cost()
         self._reset_seeds()
         self._reset_options()
         return obs

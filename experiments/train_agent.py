@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.hyperparams import MAX_ENVS, MAX_FILE_BYTES, MAX_TIMESTEPS, safe_yaml
-from agents.sb3 import MAX_DRAIN_WEIGHT
+from agents.sb3 import check_drain_weight
 from agents.training import ALGOS
 from distree_env.config import SCENARIOS
 from distree_env.io import (
@@ -116,11 +116,7 @@ class Args:
         _bounded("eval_requests", self.eval_requests, 1, MAX_REQUESTS)
         _bounded("threads", self.threads, 1, MAX_THREADS)
         _bounded("verbose", self.verbose, 0, 2)
-        if not 0.0 <= self.drain_weight <= MAX_DRAIN_WEIGHT:  # also NaN
-            raise ValueError(
-                f"--drain-weight={self.drain_weight!r} is not allowed: a number in "
-                f"[0, {MAX_DRAIN_WEIGHT:g}]"
-            )
+        check_drain_weight(self.drain_weight, "--drain-weight")
         if self.config is not None:
             require_input_file(self.config, "--config")
         if self.hyperparams is not None:

@@ -85,12 +85,9 @@ class Args:
             raise ValueError(f"--budget-minutes {self.budget_minutes!r}: must be in (0, 1440]")
         if not 1 <= self.jobs <= 64:
             raise ValueError(f"--jobs {self.jobs!r}: must be an integer in [1, 64]")
-        from agents.sb3 import MAX_DRAIN_WEIGHT
+        from agents.sb3 import check_drain_weight
 
-        if not 0.0 <= self.drain_weight <= MAX_DRAIN_WEIGHT:  # also NaN
-            raise ValueError(
-                f"--drain-weight {self.drain_weight!r}: must be in [0, {MAX_DRAIN_WEIGHT:g}]"
-            )
+        check_drain_weight(self.drain_weight, "--drain-weight")
         for name in ("ppo_timesteps", "dqn_timesteps", "recurrent_ppo_timesteps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
