@@ -22,25 +22,10 @@ from distree_env.config import EnvConfig
 from distree_env.vector_env import DistrEEVecEnv
 
 __all__ = [
-    "MAX_DRAIN_WEIGHT",
     "DistrEEMetricsCallback",
     "SB3VecEnv",
-    "check_drain_weight",
     "make_sb3_env",
 ]
-
-#: Largest ``drain_weight`` :class:`SB3VecEnv` takes (1 prices the queue at the mean last-exit
-#: service; far above it the shaping would swamp the reward).
-MAX_DRAIN_WEIGHT = 100.0
-
-
-def check_drain_weight(value: float, name: str = "drain_weight") -> None:
-    """ValueError naming ``name`` unless ``value`` is a number in [0, MAX_DRAIN_WEIGHT]."""
-    if not 0.0 <= value <= MAX_DRAIN_WEIGHT:  # also NaN
-        raise ValueError(
-            f"{name}={value!r} is not allowed: a number in [0, {MAX_DRAIN_WEIGHT:g}] "
-            "(0: no shaping)"
-        )
 
 
 class SB3VecEnv(VecEnv):
@@ -56,32 +41,19 @@ class SB3VecEnv(VecEnv):
     low-variance returns; ``monitor`` statistics are then per request. On a v1-style stream
     (rewards paid on the exit step) it hides from the learner what an answer does to the
     requests waiting behind it; v2 configs (one request per episode, ``system`` timing) charge
-    the request the wait of everyone queued while it is served.
-
-    ``drain_weight`` > 0 adds, at every episode end the learner sees, ``drain_weight x (cost at
-    the episode's start - cost now)`` with the cost of the queue
-    (:meth:`DistrEEVecEnv.queue_drain_cost`): a potential (Ng et al., 1999) that stands for what
-    the waiting requests will still pay. Why: with one request per episode the learner sees the
-    wait its decisions cause while it is served, but not that the queue it leaves makes the
-    requests after it wait too; trained without it, PPO's val reward on ``bursty-stream`` peaks
-    after 20k steps and then falls as the agent learns to continue more. The rewards the learner
-    sees change; the env's reward and every evaluation do not.
+    the request the wait of everyone queued while it is served (and, with
+    ``reward.drain_weight``, the queue it leaves behind).
     """
 
-    def __init__(
-        self, venv: DistrEEVecEnv, request_episodes: bool = False, drain_weight: float = 0.0
-    ) -> None:
+    def __init__(self, venv: DistrEEVecEnv, request_episodes: bool = False) -> None:
         mode = venv.metadata.get("autoreset_mode")
         if mode != AutoresetMode.SAME_STEP:
             raise ValueError(
                 f"SB3VecEnv: the DistrEEVecEnv's autoreset_mode is {mode}; SB3 needs "
                 "AutoresetMode.SAME_STEP (DistrEEVecEnv(..., autoreset_mode='same_step'))"
             )
-        check_drain_weight(drain_weight, "SB3VecEnv: drain_weight")
         self.venv = venv
         self.request_episodes = request_episodes
-        self.drain_weight = float(drain_weight)
-        self._drain_start = np.zeros(venv.num_envs)
         self.render_mode = None
         super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
         self._actions: np.ndarray | None = None
@@ -90,8 +62,6 @@ class SB3VecEnv(VecEnv):
         """Reset every sub-env with the seed SB3 set (``VecEnv.seed``), if any."""
         seed = self._seeds[0]
         obs, _ = self.venv.reset(seed=seed)
-        if self.drain_weight:
-            self._drain_start = self.venv.queue_drain_cost()
         self._reset_seeds()
         self._reset_options()
         return obs
@@ -107,10 +77,6 @@ class SB3VecEnv(VecEnv):
         obs, rewards, terminated, truncated, infos = self.venv.step(self._actions)
         episode_done = terminated | truncated
         dones = request_done if self.request_episodes else episode_done
-        if self.drain_weight and dones.any():
-            cost = self.venv.queue_drain_cost()
-            rewards = rewards + np.where(dones, self.drain_weight * (self._drain_start - cost), 0)
-            self._drain_start = np.where(dones, cost, self._drain_start)
         out: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         # A request end is a true termination (nothing to bootstrap), so its info stays empty.
         if episode_done.any():
@@ -174,12 +140,11 @@ def make_sb3_env(
     n_envs: int,
     seed: int,
     request_episodes: bool = False,
-    drain_weight: float = 0.0,
 ) -> VecMonitor:
     """A monitored SB3 vector env of ``n_envs`` DistrEE envs, seeded for reproducible runs
-    (``request_episodes`` and ``drain_weight``: see :class:`SB3VecEnv`)."""
+    (``request_episodes``: see :class:`SB3VecEnv`)."""
     venv = DistrEEVecEnv(n_envs, config, autoreset_mode=AutoresetMode.SAME_STEP)
-    env = SB3VecEnv(venv, request_episodes, drain_weight)
+    env = SB3VecEnv(venv, request_episodes)
     env.seed(seed)
     return VecMonitor(env)
 
@@ -192,6 +157,7 @@ EPISODE_TOTALS = (
     "episode_reward_latency",
     "episode_reward_deadline",
     "episode_reward_drop",
+    "episode_reward_queue",
     "episode_requests",
 )
 

@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_PIPELINE_TRACE",
     "DEFAULT_TRACE",
     "EPISODE_ENDS",
+    "MAX_DRAIN_WEIGHT",
     "MAX_REQUESTS_PER_EPISODE",
     "REWARD_TIMINGS",
     "SCENARIOS",
@@ -48,6 +49,7 @@ __all__ = [
     "QueueConfig",
     "RewardConfig",
     "build_config",
+    "check_drain_weight",
     "top_level_fields",
 ]
 
@@ -68,6 +70,9 @@ EPISODE_ENDS = ("terminate", "truncate", "terminate-continue")
 #: deadline passed meanwhile; so the delay and the misses a stage causes in the queue are charged
 #: to the request that ran it, and the costs of a stream still sum to its requests' own).
 REWARD_TIMINGS = ("stage", "request", "system")
+#: Largest ``reward.drain_weight`` (1 prices the queue at the mean last-exit service; far above
+#: it the queue term would swamp the requests' own rewards).
+MAX_DRAIN_WEIGHT = 100.0
 #: Cap on ``requests_per_episode`` (per-episode buffers are allocated for it).
 MAX_REQUESTS_PER_EPISODE = 100_000
 #: Physical ranges, with the reason shown in errors.
@@ -121,6 +126,16 @@ def _number(
     if high is not None and v > high:
         raise _bad(name, value, allowed)
     return v
+
+
+def check_drain_weight(value: Any, name: str) -> None:
+    """ValueError naming ``name`` (a config path or a command-line flag) unless ``value`` is a
+    number in [0, MAX_DRAIN_WEIGHT]."""
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+    if not number or not 0.0 <= value <= MAX_DRAIN_WEIGHT:  # also NaN
+        raise not_allowed(name, value, f"a number in [0, {MAX_DRAIN_WEIGHT:g}] (0: no queue term)")
 
 
 def _integer(name: str, value: Any, low: int, high: int, cap: str = "") -> int:
@@ -476,13 +491,25 @@ class RewardConfig:
     """Reward of a request: ``correct_bonus`` if its answer is right (else ``-wrong_penalty``),
     minus ``latency_weight * latency_ms / deadline_ms`` (latency from its arrival), minus
     ``deadline_penalty`` if it missed the deadline. ``timing`` says when the latency cost is
-    paid (see REWARD_TIMINGS). A dropped request costs ``wrong_penalty + deadline_penalty``."""
+    paid (see REWARD_TIMINGS). A dropped request costs ``wrong_penalty + deadline_penalty``.
+
+    ``drain_weight`` > 0 (v3) adds at every episode end ``drain_weight x (queue cost at the
+    episode's start - queue cost now)``, the queue cost being the latency reward the waiting
+    requests would accrue if each took the mean last-exit service time
+    (``latency_weight / deadline_ms x mean_service_ms x n (n + 1) / 2`` for ``n`` waiting). Why:
+    with one request per episode, ``system`` timing charges a request the wait it causes while
+    it is served, not the longer queue it leaves behind, which every later request waits
+    through; a learner optimising one episode at a time then continues too often. The term is a
+    potential difference (Ng et al., 1999): over a stream it telescopes to the queue cost at the
+    start minus at the end, so it changes what a learner sees per episode, not what a policy
+    earns per request (``agents.evaluate`` scores each request's own reward)."""
 
     correct_bonus: float = 1.0
     wrong_penalty: float = 0.0
     latency_weight: float = 0.5
     deadline_penalty: float = 0.5
     timing: str = "system"
+    drain_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _normalise(self)
@@ -490,6 +517,7 @@ class RewardConfig:
             _number(name, getattr(self, name), low=0.0, high=_COST_CAP,
                     why=f"reward weights are capped at {_COST_CAP:g}")  # fmt: skip
         _choice("timing", self.timing, REWARD_TIMINGS)
+        check_drain_weight(self.drain_weight, f"{_PATH.get()}drain_weight")
 
     @property
     def drop_cost(self) -> float:

@@ -79,6 +79,7 @@ STEP_INFO: dict[str, type] = {
     "reward_latency": np.float64,
     "reward_deadline": np.float64,
     "reward_drop": np.float64,
+    "reward_queue": np.float64,
     "request_done": np.bool_,
     "request_exit": np.int64,
     "request_correct": np.bool_,
@@ -109,6 +110,7 @@ class EpisodeMetrics(TypedDict):
     episode_reward_latency: np.ndarray
     episode_reward_deadline: np.ndarray
     episode_reward_drop: np.ndarray
+    episode_reward_queue: np.ndarray
     episode_return: np.ndarray
     episode_reward_per_request: np.ndarray  # return / (answered + dropped)
     episode_exit_fractions: np.ndarray  # [.., K]: share of answered requests at each exit
@@ -128,7 +130,9 @@ ARRIVAL_BLOCK = 32
 POOL_STEPS = 1 << 15
 #: Samples used to estimate the mean last-exit service time (fixed seed: deterministic).
 SERVICE_SAMPLES = 4096
-_REWARD_PARTS = ("reward_correct", "reward_latency", "reward_deadline", "reward_drop")
+_REWARD_PARTS = (
+    "reward_correct", "reward_latency", "reward_deadline", "reward_drop", "reward_queue",
+)  # fmt: skip
 
 
 def observation_names(num_devices: int, pipelining: bool = False) -> tuple[str, ...]:
@@ -337,6 +341,12 @@ class Dynamics:
         self.request_timing = rw.timing == "request"
         self.latency_cost = rw.latency_weight / self.deadline
         self.drop_cost = rw.drop_cost
+        #: ``reward.drain_weight``: the queue term paid at episode ends; what one waiting
+        #: request costs per unit of ``n (n + 1) / 2`` (see :meth:`queue_cost`); each stream's
+        #: queue cost when its episode started.
+        self.drain_weight = rw.drain_weight
+        self._drain_scale = self.latency_cost * tb.mean_service_ms
+        self.drain_start = np.zeros(b)
         self.pool_steps = pool_steps(b)
         self.pool_seed = -1
         self.pool: Pool | None = None
@@ -458,14 +468,15 @@ class Dynamics:
             self._start_next(rng, chosen)  # stage 0 is done: device 0 started it on admission
             self.horizon[envs] = self.t[envs]
             self._arrivals_pipelined(rng, np.zeros(self.num_envs, dtype=np.int64))
-            return
-        self._start_next(rng, chosen)
-        pos = self._positions(envs, measured=False)
-        stage = self.pool.stage_ms.take(pos * self.K)  # stage 0
-        if self.cold:
-            stage = stage + self._cold_ms(pos, 0, self.coldness[envs])
-        self.t[envs] += stage
-        self._arrivals(rng, np.zeros(self.num_envs, dtype=np.int64))
+        else:
+            self._start_next(rng, chosen)
+            pos = self._positions(envs, measured=False)
+            stage = self.pool.stage_ms.take(pos * self.K)  # stage 0
+            if self.cold:
+                stage = stage + self._cold_ms(pos, 0, self.coldness[envs])
+            self.t[envs] += stage
+            self._arrivals(rng, np.zeros(self.num_envs, dtype=np.int64))
+        self.drain_start[envs] = self.queue_cost()[envs]
 
     def _accumulators(self) -> tuple[np.ndarray, ...]:
         return (
@@ -536,13 +547,32 @@ class Dynamics:
         drop = dropped * -self.drop_cost
         info["dropped"], info["reward_drop"] = dropped, drop
         info["queue_len"] = waiting
+        done = self.ep_answered >= self.R
         rewards = info["reward_correct"] + info["reward_latency"] + info["reward_deadline"] + drop
         acc = self.ep_rewards
         acc[:, 0] += info["reward_correct"]
         acc[:, 1] += info["reward_latency"]
         acc[:, 2] += info["reward_deadline"]
         acc[:, 3] += drop
-        return rewards, info, self.ep_answered >= self.R
+        if self.drain_weight:
+            cost = self.queue_cost()
+            queue_part = np.where(done, self.drain_weight * (self.drain_start - cost), 0.0)
+            self.drain_start = np.where(done, cost, self.drain_start)
+            rewards = rewards + queue_part
+            acc[:, 4] += queue_part
+        else:
+            queue_part = np.zeros(self.num_envs)
+        info["reward_queue"] = queue_part
+        return rewards, info, done
+
+    def queue_cost(self) -> np.ndarray:
+        """``[B]`` the latency reward (as a positive cost) the requests in the queue would
+        accrue if served one after another at the mean last-exit service time: the i-th waits
+        through i services, ``n (n + 1) / 2`` in all (with pipelining ``n`` also counts the
+        queued requests device 0 started). ``reward.drain_weight`` pays its change over an
+        episode."""
+        n = self.queue.size
+        return self._drain_scale * (n * (n + 1) / 2)
 
     def _accrue(self, ex: np.ndarray, active: np.ndarray | None) -> np.ndarray:
         """``system`` timing: the latency cost accrued since the previous decision by every
@@ -597,6 +627,7 @@ class Dynamics:
             "reward_latency": latency * -self.latency_cost,
             "reward_deadline": late * -rw.deadline_penalty,
             "reward_drop": None,
+            "reward_queue": None,
             "request_done": ex,
             "request_exit": np.where(ex, k, -1),
             "request_correct": correct,
@@ -977,8 +1008,16 @@ class Dynamics:
             acc[0, 3] += drop
             info["dropped"], info["reward_drop"] = np.int64(dropped), np.float64(drop)
         reward = r_correct + r_latency + r_deadline + drop
+        ended = self.ep_answered.item() >= self.R
+        if self.drain_weight and ended:
+            cost = self._drain_scale * (size * (size + 1) / 2)
+            queue_part = self.drain_weight * (self.drain_start.item() - cost)
+            self.drain_start[0] = cost
+            reward = reward + queue_part
+            acc[0, 4] += queue_part
+            info["reward_queue"] = np.float64(queue_part)
         obs = self._observation_one(t, k, size)
-        return obs, reward, info, self.ep_answered.item() >= self.R
+        return obs, reward, info, ended
 
     def _deadlines_passed_one(self, t: float, arrival: float, ex: bool) -> float:
         """:meth:`_deadlines_passed` for the single stream (request in service arrived at
@@ -1181,6 +1220,7 @@ class Dynamics:
             "episode_reward_latency": rewards[:, 1],
             "episode_reward_deadline": rewards[:, 2],
             "episode_reward_drop": rewards[:, 3],
+            "episode_reward_queue": rewards[:, 4],
             "episode_return": ret,
             "episode_reward_per_request": ret / total,
             "episode_exit_fractions": self.ep_exits[envs] / r,
@@ -1201,7 +1241,7 @@ class Dynamics:
         full = self.tables.cum_flops.item(-1)
         wall = max(self.t.item() - self.ep_start.item(), 1e-9)
         parts = self.ep_rewards[0].tolist()
-        ret = parts[0] + parts[1] + parts[2] + parts[3]
+        ret = parts[0] + parts[1] + parts[2] + parts[3] + parts[4]
         saving = 1.0 - self.ep_flops.item() / full if full > 0 else 0.0 * ret
         return {
             "episode_done": np.True_,
@@ -1219,6 +1259,7 @@ class Dynamics:
             "episode_reward_latency": f64(parts[1]),
             "episode_reward_deadline": f64(parts[2]),
             "episode_reward_drop": f64(parts[3]),
+            "episode_reward_queue": f64(parts[4]),
             "episode_return": f64(ret),
             "episode_reward_per_request": f64(ret / total),
             "episode_exit_fractions": self.ep_exits[0] / 1.0,

@@ -163,7 +163,13 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     ``"request"`` (v1): everything on the exit step, continue steps earn 0.
     ``"stage"`` (v0): every decision pays the latency since the request's previous decision.
     A request dropped at a full queue costs ``wrong_penalty + deadline_penalty`` on the step
-    during which it arrived. The parts are in ``info``. ``agents.evaluate`` scores every policy
+    during which it arrived. ``reward.drain_weight`` (v3: 1) adds at each episode end that
+    weight times the change in the queue's drain cost over the episode (``reward_queue``; the
+    cost of ``n`` waiting requests is the latency reward they would accrue served one after
+    another at the mean last-exit service time): what the queue a request leaves behind will
+    cost the requests after it, which one-request episodes otherwise hide. A potential
+    difference, it sums over a stream to the cost at the start minus the cost at the end. The
+    parts are in ``info``. ``agents.evaluate`` scores every policy
     by the per-request reward of its answered and dropped requests, whatever the timing.
 
     ## Starting State
@@ -185,12 +191,13 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
 
     ## Info
     Every step and ``reset`` return the same keys (numpy scalars): ``reward_correct``,
-    ``reward_latency``, ``reward_deadline``, ``reward_drop`` (this step's reward parts; they sum
-    to the reward), ``request_done`` (a request was answered this step), ``request_exit`` (-1 if
-    none), ``request_correct``, ``request_latency_ms`` and ``request_wait_ms`` (from arrival;
-    0 if none), ``dropped`` (requests refused this step), ``queue_len`` (waiting now),
-    ``episode_done`` (this step ends an episode) and the episode metrics ``episode_*``
-    (``distree_env.dynamics.EPISODE_METRICS``; 0 except when ``episode_done``): accuracy over
+    ``reward_latency``, ``reward_deadline``, ``reward_drop``, ``reward_queue`` (this step's
+    reward parts; they sum to the reward), ``request_done`` (a request was answered this step),
+    ``request_exit`` (-1 if none), ``request_correct``, ``request_latency_ms`` and
+    ``request_wait_ms`` (from arrival; 0 if none), ``dropped`` (requests refused this step),
+    ``queue_len`` (waiting now), ``episode_done`` (this step ends an episode) and the episode
+    metrics ``episode_*`` (``distree_env.dynamics.EPISODE_METRICS``; 0 except when
+    ``episode_done``): accuracy over
     answered requests, compute saving against last-exit, mean and p95 latency, QoS rate
     (answered in time over answered plus dropped), drop and overflow rates, mean wait,
     utilisation, reward sums, return, reward per request, exit fractions.
@@ -204,6 +211,11 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     in service, true future resource levels) and ``oracle_actions()``.
 
     ## Version History
+    * v3: v2 with ``reward.drain_weight = 1``: each episode's end also pays the change in the
+      queue's drain cost (``reward_queue``); the dynamics and ``EnvConfig()``'s defaults are
+      v2's. Why: under bursty load SB3's and CleanRL's default PPO, seeing one request per
+      episode, learned to continue too often and ended 0.02-0.03 reward per request below the
+      project's agent trained with that term (``experiments.bench_learnability``).
     * v2, later additions (the earlier ids unchanged): ``DistrEE-Pipelined-v2``, the pipeline
       topology with ``cluster.pipelining`` (devices working on different requests at once),
       whose observation ends with ``next_wait_ratio`` (the wait for the next device);

@@ -2,9 +2,10 @@
 
 Why a module of its own (as Gymnasium keeps ``envs/registration.py`` apart from the envs): the
 list of ids is data that the README, rl-zoo3 hyperparameters and tests iterate over.
-``v0`` ids keep the first version's dynamics (isolated requests); ``v1`` and ``v2`` ids are
-load-coupled request streams, v2 (the defaults) with one request per episode and system-wide
-latency costs (see ``distree_env.config.SCENARIOS`` and the env card's Version History).
+``v0`` ids keep the first version's dynamics (isolated requests); ``v1``, ``v2`` and ``v3`` ids
+are load-coupled request streams, v2 (the defaults) with one request per episode and system-wide
+latency costs, v3 adding the queue's drain cost at each episode end (see
+``distree_env.config.SCENARIOS`` and the env card's Version History).
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ from gymnasium.envs.registration import register, registry
 
 from distree_env.config import DEFAULT_PIPELINE_TRACE
 
-__all__ = ["ENV_IDS", "V1_EPISODES", "register_envs"]
+__all__ = ["ENV_IDS", "V1_EPISODES", "V3_REWARD", "register_envs"]
 
 #: How v1 ids cut a stream into episodes and pay rewards (v2 changed only these).
 V1_EPISODES: dict[str, Any] = {
     "requests_per_episode": 128,
     "episode_end": "truncate",
-    "reward": {"timing": "request"},
+    "reward.timing": "request",
 }
+#: What v3 ids add to v2's: each episode's end pays the change in the queue's drain cost.
+V3_REWARD: dict[str, Any] = {"reward.drain_weight": 1.0}
 #: Registered ids and their constructor kwargs (JSON-friendly, so ``spec.to_json()`` works).
+#: Nested settings are dotted keys, never dicts: ``gym.make(id, reward={...})`` replaces a
+#: ``reward`` keyword of the spec as a whole, while dotted keys and a user's dict compose.
 ENV_IDS: dict[str, dict[str, Any]] = {
     # v0: the first version's dynamics (scenario "isolated" and its variants).
     "DistrEE-v0": {"scenario": "isolated"},
@@ -31,7 +36,7 @@ ENV_IDS: dict[str, dict[str, Any]] = {
     "DistrEE-HardDeadline-v0": {
         "scenario": "isolated",
         "deadline_ms": 20.0,
-        "reward": {"deadline_penalty": 2.0},
+        "reward.deadline_penalty": 2.0,
     },
     "DistrEE-Congested-v0": {"scenario": "congested"},
     "DistrEE-Stable-v0": {"scenario": "stable"},
@@ -44,6 +49,14 @@ ENV_IDS: dict[str, dict[str, Any]] = {
     "DistrEE-AzureCode-v2": {"scenario": "azure-code"},
     "DistrEE-Pipeline-v2": {"scenario": "pipeline"},
     "DistrEE-Pipelined-v2": {"scenario": "pipelined-stream"},
+    # v3: v2 with the queue's drain cost at each episode end (reward.drain_weight = 1).
+    "DistrEE-v3": {"scenario": "steady-stream", **V3_REWARD},
+    "DistrEE-Bursty-v3": {"scenario": "bursty-stream", **V3_REWARD},
+    "DistrEE-WiFi-v3": {"scenario": "wifi-contention", **V3_REWARD},
+    "DistrEE-Cellular-v3": {"scenario": "cellular", **V3_REWARD},
+    "DistrEE-AzureCode-v3": {"scenario": "azure-code", **V3_REWARD},
+    "DistrEE-Pipeline-v3": {"scenario": "pipeline", **V3_REWARD},
+    "DistrEE-Pipelined-v3": {"scenario": "pipelined-stream", **V3_REWARD},
     # v1: the same streams in 128-request truncated episodes with rewards on the exit step.
     "DistrEE-v1": {"scenario": "steady-stream", **V1_EPISODES},
     "DistrEE-Bursty-v1": {"scenario": "bursty-stream", **V1_EPISODES},

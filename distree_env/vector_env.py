@@ -303,14 +303,9 @@ class DistrEEVecEnv(VectorEnv):
         return self._dyn.outlook()[1]
 
     def queue_drain_cost(self) -> np.ndarray:
-        """``[num_envs]`` the latency reward (as a positive cost) that the requests waiting now
-        would accrue while served one after another at the mean last-exit service time: the
-        i-th waits through i services, ``n (n + 1) / 2`` in all. Not part of the reward: a
-        training aid (``agents.sb3.SB3VecEnv``'s ``drain_weight``) that tells a learner seeing
-        one request per episode what the queue it leaves behind will cost."""
-        dyn = self._dyn
-        n = dyn.queue.size.astype(np.float64)
-        return dyn.latency_cost * dyn.tables.mean_service_ms * n * (n + 1) / 2
+        """``[num_envs]`` the cost of each stream's queue now, whose change over an episode
+        ``reward.drain_weight`` pays (``Dynamics.queue_cost``)."""
+        return self._dyn.queue_cost()
 
     def oracle_actions(self) -> np.ndarray:
         """``[num_envs]`` actions (0/1) of each request's own hindsight-best exit."""

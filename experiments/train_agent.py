@@ -23,8 +23,9 @@ scenarios already make every request an episode (and charge it the wait it cause
 ``reward.timing="system"``), so the flag changes nothing there; it matters for configs with
 longer episodes (``isolated``, v1 settings), where discounting per decision step over many
 requests makes every extra stage delay all later rewards and PPO drifts to "always exit 0".
-``--drain-weight W`` adds to each such episode's end W times the change in what the queue will
-still cost (``SB3VecEnv``): the part of a decision's cost that a one-request episode hides.
+``--drain-weight W`` sets the config's ``reward.drain_weight`` (the v3 ids use 1): each episode's
+end also pays W times the change in what the queue will still cost, the part of a decision's
+cost that a one-request episode hides (``distree_env.config.RewardConfig``).
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from agents.hyperparams import MAX_ENVS, MAX_FILE_BYTES, MAX_TIMESTEPS, safe_yaml
-from agents.sb3 import check_drain_weight
 from agents.training import ALGOS
-from distree_env.config import SCENARIOS
+from distree_env.config import SCENARIOS, check_drain_weight
 from distree_env.io import (
     error_line,
     read_text_capped,
@@ -90,10 +90,10 @@ class Args:
             "isolated)",
         },
     )
-    drain_weight: float = field(
-        default=0.0,
-        metadata={"help": "weight of the queue's drain cost added at each episode end the "
-                  "learner sees (0: none; agents.sb3.SB3VecEnv)"},
+    drain_weight: float | None = field(
+        default=None,
+        metadata={"help": "reward.drain_weight: the queue's drain cost paid at episode ends "
+                  "(default: the config's; 0: none)"},
     )  # fmt: skip
     checkpoint_freq: int = field(default=20_000, metadata={"help": "steps between checkpoints"})
     save_to: str | None = field(
@@ -116,7 +116,8 @@ class Args:
         _bounded("eval_requests", self.eval_requests, 1, MAX_REQUESTS)
         _bounded("threads", self.threads, 1, MAX_THREADS)
         _bounded("verbose", self.verbose, 0, 2)
-        check_drain_weight(self.drain_weight, "--drain-weight")
+        if self.drain_weight is not None:
+            check_drain_weight(self.drain_weight, "--drain-weight")
         if self.config is not None:
             require_input_file(self.config, "--config")
         if self.hyperparams is not None:
@@ -192,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from agents.hyperparams import load_hyperparams
 
     config = load_env_config(args.config, args.scenario)
+    if args.drain_weight is not None:
+        config = config.replace({"reward": {"drain_weight": args.drain_weight}})
     env_id = env_id_for(args.scenario)
     hp = load_hyperparams(args.algo, args.hyperparams, env_id)
     exp = args.exp_name or f"{args.algo}-{args.scenario}"
@@ -291,7 +294,7 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
     model.set_logger(configure(str(run_dir), formats))
     hyperparameters = {"algo": args.algo, "env_id": env_id_for(args.scenario), "n_envs": n_envs,
                        "timesteps": timesteps, "request_episodes": per_request,
-                       "drain_weight": args.drain_weight,
+                       "drain_weight": config.reward.drain_weight,
                        "policy": hp.policy, "policy_kwargs": hp.policy_kwargs,
                        "normalize": hp.normalize, **hp.algo_kwargs}  # fmt: skip
     callbacks, checkpoint, val = _callbacks(args, config, run_dir, n_envs, hyperparameters)
@@ -339,7 +342,7 @@ def _model(
     from agents.sb3 import make_sb3_env
     from agents.training import load_replay_buffer
 
-    env = make_sb3_env(config, n_envs, args.seed + done_steps, per_request, args.drain_weight)
+    env = make_sb3_env(config, n_envs, args.seed + done_steps, per_request)
     if hp.normalize is not None:
         env = VecNormalize(env, gamma=hp.algo_kwargs.get("gamma", 0.99), **hp.normalize)
     if not found:

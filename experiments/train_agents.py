@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distree_env.config import check_drain_weight
 from experiments.cli import fail, parse_args
 
 #: Scenarios whose requests are coupled through a queue (issue 9), and the isolated one for
@@ -64,8 +65,9 @@ class Args:
     dqn_timesteps: int = field(default=0, metadata={"help": "0 = from the budget"})
     recurrent_ppo_timesteps: int = field(default=0, metadata={"help": "0 = from the budget"})
     seed: int = 1
-    drain_weight: float = field(
-        default=0.0, metadata={"help": "train_agent --drain-weight of every run (0: none)"}
+    drain_weight: float | None = field(
+        default=None,
+        metadata={"help": "train_agent --drain-weight of every run (default: the scenario's)"},
     )
     out: str = field(default="", metadata={"help": "agents folder (default checkpoints/agents)"})
     runs_dir: str = "runs"
@@ -85,9 +87,8 @@ class Args:
             raise ValueError(f"--budget-minutes {self.budget_minutes!r}: must be in (0, 1440]")
         if not 1 <= self.jobs <= 64:
             raise ValueError(f"--jobs {self.jobs!r}: must be an integer in [1, 64]")
-        from agents.sb3 import check_drain_weight
-
-        check_drain_weight(self.drain_weight, "--drain-weight")
+        if self.drain_weight is not None:
+            check_drain_weight(self.drain_weight, "--drain-weight")
         for name in ("ppo_timesteps", "dqn_timesteps", "recurrent_ppo_timesteps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
@@ -128,8 +129,7 @@ def _command(args: Args, algo: str, scenario: str, timesteps: int, out: Path) ->
         str(timesteps),
         "--seed",
         str(args.seed),
-        "--drain-weight",
-        str(args.drain_weight),
+        *(["--drain-weight", str(args.drain_weight)] if args.drain_weight is not None else []),
         "--threads",
         "1",
         "--runs-dir",

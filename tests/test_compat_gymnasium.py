@@ -10,8 +10,8 @@ import pytest
 from gymnasium.wrappers import vector as vw
 
 ENV_ID = "DistrEE-v0"
-#: The first version and the default scenario of v1 (request streams, truncated episodes).
-VERSIONS = ("DistrEE-v0", "DistrEE-v1", "DistrEE-v2")
+#: The first version and the default scenario of v1, v2 and v3 (request streams).
+VERSIONS = ("DistrEE-v0", "DistrEE-v1", "DistrEE-v2", "DistrEE-v3")
 MODES = ("sync", "async", "vector_entry_point")
 NUMPY = (np.generic, np.ndarray)
 

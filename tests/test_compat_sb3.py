@@ -15,8 +15,8 @@ from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 
 ENV_ID = "DistrEE-v0"
-#: The first version and the default scenario of v1 (request streams, truncated episodes).
-VERSIONS = ("DistrEE-v0", "DistrEE-v1", "DistrEE-v2")
+#: The first version and the default scenario of v1, v2 and v3 (request streams).
+VERSIONS = ("DistrEE-v0", "DistrEE-v1", "DistrEE-v2", "DistrEE-v3")
 torch.set_num_threads(1)
 
 

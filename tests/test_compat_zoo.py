@@ -20,7 +20,7 @@ HYPERPARAMS = ROOT / "experiments" / "hyperparams"
 ALGOS = sorted(p.stem for p in HYPERPARAMS.glob("*.yml"))
 #: The id the command-line path runs on: the default scenario (not DistrEE-v0, whose entry rl-zoo3
 #: once was the only one it found).
-ZOO_ID = "DistrEE-v2"
+ZOO_ID = "DistrEE-v3"
 DISTREE_IDS = sorted(
     env_id for env_id, spec in registry.items() if str(spec.entry_point).startswith("distree_env")
 )

@@ -25,7 +25,7 @@ ALLOWED_WARNINGS = {
     # observations are bounded by max_elapsed_ratio (> 1) on purpose.
     "symmetric and normalized": "elapsed ratios are deliberately bounded by max_elapsed_ratio",
     # Gymnasium tells users of a v0 id that v1 exists; the v0 ids stay for reproducibility.
-    "is out of date": "v0 ids are kept on purpose beside v1",
+    "is out of date": "earlier versions (v0, v1, v2) are kept on purpose beside v3",
 }
 FAST = {"trace": "synthetic:n=200"}
 
@@ -116,6 +116,15 @@ def test_spec_json(env_id):
     env = gym.make(env_id)
     spec = gym.envs.registration.EnvSpec.from_json(env.spec.to_json())
     assert spec.id == env_id and json.loads(env.spec.to_json())["kwargs"] == spec.kwargs
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_a_users_nested_override_keeps_the_ids_own_settings(env_id):
+    """``gym.make(id, reward={...})`` changes only what it names: the id's own reward settings
+    (v1's timing, v3's drain weight, HardDeadline's penalty) are dotted keys, which compose."""
+    own = gym.make(env_id).unwrapped.config
+    changed = gym.make(env_id, reward={"latency_weight": 0.2}).unwrapped.config
+    assert changed == own.replace({"reward.latency_weight": 0.2})
 
 
 def test_registration_fresh_interpreter_and_no_torch():

@@ -4,6 +4,7 @@ conservation of requests with drops, and overflow admission."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from distree_env import DistrEEEnv, DistrEEVecEnv, EnvConfig
 from distree_env.cluster.queue import WaitingQueue
@@ -278,3 +279,66 @@ def test_cold_starts_add_their_time_by_the_idle_time_before_each_request():
         expected = sum(cold) * (1.0 - np.exp(-idle / tau)) / share
         assert np.isclose((end - start) - (w_end - w_start), expected, rtol=1e-9, atol=1e-9)
     assert min(start - before for (_, start, _), before in zip(cooled, ends, strict=True)) > 1.0
+
+
+def _bursty_synthetic(**overrides) -> EnvConfig:
+    """Bursty arrivals on the synthetic trace: a queue builds when every request runs long."""
+    return EnvConfig.scenario("bursty-stream", trace="synthetic").replace(overrides)
+
+
+def test_queue_cost_prices_the_waiting_requests_at_the_mean_service():
+    """n waiting requests served one after another at the mean last-exit service s wait
+    s x n(n+1)/2 in all, charged at latency_weight / deadline per ms."""
+    config = _bursty_synthetic()
+    venv = DistrEEVecEnv(4, config)
+    venv.reset(seed=0)
+    per_ms = config.reward.latency_weight / config.deadline_ms * describe(config)["mean_service_ms"]
+    seen = set()
+    for _ in range(300):
+        _, _, _, _, info = venv.step(np.zeros(4, dtype=np.int64))  # always continue: a queue
+        n = info["queue_len"].astype(np.float64)
+        np.testing.assert_allclose(venv.queue_drain_cost(), per_ms * n * (n + 1) / 2)
+        seen.update(info["queue_len"].tolist())
+    assert max(seen) >= 3 and 0 in seen
+
+
+@pytest.mark.parametrize("requests_per_episode", [1, 4])
+def test_drain_weight_pays_only_at_episode_ends_and_telescopes(requests_per_episode):
+    """The same rollout with and without ``reward.drain_weight``: rewards differ only where an
+    episode ends, by ``reward_queue`` = weight x (queue cost at the episode's start - at its
+    end); summed, weight x (the first cost - the cost at the last episode end)."""
+    envs = [
+        DistrEEVecEnv(3, _bursty_synthetic(requests_per_episode=requests_per_episode,
+                                           reward={"drain_weight": w}))
+        for w in (0.0, 2.0)
+    ]  # fmt: skip
+    for env in envs:
+        env.reset(seed=5)
+    first = envs[1].queue_drain_cost()
+    last = first.copy()
+    rng = np.random.default_rng(1)
+    total, paid_at_ends = np.zeros(3), 0
+    for _ in range(400):
+        actions = (rng.random(3) < 0.2).astype(np.int64)  # mostly continue: queues build
+        _, plain, term, trunc, info_plain = envs[0].step(actions)
+        _, shaped, term_s, trunc_s, info = envs[1].step(actions)
+        ends = term | trunc
+        assert np.array_equal(ends, term_s | trunc_s)
+        assert not info_plain["reward_queue"].any()
+        diff = shaped - plain
+        np.testing.assert_allclose(diff, info["reward_queue"], atol=1e-12)
+        assert np.all(diff[~ends] == 0)
+        paid_at_ends += int(np.count_nonzero(diff[ends]))
+        np.testing.assert_allclose(
+            info["episode_reward_queue"][ends], 2.0 * (last - envs[1].queue_drain_cost())[ends]
+        )
+        last = np.where(ends, envs[1].queue_drain_cost(), last)
+        total += diff
+    np.testing.assert_allclose(total, 2.0 * (first - last), rtol=1e-9, atol=1e-9)
+    assert paid_at_ends > 10
+
+
+@pytest.mark.parametrize("weight", [-0.5, float("nan"), 1e9, "1", True])
+def test_drain_weight_out_of_range_is_refused(weight):
+    with pytest.raises(ValueError, match=r"reward\.drain_weight=.* is not allowed: a number in"):
+        EnvConfig(reward={"drain_weight": weight})

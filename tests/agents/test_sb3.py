@@ -27,7 +27,6 @@ from agents.training import (  # noqa: E402
     load_replay_buffer,
     save_model,
 )
-from distree_env.config import EnvConfig  # noqa: E402
 from distree_env.manifest import record  # noqa: E402
 from distree_env.vector_env import DistrEEVecEnv  # noqa: E402
 from tests.agents import SYNTH  # noqa: E402
@@ -262,67 +261,3 @@ def test_recurrent_agent_loads_without_unpickling_and_keeps_its_memory(tmp_path,
     assert evaluate(policy, SYNTH, n_requests=256, seed=0) == evaluate(
         model, SYNTH, n_requests=256, seed=0
     )
-
-
-def _bursty_synthetic() -> EnvConfig:
-    """Bursty arrivals on the synthetic trace: a queue builds when every request runs long."""
-    return EnvConfig.scenario("bursty-stream", trace="synthetic")
-
-
-def test_queue_drain_cost_prices_the_waiting_requests_at_the_mean_service():
-    """n waiting requests served one after another at the mean last-exit service s wait
-    s x n(n+1)/2 in all, charged at latency_weight / deadline per ms."""
-    from distree_env.dynamics import describe
-
-    config = _bursty_synthetic()
-    venv = DistrEEVecEnv(4, config, autoreset_mode=AutoresetMode.SAME_STEP)
-    venv.reset(seed=0)
-    per_ms = config.reward.latency_weight / config.deadline_ms * describe(config)["mean_service_ms"]
-    seen = set()
-    for _ in range(300):
-        _, _, _, _, info = venv.step(np.zeros(4, dtype=np.int64))  # always continue: a queue
-        n = info["queue_len"].astype(np.float64)
-        np.testing.assert_allclose(venv.queue_drain_cost(), per_ms * n * (n + 1) / 2)
-        seen.update(info["queue_len"].tolist())
-    assert max(seen) >= 3 and 0 in seen
-
-
-@pytest.mark.parametrize("request_episodes", [True, False])
-def test_drain_weight_shapes_only_episode_ends_and_telescopes(request_episodes):
-    """The same rollout with and without shaping: rewards differ only where an episode ends,
-    by weight x (drain cost at the episode's start - at its end); summed, the shaping is the
-    weight times the first cost less the last one."""
-    config = _bursty_synthetic().replace(requests_per_episode=1 if request_episodes else 4)
-    envs = [
-        SB3VecEnv(
-            DistrEEVecEnv(3, config, autoreset_mode=AutoresetMode.SAME_STEP),
-            request_episodes=request_episodes,
-            drain_weight=w,
-        )
-        for w in (0.0, 2.0)
-    ]
-    for env in envs:
-        env.seed(5)
-        env.reset()
-    first = envs[1].venv.queue_drain_cost()
-    rng = np.random.default_rng(1)
-    total, shaped_at_ends = np.zeros(3), 0
-    for _ in range(400):
-        actions = (rng.random(3) < 0.2).astype(np.int64)  # mostly continue: queues build
-        _, plain, dones, _ = envs[0].step(actions)
-        _, shaped, dones_s, _ = envs[1].step(actions)
-        assert np.array_equal(dones, dones_s)
-        diff = shaped.astype(np.float64) - plain
-        assert np.all(diff[~dones] == 0)
-        shaped_at_ends += int(np.count_nonzero(diff[dones]))
-        total += diff
-    last = envs[1]._drain_start  # the cost at each env's last episode end
-    np.testing.assert_allclose(total, 2.0 * (first - last), rtol=1e-4, atol=1e-4)
-    assert shaped_at_ends > 10
-
-
-@pytest.mark.parametrize("weight", [-0.5, float("nan"), 1e9])
-def test_drain_weight_out_of_range_is_refused(weight):
-    venv = DistrEEVecEnv(2, SYNTH, autoreset_mode=AutoresetMode.SAME_STEP)
-    with pytest.raises(ValueError, match="drain_weight"):
-        SB3VecEnv(venv, drain_weight=weight)
