@@ -197,13 +197,18 @@ def test_tensorboard_names_say_per_request_or_per_episode(tmp_path, tiny):
     cfg = tmp_path / "short.json"
     cfg.write_text(json.dumps({**SYNTH, "requests_per_episode": 8}))
     argv = [*_common(tmp_path, tiny), "--config", str(cfg), "--timesteps", "1024"]
-    result = train_agent.main([*argv, "--eval-freq", "512", "--run-name", "tb"])
+    result = train_agent.main(
+        [*argv, "--eval-freq", "512", "--run-name", "tb", "--drain-weight", "0.5"]
+    )
+    record = json.loads((Path(result["run_dir"]) / "args.json").read_text())
+    assert record["env_config"]["reward"]["drain_weight"] == 0.5  # the flag sets the config's
     acc = EventAccumulator(result["run_dir"])
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
     assert {"distree_val/per_request/mean_reward", "distree_val/per_request/qos_rate"} <= scalars
     assert "distree_train/per_request/accuracy" in scalars
     assert "distree_train/per_episode/return" in scalars
+    assert "distree_train/per_episode/reward_queue" in scalars
     assert not any(t.startswith("distree/") for t in scalars)  # the old, ambiguous names
     texts = " ".join(acc.Tags()["tensors"])
     assert "run/hyperparameters" in texts and "run/env_config" in texts
