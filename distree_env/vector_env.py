@@ -215,7 +215,8 @@ class DistrEEVecEnv(VectorEnv):
             idx = np.flatnonzero(ended)
             final_obs = obs.copy()
             self._reset_envs(idx)
-            obs[idx] = dyn.observe(idx)
+            if self.config.episode_end == "terminate":  # else the stream goes on: same obs
+                obs[idx] = dyn.observe(idx)
             infos = self._with_masks(self._info_after_reset(info, idx))
             infos["final_info"] = self._with_masks(info)
             infos["_final_info"] = ended.copy()

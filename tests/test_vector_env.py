@@ -132,6 +132,28 @@ def test_same_step_autoreset_final_obs_and_info():
     assert seen
 
 
+@pytest.mark.parametrize("episode_end", ["terminate", "truncate", "terminate-continue"])
+def test_same_step_observation_after_an_episode_end_is_the_single_envs_reset(episode_end):
+    """SAME_STEP returns, where an episode ended, what the single env's ``reset()`` returns:
+    a fresh stream's first observation (``terminate``) or, where the stream goes on, the
+    observation of the next decision (the step's own)."""
+    kwargs = {**FAST, "scenario": "steady-stream", "requests_per_episode": 2,
+              "episode_end": episode_end}  # fmt: skip
+    env = DistrEEEnv(**kwargs)
+    venv = DistrEEVecEnv(1, **kwargs, autoreset_mode="SameStep")
+    env.reset(seed=3)
+    venv.reset(seed=3)
+    ends = 0
+    for a in np.random.default_rng(1).integers(0, 2, 200).tolist():
+        obs, _, term, trunc, _ = env.step(a)
+        if term or trunc:
+            obs, _ = env.reset()
+            ends += 1
+        v_obs, *_ = venv.step(np.array([a]))
+        assert np.array_equal(obs, v_obs[0])
+    assert ends > 20
+
+
 def test_vector_wrappers_work_with_next_step():
     venv = gym.make_vec("DistrEE-v2", num_envs=4, vectorization_mode="vector_entry_point", **FAST)
     for wrapper in (
