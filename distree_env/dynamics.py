@@ -342,7 +342,7 @@ class Dynamics:
         self.latency_cost = rw.latency_weight / self.deadline
         self.drop_cost = rw.drop_cost
         #: ``reward.drain_weight``: the queue term paid at episode ends; what one waiting
-        #: request costs per unit of ``n (n + 1) / 2`` (see :meth:`queue_cost`); each stream's
+        #: request costs per unit of ``n (n + 1) / 2`` (see :meth:`drain_cost`); each stream's
         #: queue cost when its episode started.
         self.drain_weight = rw.drain_weight
         self._drain_scale = self.latency_cost * tb.mean_service_ms
@@ -476,7 +476,7 @@ class Dynamics:
                 stage = stage + self._cold_ms(pos, 0, self.coldness[envs])
             self.t[envs] += stage
             self._arrivals(rng, np.zeros(self.num_envs, dtype=np.int64))
-        self.drain_start[envs] = self.queue_cost()[envs]
+        self.drain_start[envs] = self.queue_drain_cost()[envs]
 
     def _accumulators(self) -> tuple[np.ndarray, ...]:
         return (
@@ -555,7 +555,7 @@ class Dynamics:
         acc[:, 2] += info["reward_deadline"]
         acc[:, 3] += drop
         if self.drain_weight:
-            cost = self.queue_cost()
+            cost = self.queue_drain_cost()
             queue_part = np.where(done, self.drain_weight * (self.drain_start - cost), 0.0)
             self.drain_start = np.where(done, cost, self.drain_start)
             rewards = rewards + queue_part
@@ -565,14 +565,17 @@ class Dynamics:
         info["reward_queue"] = queue_part
         return rewards, info, done
 
-    def queue_cost(self) -> np.ndarray:
-        """``[B]`` the latency reward (as a positive cost) the requests in the queue would
-        accrue if served one after another at the mean last-exit service time: the i-th waits
-        through i services, ``n (n + 1) / 2`` in all (with pipelining ``n`` also counts the
-        queued requests device 0 started). ``reward.drain_weight`` pays its change over an
-        episode."""
-        n = self.queue.size
+    def drain_cost(self, n: Any) -> Any:
+        """The latency reward (as a positive cost) ``n`` queued requests (an int or an array)
+        would accrue if served one after another at the mean last-exit service time: the i-th
+        waits through i services, ``n (n + 1) / 2`` in all. ``reward.drain_weight`` pays its
+        change over an episode."""
         return self._drain_scale * (n * (n + 1) / 2)
+
+    def queue_drain_cost(self) -> np.ndarray:
+        """``[B]`` :meth:`drain_cost` of every stream's queue now (with pipelining the queue
+        also holds the requests device 0 started)."""
+        return self.drain_cost(self.queue.size)
 
     def _accrue(self, ex: np.ndarray, active: np.ndarray | None) -> np.ndarray:
         """``system`` timing: the latency cost accrued since the previous decision by every
@@ -1010,7 +1013,7 @@ class Dynamics:
         reward = r_correct + r_latency + r_deadline + drop
         ended = self.ep_answered.item() >= self.R
         if self.drain_weight and ended:
-            cost = self._drain_scale * (size * (size + 1) / 2)
+            cost = self.drain_cost(size)
             queue_part = self.drain_weight * (self.drain_start.item() - cost)
             self.drain_start[0] = cost
             reward = reward + queue_part

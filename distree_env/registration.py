@@ -16,7 +16,7 @@ from gymnasium.envs.registration import register, registry
 
 from distree_env.config import DEFAULT_PIPELINE_TRACE
 
-__all__ = ["ENV_IDS", "V1_EPISODES", "V3_REWARD", "register_envs"]
+__all__ = ["ENV_IDS", "STREAMS", "V1_EPISODES", "V3_REWARD", "register_envs"]
 
 #: How v1 ids cut a stream into episodes and pay rewards (v2 changed only these).
 V1_EPISODES: dict[str, Any] = {
@@ -26,6 +26,16 @@ V1_EPISODES: dict[str, Any] = {
 }
 #: What v3 ids add to v2's: each episode's end pays the change in the queue's drain cost.
 V3_REWARD: dict[str, Any] = {"reward.drain_weight": 1.0}
+#: The stream scenarios of the v2 and v3 ids, by the name in the id (``DistrEE-<name>v2``).
+STREAMS: dict[str, str] = {
+    "": "steady-stream",
+    "Bursty-": "bursty-stream",
+    "WiFi-": "wifi-contention",
+    "Cellular-": "cellular",
+    "AzureCode-": "azure-code",
+    "Pipeline-": "pipeline",
+    "Pipelined-": "pipelined-stream",
+}
 #: Registered ids and their constructor kwargs (JSON-friendly, so ``spec.to_json()`` works).
 #: Nested settings are dotted keys, never dicts: ``gym.make(id, reward={...})`` replaces a
 #: ``reward`` keyword of the spec as a whole, while dotted keys and a user's dict compose.
@@ -42,21 +52,12 @@ ENV_IDS: dict[str, dict[str, Any]] = {
     "DistrEE-Stable-v0": {"scenario": "stable"},
     # v2 (the defaults): request streams with queues, resources in wall-clock time; every
     # request is an episode and each decision pays the latency accrued by the whole system.
-    "DistrEE-v2": {"scenario": "steady-stream"},
-    "DistrEE-Bursty-v2": {"scenario": "bursty-stream"},
-    "DistrEE-WiFi-v2": {"scenario": "wifi-contention"},
-    "DistrEE-Cellular-v2": {"scenario": "cellular"},
-    "DistrEE-AzureCode-v2": {"scenario": "azure-code"},
-    "DistrEE-Pipeline-v2": {"scenario": "pipeline"},
-    "DistrEE-Pipelined-v2": {"scenario": "pipelined-stream"},
+    **{f"DistrEE-{name}v2": {"scenario": scenario} for name, scenario in STREAMS.items()},
     # v3: v2 with the queue's drain cost at each episode end (reward.drain_weight = 1).
-    "DistrEE-v3": {"scenario": "steady-stream", **V3_REWARD},
-    "DistrEE-Bursty-v3": {"scenario": "bursty-stream", **V3_REWARD},
-    "DistrEE-WiFi-v3": {"scenario": "wifi-contention", **V3_REWARD},
-    "DistrEE-Cellular-v3": {"scenario": "cellular", **V3_REWARD},
-    "DistrEE-AzureCode-v3": {"scenario": "azure-code", **V3_REWARD},
-    "DistrEE-Pipeline-v3": {"scenario": "pipeline", **V3_REWARD},
-    "DistrEE-Pipelined-v3": {"scenario": "pipelined-stream", **V3_REWARD},
+    **{
+        f"DistrEE-{name}v3": {"scenario": scenario, **V3_REWARD}
+        for name, scenario in STREAMS.items()
+    },
     # v1: the same streams in 128-request truncated episodes with rewards on the exit step.
     "DistrEE-v1": {"scenario": "steady-stream", **V1_EPISODES},
     "DistrEE-Bursty-v1": {"scenario": "bursty-stream", **V1_EPISODES},

@@ -305,8 +305,8 @@ class DistrEEVecEnv(VectorEnv):
 
     def queue_drain_cost(self) -> np.ndarray:
         """``[num_envs]`` the cost of each stream's queue now, whose change over an episode
-        ``reward.drain_weight`` pays (``Dynamics.queue_cost``)."""
-        return self._dyn.queue_cost()
+        ``reward.drain_weight`` pays (``Dynamics.queue_drain_cost``)."""
+        return self._dyn.queue_drain_cost()
 
     def oracle_actions(self) -> np.ndarray:
         """``[num_envs]`` actions (0/1) of each request's own hindsight-best exit."""

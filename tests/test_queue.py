@@ -286,7 +286,7 @@ def _bursty_synthetic(**overrides) -> EnvConfig:
     return EnvConfig.scenario("bursty-stream", trace="synthetic").replace(overrides)
 
 
-def test_queue_cost_prices_the_waiting_requests_at_the_mean_service():
+def test_queue_drain_cost_prices_the_waiting_requests_at_the_mean_service():
     """n waiting requests served one after another at the mean last-exit service s wait
     s x n(n+1)/2 in all, charged at latency_weight / deadline per ms."""
     config = _bursty_synthetic()
