@@ -11,7 +11,14 @@ from pathlib import Path
 from distree_env.config import EnvConfig
 from distree_env.traces import resolve_trace, trace_path
 
-__all__ = ["check_not_test", "held_out_trace", "is_test_name", "on_split", "trace_split"]
+__all__ = [
+    "check_not_test",
+    "held_out_trace",
+    "is_test_name",
+    "on_split",
+    "trace_split",
+    "val_counterpart",
+]
 
 
 def is_test_name(trace: str) -> bool:
@@ -29,17 +36,39 @@ def check_not_test(config: EnvConfig, purpose: str) -> None:
         )
 
 
+def _counterpart(trace: str, split: str, other: str) -> str | None:
+    """``trace`` (a name or an ``.npz`` path) with its ``split`` suffix (``-val``, ``_val``...)
+    turned into ``other``'s; None when it has none."""
+    stem, ext = (trace[:-4], ".npz") if trace.endswith(".npz") else (trace, "")
+    for sep in ("-", "_"):
+        if stem.endswith(sep + split):
+            return stem[: -len(split)] + other + ext
+    return None
+
+
 def held_out_trace(trace: str) -> str:
     """The trace to report on for a config trained/tuned on ``trace``.
 
-    ``cifar10-val`` -> ``cifar10-test`` when shipped; a synthetic trace -> the same generator
-    with another seed (``synthetic:seed=1``); anything else is returned unchanged.
+    ``X-val`` -> ``X-test`` for shipped names and ``.npz`` paths, where that trace exists; a
+    synthetic trace -> the same generator with another seed (``synthetic:seed=1``); anything
+    else is returned unchanged.
     """
-    if trace.endswith("-val") and trace_path(trace[:-4] + "-test").is_file():
-        return trace[:-4] + "-test"
     if trace == "synthetic":
         return "synthetic:seed=1"
+    test = _counterpart(trace, "val", "test")
+    if test is not None and (Path(test) if test.endswith(".npz") else trace_path(test)).is_file():
+        return test
     return trace
+
+
+def val_counterpart(trace: str) -> str | None:
+    """The val split of a test trace: ``X-test`` -> ``X-val`` (names and ``.npz`` paths), and
+    ``synthetic`` <-> ``synthetic:seed=1`` (the agents' convention); None when unknown."""
+    if trace == "synthetic":
+        return "synthetic:seed=1"
+    if trace == "synthetic:seed=1":
+        return "synthetic"
+    return _counterpart(trace, "test", "val")
 
 
 def on_split(config: EnvConfig, split: str, trace: str | None = None) -> EnvConfig:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.splits import val_counterpart
 from distree_env.config import SCENARIOS, EnvConfig
 from distree_env.dynamics import tables_for
 from distree_env.io import atomic_write_text, require_output_dir, require_output_file
@@ -196,20 +197,6 @@ class BenchmarkArgs:
             n_requests=self.calibration_requests or base.n_requests,
             data_steps=self.calibration_steps or base.data_steps,
         )
-
-
-def val_counterpart(trace: str) -> str | None:
-    """The val split of a test trace: ``X-test`` -> ``X-val`` (names and ``.npz`` paths), and
-    ``synthetic`` <-> ``synthetic:seed=1`` (the agents' convention); None when unknown."""
-    if trace == "synthetic":
-        return "synthetic:seed=1"
-    if trace == "synthetic:seed=1":
-        return "synthetic"
-    stem, suffix = (trace[:-4], ".npz") if trace.endswith(".npz") else (trace, "")
-    for test, val in (("-test", "-val"), ("_test", "_val")):
-        if stem.endswith(test):
-            return stem[: -len(test)] + val + suffix
-    return None
 
 
 def _agents(

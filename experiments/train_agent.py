@@ -191,10 +191,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     from agents.hyperparams import load_hyperparams
+    from agents.rollouts import require_val
 
     config = load_env_config(args.config, args.scenario)
     if args.drain_weight is not None:
         config = config.replace({"reward": {"drain_weight": args.drain_weight}})
+    require_val(config, "train_agent")  # agents learn on val; test only measures them
     env_id = env_id_for(args.scenario)
     hp = load_hyperparams(args.algo, args.hyperparams, env_id)
     exp = args.exp_name or f"{args.algo}-{args.scenario}"

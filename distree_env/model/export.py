@@ -9,21 +9,8 @@ from distree_env.model.costs import DECISION_BYTES, measure_costs
 from distree_env.model.data import Split
 from distree_env.model.network import MultiBranchNet
 from distree_env.model.train import predict
-from distree_env.traces import ExitTrace
+from distree_env.traces import ExitTrace, consecutive_feature_diff
 from distree_env.traces.format import exit_accuracy
-
-
-def consecutive_feature_diff(embeddings: np.ndarray) -> np.ndarray:
-    """DistrEE's feature difference ``[n, K]``: ``0.5 * || u_k - u_{k-1} ||`` of the normalised
-    exit embeddings ``u``, in [0, 1]; 1.0 at exit 0 (no earlier exit to agree with).
-
-    Small means consecutive exits agree, the signal that going deeper adds little.
-    """
-    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=2, keepdims=True), 1e-12)
-    diff = np.ones(embeddings.shape[:2], dtype=np.float32)
-    distance = np.linalg.norm(unit[:, 1:] - unit[:, :-1], axis=2)
-    diff[:, 1:] = np.clip(0.5 * distance, 0.0, 1.0)
-    return diff
 
 
 def export_trace(

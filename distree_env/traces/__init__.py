@@ -1,12 +1,14 @@
 """Exit traces: the recorded outputs of a multi-exit network that the environment replays.
 
 ``format`` holds the file format (:class:`ExitTrace`, validation, safe save and load),
-``synthetic`` a generator of made-up traces in that format, ``registry`` the names (shipped,
-synthetic, paths), MANIFEST verification and the in-process cache.
+``build`` makes one from a network's outputs (a network of your own), ``synthetic`` a generator
+of made-up traces in that format, ``registry`` the names (shipped, synthetic, paths), MANIFEST
+verification and the in-process cache.
 """
 
 from __future__ import annotations
 
+from distree_env.traces.build import consecutive_feature_diff, trace_from_outputs
 from distree_env.traces.format import TRACE_FORMAT_VERSION, ExitTrace
 from distree_env.traces.registry import SHIPPED_TRACES, clear_cache, resolve_trace, trace_path
 from distree_env.traces.synthetic import synthetic_trace
@@ -16,7 +18,9 @@ __all__ = [
     "TRACE_FORMAT_VERSION",
     "ExitTrace",
     "clear_cache",
+    "consecutive_feature_diff",
     "resolve_trace",
     "synthetic_trace",
+    "trace_from_outputs",
     "trace_path",
 ]

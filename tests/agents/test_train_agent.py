@@ -86,6 +86,7 @@ def test_bad_arguments_exit_2_with_one_line(argv, needle, capsys):
         ('{"deadline_ms": -1}', "deadline_ms"),
         ('{"colour": 1}', "colour"),
         ("[1, 2]", "mapping"),
+        ('{"trace": "cifar10-test"}', "is a test split"),
     ],
 )
 def test_bad_config_file_exits_2(tmp_path, tiny, content, needle, capsys):
@@ -95,6 +96,22 @@ def test_bad_config_file_exits_2(tmp_path, tiny, content, needle, capsys):
         train_agent.main([*_common(tmp_path, tiny), "--config", str(cfg)])
     assert exc.value.code == 2
     assert needle in capsys.readouterr().err
+
+
+def test_a_trace_marked_test_in_its_metadata_is_refused(tmp_path, tiny, capsys):
+    """Agents learn on val: a test trace under another name is refused by its metadata."""
+    from distree_env.traces import synthetic_trace
+
+    trace = synthetic_trace(n=64)
+    trace.metadata["split"] = "test"
+    trace.save(tmp_path / "renamed.npz")
+    cfg = tmp_path / "env.json"
+    cfg.write_text(json.dumps({"trace": str(tmp_path / "renamed.npz")}))
+    with pytest.raises(SystemExit) as exc:
+        train_agent.main([*_common(tmp_path, tiny), "--config", str(cfg)])
+    assert exc.value.code == 2
+    assert "marked split='test'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_yaml_config_and_ship_to_manifest(tmp_path, tiny, checkpoints):

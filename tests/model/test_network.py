@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from distree_env.model.checkpoint import load_backbone, save_backbone
 from distree_env.model.costs import measure_costs
 from distree_env.model.data import Split
-from distree_env.model.export import consecutive_feature_diff, export_trace
+from distree_env.model.export import export_trace
 from distree_env.model.network import MultiBranchNet, NetConfig, PreActBlock
 from distree_env.model.presets import PRESETS, preset
 from distree_env.model.train import (
@@ -23,7 +23,7 @@ from distree_env.model.train import (
     exit_losses,
     matching_exits,
 )
-from distree_env.traces import ExitTrace
+from distree_env.traces import ExitTrace, consecutive_feature_diff
 
 # WRN-10-1: one block per group (16, 32, 64 channels), an exit after each block
 TINY = {"depth": 10, "widen": 1, "exits": (1, 2, 3), "embed_dim": 5, "num_classes": 3}

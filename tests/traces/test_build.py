@@ -1,0 +1,118 @@
+"""distree_env.traces.build: a network's outputs to a trace, and docs/own-network.md as written."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.splits import held_out_trace, val_counterpart
+from distree_env.traces import ExitTrace, consecutive_feature_diff, trace_from_outputs
+
+ROOT = Path(__file__).resolve().parents[2]
+GUIDE = ROOT / "docs" / "own-network.md"
+
+
+def _outputs(n: int = 50, k: int = 3, c: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, c, n), rng.normal(size=(n, k, c)), rng.normal(size=(n, k, 8))
+
+
+def test_logits_embeddings_and_costs_become_the_trace_fields(tmp_path):
+    labels, logits, emb = _outputs()
+    trace = trace_from_outputs(
+        logits=logits, labels=labels, embeddings=emb, stage_flops=[1e6, 2e6, 3e6],
+        transfer_bytes=[10, 20, 0], input_bytes=12, metadata={"split": "val"},
+    )  # fmt: skip
+    z = np.exp(logits - logits.max(axis=2, keepdims=True))
+    np.testing.assert_allclose(trace.probs, z / z.sum(axis=2, keepdims=True), rtol=1e-5)
+    np.testing.assert_array_equal(trace.feature_diff, consecutive_feature_diff(emb))
+    assert trace.stage_flops.shape == (3, 1) and trace.transfer_bytes[:, 0].tolist() == [10, 20, 0]
+    assert trace.exit_flops.tolist() == [0, 0, 0] and trace.class_names == ("0", "1", "2", "3")
+    assert trace.metadata == {"split": "val", "feature_diff_from": "embeddings"}
+    trace.save(tmp_path / "t.npz")
+    again = ExitTrace.load(tmp_path / "t.npz")
+    np.testing.assert_array_equal(again.probs, trace.probs)
+
+
+def test_without_embeddings_the_probabilities_stand_in_and_the_metadata_says_so():
+    labels, logits, _ = _outputs()
+    probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    trace = trace_from_outputs(probs=probs, labels=labels, stage_flops=np.ones((3, 2)))
+    np.testing.assert_allclose(trace.feature_diff, consecutive_feature_diff(probs), rtol=1e-6)
+    assert trace.metadata["feature_diff_from"] == "probs" and trace.num_devices == 2
+
+
+def test_feature_diff_is_half_the_distance_of_unit_embeddings():
+    emb = np.array([[[1.0, 0.0], [0.0, 2.0], [0.0, -3.0]]])
+    np.testing.assert_allclose(consecutive_feature_diff(emb), [[1.0, 0.5**0.5, 1.0]], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"probs": None, "logits": None}, "give exactly one"),
+        ({"probs": np.full((50, 3, 4), 0.25)}, "give exactly one"),
+        ({"logits": np.zeros((50, 4))}, "logits: shape"),
+        ({"logits": np.full((50, 3, 4), np.nan)}, "logits: must be finite"),
+        ({"embeddings": np.zeros((50, 2, 8))}, "embeddings: shape"),
+        ({"stage_flops": np.ones((2, 2))}, "stage_flops: shape"),
+        ({"stage_flops": [-1.0, 1.0, 1.0]}, "stage_flops"),
+        ({"transfer_bytes": np.ones((3, 2))}, "transfer_bytes"),
+        ({"labels": np.full(50, 7)}, "labels"),
+        ({"topology": "ring"}, "topology"),
+        ({"input_bytes": "3072"}, "input_bytes"),
+        ({"class_names": ("a", "b")}, "class_names"),
+    ],
+)
+def test_a_mistake_names_its_field(change, needle):
+    labels, logits, emb = _outputs()
+    kwargs = dict(logits=logits, labels=labels, embeddings=emb, stage_flops=np.ones(3))
+    with pytest.raises(ValueError, match=needle):
+        trace_from_outputs(**{**kwargs, **change})
+
+
+def test_split_counterparts_of_paths_and_names(tmp_path):
+    val, test = tmp_path / "net-val.npz", tmp_path / "net-test.npz"
+    assert held_out_trace(str(val)) == str(val)  # no test file yet: nothing to swap to
+    test.write_bytes(b"")
+    assert held_out_trace(str(val)) == str(test)
+    assert val_counterpart(str(test)) == str(val)
+    assert val_counterpart("net_test") == "net_val" and val_counterpart("net") is None
+    assert held_out_trace("cifar10-val") == "cifar10-test"
+    assert held_out_trace("synthetic") == "synthetic:seed=1"
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", GUIDE.read_text(), flags=re.S)
+
+
+def test_the_guide_runs_as_written(tmp_path):
+    """Its Python blocks in order, then its first benchmark command (smaller), in a fresh
+    folder: the traces it writes load, and the benchmark finds the val file by itself."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONPATH=str(ROOT))
+    code = "\n".join(_blocks("python"))
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "accuracy per exit" in done.stdout and "'queue_len'" in done.stdout
+    assert ExitTrace.load(tmp_path / "mynet-val.npz").metadata["split"] == "val"
+    command = _blocks("bash")[0].replace("\\\n", " ").split()
+    assert command[:3] == ["python", "-m", "experiments.benchmark"] and "--val-trace" not in command
+    small = ["--seeds", "1", "--requests", "256", "--thresholds", "2", "--calibration-requests",
+             "256", "--calibration-steps", "1024", "--scenarios", "steady-stream",
+             "--progress", "false"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, *command[1:], *small], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "results" / "mynet" / "benchmark.md").is_file()
+    assert "mynet-val.npz" in (tmp_path / "results" / "mynet" / "benchmark.json").read_text()
