@@ -70,6 +70,14 @@ def prepare_policy(policy: Any, venv: DistrEEVecEnv, seed: int) -> Any:
     from agents.policy import as_policy  # noqa: PLC0415 (keeps torch out of rule-only use)
 
     policy = as_policy(policy)
+    space = getattr(getattr(policy, "model", None), "observation_space", None)
+    shape = venv.single_observation_space.shape
+    if space is not None and space.shape != shape:
+        raise ValueError(
+            f"the agent expects observations of shape {space.shape}, this environment gives "
+            f"{shape} ({', '.join(venv.observation_names)}): it was trained for another "
+            "scenario's cluster or network (e.g. the pipeline topology's 4 devices)"
+        )
     if hasattr(policy, "bind"):
         policy.bind(venv)
     if hasattr(policy, "seed"):

@@ -112,7 +112,8 @@ _MLP_ALIAS = {"recurrent_ppo": "MlpLstmPolicy"}
 
 
 def agent_path(name_or_path: str | os.PathLike) -> Path:
-    """``"ppo"`` -> ``<checkpoints>/agents/ppo.zip``; anything with a suffix or ``/`` is a path.
+    """``"ppo-steady-stream"`` -> ``<checkpoints>/agents/ppo-steady-stream.zip``; anything ending
+    in ``.zip`` or with a ``/`` is a path.
 
     :param name_or_path: a shipped agent's name or a path to an archive.
     """
@@ -451,7 +452,8 @@ def _normalizer(path: Path, listed: bool) -> Any:
 def load_agent(
     name_or_path: str | os.PathLike, trust: bool = False, algo: str | None = None
 ) -> SB3Policy:
-    """A shipped agent by name (``"ppo"``, ``"dqn"``) or a path, as a policy with ``predict``.
+    """A shipped agent by name (``"ppo-steady-stream"``: ``ALGO-SCENARIO``) or a path, as a
+    policy with ``predict``.
 
     Raises ValueError when the file is missing, fails its manifest check, is not listed and
     ``trust`` is False, or is not a valid archive. Normalisation statistics beside the archive

@@ -22,7 +22,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 
 from agents.evaluate import METRICS, evaluate
 from agents.policy import as_policy, find_vecnormalize, save_vecnormalize, sidecar
-from distree_env.io import atomic_write, read_npz
+from distree_env.io import atomic_write, atomic_write_text, read_npz, read_text_capped
 
 __all__ = [
     "ALGOS",
@@ -210,8 +210,28 @@ class ValEvalCallback(BaseCallback):
         self.config, self.eval_freq = config, eval_freq
         self.n_requests, self.seed = n_requests, seed
         self.best_path = None if best_path is None else Path(best_path)
-        self.best_reward = -np.inf
+        self.best_reward = self._recorded_best()
         self.history: list[tuple[int, float]] = []
+
+    def _best_record(self) -> Path | None:
+        """``best_model.json`` beside ``best_model.zip``: its val reward, so that a resumed run
+        keeps the best model of its earlier part unless a later one beats it."""
+        return None if self.best_path is None else self.best_path.with_suffix(".json")
+
+    def _recorded_best(self) -> float:
+        record = self._best_record()
+        if record is None or not record.is_file() or not self.best_path.is_file():
+            return -np.inf
+        try:
+            value = json.loads(read_text_capped(record, "best model record"))["mean_reward"]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(
+                f"{str(record)!r} is not a best-model record ({{'mean_reward': number}}); "
+                "delete it and best_model.zip to start the best-on-val choice afresh"
+            ) from None
+        return float(value)
 
     def _on_step(self) -> bool:
         if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
@@ -233,4 +253,6 @@ class ValEvalCallback(BaseCallback):
             if self.best_path is not None:
                 self.best_path.parent.mkdir(parents=True, exist_ok=True)
                 save_model(self.model, self.best_path)
+                record = {"mean_reward": reward, "timesteps": int(self.num_timesteps)}
+                atomic_write_text(self._best_record(), json.dumps(record) + "\n")
         return dict(metrics)

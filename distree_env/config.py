@@ -50,7 +50,7 @@ __all__ = [
     "RewardConfig",
     "build_config",
     "check_drain_weight",
-    "top_level_fields",
+    "keyword_overrides",
 ]
 
 #: The exit trace used by ``EnvConfig()`` (tune and train on val; test only measures).
@@ -275,7 +275,12 @@ def _check_pipelining(config: EnvConfig) -> None:
     )  # fmt: skip
     for name, value, ok, allowed in needs:
         if not ok:
-            raise not_allowed(name, value, f"{allowed} when cluster.pipelining is true")
+            raise not_allowed(
+                name,
+                value,
+                f"{allowed} when cluster.pipelining is true (scenario 'pipelined-stream' sets "
+                "every field pipelining needs, its pipeline-topology trace included)",
+            )
 
 
 def _wifi5_bandwidth() -> ProcessConfig:
@@ -603,8 +608,9 @@ class EnvConfig:
     # ---- scenarios ----------------------------------------------------------------------------
     @classmethod
     def scenario(cls, name: str, **overrides: Any) -> EnvConfig:
-        """The named scenario (see ``SCENARIOS``), with optional overrides."""
-        return cls().with_scenario(name).replace(overrides)
+        """The named scenario (see ``SCENARIOS``), with optional overrides (fields, nested dicts
+        or dotted keys; TypeError for a keyword that is no field)."""
+        return cls().with_scenario(name).replace(keyword_overrides("EnvConfig.scenario", overrides))
 
     def with_scenario(self, name: str) -> EnvConfig:
         """Return a copy with the fields that scenario ``name`` sets replaced."""
@@ -787,9 +793,15 @@ SCENARIO_SOURCES: dict[str, str] = {
 }
 
 
-def top_level_fields() -> frozenset[str]:
-    """Names an override keyword may start with (the env raises TypeError for others)."""
-    return frozenset(f.name for f in dataclasses.fields(EnvConfig))
+def keyword_overrides(owner: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Config overrides given as keyword arguments of ``owner``; a keyword that is no
+    ``EnvConfig`` field (before any dot) is a TypeError, as for any Python callable (libraries
+    fall back on it)."""
+    fields = {f.name for f in dataclasses.fields(EnvConfig)}
+    for key in overrides:
+        if key.partition(".")[0] not in fields:
+            raise TypeError(f"{owner}() got an unexpected keyword argument {key!r}")
+    return overrides
 
 
 def build_config(
@@ -798,13 +810,24 @@ def build_config(
     overrides: dict[str, Any] | None = None,
 ) -> EnvConfig:
     """The config an environment is constructed with: ``config`` (an EnvConfig, a dict or None
-    for the defaults), then the ``scenario``'s overrides, then keyword ``overrides`` (dotted keys
-    or nested dicts).
+    for the defaults) or the ``scenario``'s, then keyword ``overrides`` (dotted keys or nested
+    dicts).
+
+    Why not both: a scenario sets arrivals, cluster, deadline and trace, so applied on top of a
+    given config it would silently replace most of it (a registered id passes its scenario, so
+    ``gym.make(id, config=...)`` would run the id's scenario, not the config).
 
     :param config: base configuration.
     :param scenario: a name from ``SCENARIOS`` or None.
     :param overrides: field overrides applied last.
     """
+    if config is not None and scenario is not None:
+        raise ValueError(
+            f"config= and scenario={scenario!r} are both given (a registered id passes its "
+            "scenario): the scenario would overwrite the config. Give a whole config to "
+            "distree_env.DistrEEEnv(config=...) or DistrEEVecEnv(n, config=...), or a scenario "
+            "and keyword overrides to gym.make"
+        )
     if config is None:
         cfg = EnvConfig()
     elif isinstance(config, EnvConfig):

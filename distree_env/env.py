@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from distree_env.config import EnvConfig, build_config, top_level_fields
+from distree_env.config import EnvConfig, build_config, keyword_overrides
 from distree_env.dynamics import (
     EXIT_FEATURES,
     Dynamics,
@@ -22,7 +22,6 @@ __all__ = [
     "check_reset_args",
     "check_seed",
     "observation_table",
-    "split_kwargs",
 ]
 
 _ACTION_HELP = "allowed: 0 (continue) or 1 (exit), as int or a 0-d integer array"
@@ -110,16 +109,6 @@ def check_reset_args(seed: Any, options: Any) -> int | None:
     return check_seed(seed)
 
 
-def split_kwargs(owner: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Config overrides among keyword arguments; a keyword that is no config field is a
-    TypeError, as for any Python callable (libraries fall back on it)."""
-    fields = top_level_fields()
-    for key in overrides:
-        if key.partition(".")[0] not in fields:
-            raise TypeError(f"{owner}() got an unexpected keyword argument {key!r}")
-    return overrides
-
-
 class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     """DistrEE: when should a distributed multi-exit network stop computing?
 
@@ -203,9 +192,11 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     utilisation, reward sums, return, reward per request, exit fractions.
 
     ## Arguments
-    ``gym.make("DistrEE-v1", config=EnvConfig(...) | dict | None, scenario=None,
-    render_mode=None, **overrides)``: overrides are ``EnvConfig`` fields, nested dicts
-    (``reward={"latency_weight": 0.2}``) or dotted keys (``**{"reward.latency_weight": 0.2}``).
+    ``gym.make("DistrEE-v3", render_mode=None, **overrides)`` or
+    ``DistrEEEnv(config=EnvConfig(...) | dict | None, scenario=None, render_mode=None,
+    **overrides)`` (a config or a scenario, not both; a registered id passes its scenario):
+    overrides are ``EnvConfig`` fields, nested dicts (``reward={"latency_weight": 0.2}``) or
+    dotted keys (``**{"reward.latency_weight": 0.2}``).
     A keyword that is no field raises TypeError; a wrong value raises ValueError naming it.
     For a hindsight Oracle: ``request_latencies_ms``, ``request_correct`` (``[K]``, the request
     in service, true future resource levels) and ``oracle_actions()``.
@@ -249,7 +240,7 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
         **overrides: Any,
     ) -> None:
         """:param config: an EnvConfig, a dict of fields, or None for the defaults.
-        :param scenario: a name from ``distree_env.SCENARIOS``, applied on top of ``config``.
+        :param scenario: a name from ``distree_env.SCENARIOS`` (instead of ``config``).
         :param render_mode: None, ``"ansi"``, ``"rgb_array"`` or ``"human"``.
         :param overrides: config fields (dotted keys or nested dicts), applied last."""
         if render_mode is not None and render_mode not in RENDER_MODES:
@@ -257,7 +248,7 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
                 f"render_mode={render_mode!r:.100} is not allowed: None or one of {RENDER_MODES}"
             )
         self.config: EnvConfig = build_config(
-            config, scenario, split_kwargs("DistrEEEnv", overrides)
+            config, scenario, keyword_overrides("DistrEEEnv", overrides)
         )
         self.render_mode = render_mode
         self._setup()

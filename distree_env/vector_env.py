@@ -10,9 +10,9 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from distree_env.config import EnvConfig, build_config
+from distree_env.config import EnvConfig, build_config, keyword_overrides
 from distree_env.dynamics import STEP_INFO, Dynamics, empty_episode_metrics, step_info_at_reset
-from distree_env.env import check_reset_args, split_kwargs
+from distree_env.env import check_reset_args
 from distree_env.render import RENDER_MODES, Renderer, RenderState, draw_frame
 
 __all__ = ["MAX_NUM_ENVS", "DistrEEVecEnv"]
@@ -56,7 +56,8 @@ class DistrEEVecEnv(VectorEnv):
     ## Arguments
     ``DistrEEVecEnv(num_envs, config=None, scenario=None, render_mode=None,
     max_episode_steps=None, autoreset_mode=AutoresetMode.NEXT_STEP, **overrides)`` or
-    ``gym.make_vec("DistrEE-v1", num_envs=64, vectorization_mode="vector_entry_point")``.
+    ``gym.make_vec("DistrEE-v3", num_envs=64, vectorization_mode="vector_entry_point")`` (a
+    config or a scenario, not both, as for the single env).
     For the Oracle: ``request_latencies_ms``, ``request_correct`` (``[num_envs, K]``) and
     ``oracle_actions()`` (``[num_envs]``). ``call``, ``get_attr`` and ``set_attr`` act on the
     shared env and return one value per sub-env.
@@ -118,7 +119,7 @@ class DistrEEVecEnv(VectorEnv):
                 "AutoresetMode.NEXT_STEP or AutoresetMode.SAME_STEP"
             )
         self.config: EnvConfig = build_config(
-            config, scenario, split_kwargs("DistrEEVecEnv", overrides)
+            config, scenario, keyword_overrides("DistrEEVecEnv", overrides)
         )
         self.render_mode = render_mode
         self.num_envs = int(num_envs)

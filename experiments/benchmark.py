@@ -361,7 +361,8 @@ def _write(
     command = shlex.join(["python", "-m", "experiments.benchmark", *argv])
     table = report.markdown_table(summary, args.scenarios)
     lines = report.headline_lines(headlines)
-    text = "\n".join([_describe(plan, command), "", *lines, "", table])
+    glance = report.glance_table(headlines)
+    text = "\n".join([_describe(plan, command), "", glance, "", *lines, "", table])
     report.write_csv(paths["benchmark_points.csv"], rows)
     report.write_csv(paths["benchmark_summary.csv"], summary)
     figures = "![Pareto curves](pareto.png)\n\n![Exit distribution](exits.png)\n"
@@ -411,6 +412,7 @@ def _print(
     outputs: dict[str, Path],
 ) -> None:
     print(report.markdown_table(summary, plan.scenarios))
+    print(report.glance_table(headlines) + "\n")
     print("\n".join(report.headline_lines(headlines)))
     for note in notes:
         print(f"note: {note}")

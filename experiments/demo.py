@@ -1,6 +1,6 @@
 """A one-second tour: a few exit rules and the Oracle on the default environment, as a table.
 
-    python -m experiments.demo [--requests 2048] [--seed 0] [--scenario fluctuating]
+    python -m experiments.demo [--requests 2048] [--seed 0] [--scenario steady-stream]
 
 Thresholds here are round numbers, not calibrated; ``python -m experiments.benchmark`` calibrates
 them on the val trace and adds the learned agents.
@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from distree_env.config import SCENARIOS
+from distree_env.registration import ENV_IDS
 from experiments.cli import MAX_REQUESTS, MAX_SEED, one_line_errors, parse_args
+
+#: The scenario of the default environment, ``DistrEE-v3``.
+DEFAULT_SCENARIO = ENV_IDS["DistrEE-v3"]["scenario"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,8 @@ class Args:
     )
     seed: int = field(default=0, metadata={"help": f"random seed (0 to {MAX_SEED})"})
     scenario: str = field(
-        default="fluctuating", metadata={"choices": ["stable", "fluctuating", "congested"]}
+        default=DEFAULT_SCENARIO,
+        metadata={"choices": list(SCENARIOS), "help": "the default environment's by default"},
     )
 
     def __post_init__(self) -> None:
@@ -59,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         "oracle (bound)": Oracle(),
     }
     print(
-        f"DistrEE-v0, trace {config.trace!r}, scenario {args.scenario!r}, deadline "
-        f"{config.deadline_ms:g} ms, {args.requests} requests per policy (seed {args.seed})\n"
+        f"scenario {args.scenario!r}"
+        + (" (the default environment's, DistrEE-v3)" if args.scenario == DEFAULT_SCENARIO else "")
+        + f", trace "
+        f"{config.trace!r}, deadline {config.deadline_ms:g} ms, {args.requests} requests per "
+        f"policy (seed {args.seed}), reward per request\n"
     )
     header = (
         f"{'policy':<20} {'accuracy':>8} {'saving':>7} {'lat mean':>9} {'lat p95':>8} "

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,11 @@ POLICY_HELP = (
 class Args:
     """Live distributed early-exit inference with an exit policy in the loop."""
 
-    backbone: str = field(
-        default="checkpoints/backbone-parallel.pt", metadata={"help": "trained network weights"}
-    )
+    backbone: str | None = field(
+        default=None,
+        metadata={"help": "trained network weights (default: the shipped network of the "
+                  "scenario's topology, checkpoints/backbone-TOPOLOGY.pt)"},
+    )  # fmt: skip
     images: str = field(
         default="checkpoints/cifar10-test-sample.npz",
         metadata={"help": "uint8 image sample (.npz: images, labels, indices)"},
@@ -58,10 +60,11 @@ class Args:
     data: str | None = field(
         default=None, metadata={"help": "CIFAR-10 source: use its full test split instead"}
     )
-    trace: str = field(
-        default="cifar10-test",
-        metadata={"help": "exit trace of the same network and split as the images"},
-    )
+    trace: str | None = field(
+        default=None,
+        metadata={"help": "exit trace of the same network and split as the images (default: "
+                  "the test trace of the scenario's network, e.g. cifar10-pipeline-test)"},
+    )  # fmt: skip
     scenario: str | None = field(default=None, metadata={"help": "environment scenario name"})
     config: str | None = field(
         default=None, metadata={"help": "JSON of environment config overrides (a cluster profile)"}
@@ -101,6 +104,24 @@ class Args:
         for name in ("timeout", "idle_timeout", "rendezvous_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)}: must be > 0")
+
+
+def with_network_defaults(args: Args) -> Args:
+    """``args`` with ``--trace`` and ``--backbone`` set where not given: the test split of the
+    scenario's trace, and the shipped network of that trace's topology. Why: ``--scenario
+    pipeline`` must run the pipeline network, not the parallel one."""
+    from agents.splits import held_out_trace
+    from distree_env.config import build_config
+    from distree_env.traces import resolve_trace
+
+    trace = args.trace or held_out_trace(build_config(None, args.scenario).trace)
+    if args.backbone is not None:
+        return replace(args, trace=trace)
+    try:
+        topology = resolve_trace(trace).topology
+    except ValueError as e:
+        raise ValueError(f"--trace: {e}") from None
+    return replace(args, trace=trace, backbone=f"checkpoints/backbone-{topology}.pt")
 
 
 def load_images(args: Args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -163,21 +184,39 @@ class Layout:
     num_exits: int
 
 
+def rule_from_spec(spec: str) -> Any | None:
+    """The classic rule that ``spec`` names (``last-exit``, ``NAME:VALUE``), not yet bound to an
+    environment; None when ``spec`` names an agent. Needs no torch, so the launcher checks it
+    before it starts any process."""
+    import agents
+
+    name, _, value = spec.partition(":")
+    if spec == "last-exit":
+        return agents.LastExit()
+    if name not in RULE_SPECS:
+        return None
+    rule = getattr(agents, RULE_SPECS[name])
+    whole = rule is agents.FixedExit
+    try:
+        number = int(value) if whole else float(value)
+    except ValueError:
+        raise ValueError(
+            f"--policy {spec!r}: {value!r} is not {'an integer' if whole else 'a number'}; "
+            f"allowed: {POLICY_HELP}"
+        ) from None
+    try:
+        return rule(number)
+    except ValueError as e:
+        raise ValueError(f"--policy {spec!r}: {e}") from None
+
+
 def make_policy(spec: str, config: Any, trust: bool) -> Any:
     """A rule from ``name:parameter`` or an agent, bound to the environment's layout."""
     import agents
     from distree_env.dynamics import tables_for
 
-    name, _, value = spec.partition(":")
-    if spec == "last-exit":
-        policy = agents.LastExit()
-    elif name in RULE_SPECS:
-        rule = getattr(agents, RULE_SPECS[name])
-        try:
-            policy = rule(int(value) if rule is agents.FixedExit else float(value))
-        except ValueError as e:
-            raise ValueError(f"--policy {spec!r}: {e}") from None
-    else:
+    policy = rule_from_spec(spec)
+    if policy is None:
         return agents.load_agent(spec, trust=trust)
     tables = tables_for(config)
     return policy.bind(Layout(tables.observation_names, tables.num_exits))
@@ -199,7 +238,7 @@ def check_trace_fits(net: Any, trace_path: str, trace_name: str) -> None:
             f"--trace {trace_name!r} ({trace.topology}, {trace.num_exits} exits, stage FLOPs "
             f"{flops.sum():.4g}) was not exported from --backbone "
             f"({net.config.topology}, {net.config.num_exits} exits, stage FLOPs "
-            f"{costs.stage_flops.sum():.4g})"
+            f"{costs.stage_flops.sum():.4g}); give both, or neither (they follow --scenario)"
         )
 
 
@@ -228,6 +267,7 @@ def start_local(args: Args, argv: list[str]) -> int:
     from distree_env.runtime.shaping import KernelShaper, kernel_shaping_unavailable
     from distree_env.traces import resolve_trace
 
+    rule_from_spec(args.policy)  # a bad rule fails here, before any process starts
     _, labels, indices = load_images(args)
     config = env_config(args, labels, indices)
     check_live_config(config)  # once here, not in every worker
@@ -281,11 +321,11 @@ def run_worker(args: Args, rank: int, world_size: int) -> int:
             raise ValueError(f"--nice {args.nice}: {e} (negative values need root)") from None
     net = load_backbone(args.backbone)
     cfg = net.config
-    check_world_size(world_size, cfg.num_devices)
-    pipeline = cfg.topology == "pipeline"
     images, labels, indices = load_images(args)
     config = env_config(args, labels, indices)
-    check_trace_fits(net, config.trace, args.trace)
+    check_trace_fits(net, config.trace, args.trace)  # names the files, before WORLD_SIZE
+    check_world_size(world_size, cfg.num_devices)
+    pipeline = cfg.topology == "pipeline"
     scenario = live_scenario(config, args.seed, args.requests)
     bf16 = args.precision == "bf16"
     tta = bool(resolve_trace(config.trace).metadata.get("flip_tta", False))  # as exported
@@ -387,6 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(Args, argv)
+    try:
+        args = with_network_defaults(args)
+    except ValueError as e:
+        fail(str(e))
     from distree_env.runtime.launch import (
         EXIT_PEER,
         EXIT_SETTINGS,

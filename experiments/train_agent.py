@@ -3,7 +3,8 @@ resume.
 
     python -m experiments.train_agent --algo ppo --scenario bursty-stream --timesteps 300000
     python -m experiments.train_agent --algo dqn --seed 1 --resume      # continue a killed run
-    python -m experiments.train_agent --algo ppo --save-to checkpoints/agents/ppo-steady-stream.zip
+    python -m experiments.train_agent --algo ppo --scenario steady-stream \
+        --save-to checkpoints/agents/ppo-steady-stream.zip
 
 Runs are named CleanRL-style ``<env id>__<algo>-<scenario>__<seed>__<unixtime>`` under ``runs/``
 (``tensorboard --logdir runs``): SB3's curves, ``distree_train/per_request/*`` and
@@ -70,15 +71,17 @@ class Args:
         },
     )
     timesteps: int = field(default=0, metadata={"help": "environment steps (0 = from hyperparams)"})
-    seed: int = 1
+    seed: int = field(default=1, metadata={"help": "seed of the learner and its envs"})
     n_envs: int = field(default=0, metadata={"help": "parallel envs (0 = from hyperparams)"})
     config: str | None = field(default=None, metadata={"help": "JSON/YAML of EnvConfig fields"})
     hyperparams: str | None = field(
         default=None, metadata={"help": "rl-zoo3 .yml (default experiments/hyperparams/ALGO.yml)"}
     )
-    exp_name: str = field(default="", metadata={"help": "experiment name (default: the algo)"})
+    exp_name: str = field(default="", metadata={"help": "experiment name (empty: ALGO-SCENARIO)"})
     run_name: str = field(default="", metadata={"help": "exact run folder name under --runs-dir"})
-    runs_dir: str = "runs"
+    runs_dir: str = field(
+        default="runs", metadata={"help": "run folders (TensorBoard logs, checkpoints) go here"}
+    )
     resume: bool = field(default=False, metadata={"help": "continue the newest matching run"})
     eval_freq: int = field(default=20_000, metadata={"help": "steps between val evals (0 = off)"})
     val_requests: int = field(default=2048, metadata={"help": "requests per val evaluation"})
@@ -97,13 +100,18 @@ class Args:
     )  # fmt: skip
     checkpoint_freq: int = field(default=20_000, metadata={"help": "steps between checkpoints"})
     save_to: str | None = field(
-        default=None, metadata={"help": "ship the final model (e.g. checkpoints/agents/ppo.zip)"}
+        default=None,
+        metadata={"help": "ship the final model (e.g. checkpoints/agents/ppo-steady-stream.zip)"},
     )
-    eval_seeds: int = field(default=5, metadata={"help": "seeds of the held-out evaluation"})
-    eval_requests: int = field(default=4096, metadata={"help": "requests per evaluation seed"})
+    eval_seeds: int = field(
+        default=5, metadata={"help": "seeds of the held-out evaluation (with --save-to)"}
+    )
+    eval_requests: int = field(
+        default=4096, metadata={"help": "requests per held-out evaluation seed (with --save-to)"}
+    )
     threads: int = field(default=1, metadata={"help": "torch threads"})
-    progress: bool = True
-    verbose: int = 0
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    verbose: int = field(default=0, metadata={"help": "SB3's verbosity: 0, 1 or 2"})
 
     def __post_init__(self) -> None:
         _bounded("timesteps", self.timesteps, 0)
@@ -310,6 +318,8 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
             tb_log_name=run_dir.name,
         )
         checkpoint.save_now()
+    else:  # a finished run resumed: the val callback never started, so start it here
+        val.init_callback(model)
     final = run_dir / "final_model.zip"
     save_model(model, final)
     if args.eval_freq:

@@ -156,10 +156,19 @@ def test_unknown_keyword_is_type_error_and_values_are_value_errors():
 def test_config_forms_at_construction():
     a = DistrEEEnv(EnvConfig.scenario("isolated", **FAST))
     b = DistrEEEnv(scenario="isolated", **FAST)
-    c = DistrEEEnv({"trace": FAST["trace"]}, scenario="isolated")
+    c = DistrEEEnv(EnvConfig.scenario("isolated", **FAST).to_dict())
     assert a.config == b.config == c.config
     d = DistrEEEnv(**FAST, **{"reward.latency_weight": 0.25}, queue={"capacity": 3})
     assert d.config.reward.latency_weight == 0.25 and d.config.queue.capacity == 3
+
+
+@pytest.mark.parametrize("make", [DistrEEEnv, lambda **kw: gym.make("DistrEE-Bursty-v3", **kw)])
+def test_a_config_and_a_scenario_together_are_refused(make):
+    """A scenario on top of a given config would overwrite it (an id passes its scenario)."""
+    config = EnvConfig.scenario("cellular", **FAST)
+    kwargs = {"scenario": "isolated"} if make is DistrEEEnv else {}
+    with pytest.raises(ValueError, match="config= and scenario="):
+        make(config=config, **kwargs)
 
 
 def test_observation_layout_table_and_masks_before_reset():

@@ -9,7 +9,7 @@ from distree_env.model.costs import DECISION_BYTES, measure_costs
 from distree_env.model.data import Split
 from distree_env.model.network import MultiBranchNet
 from distree_env.model.train import predict
-from distree_env.traces import ExitTrace, consecutive_feature_diff
+from distree_env.traces import ExitTrace, trace_from_outputs
 from distree_env.traces.format import exit_accuracy
 
 
@@ -49,15 +49,15 @@ def export_trace(
         ],
         **(metadata or {}),
     }
-    return ExitTrace(
+    return trace_from_outputs(
         probs=probs16,
         labels=split.labels.astype(np.int64),
-        feature_diff=consecutive_feature_diff(embeddings),
+        embeddings=embeddings,
         stage_flops=costs.stage_flops,
         exit_flops=costs.exit_flops,
         transfer_bytes=costs.transfer_bytes,
+        input_bytes=costs.input_bytes,
         topology=model.config.topology,
         class_names=CIFAR10_CLASS_NAMES[: model.config.num_classes],
         metadata=meta,
-        input_bytes=costs.input_bytes,
     )

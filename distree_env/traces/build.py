@@ -4,7 +4,7 @@ Why: the environment replays any network's record, not only this project's. A us
 early-exit model of their own needs its per-exit outputs on two splits (val to tune on, test to
 measure on) and its per-stage costs; this module turns those numpy arrays into a validated
 :class:`~distree_env.traces.format.ExitTrace` without this project's torch code
-(``distree_env/model/export.py`` builds the shipped traces the same way).
+(``distree_env/model/export.py`` builds the shipped traces through it too).
 """
 
 from __future__ import annotations

@@ -474,7 +474,8 @@ def _check_member_count(data: bytes) -> None:
     (count,) = struct.unpack_from("<H", data, end + 10)
     if count > MAX_MEMBERS:
         raise ValueError(
-            f"the archive lists {count} members; at most {MAX_MEMBERS} are allowed (MAX_MEMBERS)"
+            f"the archive lists {count} members; at most {MAX_MEMBERS} are allowed (MAX_MEMBERS): "
+            "not an exit trace (ExitTrace.save writes one .npz of 11 arrays)"
         )
 
 

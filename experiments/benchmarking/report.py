@@ -27,6 +27,7 @@ from experiments.benchmarking.analysis import (
 )
 
 __all__ = [
+    "glance_table",
     "headline_lines",
     "markdown_table",
     "write_csv",
@@ -127,6 +128,43 @@ def _agent_line(a: dict[str, Any], base: str) -> str:
             f"{_met(a['gap_target_met'])})"
         )
     return text + "."
+
+
+def glance_table(headlines: Sequence[dict[str, Any]]) -> str:
+    """One row per scenario: the best non-learned policy and the best agent, each chosen on val,
+    their reward per request on test, the agent's margin and share of the gap to the Oracle
+    (mean, per-seed range) and whether both targets hold (the margin on every seed, the share
+    on average). Why: the answer to the
+    project's question at a glance; the bullets below it give each agent and the deadlines."""
+    lines = [
+        "| scenario | best non-learned (chosen on val) | reward | best agent (chosen on val) "
+        f"| reward | margin (per seed) | gap to Oracle closed (per seed) | Oracle | targets: "
+        f"+{MARGIN_TARGET:g} on every seed, {100 * GAP_TARGET:.0f}% of the gap |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for h in headlines:
+        base, oracle = h["best_baseline"], h["oracle"]
+        if base is None:
+            continue
+        best = next((a for a in h["agents"] if a["policy"] == h["best_agent"]), None)
+        agent = ["-", "-", "-", "-"]
+        verdict = "no agent"
+        if best is not None:
+            m, g = best["margin"], best.get("gap_closed")
+            agent = [
+                best["policy"],
+                f"{best['reward']['mean']:.3f}",
+                f"{m['mean']:+.3f} ({m['min']:+.3f} to {m['max']:+.3f})",
+                "-"
+                if g is None
+                else f"{100 * g['mean']:.0f}% ({100 * g['min']:.0f}% to {100 * g['max']:.0f}%)",
+            ]
+            verdict = _met(best["margin_target_met"] and best.get("gap_target_met", False))
+        oracle_reward = "-" if oracle is None else f"{oracle['mean_reward']:.3f}"
+        cells = [h["scenario"], base["policy"], f"{base['mean_reward']:.3f}", *agent,
+                 oracle_reward, verdict]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def headline_lines(headlines: Sequence[dict[str, Any]]) -> list[str]:

@@ -110,3 +110,19 @@ def test_the_score_is_each_requests_own_reward_whatever_the_timing():
         - (rw.wrong_penalty + rw.deadline_penalty) * m["drop_rate"]
     )
     assert rw.wrong_penalty == 0.0 and np.isclose(m["mean_reward"], by_hand)
+
+
+def test_an_agent_of_another_observation_layout_is_named_not_crashed():
+    """An agent trained on another cluster (here: 7 features) fails with the shapes named."""
+    from types import SimpleNamespace
+
+    from gymnasium import spaces
+
+    class Wide:
+        model = SimpleNamespace(observation_space=spaces.Box(0, 1, (7,)))
+
+        def predict(self, obs, state=None, episode_start=None, deterministic=True):
+            raise AssertionError("never asked: the shapes are checked first")
+
+    with pytest.raises(ValueError, match=r"expects observations of shape \(7,\)"):
+        evaluate(Wide(), SYNTH, n_requests=16, seed=0, num_envs=2)

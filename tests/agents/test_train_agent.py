@@ -206,6 +206,25 @@ def test_resume_after_sigkill(tmp_path, tiny):
     assert finished["timesteps"] == result["timesteps"]
 
 
+def test_a_resumed_run_keeps_its_best_model_on_val(tmp_path, tiny):
+    """Resuming, also a finished run with val evaluations on, keeps the earlier best model
+    unless a later evaluation beats its recorded val reward."""
+    argv = [*_common(tmp_path, tiny), "--timesteps", "512", "--eval-freq", "256",
+            "--run-name", "r"]  # fmt: skip
+    first = train_agent.main(argv)
+    run = tmp_path / "runs" / "r"
+    record = json.loads((run / "best_model.json").read_text())
+    assert record["mean_reward"] == max(r for _, r in first["val_history"])
+    (run / "best_model.json").write_text(json.dumps({"mean_reward": 1e9, "timesteps": 0}))
+    before = (run / "best_model.zip").read_bytes()
+    again = train_agent.main([*argv, "--resume"])  # nothing left: evaluates the final model
+    assert again["timesteps"] == first["timesteps"] and len(again["val_history"]) == 1
+    assert (run / "best_model.zip").read_bytes() == before  # 1e9 was not beaten
+    (run / "best_model.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        train_agent.main([*argv, "--resume"])
+
+
 def test_tensorboard_names_say_per_request_or_per_episode(tmp_path, tiny):
     """The val evaluation logs the benchmark's metrics; totals and per-request figures have
     different names; hyperparameters and config are logged as text."""

@@ -245,6 +245,22 @@ def test_headline_margin_gap_share_and_deadlines_by_hand() -> None:
     assert d["relative_reduction"] == pytest.approx(0.5) and d["target_met"]
 
 
+def test_glance_table_has_one_row_per_scenario_with_the_val_choices() -> None:
+    from experiments.benchmarking.report import glance_table
+
+    rows = _hand_rows()
+    h = headline(summarize(rows), rows, "s")
+    (agent,) = h["agents"]
+    lines = glance_table([h, {**h, "scenario": "t", "agents": [], "best_agent": None}])
+    header, _, first, second = lines.splitlines()
+    cells = [c.strip() for c in first.strip("|").split("|")]
+    assert len(cells) == len(header.strip("|").split("|")) == 9
+    assert cells[:2] == ["s", "A"] and cells[3] == agent["policy"] == h["best_agent"]
+    assert cells[5] == "+0.200 (+0.200 to +0.200)" and cells[6] == "50% (50% to 50%)"
+    assert cells[8] == "met"
+    assert second.split("|")[4].strip() == "-" and second.rstrip(" |").endswith("no agent")
+
+
 def test_equal_accuracy_opponent_sees_what_the_agent_sees() -> None:
     # a confidence-only rule at the agent's accuracy that misses fewer deadlines is no opponent
     rows = _hand_rows()

@@ -198,6 +198,49 @@ def test_wrong_world_size_is_one_line_and_exit_2(tiny, tmp_path):
     assert "WORLD_SIZE=5 does not fit" in done.stderr
 
 
+def test_a_backbone_of_another_trace_is_named_before_the_world_size(tiny, tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.run_live",
+        "--backbone",
+        str(tiny / "tiny.pt"),
+        "--trace",
+        "cifar10-test",
+        "--out",
+        str(tmp_path / "r.json"),
+    ]  # the shipped images'
+    done = run(cmd, env={"RANK": "0", "WORLD_SIZE": "5", "MASTER_ADDR": "127.0.0.1",
+                         "MASTER_PORT": "1"})  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "--trace 'cifar10-test'" in done.stderr
+    assert "was not exported from --backbone" in done.stderr
+
+
+def test_network_files_follow_the_scenario():
+    from experiments.run_live import Args, with_network_defaults
+
+    pipeline = with_network_defaults(Args(scenario="pipeline"))
+    assert pipeline.trace == "cifar10-pipeline-test"
+    assert pipeline.backbone == "checkpoints/backbone-pipeline.pt"
+    default = with_network_defaults(Args())
+    assert (default.trace, default.backbone) == ("cifar10-test", "checkpoints/backbone-parallel.pt")
+    given = with_network_defaults(Args(scenario="pipeline", backbone="mine.pt", trace="t.npz"))
+    assert (given.trace, given.backbone) == ("t.npz", "mine.pt")
+
+
+@pytest.mark.parametrize(
+    ("policy", "needle"),
+    [("confidence:high", "'high' is not a number"), ("fixed:1.5", "'1.5' is not an integer"),
+     ("confidence:1.5", "confidence:1.5")],
+)  # fmt: skip
+def test_a_bad_rule_is_one_line_before_any_process_starts(tmp_path, policy, needle):
+    done = run([sys.executable, "-m", "experiments.run_live", "--policy", policy,
+                "--out", str(tmp_path / "r.json")])  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert needle in done.stderr and "started" not in done.stdout
+
+
 def test_pipelining_is_one_line_and_exit_2_before_any_worker_starts(tmp_path):
     """The launcher refuses it once (the workers would each have said so)."""
     done = run(
