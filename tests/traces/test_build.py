@@ -93,8 +93,9 @@ def _blocks(language: str) -> list[str]:
 
 
 def test_the_guide_runs_as_written(tmp_path):
-    """Its Python blocks in order, then its first benchmark command (smaller), in a fresh
-    folder: the traces it writes load, and the benchmark finds the val file by itself."""
+    """Its Python blocks in order, then its report_backbone command and its first benchmark
+    command (smaller), in a fresh folder: the traces it writes load, the report reads them, and
+    the benchmark finds the val file by itself."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONPATH=str(ROOT))
     code = "\n".join(_blocks("python"))
     done = subprocess.run(
@@ -104,8 +105,16 @@ def test_the_guide_runs_as_written(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "accuracy per exit" in done.stdout and "'queue_len'" in done.stdout
     assert ExitTrace.load(tmp_path / "mynet-val.npz").metadata["split"] == "val"
-    command = _blocks("bash")[0].replace("\\\n", " ").split()
-    assert command[:3] == ["python", "-m", "experiments.benchmark"] and "--val-trace" not in command
+    commands = [block.replace("\\\n", " ").split() for block in _blocks("bash")]
+    report = next(c for c in commands if c[:3] == ["python", "-m", "experiments.report_backbone"])
+    done = subprocess.run(
+        [sys.executable, *report[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "AUC feature_diff" in done.stdout and "from the exits' embeddings" in done.stdout
+    command = next(c for c in commands if c[:3] == ["python", "-m", "experiments.benchmark"])
+    assert "--val-trace" not in command
     small = ["--seeds", "1", "--requests", "256", "--thresholds", "2", "--calibration-requests",
              "256", "--calibration-steps", "1024", "--scenarios", "steady-stream",
              "--progress", "false"]  # fmt: skip
