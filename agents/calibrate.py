@@ -109,6 +109,8 @@ class Calibration:
 
     def policy(self, which: str = "reward") -> RulePolicy:
         """The rule at its best-reward (``"reward"``) or cheapest (``"cheapest"``) parameter."""
+        if which not in ("reward", "cheapest"):
+            raise ValueError(f"which={which!r} is not allowed: 'reward' or 'cheapest'")
         param = self.best_reward_param if which == "reward" else self.cheapest_param
         if param is None:
             raise ValueError(f"{self.rule}: no parameter within the accuracy budget")
@@ -134,6 +136,8 @@ def calibrate(
     if grid is None:
         trace = resolve_trace(config.trace)
         grid = default_grid(trace) if callable(default_grid) else default_grid
+    if len(grid) == 0:
+        raise ValueError("grid=[] is not allowed: at least one parameter to sweep")
     run = dict(config=config, n_requests=n_requests, seed=seed, num_envs=num_envs)
     reference = evaluate(LastExit(), **run)["accuracy"]
     sweep = tuple((float(p), evaluate(factory(p), **run)) for p in grid)

@@ -27,6 +27,7 @@ __all__ = [
     "evaluate",
     "make_eval_env",
     "prepare_policy",
+    "step_values",
 ]
 
 #: Requests each sub-env's stream runs for at least, so that its queue (which starts empty)
@@ -85,7 +86,7 @@ def prepare_policy(policy: Any, venv: DistrEEVecEnv, seed: int) -> Any:
     return policy
 
 
-def _step_values(infos: dict[str, Any], key: str) -> np.ndarray:
+def step_values(infos: dict[str, Any], key: str) -> np.ndarray:
     """Return this step's ``infos[key]`` per sub-env; where a sub-env's episode just ended
     (SAME_STEP autoreset), the value of its last step, from ``final_info``."""
     values = np.array(infos[key])
@@ -153,12 +154,12 @@ def evaluate(
         actions = np.asarray(actions, dtype=np.int64).reshape(num_envs)
         active = answered < per_env
         obs, _, terminated, truncated, infos = venv.step(actions)
-        dropped += np.where(active, _step_values(infos, "dropped"), 0)
-        done = active & _step_values(infos, "request_done").astype(bool)
+        dropped += np.where(active, step_values(infos, "dropped"), 0)
+        done = active & step_values(infos, "request_done").astype(bool)
         if done.any():
-            exits.append(_step_values(infos, "request_exit")[done])
-            latency.append(_step_values(infos, "request_latency_ms")[done])
-            correct.append(_step_values(infos, "request_correct")[done])
+            exits.append(step_values(infos, "request_exit")[done])
+            latency.append(step_values(infos, "request_latency_ms")[done])
+            correct.append(step_values(infos, "request_correct")[done])
             answered += done
         episode_start = terminated | truncated
     exits_a = np.concatenate(exits).astype(np.int64)

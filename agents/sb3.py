@@ -18,6 +18,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
+from agents.evaluate import step_values
 from distree_env.config import EnvConfig
 from distree_env.vector_env import DistrEEVecEnv
 
@@ -26,6 +27,12 @@ __all__ = [
     "SB3VecEnv",
     "make_sb3_env",
 ]
+
+
+#: The info key of an answered request's latency (ms) in SB3's per-sub-env infos.
+REQUEST_LATENCY = "distree_request_latency_ms"
+#: The episode metric that is a percentile over requests, logged from the requests themselves.
+P95_LATENCY = "episode_latency_p95_ms"
 
 
 class SB3VecEnv(VecEnv):
@@ -78,16 +85,21 @@ class SB3VecEnv(VecEnv):
         episode_done = terminated | truncated
         dones = request_done if self.request_episodes else episode_done
         out: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-        # A request end is a true termination (nothing to bootstrap), so its info stays empty.
+        answered = step_values(infos, "request_done").astype(bool)
+        if answered.any():  # for percentiles over requests (DistrEEMetricsCallback)
+            latency = step_values(infos, "request_latency_ms")
+            for i in np.flatnonzero(answered).tolist():
+                out[i][REQUEST_LATENCY] = float(latency[i])
+        # A request end is a true termination (nothing to bootstrap): no terminal observation.
         if episode_done.any():
             final_obs, final_info = infos["final_obs"], infos["final_info"]
             keys = [key for key in final_info if not key.startswith("_")]
             for i in np.flatnonzero(episode_done).tolist():
-                out[i] = {
-                    "terminal_observation": final_obs[i],
-                    "TimeLimit.truncated": bool(truncated[i] and not terminated[i]),
-                    "distree": {key: final_info[key][i] for key in keys},
-                }
+                out[i].update(
+                    terminal_observation=final_obs[i],
+                    distree={key: final_info[key][i] for key in keys},
+                )
+                out[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
         return obs, rewards.astype(np.float32), dones, out
 
     def close(self) -> None:
@@ -177,13 +189,16 @@ class DistrEEMetricsCallback(BaseCallback):
     ``window`` episodes), named so that totals and per-request figures cannot be mixed up:
     ``distree_train/per_request/<metric>`` (accuracy, qos_rate, reward_per_request, ...,
     ``exit_<k>_share``) and ``distree_train/per_episode/<metric>`` (return, reward parts,
-    requests); see :func:`metric_tag`.
+    requests); see :func:`metric_tag`. The p95 latency is the percentile over the last
+    ``window_requests`` answered requests: a mean of each episode's own p95 would be the mean
+    latency when every request is an episode (v2, v3).
     """
 
-    def __init__(self, window: int = 100, verbose: int = 0) -> None:
+    def __init__(self, window: int = 100, window_requests: int = 1000, verbose: int = 0) -> None:
         super().__init__(verbose)
         self.window = window
         self.buffers: dict[str, deque] = {}
+        self.latencies: deque = deque(maxlen=window_requests)
 
     def _add(self, key: str, value: float) -> None:
         buf = self.buffers.setdefault(key, deque(maxlen=self.window))
@@ -191,11 +206,12 @@ class DistrEEMetricsCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         infos: Sequence[dict[str, Any]] = self.locals.get("infos", ())
+        self.latencies.extend(info[REQUEST_LATENCY] for info in infos if REQUEST_LATENCY in info)
         finished = [info["distree"] for info in infos if "distree" in info]
         for metrics in finished:
             for key, value in metrics.items():
                 tag = metric_tag(key)
-                if tag is None:
+                if tag is None or key == P95_LATENCY:
                     continue
                 if key == "episode_exit_fractions":
                     for k, frac in enumerate(np.asarray(value).tolist()):
@@ -205,4 +221,7 @@ class DistrEEMetricsCallback(BaseCallback):
         if finished:
             for key, buf in self.buffers.items():
                 self.logger.record(key, float(np.mean(buf)))
+            if self.latencies:
+                p95 = float(np.percentile(self.latencies, 95))
+                self.logger.record(metric_tag(P95_LATENCY), p95)
         return True

@@ -28,12 +28,22 @@ def is_test_name(trace: str) -> bool:
 
 
 def check_not_test(config: EnvConfig, purpose: str) -> None:
-    """Raise ValueError if ``config`` uses a test trace, before any test data is read."""
+    """Raise ValueError if ``config`` uses a test trace (exit, link or arrival traces), before
+    any test data is read."""
     if is_test_name(config.trace):
         raise ValueError(
             f"{purpose}: trace {config.trace!r} is a test split; tune on the val split "
             "(e.g. 'cifar10-val'), never on test"
         )
+    for name, split in (
+        ("arrivals.split", config.arrivals.split),
+        ("cluster.bandwidth.split", config.cluster.bandwidth.split),
+    ):
+        if split == "test":
+            raise ValueError(
+                f"{purpose}: {name}='test' replays the held-out traces; tune on 'val', never "
+                "on test"
+            )
 
 
 def _counterpart(trace: str, split: str, other: str) -> str | None:

@@ -152,12 +152,12 @@ METRIC_GUIDE = """\
 - `distree_val/per_request/*`: `agents.evaluate` of the current model on the val config (the
   same function and metrics as the benchmark): means over requests (`mean_reward` is reward per
   request; `exit_<k>_share` the share of requests answered at exit k).
-- `distree_train/per_request/*`: the same quantities over the training episodes that ended
-  (means over their requests).
+- `distree_train/per_request/*`: the same quantities over the last 100 training episodes that
+  ended (means over their requests; `latency_p95_ms` over the last 1000 answered requests).
 - `distree_train/per_episode/*`: sums over one training episode (`return`, reward parts,
   `requests` answered): a per-episode total, not comparable with per-request figures.
-- `rollout/ep_rew_mean`, `eval/mean_reward` (SB3): sums over what the learner sees as one
-  episode: one request when it trains on request-episodes, else a whole env episode.
+- `rollout/ep_rew_mean` (SB3): sums over what the learner sees as one episode: one request
+  when it trains on request-episodes, else a whole env episode.
 """
 
 

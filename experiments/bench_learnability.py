@@ -33,7 +33,7 @@ class Args:
     """Train PPO with SB3's and CleanRL's defaults on a DistrEE id and compare with the
     project's tuned agent on the held-out split."""
 
-    env_id: str = "DistrEE-v2"
+    env_id: str = field(default="DistrEE-v3", metadata={"help": "a registered DistrEE id"})
     timesteps: int = field(default=300_000, metadata={"help": "environment steps per learner"})
     learners: tuple[str, ...] = field(
         default=("sb3", "cleanrl"), metadata={"choices": ["sb3", "cleanrl"]}
@@ -179,8 +179,10 @@ def held_out_config(env_id: str) -> tuple[Any, str]:
     from agents.splits import on_split
 
     env = gym.make(env_id)
-    config = env.unwrapped.config
+    config = getattr(env.unwrapped, "config", None)
     env.close()
+    if config is None:
+        raise ValueError("not a DistrEE environment (no config to evaluate it on)")
     scenario = str(gym.spec(env_id).kwargs.get("scenario", ""))
     test = on_split(config, "test")
     return test, scenario
@@ -211,6 +213,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             result["tuned"] = {"agent": tuned_ref, **score(load_agent(tuned_ref, args.trust))}
         except ValueError as exc:
+            if args.tuned != "auto":
+                fail(f"--tuned {args.tuned!r}: {exc}")
             print(f"note: no tuned agent to compare with ({exc})")
     trainers = {"sb3": train_sb3, "cleanrl": train_cleanrl}
     for learner in args.learners:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.hyperparams import MAX_ENVS, MAX_TIMESTEPS
 from agents.training import ALGOS
 from experiments.cli import fail, parse_args
 
@@ -32,12 +33,16 @@ class Args:
     readme: bool = field(default=False, metadata={"help": "update README.md (bench-training)"})
 
     def __post_init__(self) -> None:
-        for name in ("timesteps", "threads"):
+        for name, high in (("timesteps", MAX_TIMESTEPS), ("threads", 256)):
             value = getattr(self, name)
-            if isinstance(value, bool) or value < 1:
-                raise ValueError(f"--{name}={value!r} is not allowed: an integer >= 1")
-        if self.n_envs < 0 or self.seed < 0:
-            raise ValueError("--n-envs and --seed must be >= 0")
+            if isinstance(value, bool) or not 1 <= value <= high:
+                raise ValueError(f"--{name}={value!r} is not allowed: an integer in [1, {high}]")
+        if not 0 <= self.n_envs <= MAX_ENVS:
+            raise ValueError(
+                f"--n-envs={self.n_envs!r} is not allowed: an integer in [0, {MAX_ENVS}]"
+            )
+        if self.seed < 0:
+            raise ValueError(f"--seed={self.seed!r} is not allowed: an integer >= 0")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

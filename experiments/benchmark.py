@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.splits import val_counterpart
+from agents.splits import held_out_trace, val_counterpart
 from distree_env.config import SCENARIOS, EnvConfig
 from distree_env.dynamics import tables_for
 from distree_env.io import atomic_write_text, require_output_dir, require_output_file
@@ -123,9 +123,12 @@ class BenchmarkArgs:
             f"{QUICK_CALIBRATION.data_steps} with --quick, else {FULL_CALIBRATION.data_steps})"
         },
     )
-    trace: str = field(
-        default="cifar10-test",
-        metadata={"help": "test trace: a shipped name, 'synthetic...' or an .npz path"},
+    trace: str | None = field(
+        default=None,
+        metadata={
+            "help": "test trace: a shipped name, 'synthetic...' or an .npz path (unset: the "
+            "test trace of the scenarios' network, e.g. cifar10-pipeline-test for pipeline)"
+        },
     )
     val_trace: str = field(
         default="auto",
@@ -180,6 +183,9 @@ class BenchmarkArgs:
         require_output_dir(self.out, "--out")  # checked before the work, not after it
         if self.update_readme:
             require_output_file(self.readme, "--readme")
+            from experiments.readme import check_block
+
+            check_block("benchmark", Path(self.readme))  # before hours of work, not after
         if ("auto" in self.agents or "none" in self.agents) and len(self.agents) > 1:
             raise ValueError(f"--agents {' '.join(self.agents)}: 'auto' and 'none' stand alone")
 
@@ -197,6 +203,16 @@ class BenchmarkArgs:
             n_requests=self.calibration_requests or base.n_requests,
             data_steps=self.calibration_steps or base.data_steps,
         )
+
+
+def scenarios_test_trace(scenarios: Sequence[str]) -> str:
+    """The test trace of the network that ``scenarios`` are defined on; one line (exit 2) when
+    they are defined on different networks, which have different observations."""
+    traces = {held_out_trace(EnvConfig.scenario(s).trace): s for s in scenarios}
+    if len(traces) > 1:
+        pairs = ", ".join(f"{s} on {t}" for t, s in traces.items())
+        fail(f"--scenarios: they run on different networks ({pairs}); benchmark them apart")
+    return next(iter(traces))
 
 
 def _agents(
@@ -273,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(BenchmarkArgs, argv)
+    if args.trace is None:
+        args = dataclasses.replace(args, trace=scenarios_test_trace(args.scenarios))
     seeds, requests, thresholds = args.sizes()
     val_name = val_counterpart(args.trace) if args.val_trace == "auto" else args.val_trace
     if val_name is None:

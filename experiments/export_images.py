@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from experiments.cli import fail, parse_args
+from distree_env.model.data import MAX_SAMPLE_IMAGES
+from experiments.cli import MAX_SEED, fail, parse_args
 from experiments.train_backbone import DEFAULT_DATA
 
 
@@ -23,17 +24,29 @@ class Args:
     """Export a uint8 sample of the CIFAR-10 test split."""
 
     data: str = field(default=DEFAULT_DATA, metadata={"help": "CIFAR-10 source (as for training)"})
-    n: int = field(default=1000, metadata={"help": "images in the sample (at most 1000)"})
-    seed: int = 0
-    output: str = field(default="checkpoints/cifar10-test-sample.npz")
+    n: int = field(
+        default=1000,
+        metadata={
+            "help": f"images in the sample: a multiple of 10 in [10, {MAX_SAMPLE_IMAGES}] "
+            "(the same number per class)"
+        },
+    )
+    seed: int = field(default=0, metadata={"help": f"seed of the draw (0 to {MAX_SEED})"})
+    output: str = field(
+        default="checkpoints/cifar10-test-sample.npz",
+        metadata={
+            "help": "where to write; the default is the shipped sample the live runtime reads "
+            "(overwritten; a file under checkpoints/ is recorded in checkpoints/MANIFEST.json)"
+        },
+    )
 
     def __post_init__(self) -> None:
-        from distree_env.model.data import MAX_SAMPLE_IMAGES
-
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--seed={self.seed} is not allowed: an integer in [0, {MAX_SEED}]")
         if not 10 <= self.n <= MAX_SAMPLE_IMAGES or self.n % 10:
             raise ValueError(
-                f"--n {self.n} is not allowed; it must be a multiple of 10 in "
-                f"[10, {MAX_SAMPLE_IMAGES}] (the same number of images per class)"
+                f"--n={self.n} is not allowed: a multiple of 10 in [10, {MAX_SAMPLE_IMAGES}] "
+                "(the same number of images per class)"
             )
 
 

@@ -21,7 +21,12 @@ from datetime import datetime
 from pathlib import Path
 
 from distree_env.cluster.arrivals import AZURE_LLM_DIR, AZURE_LLM_SERVICES
-from distree_env.io import atomic_write_text
+from distree_env.io import (
+    atomic_write_text,
+    require_input_file,
+    require_output_dir,
+    require_output_file,
+)
 from experiments.cli import one_line_errors, parse_args
 
 #: The raw file's timestamp format (7 fractional digits are cut to microseconds).
@@ -33,12 +38,22 @@ class Args:
     """Write the shipped arrival-time traces from the Azure LLM inference trace 2023."""
 
     conversation: str = field(
-        default="", metadata={"help": "AzureLLMInferenceTrace_conv.csv (the conversation service)"}
+        default="",
+        metadata={"help": "required: AzureLLMInferenceTrace_conv.csv (the conversation service)"},
     )
     code: str = field(
-        default="", metadata={"help": "AzureLLMInferenceTrace_code.csv (the code service)"}
+        default="",
+        metadata={"help": "required: AzureLLMInferenceTrace_code.csv (the code service)"},
     )
     out: str = field(default=str(AZURE_LLM_DIR), metadata={"help": "output folder"})
+
+    def __post_init__(self) -> None:
+        for service in AZURE_LLM_SERVICES:
+            source = getattr(self, service)
+            if not source:
+                raise ValueError(f"--{service} is required: the {service} service's raw CSV")
+            require_input_file(source, f"--{service}")
+        require_output_dir(self.out, "--out")
 
 
 def arrival_ms(path: Path) -> list[float]:
@@ -81,17 +96,20 @@ def main(argv: list[str] | None = None) -> None:
     """Run from command-line ``argv`` (default: ``sys.argv``)."""
     args = parse_args(Args, argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # every input is read and cut, and every target checked, before anything is written: a
+    # failure must not leave the shipped traces half replaced
+    traces = {}
     for service in AZURE_LLM_SERVICES:
         source = getattr(args, service)
-        if not source:
-            raise ValueError(f"--{service} is required: the service's raw CSV")
         for split, times in halves(arrival_ms(Path(source)), source).items():
-            target = out / f"{service}-{split}.csv"
-            atomic_write_text(target, "arrival_ms\n" + "".join(f"{t:.3f}\n" for t in times))
-            span_s = times[-1] / 1e3
-            print(f"{service} {split}: {target.name}: {len(times)} requests over {span_s:.0f} s "
-                  f"({len(times) / span_s:.2f} per s)")  # fmt: skip
+            target = require_output_file(out / f"{service}-{split}.csv", "--out")
+            traces[target] = (service, split, times)
+    out.mkdir(parents=True, exist_ok=True)
+    for target, (service, split, times) in traces.items():
+        atomic_write_text(target, "arrival_ms\n" + "".join(f"{t:.3f}\n" for t in times))
+        span_s = times[-1] / 1e3
+        print(f"{service} {split}: {target.name}: {len(times)} requests over {span_s:.0f} s "
+              f"({len(times) / span_s:.2f} per s)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -13,13 +13,26 @@ from distree_env.io import atomic_write_text
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def update_block(name: str, content: str, readme: Path = README) -> None:
-    """Replace the block ``name`` in ``readme``; a missing block is an error."""
-    text = readme.read_text(encoding="utf-8")
-    pattern = re.compile(
+def _block(name: str) -> re.Pattern[str]:
+    return re.compile(
         rf"(<!-- BEGIN {re.escape(name)} -->\n).*?(<!-- END {re.escape(name)} -->)", re.S
     )
-    if not pattern.search(text):
+
+
+def check_block(name: str, readme: Path = README) -> str:
+    """``readme``'s text; ValueError if it cannot be read or has no block ``name`` (a script
+    checks this before its work, not after)."""
+    try:
+        text = Path(readme).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{readme}: cannot be read ({e})") from None
+    if not _block(name).search(text):
         raise ValueError(f"{readme} has no block '<!-- BEGIN {name} -->' ... '<!-- END {name} -->'")
-    new = pattern.sub(lambda m: m.group(1) + content.rstrip("\n") + "\n" + m.group(2), text)
+    return text
+
+
+def update_block(name: str, content: str, readme: Path = README) -> None:
+    """Replace the block ``name`` in ``readme``; a missing block is an error."""
+    text = check_block(name, readme)
+    new = _block(name).sub(lambda m: m.group(1) + content.rstrip("\n") + "\n" + m.group(2), text)
     atomic_write_text(readme, new)

@@ -1,6 +1,6 @@
 """Draw the start of a DistrEE request stream as an animated GIF (and its first frame as a PNG).
 
-    python -m experiments.render_episode [--env-id DistrEE-v2] [--steps 40] [--out docs/episode.gif]
+    python -m experiments.render_episode [--env-id DistrEE-v3] [--steps 40] [--out docs/episode.gif]
 
 The frames are what ``render_mode="rgb_array"`` returns (``distree_env.render``); the policy is
 a round-number confidence rule (exit when the top-1 probability reaches ``--threshold``), so the
@@ -23,19 +23,29 @@ MAX_STEPS = 1000
 class Args:
     """Record the first steps of an episode as a GIF and a PNG of its first frame."""
 
-    env_id: str = field(default="DistrEE-v2", metadata={"help": "registered DistrEE id"})
+    env_id: str = field(default="DistrEE-v3", metadata={"help": "registered DistrEE id"})
     steps: int = field(default=40, metadata={"help": f"frames (1 to {MAX_STEPS})"})
-    threshold: float = field(default=0.8, metadata={"help": "exit when max_prob >= this"})
+    threshold: float = field(default=0.8, metadata={"help": "exit when max_prob >= this (0 to 1)"})
     seed: int = field(default=0, metadata={"help": f"random seed (0 to {MAX_SEED})"})
     out: str = field(default="docs/episode.gif", metadata={"help": "GIF path (PNG beside it)"})
 
     def __post_init__(self) -> None:
+        from distree_env.io import require_output_file
+
         if not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"--steps={self.steps} is not allowed: an integer in [1, {MAX_STEPS}]")
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"--seed={self.seed} is not allowed: an integer in [0, {MAX_SEED}]")
+        if not 0 <= self.threshold <= 1:
+            raise ValueError(
+                f"--threshold={self.threshold} is not allowed: a probability in [0, 1]"
+            )
         if not self.out.endswith(".gif"):
             raise ValueError(f"--out={self.out!r} is not allowed: a path ending in .gif")
+        # both outputs checked before the env is built: the GIF must not be written and then
+        # the PNG beside it fail
+        require_output_file(self.out, "--out")
+        require_output_file(Path(self.out).with_suffix(".png"), "the PNG beside --out")
 
 
 @one_line_errors
@@ -47,10 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import distree_env  # noqa: F401  (registers the ids)
     from agents import ConfidenceThreshold
-    from distree_env.io import atomic_write_bytes, require_output_file
+    from distree_env.io import atomic_write_bytes
 
     gif, png = Path(args.out), Path(args.out).with_suffix(".png")
-    require_output_file(gif, "--out")
     if args.env_id not in distree_env.ENV_IDS:
         raise ValueError(
             f"--env-id={args.env_id!r} is not allowed: one of {sorted(distree_env.ENV_IDS)}"
@@ -63,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         action, _ = policy.predict(obs)
         obs, _, terminated, truncated, _ = env.step(int(action))
         frames.append(env.render())
-        if terminated or truncated:  # v2: every request is an episode; the stream goes on
+        if terminated or truncated:  # v2, v3: every request is an episode; the stream goes on
             obs, _ = env.reset()
     env.close()
     pictures = [Image.fromarray(f) for f in frames]

@@ -67,7 +67,9 @@ class Args:
         default="isolated",
         metadata={
             "choices": list(SCENARIOS),
-            "help": "the scenario (isolated = DistrEE-v0's dynamics; --config overrides it)",
+            "help": "the scenario: the config's base, the hyperparameters' id and the run "
+            "name (isolated = DistrEE-v0's dynamics; --config's fields override the config "
+            "only)",
         },
     )
     timesteps: int = field(default=0, metadata={"help": "environment steps (0 = from hyperparams)"})
@@ -322,8 +324,8 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
         val.init_callback(model)
     final = run_dir / "final_model.zip"
     save_model(model, final)
-    if args.eval_freq:
-        val.evaluate_now()  # the final model competes for "best on val" too
+    if args.eval_freq and not (val.history and val.history[-1][0] == model.num_timesteps):
+        val.evaluate_now()  # the final model competes for "best on val" too (once per step)
     best = run_dir / "best_model.zip"
     chosen = best if args.eval_freq and best.is_file() else final
     result: dict[str, Any] = {

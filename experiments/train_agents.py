@@ -9,10 +9,11 @@ recurrent PPO.
 Each agent is one ``python -m experiments.train_agent`` run (TensorBoard under ``runs/``,
 model chosen on val, evaluated on the held-out split, copied to
 ``checkpoints/agents/<algo>-<scenario>.zip`` and recorded in ``checkpoints/MANIFEST.json``).
-``--jobs`` runs go at once, each on one torch thread. Timesteps: given per algorithm, or (0)
-chosen from the budget: a short probe measures each algorithm's steps per second on this
-machine, and every run gets an equal share of ``jobs x budget`` (minus a margin for
-evaluation and shipping).
+``--jobs`` runs go at once, each on one torch thread, so the set takes ``ceil(runs / jobs)``
+rounds. Timesteps: given per algorithm, or (0) chosen from the budget: a short probe measures
+each algorithm's steps per second on this machine, and every run gets an equal share of the
+budget per round (minus a margin for evaluation and shipping). The plan prints its estimated
+wall-clock time against the budget.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class Args:
     scenarios: tuple[str, ...] = field(default=SCENARIOS, metadata={"help": "scenarios"})
     algos: tuple[str, ...] = field(default=ALGOS, metadata={"help": "algorithms"})
     budget_minutes: float = field(
-        default=25.0, metadata={"help": "wall-clock budget of the whole set"}
+        default=25.0,
+        metadata={"help": "wall-clock budget of the whole set (runs go in rounds of --jobs)"},
     )
     jobs: int = field(default=2, metadata={"help": "runs at once (one torch thread each)"})
     ppo_timesteps: int = field(default=0, metadata={"help": "0 = from the budget"})
@@ -169,9 +171,17 @@ def probe_rate(algo: str, scenario: str, seed: int) -> float:
     return (model.num_timesteps - steps) / (time.perf_counter() - start)
 
 
+def rounds(n_runs: int, jobs: int) -> int:
+    """Rounds of ``jobs`` parallel runs that ``n_runs`` runs take: the set's budget is split
+    over these, not over the runs, since a round lasts as long as one run."""
+    return -(-n_runs // jobs)
+
+
 def budget_timesteps(args: Args, runs: list[tuple[str, str]], rates: dict[str, float]) -> dict:
-    """Timesteps per algorithm so that every run takes an equal share of the budget."""
-    per_run_s = args.budget_minutes * 60 * args.jobs / len(runs) * (1 - MARGIN)
+    """Timesteps per algorithm so that every run takes an equal share of the budget, one share
+    per round of ``--jobs`` runs (so the set fits it); those chosen from it are rounded down to
+    a multiple of 1024 (at least 1024), so the plan stays within it; given ones are rounded up."""
+    train_s = args.budget_minutes * 60 / rounds(len(runs), args.jobs) * (1 - MARGIN)
     given = {
         "ppo": args.ppo_timesteps,
         "dqn": args.dqn_timesteps,
@@ -179,9 +189,26 @@ def budget_timesteps(args: Args, runs: list[tuple[str, str]], rates: dict[str, f
     }
     out = {}
     for algo in {a for a, _ in runs}:
-        steps = given[algo] or int(rates[algo] * per_run_s)
-        out[algo] = max(1024, int(math.ceil(steps / 1024) * 1024))
+        if given[algo]:
+            out[algo] = int(math.ceil(given[algo] / 1024) * 1024)
+        else:
+            out[algo] = max(1024, int(rates[algo] * train_s) // 1024 * 1024)
     return out
+
+
+def planned_minutes(
+    runs: list[tuple[str, str]], jobs: int, timesteps: dict[str, int], rates: dict[str, float]
+) -> float | None:
+    """Estimated wall-clock minutes of the set, scheduled as :func:`run_all` does (the next run
+    starts when one ends), each run its training time plus the evaluation margin; None when an
+    algorithm's rate was not probed (its timesteps were given)."""
+    if any(algo not in rates for algo, _ in runs):
+        return None
+    ends = [0.0] * min(jobs, len(runs))
+    for algo, _ in runs:
+        free = ends.index(min(ends))
+        ends[free] += timesteps[algo] / rates[algo] / (1 - MARGIN)
+    return max(ends) / 60
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -201,11 +228,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"probe: {algo} on {scenario}: {rates[algo]:.0f} steps/s on one thread")
     timesteps = budget_timesteps(args, runs, rates)
     commands = [(a, s, _command(args, a, s, timesteps[a], out)) for a, s in runs]
-    print(f"plan: {len(runs)} runs, {args.jobs} at once, timesteps {timesteps}")
+    planned = planned_minutes(runs, args.jobs, timesteps, rates)
+    if planned is None:
+        estimate = "unknown (timesteps given, rates not probed)"
+    else:
+        over = " (OVER the budget)" if planned > args.budget_minutes else ""
+        estimate = f"~{planned:.1f} min{over}"
+    print(
+        f"plan: {len(runs)} runs, {args.jobs} at once ({rounds(len(runs), args.jobs)} rounds), "
+        f"timesteps {timesteps}; planned time {estimate} of a {args.budget_minutes:g} min budget"
+    )
     for _, _, cmd in commands:
         print("  " + " ".join(cmd[1:]))
     if args.dry_run:
-        return {"runs": runs, "timesteps": timesteps, "rates": rates}
+        return {"runs": runs, "timesteps": timesteps, "rates": rates, "planned_minutes": planned}
     logs = Path(args.runs_dir) / "train_agents_logs"
     logs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -185,15 +185,40 @@ def test_record_video_writes_an_episode(tmp_path):
     assert len(videos) == 1 and videos[0].stat().st_size > 1000
 
 
-def test_render_episode_script_writes_a_gif_and_its_first_frame(tmp_path):
+def test_render_episode_script_writes_a_gif_and_its_first_frame(tmp_path, recwarn):
     from PIL import Image
 
     from experiments.render_episode import main
 
     out = tmp_path / "episode.gif"
     assert main(["--steps", "3", "--out", str(out)]) == 0
+    # the default id is the newest version: Gymnasium has no "out of date" warning to print
+    assert not [w for w in recwarn if "out of date" in str(w.message)]
     with Image.open(out) as gif:
         assert gif.n_frames == 3 and gif.size == (FRAME_SHAPE[1], FRAME_SHAPE[0])
     assert out.with_suffix(".png").stat().st_size > 0
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "episode.mp4")])
+
+
+def test_render_episode_checks_both_outputs_before_writing_either(tmp_path, capsys):
+    from experiments.render_episode import main
+
+    (tmp_path / "episode.png").mkdir()  # the PNG's path is taken by a folder
+    with pytest.raises(SystemExit) as info:
+        main(["--steps", "2", "--out", str(tmp_path / "episode.gif")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "the PNG beside --out" in err and "directory" in err
+    assert not (tmp_path / "episode.gif").exists()
+
+
+@pytest.mark.parametrize("threshold", ["5", "-0.1", "nan"])
+def test_render_episode_refuses_a_threshold_outside_0_1_by_its_flag(tmp_path, capsys, threshold):
+    from experiments.render_episode import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--threshold", threshold, "--out", str(tmp_path / "e.gif")])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1
+    assert f"--threshold={float(threshold)} is not allowed: a probability in [0, 1]" in err
+    assert not list(tmp_path.iterdir())

@@ -45,6 +45,23 @@ def test_refuses_trace_marked_test_in_metadata(checkpoints):
         calibrate("FeatureDifference", EnvConfig(trace="renamed"), grid=[0.5])
 
 
+@pytest.mark.parametrize(
+    "change", [{"arrivals.split": "test"}, {"cluster.bandwidth.split": "test"}]
+)
+def test_refuses_held_out_link_and_arrival_traces(change):
+    config = EnvConfig.scenario("azure-code").replace(change)
+    with pytest.raises(ValueError, match=f"{next(iter(change))}='test'"):
+        calibrate("FeatureDifference", config, grid=[0.5])
+
+
+def test_an_empty_grid_and_an_unknown_operating_point_are_named():
+    with pytest.raises(ValueError, match="grid"):
+        calibrate("FixedExit", SYNTH, grid=[])
+    cal = calibrate("FixedExit", SYNTH, n_requests=64, grid=[0, 1])
+    with pytest.raises(ValueError, match="'reward' or 'cheapest'"):
+        cal.policy("best")
+
+
 def test_fixed_exit_grid_covers_every_exit():
     cal = calibrate("FixedExit", SYNTH, n_requests=256)
     assert [p for p, _ in cal.sweep] == [0.0, 1.0, 2.0, 3.0]

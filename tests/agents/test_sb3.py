@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +21,12 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 from agents import evaluate, load_agent  # noqa: E402
 from agents.loading import restore_model  # noqa: E402
 from agents.policy import SB3Policy, as_policy, sidecar  # noqa: E402
-from agents.sb3 import DistrEEMetricsCallback, SB3VecEnv, make_sb3_env  # noqa: E402
+from agents.sb3 import (  # noqa: E402
+    REQUEST_LATENCY,
+    DistrEEMetricsCallback,
+    SB3VecEnv,
+    make_sb3_env,
+)
 from agents.training import (  # noqa: E402
     AtomicCheckpointCallback,
     latest_checkpoint,
@@ -75,6 +81,39 @@ def test_adapter_autoresets_and_reports_episode_metrics():
     masks = np.stack(env.env_method("action_masks"))
     assert masks.shape == (4, 2) and masks[:, 1].all()
     assert env.get_attr("num_exits") == [4] * 4
+
+
+def test_the_adapter_reports_each_answered_request_latency():
+    """Per sub-env info: the latency of the request it answered this step (also when the
+    episode ended on it), as the env's own info says."""
+    env = SB3VecEnv(DistrEEVecEnv(4, SHORT, autoreset_mode=AutoresetMode.SAME_STEP))
+    env.seed(0)
+    env.reset()
+    seen = 0
+    for _ in range(100):
+        _, _, dones, infos = env.step(np.ones(4, dtype=np.int64))  # exit: every step answers
+        for i, info in enumerate(infos):
+            assert REQUEST_LATENCY in info
+            if dones[i]:
+                assert info["distree"]["request_latency_ms"] == info[REQUEST_LATENCY]
+                seen += 1
+    assert seen > 0
+
+
+def test_p95_latency_is_a_percentile_over_requests_not_a_mean_of_episodes():
+    """One request per episode (v2, v3): each episode's own p95 is its latency, so their mean
+    is the mean latency; the callback logs the percentile over the requests instead."""
+    recorded: dict[str, float] = {}
+    callback = DistrEEMetricsCallback()
+    callback.model = SimpleNamespace(
+        logger=SimpleNamespace(record=recorded.__setitem__), num_timesteps=0
+    )
+    for latency in range(1, 101):
+        episode = {"episode_latency_p95_ms": latency, "episode_latency_mean_ms": latency}
+        callback.locals = {"infos": [{REQUEST_LATENCY: float(latency), "distree": episode}]}
+        callback.on_step()
+    assert recorded["distree_train/per_request/latency_mean_ms"] == pytest.approx(50.5)
+    assert recorded["distree_train/per_request/latency_p95_ms"] == pytest.approx(95.05)
 
 
 def _scalar_tags(folder) -> set[str]:

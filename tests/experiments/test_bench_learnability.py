@@ -22,3 +22,14 @@ def test_held_out_config_uses_test_traces():
     assert scenario == "cellular"
     assert config.trace.endswith("-test") and config.cluster.bandwidth.split == "test"
     assert config.arrivals.split == "test"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [(["--env-id", "CartPole-v1"], "not a DistrEE environment"),
+     (["--tuned", "nosuch"], "--tuned 'nosuch'")],
+)  # fmt: skip
+def test_a_foreign_id_or_a_missing_tuned_agent_is_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench_learnability.main([*argv, "--timesteps", "64", "--eval-seeds", "1"])
+    assert exc.value.code == 2 and needle in capsys.readouterr().err

@@ -165,6 +165,7 @@ def test_learned_agent_is_compared_with_the_best_baseline(tmp_path: Path) -> Non
         (["--trace", "synthetic", "--val-trace", "missing.npz"], "--val-trace"),
         (["--trace", "synthetic", "--agents", "nonexistent-agent"], "nonexistent-agent"),
         (["--trace", "synthetic", "--agents", "auto", "none"], "--agents"),
+        (["--scenarios", "pipeline", "steady-stream"], "different networks"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys, checkpoints) -> None:
@@ -213,6 +214,24 @@ def _hand_rows() -> list[dict]:
     rows += _rows("PPO[s]", "learned", "val", [0.7, 0.7], accuracy=0.802, qos_rate=0.9)
     rows += _rows("PPO[s]", "learned", "test", [0.7, 0.8], accuracy=0.801, qos_rate=0.9)
     return rows
+
+
+def test_a_readme_without_the_block_is_refused_before_the_run(tmp_path, capsys) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# no generated blocks here\n")
+    argv = ["--trace", "synthetic", "--update-readme", "--readme", str(readme),
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        benchmark.main(argv)
+    assert exc.value.code == 2 and "BEGIN benchmark" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "benchmark.md").exists()
+
+
+def test_the_default_trace_follows_the_scenarios_network() -> None:
+    assert benchmark.scenarios_test_trace(["pipeline", "pipelined-stream"]) == (
+        "cifar10-pipeline-test"
+    )
+    assert benchmark.scenarios_test_trace(["isolated", "cellular"]) == "cifar10-test"
 
 
 def test_best_baseline_is_chosen_on_val_and_measured_on_test() -> None:

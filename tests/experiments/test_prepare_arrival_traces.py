@@ -44,3 +44,34 @@ def test_a_row_that_is_not_a_timestamp_is_named(tmp_path):
     assert info.value.code != 0
     with pytest.raises(ValueError, match=r"bad.csv:3: not a TIMESTAMP row"):
         prepare_arrival_traces.arrival_ms(bad)
+
+
+@pytest.mark.parametrize("given", ["conversation", "code"])
+def test_both_inputs_are_required_and_nothing_is_written_without_them(tmp_path, capsys, given):
+    raw = _raw(tmp_path / "raw.csv", [0.0, 1.5, 2.0, 3.25, 10.0, 12.0])
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        prepare_arrival_traces.main([f"--{given}", raw, "--out", str(out)])
+    missing = "code" if given == "conversation" else "conversation"
+    assert info.value.code == 2 and f"--{missing} is required" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_bad_second_input_writes_nothing(tmp_path, capsys):
+    """The conversation file is good, the code file is not: its error, and no file written."""
+    good = _raw(tmp_path / "conv.csv", [0.0, 1.5, 2.0, 3.25, 10.0, 12.0])
+    short = _raw(tmp_path / "code.csv", [0.0, 1.0, 2.0, 10.0])  # a test half of 1 request
+    out = tmp_path / "out"
+    out.mkdir()
+    for code in (short, str(tmp_path / "missing.csv"), str(tmp_path)):
+        with pytest.raises(SystemExit) as info:
+            prepare_arrival_traces.main(["--conversation", good, "--code", code, "--out", str(out)])
+        assert info.value.code == 2 and "code" in capsys.readouterr().err
+        assert list(out.iterdir()) == []
+
+
+def test_help_says_which_inputs_are_required(capsys):
+    with pytest.raises(SystemExit):
+        prepare_arrival_traces.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--conversation CONVERSATION required:" in text and "--code CODE required:" in text

@@ -240,3 +240,38 @@ def test_bad_arguments_exit_2_with_one_line(tiny_cifar, tmp_path, cmd, message):
     assert "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]  # argparse prints its usage above the error
     assert "error:" in last and message in last
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--seed", "-1"], "--seed=-1 is not allowed: an integer in [0, 4294967295]"),
+        (["--seed", str(2**32)], f"--seed={2**32} is not allowed"),
+        (["--n", "15"], "--n=15 is not allowed: a multiple of 10 in [10, 1000]"),
+        (["--n", "1010"], "--n=1010 is not allowed"),
+    ],
+)
+def test_export_images_refuses_bad_arguments_before_reading_the_dataset(
+    tmp_path, capsys, argv, message
+):
+    """One line, exit 2, with a dataset path that does not exist: nothing was read."""
+    from experiments.export_images import main
+
+    missing = tmp_path / "no-cifar.tar.gz"
+    with pytest.raises(SystemExit) as info:
+        main(["--data", str(missing), "--output", str(tmp_path / "s.npz"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_export_images_help_names_the_shipped_output_and_the_rule_for_n(capsys, monkeypatch):
+    from experiments.export_images import main
+
+    monkeypatch.setenv("COLUMNS", "300")  # no line wrapped inside a path
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a multiple of 10 in [10, 1000]" in text
+    assert "the shipped sample the live runtime reads" in text and "MANIFEST.json" in text
+    assert "(default: checkpoints/cifar10-test-sample.npz)" in text

@@ -352,3 +352,43 @@ def test_device_speed_table_groups_runs_by_policy_and_load():
     row = "| last-exit @ utilisation 0.7 | 2 | 0.072 | - | - | 2.000 (2) | - | 2.000 (2) |"
     assert lines[2] == row
     assert lines[3].startswith("| x @ utilisation 1.4 | 1 | ")
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (["--table", "t.md"], "--table"),
+        (["--readme"], "--readme"),
+        (["--decision-runs", "d.json"], "--decision-runs"),
+    ],
+)
+def test_comparison_options_without_evaluate_are_refused_before_any_work(
+    tmp_path, capsys, extra, flag
+):
+    from experiments import calibrate_cluster
+
+    with pytest.raises(SystemExit) as info:
+        calibrate_cluster.main([str(tmp_path / "cal.json"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1
+    assert f"{flag}: only allowed with --evaluate" in err
+
+
+@pytest.mark.parametrize("option", ["--evaluate", "--decision-runs"])
+def test_an_unreadable_record_to_evaluate_fails_before_the_fit_writes_anything(
+    tmp_path, capsys, option
+):
+    from experiments import calibrate_cluster
+
+    good, bad = tmp_path / "cal.json", tmp_path / "bad.json"
+    write_run(good, RunRecord({"status": "complete"}, []))
+    bad.write_text("not json")
+    profile = tmp_path / "profile.json"
+    argv = [str(good), "--out", str(profile)]
+    argv += ["--evaluate", str(bad)] if option == "--evaluate" else ["--evaluate", str(good)]
+    argv += ["--decision-runs", str(bad)] if option == "--decision-runs" else []
+    with pytest.raises(SystemExit) as info:
+        calibrate_cluster.main(argv)
+    captured = capsys.readouterr()
+    assert info.value.code == 2 and "bad.json" in captured.err and captured.out == ""
+    assert not profile.exists()
