@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,36 +89,26 @@ def _blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", GUIDE.read_text(), flags=re.S)
 
 
-def test_the_guide_runs_as_written(tmp_path):
+def test_the_guide_runs_as_written(tmp_path, monkeypatch, capsys):
     """Its Python blocks in order, then its report_backbone command and its first benchmark
-    command (smaller), in a fresh folder: the traces it writes load, the report reads them, and
-    the benchmark finds the val file by itself."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONPATH=str(ROOT))
-    code = "\n".join(_blocks("python"))
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "accuracy per exit" in done.stdout and "'queue_len'" in done.stdout
+    command (smaller, one process), in a fresh folder: the traces it writes load, the report
+    reads them, and the benchmark finds the val file by itself."""
+    from experiments import benchmark, report_backbone
+
+    monkeypatch.chdir(tmp_path)
+    exec(compile("\n".join(_blocks("python")), str(GUIDE), "exec"), {"__name__": "guide"})
+    out = capsys.readouterr().out
+    assert "accuracy per exit" in out and "'queue_len'" in out
     assert ExitTrace.load(tmp_path / "mynet-val.npz").metadata["split"] == "val"
     commands = [block.replace("\\\n", " ").split() for block in _blocks("bash")]
     report = next(c for c in commands if c[:3] == ["python", "-m", "experiments.report_backbone"])
-    done = subprocess.run(
-        [sys.executable, *report[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "AUC feature_diff" in done.stdout and "from the exits' embeddings" in done.stdout
+    table = report_backbone.main(report[3:])
+    assert "AUC feature_diff" in table and "from the exits' embeddings" in table
     command = next(c for c in commands if c[:3] == ["python", "-m", "experiments.benchmark"])
     assert "--val-trace" not in command
-    small = ["--seeds", "1", "--requests", "256", "--thresholds", "2", "--calibration-requests",
-             "256", "--calibration-steps", "1024", "--scenarios", "steady-stream",
-             "--progress", "false"]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, *command[1:], *small], cwd=tmp_path, env=env, capture_output=True,
-        text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    small = ["--seeds", "1", "--requests", "128", "--thresholds", "2", "--calibration-requests",
+             "128", "--calibration-steps", "512", "--scenarios", "isolated",
+             "--jobs", "1", "--progress", "false"]  # fmt: skip
+    assert benchmark.main([*command[3:], *small]) == 0
     assert (tmp_path / "results" / "mynet" / "benchmark.md").is_file()
     assert "mynet-val.npz" in (tmp_path / "results" / "mynet" / "benchmark.json").read_text()
