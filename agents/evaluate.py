@@ -62,8 +62,11 @@ class EvalResult(TypedDict):
 def make_eval_env(config: EnvConfig, num_envs: int) -> DistrEEVecEnv:
     """The batched environment every evaluation and calibration rollout runs on (SAME_STEP
     autoreset: every step is a decision, the observation after an episode end is the first of
-    the next episode, which continues the same request stream)."""
-    return DistrEEVecEnv(num_envs, config, autoreset_mode=AutoresetMode.SAME_STEP)
+    the next episode, which continues the same request stream; no episode metrics: the
+    figures are computed from the requests)."""
+    return DistrEEVecEnv(
+        num_envs, config, autoreset_mode=AutoresetMode.SAME_STEP, episode_metrics=False
+    )
 
 
 def prepare_policy(policy: Any, venv: DistrEEVecEnv, seed: int) -> Any:

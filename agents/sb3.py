@@ -57,7 +57,7 @@ class SB3VecEnv(VecEnv):
         if mode != AutoresetMode.SAME_STEP:
             raise ValueError(
                 f"SB3VecEnv: the DistrEEVecEnv's autoreset_mode is {mode}; SB3 needs "
-                "AutoresetMode.SAME_STEP (DistrEEVecEnv(..., autoreset_mode='same_step'))"
+                "DistrEEVecEnv(..., autoreset_mode=AutoresetMode.SAME_STEP)"
             )
         self.venv = venv
         self.request_episodes = request_episodes

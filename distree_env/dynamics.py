@@ -1268,15 +1268,20 @@ class Dynamics:
             "episode_exit_fractions": self.ep_exits[0] / 1.0,
         }
 
-    def batch_episode_metrics(self, done: np.ndarray) -> dict[str, np.ndarray]:
+    def batch_episode_metrics(
+        self, done: np.ndarray, with_values: bool = True
+    ) -> dict[str, np.ndarray]:
         """Episode metrics ``[B]`` (and ``[B, K]``) for every stream: values where ``done``,
-        zeros elsewhere. The scalar metrics are rows of one fresh array (one allocation and one
-        scatter per step instead of one per metric)."""
+        zeros elsewhere (everywhere without ``with_values``; ``episode_done`` is set anyway).
+        The scalar metrics are rows of one fresh array (one allocation and one scatter per step
+        instead of one per metric)."""
         table, out = _episode_info(self.num_envs, self.K)
         if done.any():
             idx = np.flatnonzero(done)
-            values = self.episode_metrics(idx)
             out["episode_done"][idx] = True
+            if not with_values:
+                return out
+            values = self.episode_metrics(idx)
             out["episode_exit_fractions"][idx] = values["episode_exit_fractions"]
             table[:, idx] = [values[key] for key in EPISODE_METRICS]
         return out

@@ -237,3 +237,30 @@ def test_partial_resets_keep_other_streams_going():
         ends += int(term.sum())
         assert (info["episode_done"] == term).all()
     assert ends > 10
+
+
+def test_without_episode_metrics_only_their_values_change():
+    """``episode_metrics=False`` (agents.evaluate's rollouts): the same steps, the same keys,
+    ``episode_done`` where episodes end, every other episode value zero."""
+    kwargs = dict(scenario="steady-stream", **FAST, autoreset_mode=AutoresetMode.SAME_STEP)
+    full = DistrEEVecEnv(4, **kwargs)
+    lean = DistrEEVecEnv(4, **kwargs, episode_metrics=False)
+    a, _ = full.reset(seed=3)
+    b, _ = lean.reset(seed=3)
+    rng = np.random.default_rng(0)
+    ended = 0
+    for _ in range(200):
+        actions = rng.integers(0, 2, 4)
+        a, ra, ta, _, ia = full.step(actions)
+        b, rb, tb, _, ib = lean.step(actions)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ra, rb)
+        np.testing.assert_array_equal(ta, tb)
+        assert ia.keys() == ib.keys()
+        if ta.any():
+            fa, fb = ia["final_info"], ib["final_info"]
+            np.testing.assert_array_equal(fa["episode_done"], fb["episode_done"])
+            assert fa["episode_return"][ta].any() and not fb["episode_return"].any()
+            np.testing.assert_array_equal(fa["request_latency_ms"], fb["request_latency_ms"])
+            ended += int(ta.sum())
+    assert ended > 10
