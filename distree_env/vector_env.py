@@ -55,7 +55,8 @@ class DistrEEVecEnv(VectorEnv):
 
     ## Arguments
     ``DistrEEVecEnv(num_envs, config=None, scenario=None, render_mode=None,
-    max_episode_steps=None, autoreset_mode=AutoresetMode.NEXT_STEP, **overrides)`` or
+    max_episode_steps=None, autoreset_mode=AutoresetMode.NEXT_STEP, episode_metrics=True,
+    **overrides)`` or
     ``gym.make_vec("DistrEE-v3", num_envs=64, vectorization_mode="vector_entry_point")`` (a
     config or a scenario, not both, as for the single env).
     For the Oracle: ``request_latencies_ms``, ``request_correct`` (``[num_envs, K]``) and
