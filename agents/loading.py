@@ -25,6 +25,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +256,7 @@ def _net_arch(value: Any, where: str) -> list[int] | dict[str, list[int]]:
 def _allowed_class(value: Any, where: str) -> type:
     """An activation or optimizer class named by its ``repr``, from :func:`_allowed_classes`."""
     classes = _allowed_classes()
-    if value not in classes:
+    if not isinstance(value, str) or value not in classes:
         raise ValueError(
             f"{where}={value!r} is not an allowed class (it could only be restored by unpickling)"
         )
@@ -319,6 +320,30 @@ def _policy_kwargs(entry: Any) -> dict[str, Any]:
     return kwargs
 
 
+#: Most weights a header may ask the loader to allocate: what a weights file at its cap could
+#: hold in float16 (the model is built before the weights are read).
+MAX_PARAMETERS = MAX_WEIGHTS_BYTES // 2
+
+
+def _check_size(policy_kwargs: dict[str, Any], obs_dim: int) -> None:
+    """ValueError when the networks a header declares would exceed :data:`MAX_PARAMETERS`
+    (an upper estimate: every layer list counted for the policy and for the value network)."""
+    arch = policy_kwargs.get("net_arch", [64, 64])
+    lists = list(arch.values()) if isinstance(arch, dict) else [arch, arch]
+    hidden = int(policy_kwargs.get("lstm_hidden_size", 0))
+    layers = int(policy_kwargs.get("n_lstm_layers", 1)) if hidden else 0
+    inputs = obs_dim + hidden
+    total = 2 * 4 * hidden * (obs_dim + hidden + 2) * layers  # actor and critic LSTMs
+    for widths in lists:
+        sizes = [inputs, *widths, max(int(policy_kwargs.get("n_quantiles", 1)) * 2, 2)]
+        total += sum(a * b + b for a, b in pairwise(sizes))
+    if total > MAX_PARAMETERS:
+        raise ValueError(
+            f"policy_kwargs declare networks of about {total:,} weights; at most "
+            f"{MAX_PARAMETERS:,} are allowed (MAX_PARAMETERS, what a weights file may hold)"
+        )
+
+
 def _spaces(data: dict[str, Any]) -> tuple[int, int]:
     """(observation size, number of actions) from the spaces' JSON fields."""
     obs, act = data.get("observation_space"), data.get("action_space")
@@ -378,6 +403,7 @@ def restore_model(
             obs_dim, n_actions = _spaces(data)
             fields = _fields(data)
             policy_kwargs = _policy_kwargs(data.get("policy_kwargs"))
+            _check_size(policy_kwargs, obs_dim)
         except ValueError as exc:
             raise ValueError(f"agent {str(p)!r}: {exc}") from None
         if env is not None:

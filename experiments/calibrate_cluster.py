@@ -60,6 +60,10 @@ class Args:
     readme: bool = field(
         default=False, metadata={"help": "also write it into README.md's sim-vs-live block"}
     )
+    trust: bool = field(
+        default=False,
+        metadata={"help": "load the runs' agent archives not listed in MANIFEST (files you made)"},
+    )
 
     def __post_init__(self) -> None:
         if not self.records:
@@ -467,6 +471,7 @@ def comparison_table(
     profile: dict,
     measured: dict[str, float] | None = None,
     calibration_busy_ms: float | None = None,
+    trust: bool = False,
 ) -> str:
     """Markdown: the live runs of each policy (pooled) beside the simulator's runs of the same
     seeds and policy on the calibrated cluster, with the per-exit and p95 latency errors against
@@ -485,6 +490,8 @@ def comparison_table(
         policy's own is printed beside it, since a machine slower during a run than during
         calibration (other jobs, a shared host) shows up as longer queues the simulator cannot
         know of.
+    :param trust: load the runs' agent archives when MANIFEST does not list them (the user's
+        ``--trust``; a record never grants it).
     """
     measured = measured or {}
     from distree_env.runtime.calibration import carried_decision_ms
@@ -497,8 +504,7 @@ def comparison_table(
     ]
     notes = []
     cal_spec = calibration.meta["args"]["policy"]
-    cal_trust = bool(calibration.meta["args"].get("trust", False))
-    cal = predict_ms(calibration, base_config(calibration), cal_spec, cal_trust)
+    cal = predict_ms(calibration, base_config(calibration), cal_spec, trust)
     by_policy: dict[str, list[Any]] = {}
     for run in runs:
         by_policy.setdefault(run.meta["args"]["policy"], []).append(run)
@@ -506,7 +512,6 @@ def comparison_table(
         configs = [simulated_config(run, profile) for run in group]
         trace = resolve_trace(configs[0].trace)
         live = live_metrics(group, trace.num_exits)
-        trust = bool(group[0].meta["args"].get("trust", False))
         if spec in measured:
             decision, charged = measured[spec], "measured in its own calibration run"
         else:  # timing the policy offline simulates a whole run: only when needed
@@ -551,6 +556,27 @@ def comparison_table(
     return "\n".join(lines + [""] + notes)
 
 
+def _live_run(path: str) -> Any:
+    """The run record at ``path``, with the ``meta`` this script reads (``config``, and in
+    ``args`` the ``policy`` and ``seed``); ValueError naming the file and the field."""
+    from distree_env.runtime.records import load_run
+
+    run = load_run(path)
+    args = run.meta.get("args")
+    problems = [
+        name
+        for name, ok in (
+            ("meta.config", isinstance(run.meta.get("config"), dict)),
+            ("meta.args.policy", isinstance(args, dict) and isinstance(args.get("policy"), str)),
+            ("meta.args.seed", isinstance(args, dict) and isinstance(args.get("seed"), int)),
+        )
+        if not ok
+    ]
+    if problems:
+        raise ValueError(f"run record {path!r}: missing or malformed {', '.join(problems)}")
+    return run
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the profile and table."""
@@ -564,14 +590,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         handover_gaps,
         stage_samples,
     )
-    from distree_env.runtime.records import load_run
     from distree_env.traces import resolve_trace
 
     # every record is read (and every output path checked) before the fit: a bad --evaluate
     # file must not end the run after the profile is written
-    runs = [load_run(p) for p in args.records]
-    evaluated = [load_run(p) for p in args.evaluate]
-    decision_runs = [load_run(p) for p in args.decision_runs]
+    runs = [_live_run(p) for p in args.records]
+    evaluated = [_live_run(p) for p in args.evaluate]
+    decision_runs = [_live_run(p) for p in args.decision_runs]
     out = require_output_file(args.out or f"runs/cluster-{args.name}.json", "--out")
     if args.table:
         require_output_file(args.table, "--table")
@@ -622,7 +647,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"profile": profile}
     if evaluated:
         measured = measured_decision_ms(decision_runs)
-        table = comparison_table(evaluated, runs[0], profile, measured, first_stage_busy_ms(runs))
+        table = comparison_table(
+            evaluated, runs[0], profile, measured, first_stage_busy_ms(runs), args.trust
+        )
         print("\nSimulator vs live (each policy's runs pooled; same seeds, policy and images):\n")
         print(table)
         block = (

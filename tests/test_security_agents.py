@@ -155,6 +155,10 @@ _BAD_HEADERS = {
     "other action space": {"action_space": {
         ":type:": "<class 'gymnasium.spaces.discrete.Discrete'>", "n": "7"}},
     "architecture differs from the weights": {"policy_kwargs": {"net_arch": [16]}},
+    "terabytes of LSTM": {"policy_kwargs": {"net_arch": [8], "lstm_hidden_size": 4096,
+                                            "n_lstm_layers": 4096}},
+    "gigabytes of layers": {"policy_kwargs": {"net_arch": [4096] * 16}},
+    "class of a dict": {"policy_kwargs": {"activation_fn": {"a": 1}}},
 }  # fmt: skip
 
 

@@ -44,9 +44,12 @@ def torch_load_safe(path: str | os.PathLike, what: str = "checkpoint") -> dict:
         OSError,
         ValueError,
     ) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            first = "it holds objects that only unpickling could restore (refused)"
         raise ValueError(
-            f"{what} file {str(path)!r} is corrupt, truncated or unsafe to load: {e}"
-        ) from e
+            f"{what} file {str(path)!r} is corrupt, truncated or unsafe to load: {first}"
+        ) from None
     if not isinstance(obj, dict):
         raise ValueError(f"{what} file {str(path)!r} holds a {type(obj).__name__}, not a dict")
     return obj

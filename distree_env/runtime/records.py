@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from distree_env.io import atomic_write_text
+from distree_env.io import atomic_write_text, read_text_capped
 
 __all__ = [
     "FLUSH_EVERY",
@@ -35,6 +35,8 @@ RUN_FORMAT = "distree-live-run"
 RUN_VERSION = 1
 #: How many finished requests between two appends to a running run's journal.
 FLUSH_EVERY = 50
+#: Largest run record read (a run of 100,000 requests is about 200 MB).
+MAX_RECORD_BYTES = 512 << 20
 
 
 @dataclass
@@ -114,18 +116,22 @@ def load_run(path: str | Path) -> RunRecord:
     """Read a run record; ValueError naming the file if it is not one."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"run record {str(p)!r} cannot be read as JSON: {e}") from None
+        data = json.loads(read_text_capped(p, "run record", MAX_RECORD_BYTES))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        detail = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise ValueError(f"run record {str(p)!r} cannot be read as JSON: {detail}") from None
     if (
         not isinstance(data, dict)
         or data.get("format") != RUN_FORMAT
         or data.get("version") != RUN_VERSION
     ):
         raise ValueError(f"run record {str(p)!r} is not a {RUN_FORMAT} version {RUN_VERSION} file")
+    meta, rows = data.get("meta", {}), data.get("requests", [])
+    if not isinstance(meta, dict) or not isinstance(rows, list):
+        raise ValueError(f"run record {str(p)!r}: 'meta' must be an object and 'requests' a list")
     requests = [_request(row, f"run record {str(p)!r}: request {i}")
-                for i, row in enumerate(data.get("requests", []))]  # fmt: skip
-    return RunRecord(dict(data.get("meta", {})), requests)
+                for i, row in enumerate(rows)]  # fmt: skip
+    return RunRecord(dict(meta), requests)
 
 
 def load_journal(path: str | Path) -> list[RequestRecord]:
@@ -149,7 +155,31 @@ def _request(row: Any, where: str) -> RequestRecord:
     names = {f.name for f in fields(RequestRecord)}
     if not isinstance(row, dict) or set(row) != names:
         raise ValueError(f"{where} does not have the fields {names}")
-    return RequestRecord(**{k: _none_to_nan(v) for k, v in row.items()})
+    values = {k: _none_to_nan(v) for k, v in row.items()}
+    for f in fields(RequestRecord):
+        if not _fits(values[f.name], RequestRecord.__dataclass_fields__[f.name].type):
+            raise ValueError(f"{where}: {f.name}={str(row[f.name])[:40]} is not a {f.type}")
+    return RequestRecord(**values)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fits(value: Any, kind: str) -> bool:
+    """Whether a JSON value has the field's declared type (``int``, ``float``, ``bool`` and
+    lists of floats, one or two deep)."""
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return _number(value)
+    if kind == "list[float]":
+        return isinstance(value, list) and all(_number(v) for v in value)
+    return isinstance(value, list) and all(
+        isinstance(row, list) and all(_number(v) for v in row) for row in value
+    )
 
 
 def _none_to_nan(obj: Any) -> Any:

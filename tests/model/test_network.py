@@ -364,3 +364,21 @@ def test_bad_net_config_is_named(field, value, message):
 def test_pipeline_needs_one_device_per_exit():
     with pytest.raises(ValueError, match="must equal the number of exits"):
         NetConfig(topology="pipeline", num_devices=2, **TINY)
+
+
+def test_a_pickle_bearing_backbone_is_one_line_without_unpickling_advice(tmp_path):
+    """Refused by ``weights_only``, and the message never passes on torch's advice to load it
+    with pickling back on."""
+    import os
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "distree-backbone", "version": 2, "config": Payload()}, path)
+    with pytest.raises(ValueError) as exc:
+        load_backbone(path)
+    text = str(exc.value)
+    assert "\n" not in text and "weights_only" not in text and "unpickling" in text
+    assert not (tmp_path / "PWNED").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -166,6 +167,29 @@ def test_records_round_trip_atomically(tmp_path):
     (tmp_path / "bad.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="bad.json"):
         load_run(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [({"requests": 5}, "'requests' a list"), ({"meta": "x"}, "'meta' must be an object"),
+     ({"exit": "abc"}, "exit=abc is not a int"), ({"busy_ms": [["x"]]}, "busy_ms"),
+     ({"correct": 1}, "correct=1 is not a bool"), ({"deep": True}, "nested too deeply")],
+)  # fmt: skip
+def test_odd_records_are_one_line_naming_the_file_and_field(tmp_path, change, needle):
+    path = tmp_path / "odd.json"
+    write_run(path, RunRecord({"status": "complete"}, [RequestRecord(0, 0, 1, 0.0)]))
+    data = json.loads(path.read_text())
+    if "deep" in change:
+        nested = "[" * 100_000 + "]" * 100_000
+        path.write_text(path.read_text().replace('"meta":{', f'"meta":{{"x":{nested},', 1))
+    elif set(change) <= {"requests", "meta"}:
+        path.write_text(json.dumps({**data, **change}))
+    else:
+        data["requests"][0].update(change)
+        path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="odd.json") as exc:
+        load_run(path)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
 
 
 def test_handover_fit_recovers_the_base_gap_and_the_stalls():
@@ -381,7 +405,8 @@ def test_an_unreadable_record_to_evaluate_fails_before_the_fit_writes_anything(
     from experiments import calibrate_cluster
 
     good, bad = tmp_path / "cal.json", tmp_path / "bad.json"
-    write_run(good, RunRecord({"status": "complete"}, []))
+    meta = {"config": {}, "args": {"policy": "last-exit", "seed": 0}}
+    write_run(good, RunRecord({"status": "complete", **meta}, []))
     bad.write_text("not json")
     profile = tmp_path / "profile.json"
     argv = [str(good), "--out", str(profile)]
@@ -392,3 +417,15 @@ def test_an_unreadable_record_to_evaluate_fails_before_the_fit_writes_anything(
     captured = capsys.readouterr()
     assert info.value.code == 2 and "bad.json" in captured.err and captured.out == ""
     assert not profile.exists()
+
+
+def test_a_record_without_its_config_or_policy_is_one_line(tmp_path, capsys):
+    from experiments import calibrate_cluster
+
+    path = tmp_path / "bare.json"
+    write_run(path, RunRecord({"status": "complete", "args": {"seed": 1}}, []))
+    with pytest.raises(SystemExit) as exc:
+        calibrate_cluster.main([str(path), "--out", str(tmp_path / "p.json")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "meta.config, meta.args.policy" in err
+    assert not (tmp_path / "p.json").exists()
