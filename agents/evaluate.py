@@ -11,6 +11,7 @@ instead of ~1000 tiny forward passes.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, TypedDict
 
 import numpy as np
@@ -26,6 +27,7 @@ __all__ = [
     "EvalResult",
     "evaluate",
     "make_eval_env",
+    "observation_mismatch",
     "prepare_policy",
     "step_values",
 ]
@@ -69,19 +71,28 @@ def make_eval_env(config: EnvConfig, num_envs: int) -> DistrEEVecEnv:
     )
 
 
+def observation_mismatch(policy: Any, shapes: Sequence[tuple[int, ...]]) -> str | None:
+    """Why an agent cannot act in environments whose observations have ``shapes`` (its
+    network's input has another size: trained for another scenario's cluster or network), or
+    None when it can (a rule or baseline reads features by name and fits any layout)."""
+    space = getattr(getattr(policy, "model", None), "observation_space", None)
+    if space is None or all(space.shape == tuple(shape) for shape in shapes):
+        return None
+    return (
+        f"expects observations of shape {space.shape}, the environment gives "
+        f"{' or '.join(str(tuple(shape)) for shape in shapes)}: it was trained for another "
+        "version, cluster or network (e.g. the pipeline topology's 4 devices)"
+    )
+
+
 def prepare_policy(policy: Any, venv: DistrEEVecEnv, seed: int) -> Any:
     """Wrap a bare SB3 model, bind rules to the env layout and seed stochastic rules."""
     from agents.policy import as_policy  # noqa: PLC0415 (keeps torch out of rule-only use)
 
     policy = as_policy(policy)
-    space = getattr(getattr(policy, "model", None), "observation_space", None)
-    shape = venv.single_observation_space.shape
-    if space is not None and space.shape != shape:
-        raise ValueError(
-            f"the agent expects observations of shape {space.shape}, this environment gives "
-            f"{shape} ({', '.join(venv.observation_names)}): it was trained for another "
-            "scenario's cluster or network (e.g. the pipeline topology's 4 devices)"
-        )
+    problem = observation_mismatch(policy, [venv.single_observation_space.shape])
+    if problem is not None:
+        raise ValueError(f"the agent {problem} ({', '.join(venv.observation_names)})")
     if hasattr(policy, "bind"):
         policy.bind(venv)
     if hasattr(policy, "seed"):

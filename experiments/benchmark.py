@@ -223,6 +223,7 @@ def _agents(
     scenario) and notes on those skipped. A found agent of another scenario is not even
     loaded; a named one is, so that a bad name or file is still an error."""
     from agents import load_agent
+    from agents.evaluate import observation_mismatch
 
     notes: list[str] = []
     if args.agents == ("none",):
@@ -246,15 +247,11 @@ def _agents(
             notes.append(f"skipped {agent.ref}: {exc}")
             continue
         _one_thread()
-        space = getattr(getattr(policy, "model", None), "observation_space", None)
         scenarios = args.scenarios if agent.scenario is None else (agent.scenario,)
         dims = sorted({d for d in map(obs_dim, scenarios) if d is not None})
-        if space is not None and any(space.shape != (d,) for d in dims):
-            problem = (
-                f"{agent.ref} expects observations of shape {space.shape}, the environment "
-                f"gives {' or '.join(f'({d},)' for d in dims)}: it was trained for another "
-                "version, network or cluster"
-            )
+        mismatch = observation_mismatch(policy, [(d,) for d in dims])
+        if mismatch is not None:
+            problem = f"{agent.ref} {mismatch}"
             if args.agents != ("auto",):
                 raise ValueError(problem)
             notes.append(f"skipped {problem}")
