@@ -1,4 +1,4 @@
-"""The Oracle: the hindsight bound every policy is measured against.
+"""The Oracle: the per-request hindsight reference every policy is measured against.
 
 What it knows, precisely: at each decision it asks the bound vector environment
 (``oracle_actions()``), which knows, for the request being decided, whether every exit's answer

@@ -1,7 +1,10 @@
-"""Which trace is for tuning and which for reporting: thresholds and agents never see ``test``.
+"""Which trace and which seeds are for tuning and which for reporting: thresholds and agents
+never see ``test``.
 
 Why: tuning on the benchmark split inflates every reported number. A trace counts as a test
 trace by its name (``cifar10-test``, ``...-test.npz``) and, for files, by its metadata split.
+A seed draws a stream's resource paths and its Poisson or MMPP arrivals, so held-out
+evaluations also take seeds of their own (:func:`held_out_seeds`).
 """
 
 from __future__ import annotations
@@ -9,16 +12,30 @@ from __future__ import annotations
 from pathlib import Path
 
 from distree_env.config import EnvConfig
-from distree_env.traces import resolve_trace, trace_path
+from distree_env.traces import resolve_trace
 
 __all__ = [
+    "TEST_SEED_BASE",
     "check_not_test",
+    "held_out_seeds",
     "held_out_trace",
     "is_test_name",
     "on_split",
     "trace_split",
     "val_counterpart",
 ]
+
+
+#: Held-out (test) evaluations use the seeds from here on. Tuning, training and validation use
+#: small seeds (calibration and the benchmark's val split 0 to N-1, a learner's environments
+#: its seed plus their index, an agent's validation 10,000), so the resource paths and arrivals
+#: that test measures are ones no choice saw.
+TEST_SEED_BASE = 1_000_000
+
+
+def held_out_seeds(n: int) -> tuple[int, ...]:
+    """The ``n`` seeds of a held-out evaluation: ``TEST_SEED_BASE``, ``TEST_SEED_BASE + 1``..."""
+    return tuple(range(TEST_SEED_BASE, TEST_SEED_BASE + n))
 
 
 def is_test_name(trace: str) -> bool:
@@ -56,35 +73,41 @@ def _counterpart(trace: str, split: str, other: str) -> str | None:
     return None
 
 
-def held_out_trace(trace: str) -> str:
-    """The trace to report on for a config trained/tuned on ``trace``.
+#: The synthetic trace's splits: tune on the default generator, report on another seed of it.
+SYNTHETIC_VAL, SYNTHETIC_TEST = "synthetic", "synthetic:seed=1"
 
-    ``X-val`` -> ``X-test`` for shipped names and ``.npz`` paths, where that trace exists; a
-    synthetic trace -> the same generator with another seed (``synthetic:seed=1``); anything
-    else is returned unchanged.
+
+def held_out_trace(trace: str) -> str:
+    """The trace to report on for a config trained/tuned on ``trace``: ``X-val`` -> ``X-test``
+    (shipped names and ``.npz`` paths), ``synthetic`` -> ``synthetic:seed=1``.
+
+    Raises ValueError when ``trace`` has no ``-val`` (or ``_val``) suffix: reporting on the
+    tuning trace would pass it off as held out.
     """
-    if trace == "synthetic":
-        return "synthetic:seed=1"
+    if trace == SYNTHETIC_VAL:
+        return SYNTHETIC_TEST
     test = _counterpart(trace, "val", "test")
-    if test is not None and (Path(test) if test.endswith(".npz") else trace_path(test)).is_file():
-        return test
-    return trace
+    if test is None:
+        raise ValueError(
+            f"trace {trace!r} has no held-out test split (name the splits X-val and X-test, or "
+            "give the test trace explicitly)"
+        )
+    return test
 
 
 def val_counterpart(trace: str) -> str | None:
-    """The val split of a test trace: ``X-test`` -> ``X-val`` (names and ``.npz`` paths), and
-    ``synthetic`` <-> ``synthetic:seed=1`` (the agents' convention); None when unknown."""
-    if trace == "synthetic":
-        return "synthetic:seed=1"
-    if trace == "synthetic:seed=1":
-        return "synthetic"
+    """The val split of a test trace: ``X-test`` -> ``X-val`` (names and ``.npz`` paths),
+    ``synthetic:seed=1`` -> ``synthetic``; None when unknown."""
+    if trace == SYNTHETIC_TEST:
+        return SYNTHETIC_VAL
     return _counterpart(trace, "test", "val")
 
 
 def on_split(config: EnvConfig, split: str, trace: str | None = None) -> EnvConfig:
     """``config`` on the traces of ``split`` (``"val"`` or ``"test"``): the exit trace ``trace``
-    (default: the held-out counterpart of ``config.trace`` for test, itself for val) and the
-    split's link and arrival traces (used where the scenario replays them)."""
+    (default: the held-out counterpart of ``config.trace`` for test, which raises ValueError
+    when it has none; itself for val) and the split's link and arrival traces (used where the
+    scenario replays them)."""
     if trace is None:
         trace = held_out_trace(config.trace) if split == "test" else config.trace
     return config.replace(

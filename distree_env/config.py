@@ -797,11 +797,25 @@ def keyword_overrides(owner: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Config overrides given as keyword arguments of ``owner``; a keyword that is no
     ``EnvConfig`` field (before any dot) is a TypeError, as for any Python callable (libraries
     fall back on it)."""
-    fields = {f.name for f in dataclasses.fields(EnvConfig)}
+    fields = {f.name: f for f in dataclasses.fields(EnvConfig)}
     for key in overrides:
         if key.partition(".")[0] not in fields:
-            raise TypeError(f"{owner}() got an unexpected keyword argument {key!r}")
+            raise TypeError(
+                f"{owner}() got an unexpected keyword argument {key!r}"
+                f"{_nested_hint(key, fields)}; EnvConfig fields: {', '.join(fields)} "
+                "(nested ones as 'section.field' or section={...})"
+            )
     return overrides
+
+
+def _nested_hint(key: str, fields: dict[str, dataclasses.Field]) -> str:
+    """`` (did you mean 'cluster.x'?)`` when ``key`` names a field of a config section."""
+    for name, f in fields.items():
+        section = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if section is not None and dataclasses.is_dataclass(section):
+            if key in {g.name for g in dataclasses.fields(section)}:
+                return f" (did you mean {name + '.' + key!r}?)"
+    return ""
 
 
 def build_config(

@@ -25,6 +25,9 @@ __all__ = [
 ]
 
 _ACTION_HELP = "allowed: 0 (continue) or 1 (exit), as int or a 0-d integer array"
+#: Seeded resets after episode ends (of a stream that goes on) before the env warns that each
+#: one restarts the stream: an evaluation loop that seeds every episode, not a checker's few.
+RESEED_WARNING_AFTER = 10
 #: Meaning and range of each observation (``<d>`` = device index).
 OBSERVATION_MEANINGS: dict[str, tuple[str, str]] = {
     "max_prob": ("largest class probability at the current exit", "[0, 1]"),
@@ -144,11 +147,13 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     Per request: ``correct_bonus`` if its answer is right (else ``-wrong_penalty``), minus
     ``latency_weight * latency / deadline`` (latency from arrival), minus ``deadline_penalty`` if
     late. When the latency and deadline costs are paid (``reward.timing``):
-    ``"system"`` (v2): every decision pays ``latency_weight / deadline`` times the latency
-    accrued since the previous decision by every request in the system, the one in service and
-    those waiting, and ``deadline_penalty`` for each of them whose deadline passed meanwhile;
-    continuing a request is charged the wait and the misses it causes in the queue, and a
-    stream's costs still sum to its requests' own. Correctness is paid on the exit step.
+    ``"system"`` (v2 and v3 but the Pipelined ids, which use ``"stage"``: with pipelining
+    several requests are in service at once): every decision pays ``latency_weight /
+    deadline`` times the latency accrued since the previous decision by every request in the
+    system, the one in service and those waiting, and ``deadline_penalty`` for each of them
+    whose deadline passed meanwhile; continuing a request is charged the wait and the misses it
+    causes in the queue, and a stream's costs still sum to its requests' own. Correctness is
+    paid on the exit step.
     ``"request"`` (v1): everything on the exit step, continue steps earn 0.
     ``"stage"`` (v0): every decision pays the latency since the request's previous decision.
     A request dropped at a full queue costs ``wrong_penalty + deadline_penalty`` on the step
@@ -215,7 +220,8 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
       configured rate (``rate_per_s`` or ``utilisation``; both None replays them as recorded).
     * v2: every request is an episode (``requests_per_episode=1``, ``terminate-continue``) and
       ``system`` reward timing charges each decision the latency accrued, and the deadlines
-      passed, by every request in the system; the dynamics are v1's. Why: with v1's
+      passed, by every request in the system (``stage`` timing on ``DistrEE-Pipelined-v2``,
+      where several requests are in service at once); the dynamics are v1's. Why: with v1's
       128-request episodes, libraries' default per-step discount favoured early exits (more
       answers per step) and SB3's and CleanRL's default PPO settled on always exiting at exit 0.
     * v1: request streams (Poisson, bursty MMPP, periodic, trace arrivals) with a bounded queue
@@ -272,6 +278,7 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
         self._episode_over = False
         self._terminate = self.config.episode_end != "truncate"
         self._fresh_stream = self.config.episode_end == "terminate"
+        self._reseeded_episodes = 0  # seeded resets right after an episode of a going stream
 
     # ---- gymnasium API ----------------------------------------------------------------------
     def reset(
@@ -281,6 +288,8 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
         seed = check_reset_args(seed, options)
         super().reset(seed=seed)
         dyn = self._dyn
+        if seed is not None and self._episode_over and not self._fresh_stream:
+            self._warn_reseed()
         dyn.ensure_pool(seed, self.np_random)
         if seed is not None or not self._started or self._fresh_stream:
             dyn.restart(self.np_random, np.zeros(1, dtype=np.int64))
@@ -293,6 +302,19 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
         info["episode_exit_fractions"] = np.zeros(self.num_exits)
         info["queue_len"] = dyn.counts[dyn.waiting_one()]
         return self._obs.copy(), info
+
+    def _warn_reseed(self) -> None:
+        """Once per env, at the ``RESEED_WARNING_AFTER``-th seeded reset after an episode end:
+        a seeded reset restarts a stream that episodes continue, so an evaluation loop that
+        seeds every episode measures only first requests of an idle cluster (no queue), which
+        flatters every policy. A few (``check_env``'s determinism checks) are fine."""
+        self._reseeded_episodes += 1
+        if self._reseeded_episodes == RESEED_WARNING_AFTER:
+            gym.logger.warn(
+                "reset(seed=...) restarts the request stream with an empty queue; with "
+                f"episode_end={self.config.episode_end!r} the stream goes on across episodes, "
+                "so seed only the first reset (or measure with agents.evaluate)"
+            )
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Apply one exit decision (0 continue, 1 exit) to the request in service."""
@@ -307,7 +329,7 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
         if self._renderer is not None and info["request_done"]:
             self._last = (int(info["request_exit"]), bool(info["request_correct"]),
                           bool(info["request_latency_ms"] <= dyn.deadline))  # fmt: skip
-        self._obs = obs  # a fresh array each step: returned as is
+        self._obs = obs.copy()  # the env's own: the caller may write into the one returned
         terminated = ended and self._terminate
         truncated = ended and not terminated
         self._ready = not ended

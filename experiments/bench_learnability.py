@@ -1,6 +1,6 @@
 """Can a user learn a good exit policy with an RL library's defaults? Measured, not assumed.
 
-    python -m experiments.bench_learnability                      # DistrEE-v2, 300k steps each
+    python -m experiments.bench_learnability                      # DistrEE-v3, 300k steps each
     python -m experiments.bench_learnability --env-id DistrEE-Bursty-v2 --learners sb3
 
 Two learners, each with its library's default settings and nothing tuned for DistrEE:
@@ -9,7 +9,8 @@ Two learners, each with its library's default settings and nothing tuned for Dis
   4 minibatches, lr 2.5e-4 annealed, entropy 0.01, 64-64 tanh actor and critic).
 Each trained policy and the project's tuned agent for the same scenario
 (``checkpoints/agents/ppo-<scenario>.zip``) are evaluated with ``agents.evaluate`` on the
-held-out split (test exit trace, test link traces), same seeds; the script prints reward per
+held-out split (test exit trace, test link and arrival traces) with the held-out seeds
+(``agents.splits.held_out_seeds``, apart from the learners' own); the script prints reward per
 request and the gap to the tuned agent (issue 9's target: within 0.01).
 """
 
@@ -195,13 +196,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import distree_env  # noqa: F401 (registers the ids)
     from agents import evaluate, load_agent
+    from agents.splits import held_out_seeds
 
     torch.set_num_threads(args.threads)
     try:
         config, scenario = held_out_config(args.env_id)
     except Exception as exc:  # noqa: BLE001 (gym's errors: unknown id, bad kwargs)
         fail(f"--env-id {args.env_id!r}: {exc}")
-    seeds = range(args.eval_seeds)
+    seeds = held_out_seeds(args.eval_seeds)
 
     def score(policy: Any) -> dict[str, float]:
         values = [evaluate(policy, config, args.eval_requests, s)["mean_reward"] for s in seeds]

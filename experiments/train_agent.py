@@ -202,11 +202,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     from agents.hyperparams import load_hyperparams
     from agents.rollouts import require_val
+    from agents.splits import on_split
+    from distree_env.traces import resolve_trace
 
     config = load_env_config(args.config, args.scenario)
     if args.drain_weight is not None:
         config = config.replace({"reward": {"drain_weight": args.drain_weight}})
     require_val(config, "train_agent")  # agents learn on val; test only measures them
+    try:  # before training: a trace without a held-out split fails now, not after the run
+        test_config = on_split(config, "test") if args.save_to else None
+        if test_config is not None:
+            resolve_trace(test_config.trace)
+    except ValueError as exc:
+        raise ValueError(f"--save-to evaluates on the held-out split, but {exc}") from None
     env_id = env_id_for(args.scenario)
     hp = load_hyperparams(args.algo, args.hyperparams, env_id)
     exp = args.exp_name or f"{args.algo}-{args.scenario}"
@@ -219,6 +227,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.resume and (run_dir / "checkpoints").exists():
         fail(f"run {str(run_dir)!r} exists; pass --resume to continue it or choose --run-name")
     result = _train(args, config, hp, run_dir)
+    if test_config is not None:
+        result.update(ship(args, config, test_config, Path(result["model"]), result["val_reward"]))
     print(json.dumps(result, indent=2))
     return result
 
@@ -333,9 +343,8 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
         "model": str(chosen),
         "timesteps": int(model.num_timesteps),
         "val_history": val.history,
+        "val_reward": val.best_reward,
     }
-    if args.save_to:
-        result.update(ship(args, config, chosen, val.best_reward))
     return result
 
 
@@ -405,9 +414,11 @@ def _callbacks(
     return callbacks, checkpoint, val
 
 
-def ship(args: Args, config: Any, final: Path, val_reward: float) -> dict[str, Any]:
-    """Evaluate the chosen model on the held-out split (test exit, link and arrival traces) over
-    ``--eval-seeds`` seeds, copy it to
+def ship(
+    args: Args, config: Any, test_config: Any, final: Path, val_reward: float
+) -> dict[str, Any]:
+    """Evaluate the chosen model on the held-out split ``test_config`` (test exit, link and
+    arrival traces) over ``--eval-seeds`` held-out seeds, copy it to
     ``--save-to`` and record it (with the metrics) in the manifest when it lies under
     checkpoints/ (replacing an earlier entry). Its normalisation statistics travel with it and
     are listed in its entry; a sidecar left by an earlier agent at that path is removed."""
@@ -416,15 +427,13 @@ def ship(args: Args, config: Any, final: Path, val_reward: float) -> dict[str, A
     from agents.evaluate import METRICS, evaluate
     from agents.loading import load_agent
     from agents.policy import sidecar
-    from agents.splits import on_split
+    from agents.splits import held_out_seeds
     from distree_env.io import atomic_write_bytes
     from distree_env.manifest import checkpoints_dir, command_line, record
 
     policy = load_agent(str(final), trust=True, algo=args.algo)  # the run's own file
-    test_config = on_split(config, "test")
-    runs = [
-        evaluate(policy, test_config, args.eval_requests, seed) for seed in range(args.eval_seeds)
-    ]
+    seeds = held_out_seeds(args.eval_seeds)
+    runs = [evaluate(policy, test_config, args.eval_requests, seed) for seed in seeds]
     metrics: dict[str, Any] = {
         "algo": args.algo,
         "scenario": args.scenario,
@@ -433,6 +442,7 @@ def ship(args: Args, config: Any, final: Path, val_reward: float) -> dict[str, A
         "trained_on": config.trace,
         "evaluated_on": test_config.trace,
         "seeds": args.eval_seeds,
+        "first_seed": seeds[0],
         "requests_per_seed": args.eval_requests,
     }
     for key in METRICS:

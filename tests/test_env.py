@@ -16,6 +16,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 import distree_env
 from distree_env import DistrEEEnv, EnvConfig
 from distree_env.dynamics import EPISODE_METRICS, STEP_INFO
+from distree_env.env import RESEED_WARNING_AFTER
 
 from .conftest import ENV_IDS
 
@@ -275,6 +276,46 @@ def test_truncation_continues_the_stream_and_termination_restarts():
     assert term and not trunc and info["episode_requests"] == 1
     again, _ = v2.reset()
     assert np.array_equal(obs, again)
+
+
+def test_the_next_episode_starts_from_the_envs_own_observation():
+    """Writing into a returned observation (frame stacking, normalising in place) must not
+    change what the continuing stream's next reset() returns."""
+    env = DistrEEEnv(**FAST)
+    env.reset(seed=0)
+    obs, _, term, _, _ = env.step(1)
+    expected = obs.copy()
+    obs *= 0.0
+    again, _ = env.reset()
+    assert term and np.array_equal(again, expected)
+
+
+def test_reseeding_a_continuing_stream_warns_once():
+    """Seeding every episode restarts the stream with an empty queue each time: an evaluation
+    that does so measures an idle cluster. The env says so, once."""
+    env = DistrEEEnv(**FAST)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        env.reset(seed=0)
+        for _ in range(3 * RESEED_WARNING_AFTER):  # the intended use: one seed per stream
+            if env.step(1)[2]:
+                env.reset()
+        for _ in range(3):  # a few seeded restarts mid-stream (as checkers do) are fine
+            env.reset(seed=0)
+        assert not caught
+        for seed in range(2 * RESEED_WARNING_AFTER):  # an evaluation loop seeding every episode
+            env.reset(seed=seed)
+            while not env.step(1)[2]:
+                pass
+    assert [str(w.message).count("restarts the request stream") for w in caught] == [1]
+    fresh = DistrEEEnv(scenario="isolated", **FAST)  # episode_end='terminate': fresh streams
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for seed in range(2 * RESEED_WARNING_AFTER):
+            fresh.reset(seed=seed)
+            while not any(fresh.step(1)[2:4]):
+                pass
+    assert not caught
 
 
 def test_last_exit_saves_nothing_first_exit_is_cheapest_and_oracle_is_best():

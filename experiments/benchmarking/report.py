@@ -41,6 +41,7 @@ _COLUMNS = (
     ("mean latency (ms)", "latency_mean_ms", 1.0, 2),
     ("p95 latency (ms)", "latency_p95_ms", 1.0, 2),
     ("deadline met (%)", "qos_rate", 100.0, 1),
+    ("dropped (%)", "drop_rate", 100.0, 1),
     ("mean reward", "mean_reward", 1.0, 3),
 )
 
@@ -107,6 +108,14 @@ def _met(flag: bool) -> str:
     return "met" if flag else "**NOT met**"
 
 
+def _miss_change(d: dict[str, Any]) -> str:
+    """The agent's deadline misses against the baseline's, in words (fewer or more)."""
+    if d["baseline_miss_rate"] <= 0:
+        return "the baseline misses none"
+    change = d["relative_reduction"]
+    return f"{100 * abs(change):.0f}% {'fewer' if change >= 0 else 'more'}"
+
+
 def _agent_line(a: dict[str, Any], base: str) -> str:
     m, r = a["margin"], a["reward"]
     text = (
@@ -114,12 +123,18 @@ def _agent_line(a: dict[str, Any], base: str) -> str:
         f"(per seed {m['min']:+.3f} to {m['max']:+.3f}; target >= +{MARGIN_TARGET:g} on every "
         f"seed: {_met(a['margin_target_met'])})"
     )
-    if a.get("kept_gain") is not None:
-        text += (
-            f"; on the held-out split it keeps {100 * a['kept_gain']:.0f}% of its val gain "
-            f"({a['val_margin']:+.3f}; target {100 * KEPT_TARGET:.0f}% and never "
-            f"{100 * WORSE_LIMIT:g}% below on a seed: {_met(a['held_out_target_met'])})"
+    if "val_margin" in a:
+        target = (
+            f"target {100 * KEPT_TARGET:.0f}% of it and never {100 * WORSE_LIMIT:g}% below on a "
+            f"seed: {_met(a['held_out_target_met'])}"
         )
+        if a.get("kept_gain") is None:
+            text += f"; no gain on val ({a['val_margin']:+.3f}) to keep on test ({target})"
+        else:
+            text += (
+                f"; its gain is {a['val_margin']:+.3f} on val and {m['mean']:+.3f} on the "
+                f"held-out test, {100 * a['kept_gain']:.0f}% of it kept ({target})"
+            )
     if "gap_closed" in a:
         g = a["gap_closed"]
         text += (
@@ -180,7 +195,10 @@ def headline_lines(headlines: Sequence[dict[str, Any]]) -> list[str]:
             f"{base['mean_reward']:.3f} per request"
         )
         if oracle is not None:
-            text += f"; Oracle (hindsight bound) {oracle['mean_reward']:.3f}"
+            text += (
+                f"; per-request hindsight Oracle {oracle['mean_reward']:.3f} (it knows each "
+                "request's labels and latencies, but not its effect on the queue)"
+            )
         lines.append(text + ".")
         if not h["agents"]:
             lines.append("  - no learned agent for this scenario.")
@@ -209,11 +227,7 @@ def headline_lines(headlines: Sequence[dict[str, Any]]) -> list[str]:
                 f"  - deadline misses at equal accuracy: {d['agent']} {_pct(d['agent_miss_rate'])} "
                 f"({100 * d['agent_accuracy']:.2f}% accurate) vs {d['baseline']} "
                 f"{_pct(d['baseline_miss_rate'])} ({100 * d['baseline_accuracy']:.2f}%){caveat}: "
-                + (
-                    f"{100 * d['relative_reduction']:.0f}% fewer"
-                    if d["baseline_miss_rate"] > 0
-                    else "the baseline misses none"
-                )
+                + _miss_change(d)
                 + f" (target {100 * MISS_TARGET:.0f}%: {_met(d['target_met'])})."
             )
     return lines

@@ -6,9 +6,10 @@ Why one path: the table must hold exactly what ``agents.evaluate`` returns for t
 the runner adds nothing but bookkeeping. Every policy sees the same seeds, hence the same requests,
 arrivals and resource traces (common random numbers): differences between policies are paired.
 
-Two splits: ``val`` (the val exit trace and the training arrival/link traces) is where every
-choice is made, ``test`` (the test exit trace and the held-out arrival/link traces) gives every
-reported number.
+Two splits: ``val`` (the val exit trace, the training arrival/link traces and the seeds 0 to
+N-1) is where every choice is made, ``test`` (the test exit trace, the held-out arrival/link
+traces and the held-out seeds of ``agents.splits.held_out_seeds``, so that Poisson and MMPP
+arrivals and resource paths are held out too) gives every reported number.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from agents.baselines import CONFIDENCE_FEATURES
 from agents.calibrate import BaselineFit, calibrate_baselines
 from agents.evaluate import evaluate
-from agents.splits import on_split
+from agents.splits import held_out_seeds, on_split
 from distree_env.config import EnvConfig
 from distree_env.traces import resolve_trace
 from experiments.benchmarking.analysis import METRICS, TOLERANCE, best_agent_on_val, summarize
@@ -69,9 +70,9 @@ class Calibration:
 
 @dataclass(frozen=True)
 class BenchmarkPlan:
-    """What to run: scenarios, seeds, requests per evaluation, the base config, the exit traces
-    of each split, rule grid size, calibration sizes and the learned agents (loaded with
-    ``trust`` as the benchmark was asked)."""
+    """What to run: scenarios, the val seeds (test takes as many held-out ones), requests per
+    evaluation, the base config, the exit traces of each split, rule grid size, calibration
+    sizes and the learned agents (loaded with ``trust`` as the benchmark was asked)."""
 
     scenarios: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -83,6 +84,10 @@ class BenchmarkPlan:
     calibration: Calibration
     agents: tuple[AgentFile, ...] = ()
     trust: bool = False
+
+    def split_seeds(self, split: str) -> tuple[int, ...]:
+        """The seeds of ``split``: :attr:`seeds` on val, as many held-out seeds on test."""
+        return self.seeds if split == "val" else held_out_seeds(len(self.seeds))
 
 
 def split_configs(plan: BenchmarkPlan, scenario: str) -> dict[str, EnvConfig]:
@@ -163,11 +168,11 @@ def scenario_specs(plan: BenchmarkPlan, fits: dict[str, BaselineFit]) -> list[Po
 def _rows(
     plan: BenchmarkPlan, scenario: str, specs: list[PolicySpec], split: str, config: EnvConfig
 ) -> list[dict[str, Any]]:
-    """Every spec on ``split`` with every seed."""
+    """Every spec on ``split`` with every seed of that split."""
     return [
         evaluate_point(spec, split, config, scenario, seed, plan.n_requests)
         for spec in specs
-        for seed in plan.seeds
+        for seed in plan.split_seeds(split)
     ]
 
 

@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+from agents.splits import TEST_SEED_BASE  # noqa: E402
 from experiments import train_agent  # noqa: E402
 from tests.agents import SYNTH  # noqa: E402
 
@@ -114,6 +115,23 @@ def test_a_trace_marked_test_in_its_metadata_is_refused(tmp_path, tiny, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_save_to_needs_a_held_out_split_and_says_so_before_training(tmp_path, tiny, capsys):
+    """A trace without a test counterpart cannot be "held out"; the run stops before training,
+    instead of evaluating on the training trace or failing after it."""
+    from distree_env.traces import synthetic_trace
+
+    synthetic_trace(n=64).save(tmp_path / "mine-val.npz")  # no mine-test.npz beside it
+    cfg = tmp_path / "env.json"
+    cfg.write_text(json.dumps({"trace": str(tmp_path / "mine-val.npz")}))
+    argv = [*_common(tmp_path, tiny), "--config", str(cfg), "--save-to", str(tmp_path / "a.zip")]
+    with pytest.raises(SystemExit) as exc:
+        train_agent.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--save-to evaluates on the held-out split" in err and "mine-test.npz" in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_yaml_config_and_ship_to_manifest(tmp_path, tiny, checkpoints):
     cfg = tmp_path / "env.yml"
     cfg.write_text("trace: synthetic\nrequests_per_episode: 8\nreward:\n  latency_weight: 0.2\n")
@@ -139,6 +157,8 @@ def test_yaml_config_and_ship_to_manifest(tmp_path, tiny, checkpoints):
     manifest = json.loads((checkpoints / "MANIFEST.json").read_text())
     entry = manifest["files"]["agents/tiny.zip"]
     assert entry["metrics"]["seeds"] == 2 and "mean" in entry["metrics"]["mean_reward"]
+    assert entry["metrics"]["first_seed"] == TEST_SEED_BASE  # held-out seeds, not training's
+    assert entry["metrics"]["evaluated_on"] == "synthetic:seed=1"
     args = json.loads((Path(result["run_dir"]) / "args.json").read_text())
     assert args["env_config"]["requests_per_episode"] == 8
     stale = dest.with_name("tiny.vecnormalize.npz")  # an earlier agent's statistics (issue 11.4)

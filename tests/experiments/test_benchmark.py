@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from agents import LastExit, evaluate
+from agents.splits import held_out_seeds
 from experiments import benchmark
 from experiments.benchmarking.analysis import headline, select_point, summarize
 from experiments.benchmarking.policies import agent_file, discover_agents
@@ -18,7 +19,7 @@ from experiments.benchmarking.runner import split_configs
 
 TINY = [
     "--trace",
-    "synthetic",
+    "synthetic:seed=1",
     "--seeds",
     "2",
     "--requests",
@@ -71,7 +72,8 @@ def test_quick_run_writes_every_output(quick_run: Path) -> None:
         assert (results / name).stat().st_size > 0, name
     data = json.loads((results / "benchmark.json").read_text())
     assert [h["scenario"] for h in data["headlines"]] == SCENARIOS
-    assert data["val_trace"] == "synthetic:seed=1"
+    assert data["val_trace"] == "synthetic"
+    assert data["seeds"] == {"val": [0, 1], "test": list(held_out_seeds(2))}
     for h in data["headlines"]:
         assert h["selected_on"] == "val" and h["best_baseline"] is not None
         assert h["best_baseline"]["kind"] in ("rule", "baseline")
@@ -108,19 +110,21 @@ def test_table_equals_agents_evaluate(quick_run: Path) -> None:
         seeds=(0, 1),
         n_requests=256,
         config=benchmark.EnvConfig(),
-        test_trace="synthetic",
-        val_trace="synthetic:seed=1",
+        test_trace="synthetic:seed=1",
+        val_trace="synthetic",
         thresholds=3,
         calibration=benchmark.Calibration(),
     )
     config = split_configs(plan, "steady-stream")["test"]
-    expected = [evaluate(LastExit(), config, n_requests=256, seed=s) for s in (0, 1)]
+    seeds = held_out_seeds(2)  # test's own seeds: other arrivals and resource paths than val's
+    assert not set(seeds) & set(plan.seeds)
+    expected = [evaluate(LastExit(), config, n_requests=256, seed=s) for s in seeds]
     got = [
         r
         for r in points
         if r["split"] == "test" and r["scenario"] == "steady-stream" and r["policy"] == "LastExit"
     ]
-    assert [int(r["seed"]) for r in got] == [0, 1]
+    assert [int(r["seed"]) for r in got] == list(seeds)
     for row, metrics in zip(got, expected, strict=True):
         for key in ("accuracy", "compute_saving", "latency_mean_ms", "qos_rate", "mean_reward"):
             assert float(row[key]) == metrics[key], key
@@ -162,9 +166,11 @@ def test_learned_agent_is_compared_with_the_best_baseline(tmp_path: Path) -> Non
         (["--requests", "-5"], "--requests"),
         (["--calibration-steps", "0"], "--calibration-steps"),
         (["--trace", "no-such-trace"], "--trace"),
-        (["--trace", "synthetic", "--val-trace", "missing.npz"], "--val-trace"),
-        (["--trace", "synthetic", "--agents", "nonexistent-agent"], "nonexistent-agent"),
-        (["--trace", "synthetic", "--agents", "auto", "none"], "--agents"),
+        (["--trace", "synthetic:seed=1", "--val-trace", "missing.npz"], "--val-trace"),
+        (["--trace", "synthetic", "--val-trace", "synthetic"], "held out from val"),
+        (["--trace", "synthetic"], "no val counterpart"),
+        (["--trace", "synthetic:seed=1", "--agents", "nonexistent-agent"], "nonexistent-agent"),
+        (["--trace", "synthetic:seed=1", "--agents", "auto", "none"], "--agents"),
         (["--scenarios", "pipeline", "steady-stream"], "different networks"),
     ],
 )
@@ -219,7 +225,7 @@ def _hand_rows() -> list[dict]:
 def test_a_readme_without_the_block_is_refused_before_the_run(tmp_path, capsys) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("# no generated blocks here\n")
-    argv = ["--trace", "synthetic", "--update-readme", "--readme", str(readme),
+    argv = ["--trace", "synthetic:seed=1", "--update-readme", "--readme", str(readme),
             "--out", str(tmp_path / "out")]  # fmt: skip
     with pytest.raises(SystemExit) as exc:
         benchmark.main(argv)
@@ -278,6 +284,26 @@ def test_glance_table_has_one_row_per_scenario_with_the_val_choices() -> None:
     assert cells[5] == "+0.200 (+0.200 to +0.200)" and cells[6] == "50% (50% to 50%)"
     assert cells[8] == "met"
     assert second.split("|")[4].strip() == "-" and second.rstrip(" |").endswith("no agent")
+
+
+def test_headline_text_says_what_was_kept_and_which_way_deadlines_moved() -> None:
+    """The held-out clause gives both gains (a ratio of small numbers alone misleads), an agent
+    with no val gain is told NOT met, and more deadline misses read as "more", not "-X% fewer"."""
+    from experiments.benchmarking.report import headline_lines
+
+    rows = _hand_rows()
+    h = headline(summarize(rows), rows, "s")
+    text = "\n".join(headline_lines([h]))
+    assert "its gain is +0.100 on val and +0.200 on the held-out test, 200% of it kept" in text
+    assert "per-request hindsight Oracle" in text and "50% fewer" in text
+    rows = _hand_rows()  # now the agent has no val gain and misses more deadlines on test
+    rows = [r for r in rows if not (r["policy"] == "PPO[s]")]
+    rows += _rows("PPO[s]", "learned", "val", [0.6, 0.6], accuracy=0.802, qos_rate=0.9)
+    rows += _rows("PPO[s]", "learned", "test", [0.7, 0.8], accuracy=0.801, qos_rate=0.7)
+    h = headline(summarize(rows), rows, "s")
+    text = "\n".join(headline_lines([h]))
+    assert "no gain on val (+0.000) to keep on test" in text and "**NOT met**" in text
+    assert "50% more" in text and "fewer" not in text
 
 
 def test_equal_accuracy_opponent_sees_what_the_agent_sees() -> None:

@@ -76,13 +76,18 @@ def test_a_mistake_names_its_field(change, needle):
 
 def test_split_counterparts_of_paths_and_names(tmp_path):
     val, test = tmp_path / "net-val.npz", tmp_path / "net-test.npz"
-    assert held_out_trace(str(val)) == str(val)  # no test file yet: nothing to swap to
-    test.write_bytes(b"")
     assert held_out_trace(str(val)) == str(test)
+    with pytest.raises(ValueError, match="no held-out test split"):  # no split in the name
+        held_out_trace(str(tmp_path / "net.npz"))
     assert val_counterpart(str(test)) == str(val)
     assert val_counterpart("net_test") == "net_val" and val_counterpart("net") is None
     assert held_out_trace("cifar10-val") == "cifar10-test"
     assert held_out_trace("synthetic") == "synthetic:seed=1"
+    # one way: "synthetic" is the val side, so it has no val counterpart of its own
+    assert val_counterpart("synthetic:seed=1") == "synthetic"
+    assert val_counterpart("synthetic") is None
+    with pytest.raises(ValueError, match="no held-out"):
+        held_out_trace("cifar10-test")
 
 
 def _blocks(language: str) -> list[str]:
