@@ -200,8 +200,9 @@ def _normalise(obj: Any) -> None:
 class ProcessConfig:
     """How availability (a share of peak, in [MIN_SHARE, 1]) of the devices or links evolves.
 
-    kind: ``constant`` (``value``), ``iid`` (a fresh uniform level in [``low``, ``high``] every
-    step), ``markov`` (``levels`` with a row-stochastic ``transition`` per step, stationary start),
+    kind: ``constant`` (``value``), ``iid`` (a fresh level, one of ``IID_LEVELS`` evenly spaced
+    in [``low``, ``high``], held for a random time of mean one step), ``markov`` (``levels``
+    with a row-stochastic ``transition`` per step, stationary start),
     ``trace`` (``csv``: a path to a CSV of shares, rows = steps, one column per resource or one
     shared column; or ``"hsdpa"``: the shipped 3G traces of ``split``, ``val`` or ``test``).
     A step is one request (``cluster.clock="request"``) or ``step_ms`` of wall-clock time

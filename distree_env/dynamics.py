@@ -47,7 +47,7 @@ import numpy as np
 from distree_env.cluster.arrivals import ArrivalProcess, ArrivalState
 from distree_env.cluster.latency import LatencyModel, coldness
 from distree_env.cluster.queue import QUEUE_HARD_CAP, WaitingQueue
-from distree_env.cluster.resources import ResourcePaths
+from distree_env.cluster.resources import POOL_STEPS, ResourcePaths
 from distree_env.config import EnvConfig
 from distree_env.traces import ExitTrace, resolve_trace
 
@@ -105,7 +105,9 @@ class EpisodeMetrics(TypedDict):
     episode_drop_rate: np.ndarray  # dropped / (answered + dropped)
     episode_overflow_rate: np.ndarray  # admitted beyond the queue's capacity / (answered + dropped)
     episode_wait_mean_ms: np.ndarray  # in the queue, answered requests
-    episode_utilisation: np.ndarray  # share of the episode's time the devices were busy
+    # share of the episode's time (from the previous answer to its last) that a request was in
+    # service; with pipelining the overlapping requests' service times add up, clipped at 1
+    episode_utilisation: np.ndarray
     episode_reward_correct: np.ndarray  # the episode's reward parts (sums)
     episode_reward_latency: np.ndarray
     episode_reward_deadline: np.ndarray
@@ -125,9 +127,6 @@ EPISODE_METRICS = tuple(
 )
 #: Arrival times and trace rows are drawn in blocks of this many per stream (a power of two).
 ARRIVAL_BLOCK = 32
-#: Grid steps of the resource pool of one stream (a power of two; the vector env's pool grows
-#: with the number of streams, see :func:`pool_steps`).
-POOL_STEPS = 1 << 15
 #: Samples used to estimate the mean last-exit service time (fixed seed: deterministic).
 SERVICE_SAMPLES = 4096
 _REWARD_PARTS = (
@@ -412,10 +411,13 @@ class Dynamics:
         self.ep_flops = np.zeros(b)
         self.ep_met = np.zeros(b, dtype=np.int64)
         self.ep_dropped = np.zeros(b, dtype=np.int64)
+        # dropped while a fresh stream served its first stage (in restart): paid at its next step
+        self.carried_drops = np.zeros(b, dtype=np.int64)
         self.ep_overflow = np.zeros(b, dtype=np.int64)
         self.ep_wait = np.zeros(b)
         self.ep_busy = np.zeros(b)
-        self.ep_start = np.zeros(b)
+        self.ep_start = np.zeros(b)  # the episode's window opens at the previous answer
+        self.answered_at = np.zeros(b)  # when each stream last answered (0: stream start)
         self.ep_exits = np.zeros((b, self.K), dtype=np.int64)
         self.ep_latency = np.zeros((b, self.R))
         self.ep_rewards = np.zeros((b, len(_REWARD_PARTS)))
@@ -455,6 +457,8 @@ class Dynamics:
         self.late_held[envs] = 0
         self.late_queued[envs] = 0
         self.request[envs] = -1
+        self.answered_at[envs] = 0.0
+        self.carried_drops[envs] = 0
         self.queue.clear(envs)
         self.a_next[envs] = 0
         self.a_end[envs] = 0
@@ -467,7 +471,7 @@ class Dynamics:
             self.started[envs] = 0
             self._start_next(rng, chosen)  # stage 0 is done: device 0 started it on admission
             self.horizon[envs] = self.t[envs]
-            self._arrivals_pipelined(rng, np.zeros(self.num_envs, dtype=np.int64))
+            self._arrivals_pipelined(rng, self.carried_drops)
         else:
             self._start_next(rng, chosen)
             pos = self._positions(envs, measured=False)
@@ -475,7 +479,7 @@ class Dynamics:
             if self.cold:
                 stage = stage + self._cold_ms(pos, 0, self.coldness[envs])
             self.t[envs] += stage
-            self._arrivals(rng, np.zeros(self.num_envs, dtype=np.int64))
+            self._arrivals(rng, self.carried_drops)
         self.drain_start[envs] = self.queue_drain_cost()[envs]
 
     def _accumulators(self) -> tuple[np.ndarray, ...]:
@@ -485,16 +489,17 @@ class Dynamics:
         )  # fmt: skip
 
     def begin_episode(self, envs: np.ndarray) -> None:
-        """Zero the episode accumulators of ``envs`` (the stream itself goes on)."""
+        """Zero the episode accumulators of ``envs`` (the stream itself goes on); the episode's
+        wall time counts from the stream's last answer (the previous episode's end)."""
         for acc in self._accumulators():
             acc[envs] = 0
-        self.ep_start[envs] = self.t[envs]
+        self.ep_start[envs] = self.answered_at[envs]
 
     def begin_episode_one(self) -> None:
         """:meth:`begin_episode` of the single stream (v2 calls it after every request)."""
         for acc in self._accumulators():
             acc[0] = 0
-        self.ep_start[0] = self.t.item()
+        self.ep_start[0] = self.answered_at.item()
 
     # ---- the step -----------------------------------------------------------------------------
     def step(
@@ -536,9 +541,14 @@ class Dynamics:
         if active is not None:
             stage *= active
         self.t += stage
-        dropped = np.zeros(self.num_envs, dtype=np.int64)
+        dropped = self._carried()
         self._arrivals(rng, dropped)
         return self._pay(info, dropped, self.queue.size.copy())
+
+    def _carried(self) -> np.ndarray:
+        """The drops counter of this step ``[B]``: those carried from a restart, to pay now."""
+        dropped, self.carried_drops = self.carried_drops, np.zeros(self.num_envs, dtype=np.int64)
+        return dropped
 
     def _pay(
         self, info: dict[str, np.ndarray], dropped: np.ndarray, waiting: np.ndarray
@@ -650,6 +660,7 @@ class Dynamics:
         self.ep_flops += self.tables.cum_flops.take(k) * ex
         self.ep_wait += wait
         self.ep_busy += (t - self.service_start) * ex
+        np.copyto(self.answered_at, t, where=ex)
         return info
 
     def _start_next(self, rng: np.random.Generator, ex: np.ndarray) -> None:
@@ -860,7 +871,7 @@ class Dynamics:
         self.t = np.where(cont, begin + stage, self.t)
         self.free[self._rows[cont], k[cont]] = self.t[cont]
         self.horizon = np.maximum(self.horizon, self.t)
-        dropped = np.zeros(self.num_envs, dtype=np.int64)
+        dropped = self._carried()
         self._arrivals_pipelined(rng, dropped)
         return self._pay(info, dropped, self._waiting_at(None)[0])
 
@@ -998,7 +1009,7 @@ class Dynamics:
             stage += self.coldness.item() * self.cold_ms.item(k) / share
         t += stage
         self.t[0] = t
-        dropped = 0 if self.isolated else self._arrivals_one(rng, t)
+        dropped = 0 if self.isolated else self._arrivals_one(rng, t) + self._carried_one()
         drop = dropped * -self.drop_cost
         size = self.queue.size.item()
         info["queue_len"] = self.counts[size]
@@ -1055,6 +1066,7 @@ class Dynamics:
         self.ep_flops[0] += self.tables.cum_flops.item(k)
         self.ep_wait[0] += wait
         self.ep_busy[0] += t - start
+        self.answered_at[0] = t
         info["reward_correct"] = np.float64(r_correct)
         info["reward_latency"] = np.float64(r_latency)
         info["reward_deadline"] = np.float64(r_deadline)
@@ -1103,6 +1115,13 @@ class Dynamics:
         if self.a_end.item() - after < ARRIVAL_BLOCK // 2:
             self._refill(rng, self._rows)
         return after & (2 * ARRIVAL_BLOCK - 1)
+
+    def _carried_one(self) -> int:
+        """:meth:`_carried` of the single stream."""
+        carried = self.carried_drops.item()
+        if carried:
+            self.carried_drops[0] = 0
+        return carried
 
     def _arrivals_one(self, rng: np.random.Generator, t: float) -> int:
         """:meth:`_arrivals` for the single (non-isolated) stream; returns the number dropped."""
@@ -1204,7 +1223,7 @@ class Dynamics:
         lo = int(pos)
         hi, frac = min(lo + 1, self.R - 1), pos - lo
         full = r * self.tables.cum_flops[-1]
-        wall = np.maximum(self.t[envs] - self.ep_start[envs], 1e-9)
+        wall = np.maximum(self.answered_at[envs] - self.ep_start[envs], 1e-9)
         rewards = self.ep_rewards[envs]
         ret = rewards.sum(axis=1)
         return {
@@ -1242,7 +1261,7 @@ class Dynamics:
         total = 1.0 + dropped
         latency = self.ep_latency.item(0)
         full = self.tables.cum_flops.item(-1)
-        wall = max(self.t.item() - self.ep_start.item(), 1e-9)
+        wall = max(self.answered_at.item() - self.ep_start.item(), 1e-9)
         parts = self.ep_rewards[0].tolist()
         ret = parts[0] + parts[1] + parts[2] + parts[3] + parts[4]
         saving = 1.0 - self.ep_flops.item() / full if full > 0 else 0.0 * ret

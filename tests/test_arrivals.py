@@ -9,6 +9,7 @@ from agents.splits import on_split
 from distree_env import DistrEEEnv
 from distree_env.cluster.arrivals import (
     ARRIVAL_SPLITS,
+    MIN_BURST_CYCLE_GAPS,
     SHIPPED_ARRIVALS,
     ArrivalProcess,
     ArrivalStream,
@@ -83,6 +84,15 @@ def test_azure_code_replays_the_split_it_is_given():
     assert not np.array_equal(first[0][:500], first[1][:500])
     with pytest.raises(ValueError, match="arrivals.split"):
         val.replace({"arrivals.split": "train"})
+
+
+def test_a_burst_cycle_shorter_than_the_gaps_is_refused_with_its_fields():
+    """The generator draws every phase switch: a cycle far shorter than the mean gap between
+    arrivals would take many switches per arrival (a hang as it tends to 0) and bursts nothing."""
+    fine = ArrivalConfig(kind="bursty", on_ms=100.0, off_ms=300.0)
+    ArrivalProcess.from_config(fine, rate_per_ms=MIN_BURST_CYCLE_GAPS / 400.0)  # at the bound
+    with pytest.raises(ValueError, match=r"arrivals.on_ms=0.01, arrivals.off_ms=0.01.*poisson"):
+        ArrivalProcess.from_config(ArrivalConfig(kind="bursty", on_ms=0.01, off_ms=0.01), 0.001)
 
 
 def test_streams_replay_by_seed_and_isolated_has_none():

@@ -5,7 +5,7 @@ its space."""
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from distree_env import DistrEEEnv, DistrEEVecEnv, EnvConfig
@@ -46,8 +46,8 @@ def arrivals(draw):
         out["utilisation"] = draw(st.floats(0.05, 3.0))
     if kind == "bursty":
         out.update(
-            on_ms=draw(st.floats(1.0, 5000.0)),
-            off_ms=draw(st.floats(1.0, 5000.0)),
+            on_ms=draw(st.floats(50.0, 5000.0)),
+            off_ms=draw(st.floats(50.0, 5000.0)),
             off_share=draw(st.floats(0.0, 1.0)),
         )
     return out
@@ -112,13 +112,23 @@ def configs(draw):
     )
 
 
+def built(make, *args):
+    """``make(*args)``, skipping (``assume``) the one valid-looking config the env refuses only
+    once its rate is known: an MMPP cycle shorter than MIN_BURST_CYCLE_GAPS mean gaps."""
+    try:
+        return make(*args)
+    except ValueError as exc:
+        assume("on/off cycle" not in str(exc))
+        raise
+
+
 FUZZ = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
 @given(cfg=configs(), seed=st.integers(0, 2**31 - 1))
 def test_single_env_fuzz(cfg, seed):
-    env = DistrEEEnv(cfg)
+    env = built(DistrEEEnv, cfg)
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
     for _ in range(100):
@@ -135,7 +145,7 @@ def test_single_env_fuzz(cfg, seed):
 @FUZZ
 @given(cfg=configs(), seed=st.integers(0, 2**31 - 1), n=st.integers(1, 9))
 def test_vector_env_fuzz(cfg, seed, n):
-    venv = DistrEEVecEnv(n, cfg)
+    venv = built(DistrEEVecEnv, n, cfg)
     rng = np.random.default_rng(seed)
     obs, _ = venv.reset(seed=seed)
     for _ in range(40):
@@ -151,7 +161,7 @@ def test_vector_env_fuzz(cfg, seed, n):
 @given(cfg=configs(), seed=st.integers(0, 2**31 - 1))
 def test_single_env_fast_path_equals_vector_of_one(cfg, seed):
     """The single env's scalar path and the batched step give bit-identical episodes."""
-    env, venv = DistrEEEnv(cfg), DistrEEVecEnv(1, cfg)
+    env, venv = built(DistrEEEnv, cfg), built(DistrEEVecEnv, 1, cfg)
     obs, _ = env.reset(seed=seed)
     assert np.array_equal(obs, venv.reset(seed=seed)[0][0])
     rng = np.random.default_rng(seed)

@@ -44,6 +44,69 @@ def test_deterministic_overload_waits_grow_as_computed_by_hand():
     assert np.allclose(latencies, expected)
 
 
+@pytest.mark.parametrize("requests_per_episode", [1, 4])
+def test_utilisation_is_the_busy_share_between_answers_as_computed_by_hand(requests_per_episode):
+    """D/D/1 at load 0.5, last exit: each request is served S ms of every 2 S, so an episode's
+    busy share is 1/2 (its window opens at the previous answer), in the single env and the
+    vector env alike."""
+    cfg = EnvConfig.from_dict(
+        {**CONSTANT, "arrivals": {"kind": "periodic", "utilisation": 0.5},
+         "requests_per_episode": requests_per_episode}
+    )  # fmt: skip
+    env, venv = DistrEEEnv(cfg), DistrEEVecEnv(1, cfg)
+    env.reset(seed=0)
+    venv.reset(seed=0)
+    single, vector = [], []
+    while len(single) < 6:
+        *_, term, trunc, info = env.step(0)
+        if term or trunc:
+            single.append(float(info["episode_utilisation"]))
+            env.reset()
+    while len(vector) < 6:  # NEXT_STEP autoreset: the step after an end only resets
+        *_, term, trunc, info = venv.step(np.zeros(1, dtype=np.int64))
+        if term[0] or trunc[0]:
+            vector.append(float(info["episode_utilisation"][0]))
+    assert single == vector
+    # the first window opens at 0, before the first (random-phase) arrival: idle a while longer
+    assert single[0] < 0.5
+    np.testing.assert_allclose(single[1:], 0.5, rtol=1e-6)  # float32 stage times
+
+
+def test_drops_while_a_fresh_stream_serves_its_first_stage_are_paid():
+    """A fresh stream serves its first request's stage 0 before the first decision: what drops
+    meanwhile is paid at the next step, so an episode pays for every drop it counts, in the
+    single env and the vector env alike."""
+    cfg = EnvConfig.from_dict(
+        {**CONSTANT, "queue": {"capacity": 1}, "requests_per_episode": 4,
+         "arrivals": {"kind": "poisson", "utilisation": 8.0}, "episode_end": "terminate"}
+    )  # fmt: skip
+    env, venv = DistrEEEnv(cfg), DistrEEVecEnv(1, cfg)
+    cost = env.unwrapped._dyn.drop_cost
+    paid = []
+    for seed in range(12):
+        env.reset(seed=seed)
+        dropped_at_reset = env.unwrapped._dyn.carried_drops.item()
+        total = 0
+        while True:
+            *_, term, trunc, info = env.step(0)
+            total += int(info["dropped"])
+            if term or trunc:
+                break
+        rate = info["episode_drop_rate"]
+        assert np.isclose(total, rate * (4 + total) if rate < 1 else total)
+        assert np.isclose(info["episode_reward_drop"], -cost * total)
+        paid.append(dropped_at_reset)
+    assert sum(paid) > 0  # the case arose
+    venv.reset(seed=0)
+    env.reset(seed=0)
+    for _ in range(40):
+        _, r1, *_ = env.step(0)
+        _, r2, t2, tr2, _ = venv.step(np.zeros(1, dtype=np.int64))
+        assert r1 == r2[0]
+        if t2[0] or tr2[0]:
+            break
+
+
 def test_requests_are_conserved_with_drops():
     """Every arrival is in service, waiting, answered or dropped; the queue never passes its
     capacity; arrivals by time t of a periodic stream are floor((t - a0) / T) + 1."""

@@ -98,6 +98,12 @@ class ArrivalState:
     origin: np.ndarray
 
 
+#: An MMPP's on/off cycle must span at least this many mean gaps between arrivals: the
+#: generator draws every phase switch, so a shorter cycle costs many switches per arrival
+#: (a hang as the cycle tends to 0) and bursts nothing.
+MIN_BURST_CYCLE_GAPS = 0.1
+
+
 @dataclass(frozen=True)
 class ArrivalProcess:
     """An arrival process with its mean rate (requests per ms) resolved.
@@ -118,6 +124,16 @@ class ArrivalProcess:
         """From a validated ``ArrivalConfig`` and its resolved mean rate (0: a trace is replayed
         as recorded; else its gaps are scaled so that its mean rate is this one)."""
         times = None
+        if arrivals.kind == "bursty" and rate_per_ms > 0:
+            gaps = (arrivals.on_ms + arrivals.off_ms) * rate_per_ms  # mean gaps per on/off cycle
+            if gaps < MIN_BURST_CYCLE_GAPS:
+                raise ValueError(
+                    f"arrivals.on_ms={arrivals.on_ms!r}, arrivals.off_ms={arrivals.off_ms!r}: an "
+                    f"on/off cycle spans {gaps:.3g} mean gaps between arrivals "
+                    f"({1.0 / rate_per_ms:.4g} ms); allowed: at least {MIN_BURST_CYCLE_GAPS:g} "
+                    "(a shorter cycle is a Poisson stream at the mean rate, kind='poisson', and "
+                    "would switch phase many times per arrival)"
+                )
         if arrivals.kind == "trace":
             times = load_arrival_csv(arrival_trace_path(arrivals.csv, arrivals.split))
             if rate_per_ms > 0:

@@ -6,15 +6,24 @@ exit. A process is a sample path of availability shares on a grid: one grid step
 (``clock="request"``, the first version's behaviour: levels held for a whole request) or one per
 ``tick_ms`` of wall-clock time (``clock="time"``).
 
-Kinds: ``constant``; ``iid`` (a fresh uniform level every step); ``markov`` (a chain over
-``levels`` with a row-stochastic ``transition`` per step, started from its stationary
-distribution); ``trace`` (a CSV of shares, or the shipped 3G/HSDPA traces, replayed). In the time
-clock a step lasts ``step_ms``: on the tick grid the chain moves with probability
-``tick_ms / step_ms`` per tick, so the mean dwell in level i is ``step_ms / (1 - P_ii)`` (a
-continuous-time chain discretised on the tick grid).
+Kinds: ``constant``; ``iid`` (one of ``IID_LEVELS`` evenly spaced levels in [low, high], drawn
+afresh when the level moves: in the time clock each level holds for a random time of mean
+``step_ms``); ``markov`` (a chain over ``levels`` with a row-stochastic ``transition`` per step,
+started from its stationary distribution); ``trace`` (a CSV of shares, or the shipped 3G/HSDPA
+traces, replayed; a CSV with more than 256 distinct values is rounded onto a log grid of 256,
+and a single column shared by several resources is replayed by each from its own random
+offset). In the time clock a step lasts ``step_ms``: on the tick grid the chain moves with
+probability ``tick_ms / step_ms`` per tick, so the mean dwell in level i is
+``step_ms / (1 - P_ii)`` (a continuous-time chain discretised on the tick grid).
 
 A path is drawn once per seed as a pool of grid steps (uint8 codes into a level table) and replayed
-cyclically from a random offset per environment, so a step needs two array look-ups.
+cyclically from a random offset per environment, so a step needs two array look-ups. Two
+approximations follow. A Markov or iid path is drawn in independent pieces of
+``SEGMENT_STEPS`` grid steps, each started from the stationary distribution, so dwell times
+much longer than a piece (2,048 ticks: 20.48 s at the default 10 ms tick) come out shorter than
+configured. The pool's length is a power of two, so a replayed trace fills it with whole copies
+and then its first rows once more: unless its length divides the pool's, those rows weigh a
+little more, and a stream that wraps around the pool jumps back to the trace's first row.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ __all__ = [
     "HSDPA_SPLITS",
     "MAX_MARKOV_LEVELS",
     "MIN_SHARE",
+    "POOL_STEPS",
     "RESOURCE_PROCESSES",
     "ProcessPath",
     "ResourcePaths",
@@ -57,6 +67,9 @@ IID_LEVELS = 32
 TRACE_LEVELS = 256
 #: Largest number of rows of a share CSV or grid steps of a replayed trace.
 MAX_TRACE_STEPS = 1 << 22
+#: Grid steps of the resource pool of one stream (a power of two; the vector env's pool grows
+#: with the number of streams, see ``distree_env.dynamics.pool_steps``).
+POOL_STEPS = 1 << 15
 #: Grid steps of a Markov/iid chain drawn in one piece (longer pools are independent pieces,
 #: each started from the stationary distribution: sampled in parallel).
 SEGMENT_STEPS = 2048
@@ -343,10 +356,11 @@ class ResourceTimeline:
 
     The env draws its pool from ``default_rng(seed)`` and its path's offset as the first draw
     of its own generator seeded with ``seed`` (``distree_env.dynamics``); this class does the
-    same. ``pool_steps`` must be the env's (``Dynamics.pool_steps``: 65536 for a single env).
+    same. ``pool_steps`` must be the env's (``Dynamics.pool_steps``; the default,
+    ``POOL_STEPS``, is a single env's).
     """
 
-    def __init__(self, paths: ResourcePaths, seed: int, pool_steps: int = 1 << 16) -> None:
+    def __init__(self, paths: ResourcePaths, seed: int, pool_steps: int = POOL_STEPS) -> None:
         self.paths = paths
         self.pool = paths.draw_pool(np.random.default_rng(seed), pool_steps)[0]
         self.offset = np.random.default_rng(seed).integers(0, self.pool.shape[0], size=1)
