@@ -122,7 +122,8 @@ class DistrEEVecEnv(VectorEnv):
         if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
             raise ValueError(
                 f"autoreset_mode={autoreset_mode!r:.100} is not allowed: "
-                "AutoresetMode.NEXT_STEP or AutoresetMode.SAME_STEP"
+                "AutoresetMode.NEXT_STEP or AutoresetMode.SAME_STEP (or their values, "
+                "'NextStep' and 'SameStep')"
             )
         self.config: EnvConfig = build_config(
             config, scenario, keyword_overrides("DistrEEVecEnv", overrides)
