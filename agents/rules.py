@@ -4,7 +4,7 @@ Why: learned agents are only worth their cost if they beat the classic rules. Ea
 features it needs by name (``observation_names``), so it keeps working if the observation layout
 grows. ``bind(env)`` tells a rule the layout and exit count of the environment it will act in;
 ``agents.evaluate`` calls it. The stronger, calibrated baselines live in ``agents.baselines``, the
-hindsight bound in ``agents.oracle``.
+per-request hindsight Oracle in ``agents.oracle``.
 """
 
 from __future__ import annotations

@@ -38,8 +38,28 @@ def held_out_seeds(n: int) -> tuple[int, ...]:
     return tuple(range(TEST_SEED_BASE, TEST_SEED_BASE + n))
 
 
+def _synthetic_items(trace: str) -> list[str] | None:
+    """The ``key=value`` items of a synthetic trace name (``synthetic-pipeline`` spelled out),
+    spaces removed; None for other traces."""
+    if trace == "synthetic":
+        return []
+    if trace == "synthetic-pipeline":
+        return ["topology=pipeline"]
+    if not trace.startswith("synthetic:"):
+        return None
+    return [p.replace(" ", "") for p in trace[len("synthetic:") :].split(",") if p.strip()]
+
+
+def _synthetic_name(items: list[str]) -> str:
+    return "synthetic:" + ",".join(items) if items else "synthetic"
+
+
 def is_test_name(trace: str) -> bool:
-    """True when the trace's name or file stem says it is a test split."""
+    """True when the trace's name or file stem says it is a test split (a synthetic trace:
+    ``seed=1``, the held-out draw of its generator)."""
+    items = _synthetic_items(trace)
+    if items is not None:
+        return SYNTHETIC_TEST_ITEM in items
     stem = Path(trace).stem if trace.endswith(".npz") else trace
     return stem == "test" or stem.endswith(("-test", "_test"))
 
@@ -73,33 +93,44 @@ def _counterpart(trace: str, split: str, other: str) -> str | None:
     return None
 
 
-#: The synthetic trace's splits: tune on the default generator, report on another seed of it.
-SYNTHETIC_VAL, SYNTHETIC_TEST = "synthetic", "synthetic:seed=1"
+#: A synthetic trace's splits: tune on a generator without a seed (seed 0), report on its draw
+#: with this item (``synthetic`` -> ``synthetic:seed=1``, ``synthetic:n=500`` ->
+#: ``synthetic:n=500,seed=1``).
+SYNTHETIC_TEST_ITEM = "seed=1"
 
 
 def held_out_trace(trace: str) -> str:
     """The trace to report on for a config trained/tuned on ``trace``: ``X-val`` -> ``X-test``
-    (shipped names and ``.npz`` paths), ``synthetic`` -> ``synthetic:seed=1``.
+    (shipped names and ``.npz`` paths), a synthetic trace without a seed -> the same with
+    ``seed=1`` (``synthetic`` -> ``synthetic:seed=1``).
 
-    Raises ValueError when ``trace`` has no ``-val`` (or ``_val``) suffix: reporting on the
-    tuning trace would pass it off as held out.
+    Raises ValueError when ``trace`` has none (no ``-val``/``_val`` suffix, or a synthetic
+    trace with a seed of its own): reporting on the tuning trace would pass it off as held out.
     """
-    if trace == SYNTHETIC_VAL:
-        return SYNTHETIC_TEST
+    items = _synthetic_items(trace)
+    if items is not None:
+        if any(item.startswith("seed=") for item in items):
+            raise ValueError(
+                f"trace {trace!r} has no held-out test split: a synthetic trace's is the same "
+                f"generator with {SYNTHETIC_TEST_ITEM}, so tune on it without a seed"
+            )
+        return _synthetic_name([*items, SYNTHETIC_TEST_ITEM])
     test = _counterpart(trace, "val", "test")
     if test is None:
         raise ValueError(
-            f"trace {trace!r} has no held-out test split (name the splits X-val and X-test, or "
-            "give the test trace explicitly)"
+            f"trace {trace!r} has no held-out test split (name the splits X-val and X-test)"
         )
     return test
 
 
 def val_counterpart(trace: str) -> str | None:
-    """The val split of a test trace: ``X-test`` -> ``X-val`` (names and ``.npz`` paths),
-    ``synthetic:seed=1`` -> ``synthetic``; None when unknown."""
-    if trace == SYNTHETIC_TEST:
-        return SYNTHETIC_VAL
+    """The val split of a test trace: ``X-test`` -> ``X-val`` (names and ``.npz`` paths), a
+    synthetic trace with ``seed=1`` -> the same without it; None when unknown."""
+    items = _synthetic_items(trace)
+    if items is not None:
+        if SYNTHETIC_TEST_ITEM not in items:
+            return None
+        return _synthetic_name([item for item in items if item != SYNTHETIC_TEST_ITEM])
     return _counterpart(trace, "test", "val")
 
 

@@ -533,7 +533,7 @@ class Dynamics:
         if ex.any():
             self._start_next(rng, ex)
         if self.pipelined:
-            return self._finish_step_pipelined(rng, info, cont)
+            return self._finish_step_pipelined(rng, info, cont, active)
         pos = self._positions(None, measured=False)
         stage = self.pool.stage_ms.take(pos * kk + self.k)
         if self.cold:
@@ -541,14 +541,19 @@ class Dynamics:
         if active is not None:
             stage *= active
         self.t += stage
-        dropped = self._carried()
+        dropped = self._carried(active)
         self._arrivals(rng, dropped)
         return self._pay(info, dropped, self.queue.size.copy())
 
-    def _carried(self) -> np.ndarray:
-        """The drops counter of this step ``[B]``: those carried from a restart, to pay now."""
-        dropped, self.carried_drops = self.carried_drops, np.zeros(self.num_envs, dtype=np.int64)
-        return dropped
+    def _carried(self, active: np.ndarray | None) -> np.ndarray:
+        """The drops counter of this step ``[B]``: those carried from a restart, paid now where
+        the stream steps (``active``; a stream resetting this step keeps them for its first)."""
+        carried = self.carried_drops
+        if active is None:
+            self.carried_drops = np.zeros(self.num_envs, dtype=np.int64)
+            return carried
+        self.carried_drops = np.where(active, 0, carried)
+        return np.where(active, carried, 0)
 
     def _pay(
         self, info: dict[str, np.ndarray], dropped: np.ndarray, waiting: np.ndarray
@@ -660,7 +665,8 @@ class Dynamics:
         self.ep_flops += self.tables.cum_flops.take(k) * ex
         self.ep_wait += wait
         self.ep_busy += (t - self.service_start) * ex
-        np.copyto(self.answered_at, t, where=ex)
+        # max: with pipelining a later request exiting early can answer before the one ahead
+        np.copyto(self.answered_at, np.maximum(self.answered_at, t), where=ex)
         return info
 
     def _start_next(self, rng: np.random.Generator, ex: np.ndarray) -> None:
@@ -854,7 +860,11 @@ class Dynamics:
         self.request += ex
 
     def _finish_step_pipelined(
-        self, rng: np.random.Generator, info: dict[str, np.ndarray], cont: np.ndarray
+        self,
+        rng: np.random.Generator,
+        info: dict[str, np.ndarray],
+        cont: np.ndarray,
+        active: np.ndarray | None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
         """The rest of :meth:`step` with pipelining: the requests that continue (``cont``) run
         stage k on device k once it is free of the requests ahead; arrivals up to the latest
@@ -871,7 +881,7 @@ class Dynamics:
         self.t = np.where(cont, begin + stage, self.t)
         self.free[self._rows[cont], k[cont]] = self.t[cont]
         self.horizon = np.maximum(self.horizon, self.t)
-        dropped = self._carried()
+        dropped = self._carried(active)
         self._arrivals_pipelined(rng, dropped)
         return self._pay(info, dropped, self._waiting_at(None)[0])
 

@@ -30,12 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.splits import held_out_trace, val_counterpart
+import numpy as np
+
+from agents.splits import check_not_test, held_out_trace, val_counterpart
 from distree_env.config import SCENARIOS, EnvConfig
 from distree_env.dynamics import tables_for
 from distree_env.io import atomic_write_text, require_output_dir, require_output_file
 from distree_env.manifest import checkpoints_dir
-from distree_env.traces import resolve_trace
+from distree_env.traces import ExitTrace, resolve_trace
 from experiments.benchmarking import plots, report
 from experiments.benchmarking.analysis import TOLERANCE, headline, summarize
 from experiments.benchmarking.policies import (
@@ -128,7 +130,8 @@ class BenchmarkArgs:
     trace: str | None = field(
         default=None,
         metadata={
-            "help": "test trace: a shipped name, 'synthetic...' or an .npz path (unset: the "
+            "help": "test trace: a shipped name (X-test), an .npz path or a synthetic trace with "
+            "seed=1 (e.g. synthetic:seed=1), each of which has a val counterpart (unset: the "
             "test trace of the scenarios' network, e.g. cifar10-pipeline-test for pipeline)"
         },
     )
@@ -205,6 +208,17 @@ class BenchmarkArgs:
             n_requests=self.calibration_requests or base.n_requests,
             data_steps=self.calibration_steps or base.data_steps,
         )
+
+
+def same_samples(a: ExitTrace, b: ExitTrace) -> bool:
+    """Whether two traces hold the same samples (labels and every exit's probabilities), under
+    whatever names."""
+    return (
+        a.labels.shape == b.labels.shape
+        and a.probs.shape == b.probs.shape
+        and np.array_equal(a.labels, b.labels)
+        and np.array_equal(a.probs, b.probs)
+    )
 
 
 def scenarios_test_trace(scenarios: Sequence[str]) -> str:
@@ -291,20 +305,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.trace is None:
         args = dataclasses.replace(args, trace=scenarios_test_trace(args.scenarios))
     seeds, requests, thresholds = args.sizes()
+    base = EnvConfig()
     val_name = val_counterpart(args.trace) if args.val_trace == "auto" else args.val_trace
     if val_name is None:
         fail(f"--val-trace auto: no val counterpart of --trace {args.trace!r}; give --val-trace")
-    if val_name == args.trace:
-        fail(f"--val-trace {val_name!r} is the --trace itself: test must be held out from val")
     try:
         test_trace = resolve_trace(args.trace)
     except ValueError as exc:
-        fail(f"--trace: {exc} (try --trace synthetic to run without the CIFAR-10 traces)")
+        fail(f"--trace: {exc} (try --trace synthetic:seed=1 to run without the CIFAR-10 traces)")
     try:
-        resolve_trace(val_name)  # fail early, with the argument's name
+        val_trace = resolve_trace(val_name)  # fail early, with the argument's name
+        check_not_test(base.replace(trace=val_name), "--val-trace")
     except ValueError as exc:
         fail(f"--val-trace: {exc}")
-    base = EnvConfig()
+    if same_samples(test_trace, val_trace):
+        fail(f"--val-trace {val_name!r} holds the same samples as --trace {args.trace!r}: test "
+             "must be held out from val")  # fmt: skip
     try:
         agents, notes = _agents(args, _observation_dims(base.replace(trace=args.trace)))
     except ValueError as exc:
@@ -367,8 +383,9 @@ def _describe(plan: BenchmarkPlan, command: str) -> str:
         f"traces) with held-out seeds (val {_span(plan.split_seeds('val'))}, test "
         f"{_span(plan.split_seeds('test'))}: other resource paths and arrivals), "
         f"{len(plan.seeds)} seeds x {plan.n_requests} requests per point; mean ± standard "
-        "deviation over seeds. Accuracy, latency and deadlines count the answered requests; "
-        "the dropped ones (a full queue) have a column of their own."
+        "deviation over seeds. Accuracy and latency count the answered requests; deadlines met "
+        "and reward count every request, a drop (at a full queue, a column of its own) as a "
+        "missed deadline."
     )
 
 

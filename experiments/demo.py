@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         "confidence >= 0.8": ConfidenceThreshold(0.8),
         "entropy <= 0.3": EntropyThreshold(0.3),
         "feature_diff <= 0.25": FeatureDifference(0.25),
-        "oracle (bound)": Oracle(),
+        "oracle (per-request hindsight)": Oracle(),
     }
     print(
         f"scenario {args.scenario!r}"

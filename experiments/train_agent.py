@@ -32,6 +32,7 @@ cost that a one-request episode hides (``distree_env.config.RewardConfig``).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,7 +344,8 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
         "model": str(chosen),
         "timesteps": int(model.num_timesteps),
         "val_history": val.history,
-        "val_reward": val.best_reward,
+        # None when no val evaluation ran (--eval-freq 0): JSON has no -Infinity
+        "val_reward": val.best_reward if math.isfinite(val.best_reward) else None,
     }
     return result
 
@@ -415,7 +417,7 @@ def _callbacks(
 
 
 def ship(
-    args: Args, config: Any, test_config: Any, final: Path, val_reward: float
+    args: Args, config: Any, test_config: Any, final: Path, val_reward: float | None
 ) -> dict[str, Any]:
     """Evaluate the chosen model on the held-out split ``test_config`` (test exit, link and
     arrival traces) over ``--eval-seeds`` held-out seeds, copy it to
@@ -438,7 +440,7 @@ def ship(
         "algo": args.algo,
         "scenario": args.scenario,
         "model_chosen_on": "val",
-        "val_reward_per_request": float(val_reward),
+        "val_reward_per_request": None if val_reward is None else float(val_reward),
         "trained_on": config.trace,
         "evaluated_on": test_config.trace,
         "seeds": args.eval_seeds,

@@ -46,8 +46,8 @@ def arrivals(draw):
         out["utilisation"] = draw(st.floats(0.05, 3.0))
     if kind == "bursty":
         out.update(
-            on_ms=draw(st.floats(50.0, 5000.0)),
-            off_ms=draw(st.floats(50.0, 5000.0)),
+            on_ms=draw(st.floats(1.0, 5000.0)),
+            off_ms=draw(st.floats(1.0, 5000.0)),
             off_share=draw(st.floats(0.0, 1.0)),
         )
     return out

@@ -74,13 +74,12 @@ def test_utilisation_is_the_busy_share_between_answers_as_computed_by_hand(reque
 
 def test_drops_while_a_fresh_stream_serves_its_first_stage_are_paid():
     """A fresh stream serves its first request's stage 0 before the first decision: what drops
-    meanwhile is paid at the next step, so an episode pays for every drop it counts, in the
-    single env and the vector env alike."""
+    meanwhile is paid at the next step, so an episode pays for every drop it counts."""
     cfg = EnvConfig.from_dict(
         {**CONSTANT, "queue": {"capacity": 1}, "requests_per_episode": 4,
          "arrivals": {"kind": "poisson", "utilisation": 8.0}, "episode_end": "terminate"}
     )  # fmt: skip
-    env, venv = DistrEEEnv(cfg), DistrEEVecEnv(1, cfg)
+    env = DistrEEEnv(cfg)
     cost = env.unwrapped._dyn.drop_cost
     paid = []
     for seed in range(12):
@@ -97,14 +96,34 @@ def test_drops_while_a_fresh_stream_serves_its_first_stage_are_paid():
         assert np.isclose(info["episode_reward_drop"], -cost * total)
         paid.append(dropped_at_reset)
     assert sum(paid) > 0  # the case arose
-    venv.reset(seed=0)
-    env.reset(seed=0)
-    for _ in range(40):
-        _, r1, *_ = env.step(0)
-        _, r2, t2, tr2, _ = venv.step(np.zeros(1, dtype=np.int64))
-        assert r1 == r2[0]
-        if t2[0] or tr2[0]:
-            break
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_a_vector_env_pays_carried_drops_inside_the_episode(pipelining):
+    """With NEXT_STEP autoreset the step after an episode's end only resets that sub-env: what
+    its fresh stream dropped is paid at its first real step, so every episode's step rewards
+    sum to its return (the reset step pays nothing)."""
+    cluster = {**CONSTANT["cluster"], "pipelining": pipelining}
+    cfg = EnvConfig.from_dict(
+        {**CONSTANT, "cluster": cluster, "queue": {"capacity": 1}, "requests_per_episode": 3,
+         "arrivals": {"kind": "poisson", "utilisation": 8.0}, "episode_end": "terminate"}
+        | ({"trace": "synthetic:n=200,topology=pipeline,exits=3,devices=3",
+            "reward": {"timing": "stage"}} if pipelining else {})
+    )  # fmt: skip
+    venv = DistrEEVecEnv(2, cfg)
+    venv.reset(seed=3)
+    running, resetting = np.zeros(2), np.zeros(2, dtype=bool)
+    ends = 0
+    rng = np.random.default_rng(0)
+    while ends < 12:
+        _, reward, term, trunc, info = venv.step(rng.integers(0, 2, 2))
+        assert np.all(reward[resetting] == 0.0)
+        running += np.where(resetting, 0.0, reward)
+        done = term | trunc
+        for i in np.flatnonzero(done):
+            assert np.isclose(running[i], info["episode_return"][i])
+            running[i], ends = 0.0, ends + 1
+        resetting = done
 
 
 def test_requests_are_conserved_with_drops():

@@ -108,7 +108,7 @@ def rule_specs(grid_trace: ExitTrace, points: int) -> list[PolicySpec]:
 
 
 def reference_specs() -> list[PolicySpec]:
-    """The full network (accuracy reference of every saving) and the hindsight bound."""
+    """The full network (accuracy reference of every saving) and the per-request Oracle."""
     return [
         PolicySpec("LastExit", "LastExit", REFERENCE, None, LastExit),
         PolicySpec("Oracle", "Oracle", REFERENCE, None, Oracle),

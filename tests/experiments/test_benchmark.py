@@ -168,6 +168,8 @@ def test_learned_agent_is_compared_with_the_best_baseline(tmp_path: Path) -> Non
         (["--trace", "no-such-trace"], "--trace"),
         (["--trace", "synthetic:seed=1", "--val-trace", "missing.npz"], "--val-trace"),
         (["--trace", "synthetic", "--val-trace", "synthetic"], "held out from val"),
+        (["--trace", "synthetic:seed=0", "--val-trace", "synthetic"], "same samples"),
+        (["--trace", "synthetic:seed=1", "--val-trace", "synthetic:seed=1"], "is a test split"),
         (["--trace", "synthetic"], "no val counterpart"),
         (["--trace", "synthetic:seed=1", "--agents", "nonexistent-agent"], "nonexistent-agent"),
         (["--trace", "synthetic:seed=1", "--agents", "auto", "none"], "--agents"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.splits import held_out_trace, val_counterpart
+from agents.splits import held_out_trace, is_test_name, val_counterpart
 from distree_env.traces import ExitTrace, consecutive_feature_diff, trace_from_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,9 +83,14 @@ def test_split_counterparts_of_paths_and_names(tmp_path):
     assert val_counterpart("net_test") == "net_val" and val_counterpart("net") is None
     assert held_out_trace("cifar10-val") == "cifar10-test"
     assert held_out_trace("synthetic") == "synthetic:seed=1"
-    # one way: "synthetic" is the val side, so it has no val counterpart of its own
+    assert held_out_trace("synthetic:n=500") == "synthetic:n=500,seed=1"
+    # one way: a synthetic trace without a seed is the val side, seed=1 the test side
     assert val_counterpart("synthetic:seed=1") == "synthetic"
+    assert val_counterpart("synthetic:n=500, seed=1") == "synthetic:n=500"
     assert val_counterpart("synthetic") is None
+    assert is_test_name("synthetic:n=500,seed=1") and not is_test_name("synthetic:n=500")
+    with pytest.raises(ValueError, match="without a seed"):
+        held_out_trace("synthetic:seed=0")
     with pytest.raises(ValueError, match="no held-out"):
         held_out_trace("cifar10-test")
 
