@@ -33,6 +33,12 @@ __all__ = [
 TEST_SEED_BASE = 1_000_000
 
 
+#: A synthetic trace's splits: tune on a generator without a seed (seed 0), report on its draw
+#: with this item (``synthetic`` -> ``synthetic:seed=1``, ``synthetic:n=500`` ->
+#: ``synthetic:n=500,seed=1``).
+SYNTHETIC_TEST_ITEM = "seed=1"
+
+
 def held_out_seeds(n: int) -> tuple[int, ...]:
     """The ``n`` seeds of a held-out evaluation: ``TEST_SEED_BASE``, ``TEST_SEED_BASE + 1``..."""
     return tuple(range(TEST_SEED_BASE, TEST_SEED_BASE + n))
@@ -91,12 +97,6 @@ def _counterpart(trace: str, split: str, other: str) -> str | None:
         if stem.endswith(sep + split):
             return stem[: -len(split)] + other + ext
     return None
-
-
-#: A synthetic trace's splits: tune on a generator without a seed (seed 0), report on its draw
-#: with this item (``synthetic`` -> ``synthetic:seed=1``, ``synthetic:n=500`` ->
-#: ``synthetic:n=500,seed=1``).
-SYNTHETIC_TEST_ITEM = "seed=1"
 
 
 def held_out_trace(trace: str) -> str:
