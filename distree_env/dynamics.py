@@ -911,12 +911,35 @@ class Dynamics:
         q = self.queue
         done, size = self.started.take(m), q.size.take(m)
         base, head = q.base.take(m), q.head.take(m)
-        while True:
+        while True:  # a walk: called per arrival, it moves by an entry or two
             go = (done < size) & (self.q_start.take(base + (head + done) % self.slots) <= time)
             if not go.any():
                 break
             done = done + go
         self.started[m] = done
+
+    def _queue_prefix(
+        self,
+        values: np.ndarray,
+        base: np.ndarray,
+        head: np.ndarray,
+        lo: np.ndarray,
+        size: np.ndarray,
+        bound: np.ndarray,
+    ) -> np.ndarray:
+        """Per stream, the queue position in [``lo``, ``size``] of the first entry whose
+        ``values`` (by ring slot) exceed ``bound``. The values grow along the queue (device 0's
+        starts, arrival times), so a binary search finds it in log2(slots) whole-batch rounds,
+        where a walk from the head took one round per entry (a thousand under overload)."""
+        lo, hi = lo.copy(), size.copy()
+        while True:
+            open_ = lo < hi
+            if not open_.any():
+                return lo
+            mid = (lo + hi) >> 1
+            below = values.take(base + (head + mid) % self.slots) <= bound
+            lo = np.where(open_ & below, mid + 1, lo)
+            hi = np.where(open_ & ~below, mid, hi)
 
     def _waiting_at(self, envs: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """With pipelining, at each stream's ``t`` (streams ``envs``, all if None): how many
@@ -927,18 +950,9 @@ class Dynamics:
         rows = self._rows if envs is None else envs
         t, size = self.t.take(rows), q.size.take(rows)
         base, head = q.base.take(rows), q.head.take(rows)
-        first = np.zeros(rows.size, dtype=np.int64)
-        while True:  # skip those device 0 had started by t
-            go = (first < size) & (self.q_start.take(base + (head + first) % self.slots) <= t)
-            if not go.any():
-                break
-            first = first + go
-        last = first.copy()
-        while True:  # then count those that had arrived by t
-            go = (last < size) & (q.time.take(base + (head + last) % self.slots) <= t)
-            if not go.any():
-                break
-            last = last + go
+        zero = np.zeros(rows.size, dtype=np.int64)
+        first = self._queue_prefix(self.q_start, base, head, zero, size, t)  # started by t
+        last = self._queue_prefix(q.time, base, head, first, size, t)  # then arrived by t
         return last - first, q.time.take(base + (head + first) % self.slots)
 
     def waiting_one(self) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distree_env import DistrEEEnv, EnvConfig
+from distree_env import DistrEEEnv, DistrEEVecEnv, EnvConfig
 from distree_env.dynamics import describe
 from tests import last_exit_latencies
 
@@ -226,3 +226,25 @@ def test_only_pipelining_adds_the_next_wait_to_the_layout():
     assert "next_wait_ratio" not in plain.observation_names
     assert piped.observation_names == (*plain.observation_names, "next_wait_ratio")
     assert piped.observation_space.shape == (len(piped.observation_names),)
+
+
+def test_queue_prefix_search_equals_a_walk_on_growing_values():
+    """``_queue_prefix`` (a binary search, for queues a thousand long under overload) gives the
+    position a walk from ``lo`` gives, for values that grow along each ring-stored queue."""
+    dyn = DistrEEVecEnv(6, EnvConfig.from_dict(PIPELINED))._dyn
+    rng = np.random.default_rng(0)
+    slots = dyn.slots
+    values = np.full(6 * slots, np.inf)
+    base = np.arange(6) * slots
+    head = rng.integers(0, slots, 6)
+    size = rng.integers(0, slots + 1, 6)
+    for i in range(6):  # non-decreasing along the queue, with ties
+        grow = np.cumsum(rng.integers(0, 3, size[i])).astype(float)
+        values[base[i] + (head[i] + np.arange(size[i])) % slots] = grow
+    lo = np.minimum(rng.integers(0, 4, 6), size)
+    bound = rng.uniform(0, 2 * slots, 6)
+    walk = lo.copy()
+    for i in range(6):
+        while walk[i] < size[i] and values[base[i] + (head[i] + walk[i]) % slots] <= bound[i]:
+            walk[i] += 1
+    assert np.array_equal(dyn._queue_prefix(values, base, head, lo, size, bound), walk)
