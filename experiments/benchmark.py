@@ -30,14 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from agents.splits import check_not_test, held_out_trace, val_counterpart
 from distree_env.config import SCENARIOS, EnvConfig
 from distree_env.dynamics import tables_for
 from distree_env.io import atomic_write_text, require_output_dir, require_output_file
 from distree_env.manifest import checkpoints_dir
-from distree_env.traces import ExitTrace, resolve_trace
+from distree_env.traces import resolve_trace
 from experiments.benchmarking import plots, report
 from experiments.benchmarking.analysis import TOLERANCE, headline, summarize
 from experiments.benchmarking.policies import (
@@ -210,17 +208,6 @@ class BenchmarkArgs:
         )
 
 
-def same_samples(a: ExitTrace, b: ExitTrace) -> bool:
-    """Whether two traces hold the same samples (labels and every exit's probabilities), under
-    whatever names."""
-    return (
-        a.labels.shape == b.labels.shape
-        and a.probs.shape == b.probs.shape
-        and np.array_equal(a.labels, b.labels)
-        and np.array_equal(a.probs, b.probs)
-    )
-
-
 def scenarios_test_trace(scenarios: Sequence[str]) -> str:
     """The test trace of the network that ``scenarios`` are defined on; one line (exit 2) when
     they are defined on different networks, which have different observations."""
@@ -318,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_not_test(base.replace(trace=val_name), "--val-trace")
     except ValueError as exc:
         fail(f"--val-trace: {exc}")
-    if same_samples(test_trace, val_trace):
+    if test_trace.same_samples(val_trace):
         fail(f"--val-trace {val_name!r} holds the same samples as --trace {args.trace!r}: test "
              "must be held out from val")  # fmt: skip
     try:

@@ -235,6 +235,11 @@ class ExitTrace:
         return exit_accuracy(self.probs, self.labels)
 
     # ---- validation -----------------------------------------------------------------------------
+    def same_samples(self, other: ExitTrace) -> bool:
+        """Whether ``other`` holds the same samples (labels and every exit's probabilities),
+        whatever its name or file."""
+        return np.array_equal(self.labels, other.labels) and np.array_equal(self.probs, other.probs)
+
     def validate(self) -> None:
         """Raise ValueError naming the field, its value or shape, and what is allowed."""
         n, k, c = self._validate_probs()

@@ -191,3 +191,11 @@ def test_save_validates_first(tmp_path, small):
     with pytest.raises(ValueError, match="labels"):
         bad.save(tmp_path / "bad.npz")
     assert not (tmp_path / "bad.npz").exists()
+
+
+def test_same_samples_compares_contents_not_names():
+    """The benchmark refuses a val trace holding the test samples under another name."""
+    a = synthetic_trace(n=50)
+    assert a.same_samples(synthetic_trace(n=50, seed=0))
+    assert not a.same_samples(synthetic_trace(n=50, seed=1))
+    assert not a.same_samples(synthetic_trace(n=40))  # other shapes: unequal, no error
