@@ -47,7 +47,8 @@ class DistrEEVecEnv(VectorEnv):
     array ``[num_envs, obs_dim]``, rows valid where ``infos["_final_obs"]``) and its step info in
     ``infos["final_info"]``. Resetting a sub-env of a ``truncate`` scenario continues its stream.
     ``max_episode_steps`` truncates sub-env episodes after that many steps, as ``gym.make``'s
-    ``TimeLimit`` does in the sync mode.
+    ``TimeLimit`` does in the sync mode. ``reset(options={"reset_mask": mask})`` resets only the
+    masked sub-envs (Gymnasium's partial reset).
 
     ## Info
     The single env's keys with the same meaning, as arrays over sub-envs with Gymnasium's
@@ -65,7 +66,9 @@ class DistrEEVecEnv(VectorEnv):
 
     ## Version History
     * v1: request streams, queues, resources in time (see the single env's card); NEXT_STEP
-      default with SAME_STEP as an option; info keys equal to the single env's.
+      default with SAME_STEP as an option; info keys equal to the single env's. Later, with
+      no change to any trajectory: partial resets (``reset_mask``); bool actions refused, as
+      the single env refuses them.
     * v0: initial version.
     """
 
@@ -174,8 +177,19 @@ class DistrEEVecEnv(VectorEnv):
         options: dict[str, Any] | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start fresh streams (with a seed, or when none exist) or end every sub-env's episode
-        as the single env's ``reset`` does."""
+        as the single env's ``reset`` does.
+
+        :param seed: one integer for the batch (one generator drives every sub-env, as in
+            Gymnasium's ``CartPoleVectorEnv``; a list of per-sub-env seeds is refused).
+        :param options: only ``{"reset_mask": mask}``, Gymnasium's partial reset: a bool array
+            ``[num_envs]`` with at least one True; only those sub-envs are reset (as ``reset()``
+            without a seed resets them), the others keep their state and observation, and the
+            info's ``_key`` masks are the mask. Takes ``seed=None``."""
+        options = dict(options or {})
+        mask = options.pop("reset_mask", None)
         seed = check_reset_args(seed, options)
+        if mask is not None:
+            return self._reset_masked(self._check_reset_mask(mask, seed))
         super().reset(seed=seed)
         dyn = self._dyn
         dyn.ensure_pool(seed, self.np_random)
@@ -340,6 +354,38 @@ class DistrEEVecEnv(VectorEnv):
             self._dyn.begin_episode(idx)
         self._elapsed[idx] = 0
 
+    def _check_reset_mask(self, mask: Any, seed: int | None) -> np.ndarray:
+        where = "options['reset_mask']"
+        if not isinstance(mask, np.ndarray) or mask.shape != (self.num_envs,) or mask.dtype != bool:
+            raise ValueError(
+                f"{where}={mask!r:.100} is not allowed: a numpy bool array of shape "
+                f"({self.num_envs},) (num_envs)"
+            )
+        if not mask.any():
+            raise ValueError(f"{where}={mask!r:.100} is not allowed: at least one True")
+        if seed is not None:
+            raise ValueError(
+                f"seed={seed} with {where} is not allowed: the sub-envs share one generator, "
+                "so a seed restarts every stream; pass seed=None, or reset all with the seed"
+            )
+        if not self._started:
+            raise gym.error.ResetNeeded(f"call reset() once before a reset with {where}")
+        return mask.copy()
+
+    def _reset_masked(self, mask: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset the sub-envs of ``mask``; the others' state, observation and pending
+        autoreset stay as they are."""
+        idx = np.flatnonzero(mask)
+        dyn = self._dyn
+        self._reset_envs(idx)
+        self._autoreset[idx] = False
+        self._obs[idx] = dyn.observe(idx)
+        info = step_info_at_reset(self.num_envs, dyn.K)
+        info["queue_len"] = dyn.waiting_now()
+        out: dict[str, Any] = dict(info)
+        out.update({f"_{key}": mask for key in info})
+        return self._obs.copy(), out
+
     def _info_after_reset(self, info: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, Any]:
         """SAME_STEP: the step's ``info`` with the reset's neutral values in sub-envs ``idx``
         (fresh arrays; ``queue_len`` keeps the queue as it is). The episode metrics are zero
@@ -360,13 +406,13 @@ class DistrEEVecEnv(VectorEnv):
 
     def _check_actions(self, actions: Any) -> np.ndarray:
         a = actions if isinstance(actions, np.ndarray) else np.asarray(actions)
-        if a.shape != (self.num_envs,) or a.dtype.kind not in "iub":
+        if a.shape != (self.num_envs,) or a.dtype.kind not in "iu":
             raise ValueError(
                 f"actions with shape {a.shape} and dtype {a.dtype} are outside "
                 f"MultiDiscrete([2] * {self.num_envs}); allowed: {self.num_envs} integers "
                 "in {0, 1}"
             )
-        if a.dtype.kind != "b" and ((a < 0) | (a > 1)).any():
+        if ((a < 0) | (a > 1)).any():
             raise ValueError(
                 f"actions {a!r:.200} are outside MultiDiscrete([2] * {self.num_envs}); allowed: "
                 "0 (continue) or 1 (exit)"

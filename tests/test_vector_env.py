@@ -182,7 +182,14 @@ def test_call_get_attr_set_attr():
 
 @pytest.mark.parametrize(
     "bad",
-    [np.array([0, 2, 1]), np.array([0, 1]), np.array([0.0, 1.0, 1.0]), [0, -1, 0], "x"],
+    [
+        np.array([0, 2, 1]),
+        np.array([0, 1]),
+        np.array([0.0, 1.0, 1.0]),
+        [0, -1, 0],
+        "x",
+        np.array([True, False, True]),  # refused as the single env refuses True
+    ],
 )
 def test_bad_actions_raise(bad):
     venv = DistrEEVecEnv(3, **FAST)
@@ -237,6 +244,72 @@ def test_partial_resets_keep_other_streams_going():
         ends += int(term.sum())
         assert (info["episode_done"] == term).all()
     assert ends > 10
+
+
+def test_reset_mask_with_one_sub_env_equals_a_plain_reset():
+    venv = DistrEEVecEnv(1, scenario="steady-stream", **FAST)
+    venv.reset(seed=4)
+    for _ in range(7):
+        venv.step(np.ones(1, dtype=np.int64))
+    clone = pickle.loads(pickle.dumps(venv))
+    a, info_a = venv.reset()
+    b, info_b = clone.reset(options={"reset_mask": np.array([True])})
+    np.testing.assert_array_equal(a, b)
+    assert info_a.keys() == info_b.keys()
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        actions = rng.integers(0, 2, 1)
+        for x, y in zip(venv.step(actions), clone.step(actions), strict=True):
+            if not isinstance(x, dict):
+                np.testing.assert_array_equal(x, y)
+
+
+def test_reset_mask_resets_only_the_masked_sub_envs():
+    """Episodes of 10 steps (``max_episode_steps``): the masked sub-envs start counting again,
+    the other keeps its episode, and a pending NEXT_STEP autoreset of a masked one is dropped."""
+    venv = DistrEEVecEnv(
+        3, scenario="steady-stream", **FAST, requests_per_episode=50, max_episode_steps=10
+    )
+    venv.reset(seed=0)
+    zeros = np.zeros(3, dtype=np.int64)
+    for _ in range(4):
+        before, *_ = venv.step(zeros)
+    mask = np.array([True, False, True])
+    obs, info = venv.reset(options={"reset_mask": mask})
+    np.testing.assert_array_equal(obs[1], before[1])
+    assert all((info[f"_{key}"] == mask).all() for key in info if not key.startswith("_"))
+    for step in range(1, 11):
+        _, _, term, trunc, _ = venv.step(zeros)
+        assert not term.any()
+        assert trunc.tolist() == [step == 10, step == 6, step == 10]
+    venv.reset(options={"reset_mask": np.array([True, False, False])})  # its autoreset pending
+    for step in range(1, 11):
+        *_, trunc, _ = venv.step(zeros)
+        assert trunc[0] == (step == 10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"options": {"reset_mask": [True, False]}}, "numpy bool array of shape \\(2,\\)"),
+        ({"options": {"reset_mask": np.array([1, 0])}}, "reset_mask"),
+        ({"options": {"reset_mask": np.array([True])}}, "reset_mask"),
+        ({"options": {"reset_mask": np.array([False, False])}}, "at least one True"),
+        ({"options": {"reset_mask": np.array([True, True])}, "seed": 1}, "seed=None"),
+        ({"options": {"reset_mask": np.array([True, True]), "x": 1}}, "takes no options"),
+        ({"seed": [1, 2]}, "seed="),
+    ],
+)
+def test_reset_arguments_validated(kwargs, match):
+    venv = DistrEEVecEnv(2, **FAST)
+    venv.reset(seed=0)
+    with pytest.raises(ValueError, match=match):
+        venv.reset(**kwargs)
+
+
+def test_reset_mask_needs_a_first_reset():
+    with pytest.raises(gym.error.ResetNeeded, match="reset_mask"):
+        DistrEEVecEnv(2, **FAST).reset(options={"reset_mask": np.array([True, True])})
 
 
 def test_without_episode_metrics_only_their_values_change():
