@@ -185,6 +185,11 @@ class DistrEEVecEnv(VectorEnv):
             ``[num_envs]`` with at least one True; only those sub-envs are reset (as ``reset()``
             without a seed resets them), the others keep their state and observation, and the
             info's ``_key`` masks are the mask. Takes ``seed=None``."""
+        if isinstance(seed, (list, tuple, np.ndarray)):
+            raise ValueError(
+                f"seed={seed!r:.100} is not allowed: None or one integer in [0, 2**63) for the "
+                "batch (one generator drives every sub-env; the sync and async modes take lists)"
+            )
         options = dict(options or {})
         mask = options.pop("reset_mask", None)
         seed = check_reset_args(seed, options)

@@ -297,7 +297,7 @@ def test_reset_mask_resets_only_the_masked_sub_envs():
         ({"options": {"reset_mask": np.array([False, False])}}, "at least one True"),
         ({"options": {"reset_mask": np.array([True, True])}, "seed": 1}, "seed=None"),
         ({"options": {"reset_mask": np.array([True, True]), "x": 1}}, "takes no options"),
-        ({"seed": [1, 2]}, "seed="),
+        ({"seed": [1, 2]}, "one generator drives every sub-env"),
     ],
 )
 def test_reset_arguments_validated(kwargs, match):
