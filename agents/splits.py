@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distree_env.config import EnvConfig
-from distree_env.traces import resolve_trace
+from distree_env.traces import parse_synthetic_name, resolve_trace, synthetic_name
 
 __all__ = [
     "TEST_SEED_BASE",
@@ -34,9 +34,9 @@ TEST_SEED_BASE = 1_000_000
 
 
 #: A synthetic trace's splits: tune on a generator without a seed (seed 0), report on its draw
-#: with this item (``synthetic`` -> ``synthetic:seed=1``, ``synthetic:n=500`` ->
+#: with this seed (``synthetic`` -> ``synthetic:seed=1``, ``synthetic:n=500`` ->
 #: ``synthetic:n=500,seed=1``).
-SYNTHETIC_TEST_ITEM = "seed=1"
+SYNTHETIC_TEST_SEED = 1
 
 
 def held_out_seeds(n: int) -> tuple[int, ...]:
@@ -44,28 +44,12 @@ def held_out_seeds(n: int) -> tuple[int, ...]:
     return tuple(range(TEST_SEED_BASE, TEST_SEED_BASE + n))
 
 
-def _synthetic_items(trace: str) -> list[str] | None:
-    """The ``key=value`` items of a synthetic trace name (``synthetic-pipeline`` spelled out),
-    spaces removed; None for other traces."""
-    if trace == "synthetic":
-        return []
-    if trace == "synthetic-pipeline":
-        return ["topology=pipeline"]
-    if not trace.startswith("synthetic:"):
-        return None
-    return [p.replace(" ", "") for p in trace[len("synthetic:") :].split(",") if p.strip()]
-
-
-def _synthetic_name(items: list[str]) -> str:
-    return "synthetic:" + ",".join(items) if items else "synthetic"
-
-
 def is_test_name(trace: str) -> bool:
     """True when the trace's name or file stem says it is a test split (a synthetic trace:
     ``seed=1``, the held-out draw of its generator)."""
-    items = _synthetic_items(trace)
-    if items is not None:
-        return SYNTHETIC_TEST_ITEM in items
+    synthetic = parse_synthetic_name(trace)
+    if synthetic is not None:
+        return synthetic.get("seed") == SYNTHETIC_TEST_SEED
     stem = Path(trace).stem if trace.endswith(".npz") else trace
     return stem == "test" or stem.endswith(("-test", "_test"))
 
@@ -107,14 +91,14 @@ def held_out_trace(trace: str) -> str:
     Raises ValueError when ``trace`` has none (no ``-val``/``_val`` suffix, or a synthetic
     trace with a seed of its own): reporting on the tuning trace would pass it off as held out.
     """
-    items = _synthetic_items(trace)
-    if items is not None:
-        if any(item.startswith("seed=") for item in items):
+    synthetic = parse_synthetic_name(trace)
+    if synthetic is not None:
+        if "seed" in synthetic:
             raise ValueError(
                 f"trace {trace!r} has no held-out test split: a synthetic trace's is the same "
-                f"generator with {SYNTHETIC_TEST_ITEM}, so tune on it without a seed"
+                f"generator with seed={SYNTHETIC_TEST_SEED}, so tune on it without a seed"
             )
-        return _synthetic_name([*items, SYNTHETIC_TEST_ITEM])
+        return synthetic_name({**synthetic, "seed": SYNTHETIC_TEST_SEED})
     test = _counterpart(trace, "val", "test")
     if test is None:
         raise ValueError(
@@ -126,11 +110,11 @@ def held_out_trace(trace: str) -> str:
 def val_counterpart(trace: str) -> str | None:
     """The val split of a test trace: ``X-test`` -> ``X-val`` (names and ``.npz`` paths), a
     synthetic trace with ``seed=1`` -> the same without it; None when unknown."""
-    items = _synthetic_items(trace)
-    if items is not None:
-        if SYNTHETIC_TEST_ITEM not in items:
+    synthetic = parse_synthetic_name(trace)
+    if synthetic is not None:
+        if synthetic.pop("seed", None) != SYNTHETIC_TEST_SEED:
             return None
-        return _synthetic_name([item for item in items if item != SYNTHETIC_TEST_ITEM])
+        return synthetic_name(synthetic)
     return _counterpart(trace, "test", "val")
 
 

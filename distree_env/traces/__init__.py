@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from distree_env.traces.build import consecutive_feature_diff, trace_from_outputs
 from distree_env.traces.format import TRACE_FORMAT_VERSION, ExitTrace
-from distree_env.traces.registry import SHIPPED_TRACES, clear_cache, resolve_trace, trace_path
+from distree_env.traces.registry import (
+    SHIPPED_TRACES,
+    clear_cache,
+    parse_synthetic_name,
+    resolve_trace,
+    synthetic_name,
+    trace_path,
+)
 from distree_env.traces.synthetic import synthetic_trace
 
 __all__ = [
@@ -19,7 +26,9 @@ __all__ = [
     "ExitTrace",
     "clear_cache",
     "consecutive_feature_diff",
+    "parse_synthetic_name",
     "resolve_trace",
+    "synthetic_name",
     "synthetic_trace",
     "trace_from_outputs",
     "trace_path",

@@ -22,7 +22,14 @@ from distree_env.manifest import checkpoints_dir, manifest_entry, verify
 from distree_env.traces.format import ExitTrace, read_trace_bytes
 from distree_env.traces.synthetic import synthetic_trace
 
-__all__ = ["SHIPPED_TRACES", "clear_cache", "resolve_trace", "trace_path"]
+__all__ = [
+    "SHIPPED_TRACES",
+    "clear_cache",
+    "parse_synthetic_name",
+    "resolve_trace",
+    "synthetic_name",
+    "trace_path",
+]
 
 _EXPORT = "python -m experiments.export_traces"
 #: Traces shipped under ``checkpoints/traces/`` -> the command that makes them.
@@ -79,7 +86,7 @@ def resolve_trace(name_or_path: str | os.PathLike[str]) -> ExitTrace:
         name_or_path = os.fspath(name_or_path)
     if not isinstance(name_or_path, str) or not name_or_path:
         raise ValueError(f"trace: expected a non-empty name or path, got {name_or_path!r}")
-    synthetic = _parse_synthetic(name_or_path)
+    synthetic = parse_synthetic_name(name_or_path)
     if synthetic is not None:
         key = ("synthetic", tuple(sorted(synthetic.items())))
         return _cached(key, lambda: synthetic_trace(**synthetic))
@@ -110,8 +117,9 @@ def _cached(key: tuple, make: Callable[[], ExitTrace]) -> ExitTrace:
     return trace
 
 
-def _parse_synthetic(name: str) -> dict[str, Any] | None:
-    """Arguments of :func:`synthetic_trace` from a synthetic name, or None for other names."""
+def parse_synthetic_name(name: str) -> dict[str, Any] | None:
+    """Arguments of :func:`synthetic_trace` from a synthetic name, or None for other names
+    (ValueError for a malformed synthetic name)."""
     if name == "synthetic":
         return {}
     if name == "synthetic-pipeline":
@@ -136,6 +144,14 @@ def _parse_synthetic(name: str) -> dict[str, Any] | None:
                 f"trace {name!r}: {key}={raw!r} is not allowed; expected a {cast.__name__}"
             ) from None
     return kwargs
+
+
+def synthetic_name(kwargs: dict[str, Any]) -> str:
+    """The synthetic trace name of :func:`synthetic_trace` arguments (the inverse of
+    :func:`parse_synthetic_name`, up to spelling)."""
+    keys = {arg: key for key, (arg, _) in _SYNTHETIC_KEYS.items()}
+    items = ",".join(f"{keys[arg]}={value}" for arg, value in kwargs.items())
+    return f"synthetic:{items}" if items else "synthetic"
 
 
 def _locate(name: str) -> Path:

@@ -89,6 +89,10 @@ def test_split_counterparts_of_paths_and_names(tmp_path):
     assert val_counterpart("synthetic:n=500, seed=1") == "synthetic:n=500"
     assert val_counterpart("synthetic") is None
     assert is_test_name("synthetic:n=500,seed=1") and not is_test_name("synthetic:n=500")
+    # read as the generator reads it: seed=01 is seed 1, the test draw
+    assert is_test_name("synthetic:seed=01") and is_test_name("synthetic-pipeline") is False
+    assert val_counterpart("synthetic:topology=pipeline,seed=01") == "synthetic:topology=pipeline"
+    assert held_out_trace("synthetic-pipeline") == "synthetic:topology=pipeline,seed=1"
     with pytest.raises(ValueError, match="without a seed"):
         held_out_trace("synthetic:seed=0")
     with pytest.raises(ValueError, match="no held-out"):
