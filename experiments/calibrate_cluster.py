@@ -251,7 +251,8 @@ def predict_ms(run: Any, config: Any, policy_spec: str, trust: bool) -> float:
     simulated run of the live run's length (one observation per call, as live)."""
     n = sum(1 for r in run.requests if not r.dropped)
     times: list[float] = []
-    _simulate_once(run, config.replace({"requests_per_episode": n}), policy_spec, trust, times)
+    whole_run = config.replace({"requests_per_episode": n})
+    _simulate_once(run, whole_run, config.requests_per_episode, policy_spec, trust, times)
     return 1e3 * float(np.median(times))
 
 
@@ -283,7 +284,7 @@ def simulate(
             cfg = cfg.replace({"cluster.decision_ms": round(decision_ms, 4)})
         for stall_seed in range(realisations):
             stalls = cfg.replace({"cluster.stall_seed": stall_seed})
-            one = _simulate_once(run, stalls, policy_spec, trust)
+            one = _simulate_once(run, stalls, config.requests_per_episode, policy_spec, trust)
             for pooled, part in zip((exits, lat, correct, met), one[:4], strict=True):
                 pooled.extend(part)
             dropped += one[4]
@@ -306,31 +307,40 @@ def simulate(
 
 
 def _simulate_once(
-    run: Any, cfg: Any, policy_spec: str, trust: bool, times: list[float] | None = None
+    run: Any,
+    cfg: Any,
+    per_episode: int,
+    policy_spec: str,
+    trust: bool,
+    times: list[float] | None = None,
 ) -> tuple[list[int], list[float], list[bool], list[bool], int]:
     """One simulated episode of the live run's length: exits, latencies, correctness, deadline
     met (answered requests) and the number dropped; each ``predict``'s seconds go to ``times``
-    when given."""
+    when given. A recurrent policy's memory restarts every ``per_episode`` answered requests
+    (the scenario's own episodes), as live."""
     from distree_env.env import DistrEEEnv
+    from distree_env.runtime.schedule import starts_episode
     from experiments.run_live import make_policy
 
     env = DistrEEEnv(cfg)
-    policy = make_policy(policy_spec, cfg, trust)
-    obs, _ = env.reset(seed=int(run.meta["args"]["seed"]))
+    seed = int(run.meta["args"]["seed"])
+    policy = make_policy(policy_spec, cfg, trust, seed)
+    obs, _ = env.reset(seed=seed)
     exits, lat, correct, met, dropped = [], [], [], [], 0
-    state, first = None, True
+    state, start = None, True
     while True:
         t0 = time.perf_counter()
         action, state = policy.predict(
-            obs[None, :], state=state, episode_start=np.array([first]), deterministic=True
+            obs[None, :], state=state, episode_start=np.array([start]), deterministic=True
         )
         if times is not None:
             times.append(time.perf_counter() - t0)
-        first = False
+        start = False
         obs, _, terminated, truncated, info = env.step(int(np.asarray(action).reshape(-1)[0]))
         dropped += int(info.get("dropped", 0))
         if info.get("request_done", False):
             exits.append(int(info["request_exit"]))
+            start = starts_episode(len(exits), per_episode)
             lat.append(float(info["request_latency_ms"]))
             correct.append(bool(info["request_correct"]))
             met.append(lat[-1] <= cfg.deadline_ms)
@@ -574,7 +584,30 @@ def _live_run(path: str) -> Any:
     ]
     if problems:
         raise ValueError(f"run record {path!r}: missing or malformed {', '.join(problems)}")
+    status = run.meta.get("status")
+    if status != "complete":
+        raise ValueError(
+            f"run record {path!r}: status {status!r}, not 'complete' (a run that failed or was "
+            "killed measured its last requests under a fault); use complete runs"
+        )
+    if all(r.dropped for r in run.requests):
+        raise ValueError(f"run record {path!r}: no served requests to compare or fit")
     return run
+
+
+def _same_network(runs: list[Any], paths: list[str]) -> None:
+    """ValueError naming the files unless every run ran one topology on one device count."""
+    kinds: dict[tuple[str, str], list[str]] = {}
+    for run, path in zip(runs, paths, strict=True):
+        net = run.meta.get("net") if isinstance(run.meta.get("net"), dict) else {}
+        key = (str(net.get("topology")), str(net.get("num_devices")))
+        kinds.setdefault(key, []).append(path)
+    if len(kinds) > 1:
+        groups = "; ".join(
+            f"{topology} on {devices} devices: {', '.join(files)}"
+            for (topology, devices), files in kinds.items()
+        )
+        raise ValueError(f"the run records are of different networks ({groups}); give one's")
 
 
 @one_line_errors
@@ -597,6 +630,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs = [_live_run(p) for p in args.records]
     evaluated = [_live_run(p) for p in args.evaluate]
     decision_runs = [_live_run(p) for p in args.decision_runs]
+    _same_network(
+        [*runs, *evaluated, *decision_runs],
+        [*args.records, *args.evaluate, *args.decision_runs],
+    )
     out = require_output_file(args.out or f"runs/cluster-{args.name}.json", "--out")
     if args.table:
         require_output_file(args.table, "--table")

@@ -20,12 +20,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from distree_env.runtime.records import FLUSH_EVERY
 from experiments.cli import fail, parse_args
+
+if TYPE_CHECKING:
+    from distree_env.runtime.schedule import LiveScenario
 
 #: Seconds the other processes get after the first one ends or fails (a dead peer is noticed at
 #: once, a hung one after --timeout; then only the record is left to write).
@@ -98,6 +101,8 @@ class Args:
     )
 
     def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"--seed={self.seed}: must be an integer in [0, 2**63)")
         for name in ("requests", "threads", "flush_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)}: must be >= 1")
@@ -161,10 +166,11 @@ def env_config(args: Args, labels: np.ndarray, indices: np.ndarray) -> Any:
     """The environment config of the run (the one the simulator is compared on): the scenario,
     ``--config`` overrides, and as trace the rows of ``--trace`` that the image set holds."""
     from distree_env.config import build_config
-    from distree_env.runtime.schedule import image_trace
+    from distree_env.runtime.schedule import LIVE_PIPELINING_REFUSED, image_trace
 
-    trace_file = Path(args.out).with_suffix(".trace.npz")
-    overrides: dict[str, Any] = {"trace": image_trace(args.trace, indices, labels, trace_file)}
+    trace = image_trace(args.trace, indices, labels, image_trace_file(args))
+    # the images are test images: the link and arrival traces a scenario replays are too
+    overrides: dict[str, Any] = {"cluster.bandwidth.split": "test", "arrivals.split": "test"}
     if args.config is not None:
         try:
             extra = json.loads(Path(args.config).read_text(encoding="utf-8"))
@@ -172,8 +178,18 @@ def env_config(args: Args, labels: np.ndarray, indices: np.ndarray) -> Any:
             raise ValueError(f"--config {args.config!r} cannot be read as JSON: {e}") from None
         if not isinstance(extra, dict):
             raise ValueError(f"--config {args.config!r} must hold a JSON object")
-        overrides = {**extra, **overrides}
-    return build_config(None, args.scenario, overrides)
+        cluster = extra.get("cluster")
+        if extra.get("cluster.pipelining") or (
+            isinstance(cluster, dict) and cluster.get("pipelining")
+        ):
+            raise ValueError(f"--config {args.config!r}: {LIVE_PIPELINING_REFUSED}")
+        overrides = {**overrides, **extra}
+    return build_config(None, args.scenario, {**overrides, "trace": trace})
+
+
+def image_trace_file(args: Args) -> Path:
+    """Where a run keeps the rows of ``--trace`` that its image set holds (beside the record)."""
+    return Path(args.out).with_suffix(".trace.npz")
 
 
 @dataclass(frozen=True)
@@ -210,8 +226,9 @@ def rule_from_spec(spec: str) -> Any | None:
         raise ValueError(f"--policy {spec!r}: {e}") from None
 
 
-def make_policy(spec: str, config: Any, trust: bool) -> Any:
-    """A rule from ``name:parameter`` or an agent, bound to the environment's layout."""
+def make_policy(spec: str, config: Any, trust: bool, seed: int) -> Any:
+    """A rule from ``name:parameter`` or an agent, bound to the environment's layout; a
+    stochastic rule seeded with the run's ``seed``, as ``agents.evaluate`` seeds it."""
     import agents
     from distree_env.dynamics import tables_for
 
@@ -219,7 +236,10 @@ def make_policy(spec: str, config: Any, trust: bool) -> Any:
     if policy is None:
         return agents.load_agent(spec, trust=trust)
     tables = tables_for(config)
-    return policy.bind(Layout(tables.observation_names, tables.num_exits))
+    policy = policy.bind(Layout(tables.observation_names, tables.num_exits))
+    if hasattr(policy, "seed"):
+        policy.seed(seed)
+    return policy
 
 
 def check_trace_fits(net: Any, trace_path: str, trace_name: str) -> None:
@@ -257,21 +277,45 @@ def check_policy(policy: Any, spec: str, names: tuple[str, ...]) -> None:
         raise ValueError(f"--policy {spec!r} answered {action!r}; expected 0 or 1")
 
 
+def check_before_start(args: Args, config: Any) -> LiveScenario:
+    """The run's scenario, after the checks every worker would make (each would print the
+    same error): the backbone file, ``--config`` against the trace, and the policy, bound and
+    asked once. An agent's check imports torch, a rule's does not."""
+    from distree_env.runtime.schedule import live_scenario
+
+    if args.backbone is not None and not Path(args.backbone).is_file():
+        raise ValueError(f"--backbone {args.backbone!r} not found (a .pt file of train_backbone)")
+    try:
+        scenario = live_scenario(config, args.seed, args.requests)
+    except ValueError as e:  # name the user's trace, not the image set's rows of it
+        raise ValueError(str(e).replace(repr(config.trace), repr(args.trace))) from None
+    try:
+        policy = make_policy(args.policy, config, args.trust, args.seed)
+    except ValueError as e:
+        raise ValueError(f"--policy {args.policy!r}: {e} (allowed: {POLICY_HELP})") from None
+    check_policy(policy, args.policy, scenario.observation_names)
+    return scenario
+
+
 def start_local(args: Args, argv: list[str]) -> int:
-    """Launcher: start the aggregator and one process per device on this machine.
-
-    The device count comes from the exit trace (numpy), so the launcher never imports torch;
-    each worker checks that the network has as many devices."""
+    """Launcher: check the run once (:func:`check_before_start`), then start the aggregator and
+    one process per device on this machine. The device count comes from the exit trace; each
+    worker checks that the network has as many devices."""
     from distree_env.runtime.launch import spawn_local
-    from distree_env.runtime.schedule import check_live_config, live_scenario
     from distree_env.runtime.shaping import KernelShaper, kernel_shaping_unavailable
-    from distree_env.traces import resolve_trace
 
-    rule_from_spec(args.policy)  # a bad rule fails here, before any process starts
+    rule_from_spec(args.policy)  # a bad rule fails here, before the image set is read
     _, labels, indices = load_images(args)
-    config = env_config(args, labels, indices)
-    check_live_config(config)  # once here, not in every worker
-    devices = resolve_trace(config.trace).num_devices
+    trace_file = image_trace_file(args)
+    fresh = not trace_file.exists()
+    try:
+        config = env_config(args, labels, indices)
+        scenario = check_before_start(args, config)
+    except ValueError:
+        if fresh:  # a refused run leaves no file behind
+            trace_file.unlink(missing_ok=True)
+        raise
+    devices = len(scenario.compute)
     command = [sys.executable, "-m", "experiments.run_live", *argv]
     env = {"OMP_NUM_THREADS": str(args.threads)}
     grace = GRACE_S
@@ -280,7 +324,6 @@ def start_local(args: Args, argv: list[str]) -> int:
     why = kernel_shaping_unavailable()
     if why is not None:
         fail(f"--shaping kernel: {why}")
-    scenario = live_scenario(config, args.seed, args.requests)
     with KernelShaper(scenario.link_bytes_per_s) as shaper:
         env["DISTREE_NETNS_TAG"] = shaper.tag
         per_rank = [{"GLOO_SOCKET_IFNAME": shaper.bridge}]
@@ -343,7 +386,7 @@ def run_worker(args: Args, rank: int, world_size: int) -> int:
         runner = StageRunner(net, 0 if pipeline else rank - 1, bf16, tta)
         runner.warm_up(to_tensor(images[:1]))
     else:  # a policy that does not fit fails here, before the others wait for it
-        policy = make_policy(args.policy, config, args.trust)
+        policy = make_policy(args.policy, config, args.trust, args.seed)
         check_policy(policy, args.policy, scenario.observation_names)
     rendezvous(rank, world_size, args.rendezvous_timeout)
     endpoint = Endpoint(args.timeout)
@@ -394,6 +437,7 @@ def run_worker(args: Args, rank: int, world_size: int) -> int:
         flush_every=args.flush_every,
         progress=_progress(args.requests),
         on_request=None if follower is None else follower.request_started,
+        policy_seed=args.seed,
     )
     try:
         run = agg.serve()

@@ -31,7 +31,7 @@ from distree_env.runtime.records import (
     journal_path,
     write_run,
 )
-from distree_env.runtime.schedule import LiveScenario
+from distree_env.runtime.schedule import LiveScenario, starts_episode
 from distree_env.runtime.shaping import TokenBucket, sleep_until
 from distree_env.runtime.transport import Endpoint, Op, PeerError
 
@@ -107,6 +107,7 @@ class Aggregator:
         flush_every: int = FLUSH_EVERY,
         progress: Callable[[int], None] | None = None,
         on_request: Callable[[int], None] | None = None,
+        policy_seed: int = 0,
     ) -> None:
         self.net, self.sc, self.policy, self.ep = net.eval(), scenario, policy, endpoint
         self.images, self.labels = images, labels
@@ -116,8 +117,9 @@ class Aggregator:
         self.num_exits = int(net.config.num_exits)
         self.pipeline = net.config.topology == "pipeline"
         self.views = 2 if tta else 1
+        self.policy_seed = policy_seed
         self._state: Any = None
-        self._first = True
+        self._answered = 0  # requests answered so far: every requests_per_episode, memory resets
 
     # ---- the run -----------------------------------------------------------------------------
     def serve(self) -> RunRecord:
@@ -125,6 +127,8 @@ class Aggregator:
         device fails."""
         self.run.meta["status"] = "running"
         self._warm_up()
+        if hasattr(self.policy, "seed"):  # a stochastic rule: the warm-up's draws are no request's
+            self.policy.seed(self.policy_seed)
         self.ep.reset_clock()
         if self.out is not None:
             journal_path(self.out).unlink(missing_ok=True)  # left by a killed run
@@ -206,7 +210,9 @@ class Aggregator:
             sleep_until(ep.to_local_s(sc.compute[exit_device].finish(r, t0, busy)))
             t1 = ep.now_ms()
             obs = self._observation(r, k, probs, emb, previous, rec.arrival_ms, t1)
-            action = self._decide(obs)
+            action = self._decide(
+                obs, k == 0 and starts_episode(self._answered, sc.requests_per_episode)
+            )
             t2 = ep.now_ms()
             rec.stage_ms.append(t1 - dispatch)
             rec.exit_ms.append(t1 - t0)
@@ -224,6 +230,7 @@ class Aggregator:
             if action == 1 or k == self.num_exits - 1:
                 rec.exit, rec.prediction = k, int(np.argmax(probs))
                 break
+        self._answered += 1
         rec.end_ms = ep.now_ms()
         rec.latency_ms = rec.end_ms - rec.arrival_ms
         rec.correct = rec.prediction == rec.label
@@ -343,10 +350,13 @@ class Aggregator:
         count = min(int(np.searchsorted(later, now_ms, side="right")), self.sc.queue_slots)
         return [float(t) for t in later[:count]]
 
-    def _decide(self, obs: np.ndarray) -> int:
-        start = np.array([self._first])
+    def _decide(self, obs: np.ndarray, episode_start: bool) -> int:
+        """The policy's action; ``episode_start`` where the environment would start an episode
+        (``agents.evaluate`` passes the same flag)."""
         action, self._state = self.policy.predict(
-            obs[None, :], state=self._state, episode_start=start, deterministic=True
+            obs[None, :],
+            state=self._state,
+            episode_start=np.array([episode_start]),
+            deterministic=True,
         )
-        self._first = False
         return int(np.asarray(action).reshape(-1)[0])

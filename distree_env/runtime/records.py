@@ -153,8 +153,18 @@ def load_journal(path: str | Path) -> list[RequestRecord]:
 
 def _request(row: Any, where: str) -> RequestRecord:
     names = {f.name for f in fields(RequestRecord)}
-    if not isinstance(row, dict) or set(row) != names:
-        raise ValueError(f"{where} does not have the fields {names}")
+    if not isinstance(row, dict):
+        raise ValueError(f"{where} is a {type(row).__name__}, not an object of request fields")
+    missing, unexpected = sorted(names - set(row)), sorted(set(row) - names)
+    if missing or unexpected:
+        raise ValueError(
+            f"{where}: "
+            + "; ".join(
+                f"{label} field(s) {', '.join(group)}"
+                for label, group in (("missing", missing), ("unexpected", unexpected))
+                if group
+            )
+        )
     values = {k: _none_to_nan(v) for k, v in row.items()}
     for f in fields(RequestRecord):
         if not _fits(values[f.name], RequestRecord.__dataclass_fields__[f.name].type):

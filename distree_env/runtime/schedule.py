@@ -24,7 +24,14 @@ import numpy as np
 from distree_env.config import EnvConfig
 from distree_env.runtime.shaping import LevelPath, Levels, RequestLevels
 
-__all__ = ["LiveScenario", "check_live_config", "image_trace", "live_scenario"]
+__all__ = [
+    "LIVE_PIPELINING_REFUSED",
+    "LiveScenario",
+    "check_live_config",
+    "image_trace",
+    "live_scenario",
+    "starts_episode",
+]
 
 #: Longest stretch of run time the level paths are laid out for (beyond it the last level holds).
 HORIZON_MS = 3_600_000.0
@@ -42,6 +49,8 @@ class LiveScenario:
     ``(compute [D], bandwidth [D])`` levels the policy sees while request ``r`` is served at run
     time ``t_ms`` (the simulator's measurement rule). Continue decisions are messages of
     ``decision_bytes`` (0: not sent over the emulated links, as the simulator then assumes).
+    ``requests_per_episode`` answered requests make one of the environment's episodes: a
+    recurrent policy's memory starts afresh after each, as in training and evaluation.
     """
 
     samples: np.ndarray  # [R] rows of the image set
@@ -57,6 +66,7 @@ class LiveScenario:
     queue_slots: int
     observation_names: tuple[str, ...]
     obs_high: np.ndarray  # upper bound of each observation (the env's Box)
+    requests_per_episode: int = 1
 
     @property
     def num_requests(self) -> int:
@@ -124,13 +134,24 @@ def _compress(times: np.ndarray, levels: np.ndarray) -> LevelPath:
     return LevelPath(times[keep], levels[keep])
 
 
+#: Why the live runtime refuses ``cluster.pipelining``.
+LIVE_PIPELINING_REFUSED = (
+    "cluster.pipelining=True is not allowed in the live runtime: it serves one request at a "
+    "time; allowed: False (pipelining is simulated only)"
+)
+
+
+def starts_episode(answered: int, requests_per_episode: int) -> bool:
+    """Whether the first decision of the next request starts one of the environment's episodes,
+    after ``answered`` answered requests: where ``agents.evaluate`` (and training) hand a
+    recurrent policy ``episode_start=True``, so its memory starts afresh there live too."""
+    return answered % requests_per_episode == 0
+
+
 def check_live_config(config: EnvConfig) -> None:
     """Refuse a config the live runtime cannot serve (ValueError naming the field)."""
     if config.cluster.pipelining:
-        raise ValueError(
-            "cluster.pipelining=True is not allowed in the live runtime: it serves one request "
-            "at a time; allowed: False (pipelining is simulated only)"
-        )
+        raise ValueError(LIVE_PIPELINING_REFUSED)
 
 
 def live_scenario(config: EnvConfig, seed: int, num_requests: int) -> LiveScenario:
@@ -193,4 +214,5 @@ def live_scenario(config: EnvConfig, seed: int, num_requests: int) -> LiveScenar
         ),
         observation_names=tuple(tb.observation_names),
         obs_high=np.asarray(tb.obs_high, np.float32),
+        requests_per_episode=int(config.requests_per_episode),
     )

@@ -192,6 +192,48 @@ def test_odd_records_are_one_line_naming_the_file_and_field(tmp_path, change, ne
     assert needle in str(exc.value) and "\n" not in str(exc.value)
 
 
+def test_the_replay_starts_a_recurrent_policys_memory_where_evaluate_does(monkeypatch):
+    """The replay runs the live run as one long episode, yet hands the policy the
+    ``episode_start`` flags of the scenario's own episodes, those of ``agents.evaluate`` (and of
+    the live aggregator, which uses the same ``starts_episode``)."""
+    from agents import evaluate
+    from distree_env.config import build_config
+    from experiments import calibrate_cluster, run_live
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.starts: list[bool] = []
+
+        def predict(self, obs, state=None, episode_start=None, deterministic=True):
+            self.starts.append(bool(np.asarray(episode_start).reshape(-1)[0]))
+            return np.ones(len(obs), dtype=np.int64), state  # exit at once: one step a request
+
+    for per_episode in (1, 3):
+        overrides = {"trace": "synthetic:n=200", "requests_per_episode": per_episode}
+        config = build_config(None, "steady-stream", overrides)
+        live, offline = Recorder(), Recorder()
+        monkeypatch.setattr(run_live, "make_policy", lambda *a, live=live: live)
+        run = RunRecord({"args": {"policy": "x", "seed": 3}}, [])
+        whole_run = config.replace({"requests_per_episode": 9})
+        calibrate_cluster._simulate_once(run, whole_run, per_episode, "x", False)
+        evaluate(offline, config, n_requests=9, seed=3, num_envs=1)
+        assert live.starts == offline.starts[: len(live.starts)]
+        assert sum(live.starts) == 9 // per_episode
+
+
+def test_a_request_with_missing_or_extra_fields_names_them(tmp_path):
+    path = tmp_path / "odd.json"
+    write_run(path, RunRecord({"status": "complete"}, [RequestRecord(0, 0, 1, 0.0)]))
+    data = json.loads(path.read_text())
+    del data["requests"][0]["exit"]
+    data["requests"][0]["colour"] = "red"
+    path.write_text(json.dumps(data))
+    with pytest.raises(
+        ValueError, match="missing field\\(s\\) exit; unexpected field\\(s\\) colour$"
+    ):
+        load_run(path)
+
+
 def test_handover_fit_recovers_the_base_gap_and_the_stalls():
     """Requests back to back (each arrived before the previous ended): gaps of 0.2 ms, one in
     twenty stalled by an exponential pause of mean 40 ms; an idle gap (arrival after the end)
@@ -406,7 +448,7 @@ def test_an_unreadable_record_to_evaluate_fails_before_the_fit_writes_anything(
 
     good, bad = tmp_path / "cal.json", tmp_path / "bad.json"
     meta = {"config": {}, "args": {"policy": "last-exit", "seed": 0}}
-    write_run(good, RunRecord({"status": "complete", **meta}, []))
+    write_run(good, RunRecord({"status": "complete", **meta}, [RequestRecord(0, 0, 1, 0.0)]))
     bad.write_text("not json")
     profile = tmp_path / "profile.json"
     argv = [str(good), "--out", str(profile)]
@@ -417,6 +459,36 @@ def test_an_unreadable_record_to_evaluate_fails_before_the_fit_writes_anything(
     captured = capsys.readouterr()
     assert info.value.code == 2 and "bad.json" in captured.err and captured.out == ""
     assert not profile.exists()
+
+
+@pytest.mark.parametrize(
+    ("meta", "requests", "needle"),
+    [
+        ({"status": "failed"}, [RequestRecord(0, 0, 1, 0.0)], "status 'failed'"),
+        ({"status": "running"}, [], "status 'running'"),
+        ({"status": "complete"}, [RequestRecord(0, 0, 1, 0.0, dropped=True)], "no served"),
+        ({"status": "complete", "net": {"topology": "pipeline", "num_devices": 4}},
+         [RequestRecord(0, 0, 1, 0.0)], "different networks (parallel on 2 devices: "),
+    ],
+)  # fmt: skip
+def test_records_unfit_to_fit_or_compare_are_one_line(tmp_path, capsys, meta, requests, needle):
+    """A killed or failed run, one that served nothing (it crashed the comparison), or runs of
+    two networks (a bare numpy error) are refused, naming the file."""
+    from experiments import calibrate_cluster
+
+    args = {"config": {}, "args": {"policy": "last-exit", "seed": 0}}
+    good = tmp_path / "cal.json"
+    net = {"topology": "parallel", "num_devices": 2}
+    write_run(
+        good, RunRecord({"status": "complete", "net": net, **args}, [RequestRecord(0, 0, 1, 0.0)])
+    )
+    odd = tmp_path / "odd.json"
+    write_run(odd, RunRecord({"net": net, **args, **meta}, requests))
+    with pytest.raises(SystemExit) as exc:
+        calibrate_cluster.main([str(good), "--evaluate", str(odd), "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and needle in err and "odd.json" in err, err
+    assert err.strip().count("\n") == 0 and not (tmp_path / "p").exists()
 
 
 def test_a_record_without_its_config_or_policy_is_one_line(tmp_path, capsys):

@@ -132,6 +132,13 @@ def test_live_predictions_equal_the_offline_model(layout, tiny, tiny_pipeline, t
         f"{live_decision:.2f} ms live, {live_decision:.2f} ms simulated (measured in its own"
         in (result["table"])
     )
+    # the replay draws the random rule's coins as the live run did (seeded by --seed, the
+    # launcher's check and the warm-up drew none of the requests' draws)
+    config = calibrate_cluster.base_config(rec)
+    whole_run = config.replace({"requests_per_episode": 8})
+    per_episode = config.requests_per_episode
+    replayed = calibrate_cluster._simulate_once(rec, whole_run, per_episode, "random:0.4", False)[0]
+    assert replayed == [r.exit for r in rec.requests]
 
 
 def _read_lines(stream, lines: list[str]) -> None:
