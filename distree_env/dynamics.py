@@ -56,6 +56,7 @@ __all__ = [
     "EpisodeMetrics",
     "EXIT_FEATURES",
     "NEXT_WAIT",
+    "FLAG_KEYS",
     "STEP_INFO",
     "Dynamics",
     "Pool",
@@ -92,7 +93,7 @@ STEP_INFO: dict[str, type] = {
 
 class EpisodeMetrics(TypedDict):
     """The info keys that describe a finished episode: ``[B]`` arrays (``[B, K]`` exit
-    fractions) from :meth:`Dynamics.episode_metrics`, numpy scalars in the single env. In an
+    fractions) from :meth:`Dynamics.episode_metrics`, scalars in the single env. In an
     env's info they are 0 except on the step that ends an episode (``episode_done`` True)."""
 
     episode_done: np.ndarray  # bool: this step ends an episode
@@ -310,6 +311,13 @@ def _read_only(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return arrays
 
 
+#: The info keys that are flags. A single stream gives each as a fresh 0-d bool array. Why not
+#: ``np.bool_``: Gymnasium's sync and async vector envs batch it into object arrays; why not
+#: ``bool``: torchrl reads a ``dtype`` from every info value.
+FLAG_KEYS = ("request_done", "request_correct", "episode_done")
+_NO = np.array(False)
+
+
 class Dynamics:
     """``B`` request streams on one cluster configuration, stepped together.
 
@@ -422,8 +430,7 @@ class Dynamics:
         self.ep_latency = np.zeros((b, self.R))
         self.ep_rewards = np.zeros((b, len(_REWARD_PARTS)))
         #: One stream's info with every key at its neutral value (immutable numpy scalars,
-        #: shared; callers replace the exit-fraction array by a fresh one): what
-        #: :meth:`step_one` and the single env's reset start their info from.
+        #: shared): what :meth:`fresh_info` copies.
         self.neutral_info: dict[str, Any] = {
             key: value[0] for key, value in _read_only(step_info_at_reset(1, self.K)).items()
         }
@@ -973,13 +980,23 @@ class Dynamics:
         """:meth:`step_one` through the batched path (pipelining has no scalar path: it is
         the same code as the vector env's, hence identical)."""
         rewards, batch_info, done = self.step(rng, np.array([exit_now]))
-        info = self.neutral_info.copy()
-        info["episode_exit_fractions"] = np.zeros(self.K)
+        info = self.fresh_info()
         for key, value in batch_info.items():
-            info[key] = value[0]
+            info[key] = value[0, ...].copy() if key in FLAG_KEYS else value[0]
         return self.observe()[0], float(rewards[0]), info, bool(done[0])
 
     # ---- the single-stream fast path -------------------------------------------------------
+    def fresh_info(self) -> dict[str, Any]:
+        """One stream's info at its neutral values for a step or reset to fill in: a copy of
+        :attr:`neutral_info` with fresh flags and exit fractions (``check_env``: no array is
+        shared between two calls' infos)."""
+        info = self.neutral_info.copy()
+        info["episode_exit_fractions"] = np.zeros(self.K)
+        info["request_done"] = _NO.copy()
+        info["request_correct"] = _NO.copy()
+        info["episode_done"] = _NO.copy()
+        return info
+
     def step_one(
         self, rng: np.random.Generator, exit_now: bool
     ) -> tuple[np.ndarray, float, dict[str, Any], bool]:
@@ -991,15 +1008,13 @@ class Dynamics:
         floating-point operations in the same order as :meth:`step`, on the same state arrays,
         so both give bit-identical episodes (``tests/test_vector_env.py`` checks single ==
         vector(1) over every registered id, ``tests/test_fuzz.py`` over random configs).
-        The info starts as a copy of :attr:`neutral_info` (immutable numpy scalars; a fresh
-        dict and exit-fraction array every step) and only the values this step changes are
+        The info starts as :meth:`fresh_info` and only the values this step changes are
         replaced.
         Returns ``(observation, reward, info, episode_done)``."""
         if self.pipelined:
             return self._step_one_batched(rng, exit_now)
         k, t = self.k.item(), self.t.item()
-        info = self.neutral_info.copy()
-        info["episode_exit_fractions"] = np.zeros(self.K)  # arrays are never shared
+        info = self.fresh_info()
         ex = exit_now or k == self.K - 1
         if ex:
             r_correct, r_latency, r_deadline = self._answer_one(k, t, info)
@@ -1094,9 +1109,9 @@ class Dynamics:
         info["reward_correct"] = np.float64(r_correct)
         info["reward_latency"] = np.float64(r_latency)
         info["reward_deadline"] = np.float64(r_deadline)
-        info["request_done"] = np.True_
+        info["request_done"][()] = True  # the flags of fresh_info: set in place
         info["request_exit"] = np.int64(k)
-        info["request_correct"] = np.bool_(correct)
+        info["request_correct"][()] = correct
         info["request_latency_ms"] = np.float64(latency)
         info["request_wait_ms"] = np.float64(wait)
         return r_correct, r_latency, r_deadline
@@ -1273,13 +1288,17 @@ class Dynamics:
         }
 
     def episode_metrics_one(self) -> dict[str, Any]:
-        """:meth:`episode_metrics` of the single stream as numpy scalars, computed with Python
+        """:meth:`episode_metrics` of the single stream as numpy scalars (``episode_done`` a
+        fresh 0-d array, see ``FLAG_KEYS``), computed with Python
         floats when the episode is one request (v2: after every request, where numpy's
         per-call overhead would double the cost of a step); bit-identical to the batched
         values, which are used otherwise."""
         if self.R != 1:
             rows = self.episode_metrics(np.zeros(1, dtype=np.int64))
-            return {k: v[0].copy() if v.ndim > 1 else v[0] for k, v in rows.items()}
+            return {
+                k: v[0, ...].copy() if v.ndim > 1 or k in FLAG_KEYS else v[0]
+                for k, v in rows.items()
+            }
         f64 = np.float64
         dropped = self.ep_dropped.item()
         total = 1.0 + dropped
@@ -1290,7 +1309,7 @@ class Dynamics:
         ret = parts[0] + parts[1] + parts[2] + parts[3] + parts[4]
         saving = 1.0 - self.ep_flops.item() / full if full > 0 else 0.0 * ret
         return {
-            "episode_done": np.True_,
+            "episode_done": np.array(True),
             "episode_requests": f64(1.0),
             "episode_accuracy": f64(self.ep_correct.item() / 1.0),
             "episode_compute_saving": f64(saving),

@@ -24,7 +24,7 @@ __all__ = [
     "observation_table",
 ]
 
-_ACTION_HELP = "allowed: 0 (continue) or 1 (exit), as int or a 0-d integer array"
+_ACTION_HELP = "allowed: 0 (continue) or 1 (exit), as int, bool or a 0-d integer array"
 #: Seeded resets after episode ends (of a stream that goes on) before the env warns that each
 #: one restarts the stream: an evaluation loop that seeds every episode, not a checker's few.
 RESEED_WARNING_AFTER = 10
@@ -83,9 +83,9 @@ def observation_table(names: tuple[str, ...] | None = None) -> str:
 
 def check_action(action: Any) -> int:
     """Coerce one action to 0 or 1, or raise ValueError saying what is allowed."""
-    if isinstance(action, (int, np.integer)) and not isinstance(action, (bool, np.bool_)):
+    if isinstance(action, (int, np.integer, np.bool_)):  # bool is an int: True = 1 = exit
         value = int(action)
-    elif isinstance(action, np.ndarray) and action.shape == () and action.dtype.kind in "iu":
+    elif isinstance(action, np.ndarray) and action.shape == () and action.dtype.kind in "iub":
         value = int(action)
     else:
         raise ValueError(f"action={action!r:.100} is outside Discrete(2); {_ACTION_HELP}")
@@ -184,7 +184,9 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     ``reset()`` starts a fresh stream.
 
     ## Info
-    Every step and ``reset`` return the same keys (numpy scalars): ``reward_correct``,
+    Every step and ``reset`` return the same keys (numpy scalars; flags as read-only 0-d bool
+    arrays, which Gymnasium's sync and async vector envs batch into bool arrays):
+    ``reward_correct``,
     ``reward_latency``, ``reward_deadline``, ``reward_drop``, ``reward_queue`` (this step's
     reward parts; they sum to the reward), ``request_done`` (a request was answered this step),
     ``request_exit`` (-1 if none), ``request_correct``, ``request_latency_ms`` and
@@ -298,9 +300,10 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
             dyn.begin_episode_one()
         self._started = self._ready = True
         self._last, self._episode_over = None, False
-        info = dyn.neutral_info.copy()
-        info["episode_exit_fractions"] = np.zeros(self.num_exits)
+        info = dyn.fresh_info()
         info["queue_len"] = dyn.counts[dyn.waiting_one()]
+        if self.render_mode == "human":  # Gymnasium's convention: human mode draws by itself
+            self.render()
         return self._obs.copy(), info
 
     def _warn_reseed(self) -> None:
@@ -334,6 +337,8 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
         truncated = ended and not terminated
         self._ready = not ended
         self._episode_over = ended
+        if self.render_mode == "human":
+            self.render()
         return obs, reward, terminated, truncated, info
 
     def render(self) -> str | np.ndarray | None:

@@ -45,10 +45,11 @@ class DistrEEVecEnv(VectorEnv):
     is ignored, reward 0, the reset observation and info); ``SAME_STEP``: the finished sub-env
     is reset within the step, its terminal observation is in ``infos["final_obs"]`` (a float32
     array ``[num_envs, obs_dim]``, rows valid where ``infos["_final_obs"]``) and its step info in
-    ``infos["final_info"]``. Resetting a sub-env of a ``truncate`` scenario continues its stream.
-    ``max_episode_steps`` truncates sub-env episodes after that many steps, as ``gym.make``'s
-    ``TimeLimit`` does in the sync mode. ``reset(options={"reset_mask": mask})`` resets only the
-    masked sub-envs (Gymnasium's partial reset).
+    ``infos["final_info"]``; ``DISABLED``: no sub-env resets by itself; stepping one whose
+    episode ended raises ``ResetNeeded`` until ``reset(options={"reset_mask": mask})`` (Gymnasium's
+    partial reset, in every mode) resets it. Resetting a sub-env of a ``truncate`` scenario
+    continues its stream. ``max_episode_steps`` truncates sub-env episodes after that many
+    steps, as ``gym.make``'s ``TimeLimit`` does in the sync mode (also on a terminating step).
 
     ## Info
     The single env's keys with the same meaning, as arrays over sub-envs with Gymnasium's
@@ -67,8 +68,9 @@ class DistrEEVecEnv(VectorEnv):
     ## Version History
     * v1: request streams, queues, resources in time (see the single env's card); NEXT_STEP
       default with SAME_STEP as an option; info keys equal to the single env's. Later, with
-      no change to any trajectory: partial resets (``reset_mask``); bool actions refused, as
-      the single env refuses them.
+      no change to any trajectory: partial resets (``reset_mask``), ``DISABLED`` autoreset,
+      bool actions, ``TimeLimit``'s truncation on a terminating step, ``human`` drawing in
+      ``step`` and ``reset``.
     * v0: initial version.
     """
 
@@ -90,7 +92,7 @@ class DistrEEVecEnv(VectorEnv):
         :param render_mode: None, ``"ansi"``, ``"rgb_array"`` or ``"human"`` (``render()``
             returns one frame per sub-env; ``human`` shows sub-env 0).
         :param max_episode_steps: truncate sub-env episodes after this many steps (None: never).
-        :param autoreset_mode: ``NEXT_STEP`` (default) or ``SAME_STEP``.
+        :param autoreset_mode: ``NEXT_STEP`` (default), ``SAME_STEP`` or ``DISABLED``.
         :param disable_env_checker: accepted for ``gym.make_vec`` parity; nothing to disable.
         :param episode_metrics: False leaves the ``episode_*`` values at zero (the keys stay;
             ``episode_done`` still marks the ends): for rollouts that compute their own figures
@@ -122,11 +124,11 @@ class DistrEEVecEnv(VectorEnv):
             mode = AutoresetMode(autoreset_mode)
         except ValueError:
             mode = None
-        if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+        if mode is None:
             raise ValueError(
-                f"autoreset_mode={autoreset_mode!r:.100} is not allowed: "
-                "AutoresetMode.NEXT_STEP or AutoresetMode.SAME_STEP (or their values, "
-                "'NextStep' and 'SameStep')"
+                f"autoreset_mode={autoreset_mode!r:.100} is not allowed: an AutoresetMode "
+                "(NEXT_STEP, SAME_STEP or DISABLED) or its value ('NextStep', 'SameStep', "
+                "'Disabled')"
             )
         self.config: EnvConfig = build_config(
             config, scenario, keyword_overrides("DistrEEVecEnv", overrides)
@@ -208,6 +210,8 @@ class DistrEEVecEnv(VectorEnv):
         self._obs = dyn.observe()
         info = step_info_at_reset(self.num_envs, dyn.K)
         info["queue_len"] = dyn.waiting_now()
+        if self.render_mode == "human":
+            self.render()
         return self._obs.copy(), self._with_masks(info)
 
     def step(
@@ -219,6 +223,11 @@ class DistrEEVecEnv(VectorEnv):
         a = self._check_actions(actions)
         dyn, b = self._dyn, self.num_envs
         resetting = self._autoreset.any()
+        if resetting and self.autoreset_mode == AutoresetMode.DISABLED:
+            raise gym.error.ResetNeeded(
+                f"sub-envs {np.flatnonzero(self._autoreset).tolist()} ended their episode: "
+                'with AutoresetMode.DISABLED reset them, reset(options={"reset_mask": ...})'
+            )
         if resetting:  # NEXT_STEP: sub-envs whose episode ended last step reset now
             back = np.flatnonzero(self._autoreset)
             self._reset_envs(back)
@@ -229,8 +238,8 @@ class DistrEEVecEnv(VectorEnv):
         no = np.zeros(b, dtype=bool)
         terminate = self.config.episode_end != "truncate"
         terminated, truncated = (done, no) if terminate else (no, done.copy())
-        if self.max_episode_steps is not None:
-            truncated |= (self._elapsed >= self.max_episode_steps) & ~terminated
+        if self.max_episode_steps is not None:  # as TimeLimit: also on a terminating step
+            truncated |= self._elapsed >= self.max_episode_steps
         if resetting:
             self._elapsed[back] = 0
             terminated[back] = truncated[back] = False
@@ -246,7 +255,7 @@ class DistrEEVecEnv(VectorEnv):
             if self.config.episode_end == "terminate":  # else the stream goes on: same obs
                 obs[idx] = dyn.observe(idx)
             infos = self._with_masks(self._info_after_reset(info, idx))
-            infos["final_info"] = self._with_masks(info)
+            infos["final_info"] = {**info, **{f"_{key}": ended for key in info}}
             infos["_final_info"] = ended.copy()
             infos["final_obs"] = final_obs
             infos["_final_obs"] = ended.copy()
@@ -255,6 +264,8 @@ class DistrEEVecEnv(VectorEnv):
             if self.metadata["autoreset_mode"] != AutoresetMode.SAME_STEP:
                 self._autoreset = ended.copy()
         self._obs = obs
+        if self.render_mode == "human":
+            self.render()
         return obs.copy(), rewards, terminated, truncated, infos
 
     def render(self) -> tuple[Any, ...] | None:
@@ -340,6 +351,12 @@ class DistrEEVecEnv(VectorEnv):
         """``[num_envs]`` actions (0/1) of each request's own hindsight-best exit."""
         return self._dyn.oracle_actions()
 
+    def close_extras(self, **kwargs: Any) -> None:
+        """Close the ``human`` window, if one is open."""
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_renderer"] = None  # a window does not travel; tables and pool are rebuilt
@@ -389,6 +406,8 @@ class DistrEEVecEnv(VectorEnv):
         info["queue_len"] = dyn.waiting_now()
         out: dict[str, Any] = dict(info)
         out.update({f"_{key}": mask for key in info})
+        if self.render_mode == "human":
+            self.render()
         return self._obs.copy(), out
 
     def _info_after_reset(self, info: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, Any]:
@@ -411,7 +430,7 @@ class DistrEEVecEnv(VectorEnv):
 
     def _check_actions(self, actions: Any) -> np.ndarray:
         a = actions if isinstance(actions, np.ndarray) else np.asarray(actions)
-        if a.shape != (self.num_envs,) or a.dtype.kind not in "iu":
+        if a.shape != (self.num_envs,) or a.dtype.kind not in "iub":
             raise ValueError(
                 f"actions with shape {a.shape} and dtype {a.dtype} are outside "
                 f"MultiDiscrete([2] * {self.num_envs}); allowed: {self.num_envs} integers "

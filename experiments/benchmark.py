@@ -41,6 +41,7 @@ from experiments.benchmarking.analysis import TOLERANCE, headline, summarize
 from experiments.benchmarking.policies import (
     AgentFile,
     agent_file,
+    check_distinct_names,
     discover_agents,
 )
 from experiments.benchmarking.runner import BenchmarkPlan, Calibration, run_benchmark
@@ -223,8 +224,8 @@ def _agents(
 ) -> tuple[list[AgentFile], list[str]]:
     """The learned agents to evaluate (of a benchmarked scenario, loadable, with the observation
     shape of its scenario, ``obs_dim(scenario)``; of every benchmarked one for an agent of no
-    scenario) and notes on those skipped. A found agent of another scenario is not even
-    loaded; a named one is, so that a bad name or file is still an error."""
+    scenario) and notes on those skipped. An agent of another scenario is not loaded (a named
+    one is noted); two agents of one row name are an error."""
     from agents import load_agent
     from agents.evaluate import observation_mismatch
 
@@ -237,10 +238,16 @@ def _agents(
             notes.append(f"no learned agents in {checkpoints_dir() / 'agents'}: baselines only")
     else:
         found = [agent_file(ref) for ref in args.agents]
+    check_distinct_names(found)
     kept = []
     for agent in found:
         benchmarked = agent.scenario is None or agent.scenario in args.scenarios
         if not benchmarked and args.agents == ("auto",):
+            continue
+        if not benchmarked:
+            notes.append(
+                f"skipped {agent.ref}: trained for {agent.scenario}, which --scenarios leaves out"
+            )
             continue
         try:
             policy = load_agent(agent.ref, trust=args.trust)
@@ -259,8 +266,7 @@ def _agents(
                 raise ValueError(problem)
             notes.append(f"skipped {problem}")
             continue
-        if benchmarked:
-            kept.append(agent)
+        kept.append(agent)
     return kept, notes
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from gymnasium.wrappers import vector as vw
 
+from distree_env.dynamics import FLAG_KEYS
+
 ENV_ID = "DistrEE-v0"
 #: The first version and the default scenario of v1, v2 and v3 (request streams).
 VERSIONS = ("DistrEE-v0", "DistrEE-v1", "DistrEE-v2", "DistrEE-v3")
@@ -113,14 +115,29 @@ def _vector_infos(env_id: str, mode: str, steps: int) -> list[dict]:
 
 @pytest.mark.parametrize("env_id", VERSIONS)
 def test_single_env_info_is_numpy_with_the_same_keys_every_step(env_id):
-    """torchrl infers info specs from one step: keys must not come and go, values are numpy."""
+    """torchrl infers info specs from one step: keys must not come and go, values are numpy
+    (flags 0-d bool arrays: Gymnasium's sync vector env batches np.bool_ into object arrays)."""
     infos = _single_infos(env_id, 150)
     keys = set(_flat(infos[0][1]))
     for _, info in infos:
         flat = _flat(info)
         assert set(flat) == keys
-        bad = {k: type(v).__name__ for k, v in flat.items() if not isinstance(v, NUMPY)}
+        bad = {
+            k: type(v).__name__
+            for k, v in flat.items()
+            if not isinstance(v, NUMPY) or (k in FLAG_KEYS and v.shape != ())
+        }
         assert not bad, f"info values that are not numpy: {bad}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_vector_info_values_are_typed_arrays_in_every_mode(mode):
+    """No object arrays (they break torch.as_tensor and boolean indexing); flags are bool."""
+    for _, info in _vector_infos("DistrEE-v3", mode, 40):
+        for key, value in _flat(info).items():
+            assert isinstance(value, np.ndarray) and value.dtype != object, key
+            if key in FLAG_KEYS:
+                assert value.dtype == bool, key
 
 
 @pytest.mark.parametrize("mode", MODES)

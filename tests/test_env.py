@@ -14,8 +14,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 
 import distree_env
-from distree_env import DistrEEEnv, EnvConfig
-from distree_env.dynamics import EPISODE_METRICS, STEP_INFO
+from distree_env import DistrEEEnv, DistrEEVecEnv, EnvConfig
+from distree_env.dynamics import EPISODE_METRICS, FLAG_KEYS, STEP_INFO
 from distree_env.env import RESEED_WARNING_AFTER
 
 from .conftest import ENV_IDS
@@ -191,12 +191,28 @@ def test_observation_layout_table_and_masks_before_reset():
     assert env.action_masks().tolist() == [False, True]
 
 
-@pytest.mark.parametrize("bad", [2, -1, 0.5, "1", None, True, np.array([0, 1]), np.float32(1.0)])
+@pytest.mark.parametrize("bad", [2, -1, 0.5, "1", None, np.array([0, 1]), np.float32(1.0)])
 def test_bad_action_raises(bad):
     env = DistrEEEnv(**FAST)
     env.reset(seed=0)
     with pytest.raises(ValueError, match="Discrete"):
         env.step(bad)
+
+
+def test_bool_actions_are_the_ints_the_action_space_contains():
+    """``Discrete(2).contains(True)`` holds, so True is exit in both envs, as in CartPole."""
+    single, other = DistrEEEnv(**FAST), DistrEEEnv(**FAST)
+    single.reset(seed=0), other.reset(seed=0)
+    for flag in (True, False, np.True_, np.array(True), False, True):
+        a, b = single.step(flag), other.step(int(flag))
+        np.testing.assert_array_equal(a[0], b[0])
+        if a[2] or a[3]:
+            single.reset(), other.reset()
+    venv = DistrEEVecEnv(3, **FAST)
+    venv.reset(seed=0)
+    clone = pickle.loads(pickle.dumps(venv))
+    flags = np.array([True, False, True])
+    np.testing.assert_array_equal(venv.step(flags)[0], clone.step(flags.astype(np.int64))[0])
 
 
 def test_accepts_numpy_actions_and_validates_seeds():
@@ -219,7 +235,10 @@ def test_info_keys_stable_numpy_and_parts_sum_to_reward():
         _, reward, term, trunc, info = env.step(int(rng.integers(2)))
         assert set(info) == keys
         for key, value in info.items():
-            assert isinstance(value, (np.generic, np.ndarray)), key
+            if key in FLAG_KEYS:
+                assert value.shape == () and value.dtype == bool, key  # np.bool_: object arrays
+            else:
+                assert isinstance(value, (np.generic, np.ndarray)), key
         parts = sum(info[k] for k in ("reward_correct", "reward_latency", "reward_deadline"))
         assert np.isclose(parts + info["reward_drop"], reward)
         if not info["request_done"]:  # continue steps: what the system accrued, and drops

@@ -154,11 +154,34 @@ def test_env_human_mode_is_accepted_headless(monkeypatch):
 
     monkeypatch.setattr(plt, "get_backend", lambda: "agg")
     env = gym.make(ENV_ID, render_mode="human")
-    env.reset(seed=0)
     with pytest.warns(UserWarning, match="no display"):
-        assert env.render() is None
+        env.reset(seed=0)  # human mode draws by itself
+    assert env.render() is None
     env.step(0)
     env.close()
+
+
+def test_human_mode_draws_at_every_reset_and_step_and_close_closes(monkeypatch):
+    """Gymnasium's convention (CartPole's): a ``human`` env draws in ``reset`` and ``step``."""
+    from distree_env import DistrEEVecEnv
+    from distree_env.render import Renderer
+
+    drawn, closed = [], []
+    monkeypatch.setattr(Renderer, "render", lambda self, state: drawn.append(state))
+    monkeypatch.setattr(Renderer, "close", lambda self: closed.append(self))
+    env = gym.make(ENV_ID, render_mode="human")
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(0)
+    assert len(drawn) == 4
+    env.close()
+    venv = DistrEEVecEnv(2, render_mode="human")
+    venv.reset(seed=0)
+    venv.step(np.zeros(2, dtype=np.int64))
+    venv.reset(options={"reset_mask": np.array([True, False])})
+    assert len(drawn) == 7
+    venv.close()
+    assert len(closed) == 2  # the single env's window and the vector env's
 
 
 def test_env_ansi_mode_stays():

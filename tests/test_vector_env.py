@@ -188,7 +188,6 @@ def test_call_get_attr_set_attr():
         np.array([0.0, 1.0, 1.0]),
         [0, -1, 0],
         "x",
-        np.array([True, False, True]),  # refused as the single env refuses True
     ],
 )
 def test_bad_actions_raise(bad):
@@ -225,7 +224,7 @@ def test_num_envs_and_keywords_validated():
         with pytest.raises(ValueError, match="num_envs"):
             DistrEEVecEnv(bad)
     with pytest.raises(ValueError, match="autoreset_mode"):
-        DistrEEVecEnv(2, autoreset_mode="Disabled")
+        DistrEEVecEnv(2, autoreset_mode="Never")
     with pytest.raises(ValueError, match="max_episode_steps"):
         DistrEEVecEnv(2, max_episode_steps=0)
     with pytest.raises(ValueError, match="seed="):
@@ -305,6 +304,52 @@ def test_reset_arguments_validated(kwargs, match):
     venv.reset(seed=0)
     with pytest.raises(ValueError, match=match):
         venv.reset(**kwargs)
+
+
+def test_disabled_autoreset_waits_for_a_masked_reset():
+    venv = DistrEEVecEnv(3, scenario="steady-stream", **FAST, autoreset_mode=AutoresetMode.DISABLED)
+    venv.reset(seed=0)
+    ones = np.ones(3, dtype=np.int64)
+    _, _, term, trunc, _ = venv.step(ones)  # one request per episode: every sub-env ends
+    assert (term | trunc).all()
+    with pytest.raises(gym.error.ResetNeeded, match=r"sub-envs \[0, 1, 2\]"):
+        venv.step(ones)
+    venv.reset(options={"reset_mask": np.array([True, True, False])})
+    with pytest.raises(gym.error.ResetNeeded, match=r"sub-envs \[2\]"):
+        venv.step(ones)
+    venv.reset(options={"reset_mask": np.array([False, False, True])})
+    *_, term, trunc, _ = venv.step(ones)
+    assert (term | trunc).all()
+
+
+@pytest.mark.parametrize("limit", [1, 3, 5])
+def test_max_episode_steps_ends_episodes_as_time_limit_does(limit):
+    """Also on a terminating step, TimeLimit reports truncated (sync mode: the single env in
+    gym.make's TimeLimit)."""
+    kwargs = dict(num_envs=1, max_episode_steps=limit, trace="synthetic:n=200")
+    ours = gym.make_vec("DistrEE-v3", vectorization_mode="vector_entry_point", **kwargs)
+    sync = gym.make_vec("DistrEE-v3", vectorization_mode="sync", **kwargs)
+    ours.reset(seed=1), sync.reset(seed=1)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        actions = rng.integers(0, 2, 1)
+        a, b = ours.step(actions), sync.step(actions)
+        for x, y in zip(a[:4], b[:4], strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_same_step_final_info_masks_mark_the_ended_sub_envs():
+    venv = DistrEEVecEnv(
+        4, scenario="steady-stream", **FAST, autoreset_mode=AutoresetMode.SAME_STEP
+    )
+    venv.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        *_, term, trunc, info = venv.step(rng.integers(0, 2, 4))
+        if "final_info" in info:
+            ended = term | trunc
+            assert (info["final_info"]["_request_exit"] == ended).all()
+            assert (info["_final_info"] == ended).all()
 
 
 def test_reset_mask_needs_a_first_reset():

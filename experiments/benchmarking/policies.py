@@ -25,6 +25,7 @@ from agents.rules import (
     FixedExit,
     LastExit,
 )
+from distree_env import SCENARIOS
 from distree_env.dynamics import EXIT_FEATURES, exit_features
 from distree_env.traces import ExitTrace
 
@@ -139,12 +140,35 @@ class AgentFile:
 
 def agent_file(ref: str) -> AgentFile:
     """The agent ``ref`` (a shipped name such as ``"ppo-steady-stream"`` or a path): algorithm
-    and scenario come from the file name, ``<algo>[-<scenario>].zip``."""
+    and scenario come from the file name, ``<algo>-<scenario>.zip`` with a scenario of
+    ``SCENARIOS``; any other name is an agent of no scenario, named by its whole stem."""
     name = Path(ref).name if ref.endswith(".zip") else f"{ref}.zip"
     match = _AGENT_FILE.match(name)
-    if match is None:
+    if match is None or match["scenario"] not in SCENARIOS:
         return AgentFile(Path(name).stem, None, ref)
     return AgentFile(match["algo"], match["scenario"], ref)
+
+
+def agent_name(agent: AgentFile) -> str:
+    """The agent's row name: ``PPO[bursty-stream]``, or the stem in capitals."""
+    family = agent.algo.upper()
+    return family if agent.scenario is None else f"{family}[{agent.scenario}]"
+
+
+def check_distinct_names(agents: Sequence[AgentFile]) -> None:
+    """ValueError when two agents would share a row name (``best_model.zip`` of two runs): the
+    table would pool them as if they were one agent's seeds."""
+    refs: dict[str, list[str]] = {}
+    for agent in agents:
+        refs.setdefault(agent_name(agent), []).append(agent.ref)
+    shared = {name: paths for name, paths in refs.items() if len(paths) > 1}
+    if shared:
+        name, paths = next(iter(shared.items()))
+        raise ValueError(
+            f"--agents {' and '.join(paths)} would share the row name {name} (the benchmark "
+            "names an agent by its file name): copy them to distinct names, e.g. "
+            "ppo-run1.zip, ppo-run2.zip, or ALGO-SCENARIO.zip"
+        )
 
 
 def discover_agents(directory: Path) -> list[AgentFile]:
@@ -169,7 +193,5 @@ def learned_specs(agents: Sequence[AgentFile], load: Callable[[str], Any]) -> li
                 cache[ref] = load(ref)
             return cache[ref]
 
-        family = agent.algo.upper()
-        name = family if agent.scenario is None else f"{family}[{agent.scenario}]"
-        specs.append(PolicySpec(family, name, LEARNED, None, build))
+        specs.append(PolicySpec(agent.algo.upper(), agent_name(agent), LEARNED, None, build))
     return specs

@@ -14,7 +14,12 @@ from agents import LastExit, evaluate
 from agents.splits import held_out_seeds
 from experiments import benchmark
 from experiments.benchmarking.analysis import headline, select_point, summarize
-from experiments.benchmarking.policies import agent_file, discover_agents
+from experiments.benchmarking.policies import (
+    AgentFile,
+    agent_file,
+    check_distinct_names,
+    discover_agents,
+)
 from experiments.benchmarking.runner import split_configs
 
 TINY = [
@@ -328,6 +333,16 @@ def test_agent_names_give_algorithm_and_scenario(tmp_path: Path) -> None:
         ("dqn", None, "dqn"),
         ("ppo", "steady-stream", "ppo-steady-stream"),
     ]
+    # a suffix that names no scenario is part of the name, not a scenario to skip the agent in
+    assert agent_file("runs/ppo-run1.zip") == AgentFile("ppo-run1", None, "runs/ppo-run1.zip")
+
+
+def test_agents_of_one_row_name_are_refused() -> None:
+    """Two runs' ``best_model.zip`` would become one row, its seeds pooled across agents."""
+    same = [agent_file("runs/a/best_model.zip"), agent_file("runs/b/best_model.zip")]
+    with pytest.raises(ValueError, match="share the row name BEST_MODEL"):
+        check_distinct_names(same)
+    check_distinct_names([agent_file("ppo-run1.zip"), agent_file("ppo-run2.zip")])
 
 
 @pytest.mark.parametrize("trace_name", ["synthetic", "cifar10-val"])
