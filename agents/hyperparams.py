@@ -187,11 +187,16 @@ def load_hyperparams(
         raise ValueError(
             f"{where}.n_timesteps={n_timesteps!r}: expected a number in [1, {MAX_TIMESTEPS:g}]"
         )
+    from agents.loading import check_settings  # noqa: PLC0415 (imports stable-baselines3)
+
+    policy_kwargs = _parse_dict(entry.get("policy_kwargs", "dict()"), f"{where}.policy_kwargs")
+    algo_kwargs = {k: v for k, v in entry.items() if k not in _ZOO_ONLY}
+    check_settings(algo_kwargs, policy_kwargs, where)
     return Hyperparams(
         n_envs=n_envs,
         n_timesteps=int(n_timesteps),
         policy=str(entry.get("policy", "MlpPolicy")),
         normalize=normalize,
-        policy_kwargs=_parse_dict(entry.get("policy_kwargs", "dict()"), f"{where}.policy_kwargs"),
-        algo_kwargs={k: v for k, v in entry.items() if k not in _ZOO_ONLY},
+        policy_kwargs=policy_kwargs,
+        algo_kwargs=algo_kwargs,
     )

@@ -320,6 +320,34 @@ def _policy_kwargs(entry: Any) -> dict[str, Any]:
     return kwargs
 
 
+def check_settings(algo_kwargs: dict[str, Any], policy_kwargs: dict[str, Any], where: str) -> None:
+    """ValueError naming the key, the value and what is allowed for any hyperparameter that
+    the loader would refuse in a saved agent: checked before training, so no run trains a
+    model that :func:`load_agent` (and ``--resume``) then refuse.
+
+    :param algo_kwargs: constructor arguments (``gamma``, ``batch_size``...).
+    :param policy_kwargs: the policy's arguments (classes are checked where they are parsed).
+    :param where: the file and entry, for the message.
+    """
+    for key, value in algo_kwargs.items():
+        if key not in _FIELDS:
+            continue
+        kind, low, high = _FIELDS[key]
+        if isinstance(value, str):
+            try:
+                float(value)
+                hint = " (YAML reads 1e-3 as a string: write !!float 1e-3 or 0.001)"
+            except ValueError:
+                hint = ""
+            raise ValueError(
+                f"{where}.{key}={value!r} is not allowed: a {kind} in [{low:g}, {high:g}]{hint}"
+            )
+        _number(value, kind, low, high, f"{where}.{key}")
+    for key, value in policy_kwargs.items():
+        if key in _POLICY_KWARGS and _POLICY_KWARGS[key] is not _allowed_class:
+            _POLICY_KWARGS[key](value, f"{where}.policy_kwargs.{key}")
+
+
 #: Most weights a header may ask the loader to allocate: what a weights file at its cap could
 #: hold in float16 (the model is built before the weights are read).
 MAX_PARAMETERS = MAX_WEIGHTS_BYTES // 2
@@ -470,9 +498,27 @@ def _normalizer(path: Path, listed: bool) -> Any:
                 "in checkpoints/MANIFEST.json, are missing"
             )
     if not norm_path.exists():
+        pickled = _pickled_normalization(path)
+        if pickled is not None:
+            raise ValueError(
+                f"agent {str(path)!r}: its observation normalisation looks to be in "
+                f"{str(pickled)!r}, a pickle this loader never opens (without it the agent "
+                "would see raw observations and score wrong). Convert it once, in your own "
+                "process: venv = VecNormalize.load(PKL, venv); "
+                f"agents.policy.save_vecnormalize({str(norm_path)!r}, venv)"
+            )
         return None
     verify(norm_path, required=listed)
     return read_obs_normalizer(norm_path)
+
+
+def _pickled_normalization(path: Path) -> Path | None:
+    """SB3's or rl-zoo3's ``VecNormalize`` pickle beside the archive (``*vec*normalize*.pkl``;
+    rl-zoo3: ``<env_id>/vecnormalize.pkl`` in the archive's folder), if any."""
+    beside = sorted(path.parent.glob("*vec*normali*.pkl")) + sorted(
+        path.parent.glob("*/vecnormalize.pkl")
+    )
+    return beside[0] if beside else None
 
 
 def load_agent(

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.hyperparams import MAX_ENVS, MAX_FILE_BYTES, MAX_TIMESTEPS, safe_yaml
+from agents.splits import TEST_SEED_BASE
 from agents.training import ALGOS
 from distree_env.config import SCENARIOS, check_drain_weight
 from distree_env.io import (
@@ -118,7 +119,8 @@ class Args:
 
     def __post_init__(self) -> None:
         _bounded("timesteps", self.timesteps, 0)
-        _bounded("seed", self.seed, 0, MAX_SEED)
+        # from TEST_SEED_BASE on, seeds draw the held-out evaluations' streams
+        _bounded("seed", self.seed, 0, min(MAX_SEED, TEST_SEED_BASE - 1))
         _bounded("n_envs", self.n_envs, 0, MAX_ENVS)
         _bounded("eval_freq", self.eval_freq, 0)
         _bounded("val_requests", self.val_requests, 1, MAX_REQUESTS)
@@ -146,13 +148,20 @@ class Args:
                 raise ValueError(f"--{name.replace('_', '-')}={value!r}: a plain name, no '/'")
 
 
-def env_id_for(scenario: str) -> str:
-    """The registered id whose only setting is ``scenario`` (e.g. ``bursty-stream`` ->
-    ``DistrEE-Bursty-v2``, ``isolated`` -> ``DistrEE-v0``), else ``DistrEE-v2``: names runs and
-    picks the rl-zoo3 hyperparameter entry."""
+def env_id_for(scenario: str, drain_weight: float | None = None) -> str:
+    """The registered id whose only settings are ``scenario`` and a drain weight of 1 where
+    given (``bursty-stream`` -> ``DistrEE-Bursty-v2``, with ``drain_weight=1`` ->
+    ``DistrEE-Bursty-v3``), else ``scenario`` alone (``isolated`` -> ``DistrEE-v0``), else
+    ``DistrEE-v2``: names runs and picks the rl-zoo3 hyperparameter entry."""
     from distree_env.registration import ENV_IDS
 
-    return next((i for i, kw in ENV_IDS.items() if kw == {"scenario": scenario}), "DistrEE-v2")
+    plain = {"scenario": scenario}
+    wanted = [{**plain, "reward.drain_weight": 1.0}] if drain_weight == 1.0 else []
+    for settings in [*wanted, plain]:
+        match = next((i for i, kw in ENV_IDS.items() if kw == settings), None)
+        if match is not None:
+            return match
+    return "DistrEE-v2"
 
 
 def request_episodes(args: Args, config: Any) -> bool:
@@ -216,13 +225,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             resolve_trace(test_config.trace)
     except ValueError as exc:
         raise ValueError(f"--save-to evaluates on the held-out split, but {exc}") from None
-    env_id = env_id_for(args.scenario)
+    env_id = env_id_for(args.scenario, args.drain_weight)
     hp = load_hyperparams(args.algo, args.hyperparams, env_id)
     exp = args.exp_name or f"{args.algo}-{args.scenario}"
     runs_dir = Path(args.runs_dir)
     run_dir = runs_dir / args.run_name if args.run_name else None
     if args.resume and run_dir is None:
-        run_dir = find_run(runs_dir, f"{env_id}__{exp}__{args.seed}")
+        prefix = f"{env_id}__{exp}__{args.seed}"
+        run_dir = find_run(runs_dir, prefix)
+        if run_dir is None:
+            others = sorted(p.name for p in runs_dir.glob(f"{env_id}__{exp}__*"))
+            fail(
+                f"--resume: no run {prefix}__<time> in {str(runs_dir)!r} (runs of {exp}: "
+                f"{', '.join(others) or 'none'}); check --seed, --exp-name and --runs-dir, or "
+                "drop --resume to start one"
+            )
     if run_dir is None:
         run_dir = runs_dir / run_name(env_id, exp, args.seed)
     if not args.resume and (run_dir / "checkpoints").exists():
@@ -234,9 +251,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def _same_run(args: Args, config: Any, run_dir: Path, checkpoint: Path | None) -> dict | None:
+def _settings(hp: Any) -> dict[str, Any]:
+    """The hyperparameters that make a run what it is, as ``args.json`` stores them (the run's
+    length and ``n_envs`` may change on a resume)."""
+    settings = {"policy": hp.policy, "policy_kwargs": hp.policy_kwargs,
+                "normalize": hp.normalize, "algo_kwargs": hp.algo_kwargs}  # fmt: skip
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _same_run(
+    args: Args, config: Any, hp: Any, run_dir: Path, checkpoint: Path | None
+) -> dict | None:
     """The run's ``args.json`` record, after checking that this call continues the same run:
-    the same ``--algo`` and environment config (ValueError naming both otherwise)."""
+    the same ``--algo``, environment config and hyperparameters (ValueError naming both
+    otherwise)."""
     from agents.loading import infer_algo
 
     record_path = run_dir / "args.json"
@@ -265,6 +293,16 @@ def _same_run(args: Args, config: Any, run_dir: Path, checkpoint: Path | None) -
                 f"call gives --config {args.config!r}, another environment (fields "
                 f"{', '.join(changed)}); use the same config or start a new run"
             )
+    before = (record or {}).get("settings")
+    if before is not None and before != _settings(hp):
+        now = _settings(hp)
+        changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+        raise ValueError(
+            f"--resume: run {str(run_dir)!r} was trained with other hyperparameters ("
+            + "; ".join(f"{k}: {before.get(k)} then, {now.get(k)} now" for k in changed)
+            + f"); give the run's own --hyperparams ({record['args'].get('hyperparams')!r}) "
+            "or start a new run"
+        )
     if checkpoint is not None and infer_algo(checkpoint) != args.algo:
         raise ValueError(
             f"--resume: checkpoint {str(checkpoint)!r} holds a {infer_algo(checkpoint)} agent, "
@@ -303,7 +341,9 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
     timesteps = args.timesteps or hp.n_timesteps
     ckpt_dir = run_dir / "checkpoints"
     found = latest_checkpoint(ckpt_dir) if args.resume else None
-    record = _same_run(args, config, run_dir, found[1] if found else None) if args.resume else None
+    record = (
+        _same_run(args, config, hp, run_dir, found[1] if found else None) if args.resume else None
+    )
     done_steps = found[0] if found else 0
     per_request = request_episodes(args, config)
     model = _model(args, config, hp, n_envs, done_steps, per_request, found)
@@ -311,11 +351,12 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
         print(f"resuming {run_dir} from {found[1].name} ({done_steps} steps)")
     run_dir.mkdir(parents=True, exist_ok=True)
     this_call = {"args": args.__dict__, "env_config": config.to_dict(), "n_envs": n_envs,
-                 "timesteps": timesteps}  # fmt: skip
+                 "timesteps": timesteps, "settings": _settings(hp)}  # fmt: skip
     _write_args(run_dir, record, this_call, done_steps)
     formats = ["tensorboard"] + (["stdout"] if args.verbose else [])
     model.set_logger(configure(str(run_dir), formats))
-    hyperparameters = {"algo": args.algo, "env_id": env_id_for(args.scenario), "n_envs": n_envs,
+    env_id = env_id_for(args.scenario, args.drain_weight)
+    hyperparameters = {"algo": args.algo, "env_id": env_id, "n_envs": n_envs,
                        "timesteps": timesteps, "request_episodes": per_request,
                        "drain_weight": config.reward.drain_weight,
                        "policy": hp.policy, "policy_kwargs": hp.policy_kwargs,

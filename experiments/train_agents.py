@@ -3,12 +3,14 @@
 Per scenario PPO, DQN and (where the policy sees a delayed measurement of the resources) a
 recurrent PPO.
 
-    python -m experiments.train_agents --budget-minutes 25 --jobs 2       # the shipped set
+    python -m experiments.train_agents --budget-minutes 25 --jobs 2       # into runs/agents
+    python -m experiments.train_agents --out checkpoints/agents            # replace the shipped set
     python -m experiments.train_agents --dry-run                           # the plan only
 
 Each agent is one ``python -m experiments.train_agent`` run (TensorBoard under ``runs/``,
-model chosen on val, evaluated on the held-out split, copied to
-``checkpoints/agents/<algo>-<scenario>.zip`` and recorded in ``checkpoints/MANIFEST.json``).
+model chosen on val, evaluated on the held-out split, copied to ``<out>/<algo>-<scenario>.zip``;
+with ``--out checkpoints/agents`` it replaces a shipped agent and its ``MANIFEST.json`` entry,
+which is why that is never the default).
 ``--jobs`` runs go at once, each on one torch thread, so the set takes ``ceil(runs / jobs)``
 rounds. Timesteps: given per algorithm, or (0) chosen from the budget: a short probe measures
 each algorithm's steps per second on this machine, and every run gets an equal share of the
@@ -71,7 +73,10 @@ class Args:
         default=None,
         metadata={"help": "train_agent --drain-weight of every run (default: the scenario's)"},
     )
-    out: str = field(default="", metadata={"help": "agents folder (default checkpoints/agents)"})
+    out: str = field(
+        default="runs/agents",
+        metadata={"help": "agents folder (checkpoints/agents replaces the shipped agents)"},
+    )
     runs_dir: str = "runs"
     eval_requests: int = field(default=4096, metadata={"help": "requests per held-out seed"})
     dry_run: bool = field(default=False, metadata={"help": "print the plan and stop"})
@@ -214,9 +219,7 @@ def planned_minutes(
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the plan and results."""
     args = parse_args(Args, argv)
-    from distree_env.manifest import checkpoints_dir
-
-    out = Path(args.out) if args.out else checkpoints_dir() / "agents"
+    out = Path(args.out)
     runs = plan_runs(args)
     if not runs:
         fail("nothing to train: no (algorithm, scenario) pair left")

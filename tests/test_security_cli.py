@@ -220,6 +220,29 @@ def test_hyperparameter_and_config_files_fail_in_one_line(tmp_path, files, capsy
     _exits_2(capsys, train_agent.main, ["--threads", "0"], "--threads=0")
 
 
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ("  ent_coef: 1e-3\n", "ent_coef='1e-3' is not allowed: a float in [0, 1000] (YAML"),
+        ("  gamma: 2.0\n", "gamma=2.0 is not allowed: a float in [0, 1]"),
+        ("  n_epochs: 0\n", "n_epochs=0 is not allowed"),
+        ("  batch_size: 1.5\n", "batch_size=1.5 is not allowed: a int"),
+    ],
+)
+def test_hyperparameter_values_are_checked_before_training(tmp_path, files, capsys, line, needle):
+    """Values the loader would refuse in the saved agent (or SB3 would crash on mid-run) stop
+    the run before it trains, in one line naming the key."""
+    bad = tmp_path / "bad.yml"
+    bad.write_text(TINY_PPO.replace("  n_epochs: 1\n", "") + line)
+    argv = _train_argv(tmp_path, files)
+    argv[argv.index("--hyperparams") + 1] = str(bad)
+    _exits_2(capsys, train_agent.main, argv, needle)
+    wide = tmp_path / "wide.yml"
+    wide.write_text(TINY_PPO.replace("net_arch=[8]", "net_arch=[0]"))
+    argv[argv.index("--hyperparams") + 1] = str(wide)
+    _exits_2(capsys, train_agent.main, argv, "policy_kwargs.net_arch[0]=0 is not allowed")
+
+
 def test_a_full_disk_ends_in_one_line(tmp_path, files, capsys, monkeypatch):
     import distree_env.io as dio
 

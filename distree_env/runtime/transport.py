@@ -178,9 +178,17 @@ class Endpoint:
         return Message(Op(op), request, stage, body.numpy(), sent_us / 1e3, due_us / 1e3)
 
 
+#: Words of gloo's messages that say what happened to a connection (the rest is its source
+#: location and advice).
+_CONNECTION_WORDS = ("timed out", "timeout", "closed", "reset", "read error", "broken pipe")
+
+
 def _first_line(e: BaseException) -> str:
+    """The line of a gloo error that says what happened, without gloo's ``[file:line]``
+    prefix and advice."""
     text = str(e).strip()
     for line in text.splitlines():
-        if "Timed out" in line or "closed" in line.lower() or "timeout" in line.lower():
-            return line.split("] ", 1)[-1].split(". This is typically")[0].strip()
+        if any(word in line.lower() for word in _CONNECTION_WORDS):
+            line = line.split("] ", 1)[-1].split(". This is typically")[0]
+            return line.split(" GLHF")[0].strip()
     return text.splitlines()[0] if text else type(e).__name__

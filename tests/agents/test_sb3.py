@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 
 from agents import evaluate, load_agent  # noqa: E402
 from agents.loading import restore_model  # noqa: E402
-from agents.policy import SB3Policy, as_policy, sidecar  # noqa: E402
+from agents.policy import SB3Policy, as_policy, save_vecnormalize, sidecar  # noqa: E402
 from agents.sb3 import (  # noqa: E402
     REQUEST_LATENCY,
     DistrEEMetricsCallback,
@@ -248,6 +248,25 @@ def test_bare_model_with_vecnormalize_is_evaluated_with_its_statistics():
     obs = np.random.default_rng(1).random((20, env.observation_space.shape[0]))
     expected, _ = model.predict(env.normalize_obs(obs.astype(np.float32)), deterministic=True)
     assert np.array_equal(policy.predict(obs)[0], expected)
+
+
+@pytest.mark.parametrize("layout", ["sb3", "rl-zoo3"])
+def test_a_pickled_vecnormalize_beside_an_agent_is_named_not_ignored(tmp_path, layout):
+    """SB3's docs save VecNormalize with pickle; loading without it would score raw
+    observations, silently wrong: the loader names the file and the conversion instead."""
+    env = VecNormalize(make_sb3_env(SYNTH, 2, seed=0), norm_reward=False)
+    model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=0, device="cpu")
+    path = tmp_path / "agent.zip"
+    save_model(model, path)
+    sidecar(path).unlink()  # save_model writes the project's own sidecar; SB3's save does not
+    pkl = tmp_path / ("vec_normalize.pkl" if layout == "sb3" else "DistrEE-v3/vecnormalize.pkl")
+    pkl.parent.mkdir(exist_ok=True)
+    pkl.write_bytes(b"never opened")  # a pickle the loader must not read
+    with pytest.raises(ValueError, match="save_vecnormalize") as exc:
+        load_agent(str(path), trust=True)
+    assert pkl.name in str(exc.value)
+    save_vecnormalize(sidecar(path), env)  # the conversion the message gives
+    assert load_agent(str(path), trust=True).normalizer is not None
 
 
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "qrdqn", "maskable_ppo"])

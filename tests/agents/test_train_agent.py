@@ -187,7 +187,7 @@ def test_yaml_config_and_ship_to_manifest(tmp_path, tiny, checkpoints):
     assert not stale.exists() and "sidecars" not in manifest["files"]["agents/tiny.zip"]
 
 
-def test_resume_after_sigkill(tmp_path, tiny):
+def test_resume_after_sigkill(tmp_path, tiny, capsys):
     argv = [
         sys.executable,
         "-m",
@@ -224,6 +224,19 @@ def test_resume_after_sigkill(tmp_path, tiny):
     assert (tmp_path / "runs" / "killed" / "final_model.zip").is_file()
     finished = train_agent.main([*argv[3:], "--resume"])  # nothing left to do: still fine
     assert finished["timesteps"] == result["timesteps"]
+    # a resume continues the same run: other hyperparameters, or no run to continue, stop it
+    other = tmp_path / "other.yml"
+    other.write_text(TINY_PPO.replace("n_epochs: 1", "n_epochs: 2"))
+    changed = [*argv[3:], "--resume"]
+    changed[changed.index("--hyperparams") + 1] = str(other)
+    with pytest.raises(SystemExit) as exc:
+        train_agent.main(changed)
+    assert exc.value.code == 2
+    assert "n_epochs': 1" in capsys.readouterr().err  # the run's own setting, named
+    lost = [a for a in argv[3:] if a not in ("--run-name", "killed")] + ["--resume", "--seed", "9"]
+    with pytest.raises(SystemExit) as exc:
+        train_agent.main(lost)
+    assert exc.value.code == 2 and "--resume: no run" in capsys.readouterr().err
 
 
 def test_a_resumed_run_keeps_its_best_model_on_val(tmp_path, tiny):
@@ -269,3 +282,10 @@ def test_tensorboard_names_say_per_request_or_per_episode(tmp_path, tiny):
     texts = " ".join(acc.Tags()["tensors"])
     assert "run/hyperparameters" in texts and "run/env_config" in texts
     assert len(result["val_history"]) >= 2 and Path(result["model"]).name == "best_model.zip"
+
+
+def test_run_names_follow_the_reward_of_the_run():
+    """A run with ``--drain-weight 1`` is a v3 environment and is named (and tuned) as one."""
+    assert train_agent.env_id_for("bursty-stream") == "DistrEE-Bursty-v2"
+    assert train_agent.env_id_for("bursty-stream", 1.0) == "DistrEE-Bursty-v3"
+    assert train_agent.env_id_for("isolated", 1.0) == "DistrEE-v0"  # no v3 of it

@@ -329,3 +329,20 @@ def test_a_full_queue_at_arrival_counts_only_the_requests_still_waiting():
     assert not agg._queue_full_at_arrival(6)
     agg.sc.queue_slots = 1
     assert agg._queue_full_at_arrival(6)
+
+
+@pytest.mark.parametrize(
+    ("raw", "line"),
+    [
+        ("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
+         "[127.0.0.1]:5123: Connection reset by peer GLHF! x", "Read error [127.0.0.1]:5123: "
+         "Connection reset by peer"),
+        ("[../gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 8000ms for recv "
+         "operation to complete. This is typically ...", "Timed out waiting 8000ms for recv "
+         "operation to complete"),
+    ],
+)  # fmt: skip
+def test_a_gloo_error_is_told_in_its_own_words_without_source_paths(raw, line):
+    from distree_env.runtime.transport import _first_line
+
+    assert _first_line(RuntimeError(raw)) == line
