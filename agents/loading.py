@@ -15,6 +15,7 @@ must also match ``checkpoints/MANIFEST.json``; any other file needs ``trust=True
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import math
@@ -330,7 +331,7 @@ def check_settings(algo_kwargs: dict[str, Any], policy_kwargs: dict[str, Any], w
     :param where: the file and entry, for the message.
     """
     for key, value in algo_kwargs.items():
-        if key not in _FIELDS:
+        if key not in _FIELDS or value is None:  # None: SB3's default (target_kl: null)
             continue
         kind, low, high = _FIELDS[key]
         if isinstance(value, str):
@@ -505,7 +506,8 @@ def _normalizer(path: Path, listed: bool) -> Any:
                 f"{str(pickled)!r}, a pickle this loader never opens (without it the agent "
                 "would see raw observations and score wrong). Convert it once, in your own "
                 "process: venv = VecNormalize.load(PKL, venv); "
-                f"agents.policy.save_vecnormalize({str(norm_path)!r}, venv)"
+                f"agents.policy.save_vecnormalize({str(norm_path)!r}, venv); if that file is "
+                "another agent's, move it"
             )
         return None
     verify(norm_path, required=listed)
@@ -513,12 +515,14 @@ def _normalizer(path: Path, listed: bool) -> Any:
 
 
 def _pickled_normalization(path: Path) -> Path | None:
-    """SB3's or rl-zoo3's ``VecNormalize`` pickle beside the archive (``*vec*normalize*.pkl``;
-    rl-zoo3: ``<env_id>/vecnormalize.pkl`` in the archive's folder), if any."""
-    beside = sorted(path.parent.glob("*vec*normali*.pkl")) + sorted(
-        path.parent.glob("*/vecnormalize.pkl")
-    )
-    return beside[0] if beside else None
+    """The agent's own ``VecNormalize`` pickle, if any: ``<stem>...vec[_]normalize.pkl`` or SB3's
+    documented ``vec_normalize.pkl`` beside the archive, or rl-zoo3's
+    ``<stem>/vecnormalize.pkl`` (its model ``<env_id>.zip`` beside the folder ``<env_id>``)."""
+    folder = path.parent
+    found = sorted(folder.glob(f"{glob.escape(path.stem)}*vec*normali*.pkl"))
+    found += [folder / n for n in ("vec_normalize.pkl", "vecnormalize.pkl")]
+    found.append(folder / path.stem / "vecnormalize.pkl")
+    return next((p for p in found if p.is_file()), None)
 
 
 def load_agent(

@@ -184,7 +184,7 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     ``reset()`` starts a fresh stream.
 
     ## Info
-    Every step and ``reset`` return the same keys (numpy scalars; flags as read-only 0-d bool
+    Every step and ``reset`` return the same keys (numpy scalars; flags as fresh 0-d bool
     arrays, which Gymnasium's sync and async vector envs batch into bool arrays):
     ``reward_correct``,
     ``reward_latency``, ``reward_deadline``, ``reward_drop``, ``reward_queue`` (this step's

@@ -68,9 +68,10 @@ class DistrEEVecEnv(VectorEnv):
     ## Version History
     * v1: request streams, queues, resources in time (see the single env's card); NEXT_STEP
       default with SAME_STEP as an option; info keys equal to the single env's. Later, with
-      no change to any trajectory: partial resets (``reset_mask``), ``DISABLED`` autoreset,
-      bool actions, ``TimeLimit``'s truncation on a terminating step, ``human`` drawing in
-      ``step`` and ``reset``.
+      no change to any observation or reward: partial resets (``reset_mask``), ``DISABLED``
+      autoreset, bool actions, ``human`` drawing in ``step`` and ``reset``; and with
+      ``max_episode_steps`` a step that terminates at the limit is also truncated, as
+      ``TimeLimit`` does.
     * v0: initial version.
     """
 
@@ -192,8 +193,17 @@ class DistrEEVecEnv(VectorEnv):
                 f"seed={seed!r:.100} is not allowed: None or one integer in [0, 2**63) for the "
                 "batch (one generator drives every sub-env; the sync and async modes take lists)"
             )
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(
+                f"options={options!r:.100} is not allowed: None or a dict, "
+                '{"reset_mask": mask} its only key'
+            )
         options = dict(options or {})
         mask = options.pop("reset_mask", None)
+        if options:
+            raise ValueError(
+                f"options={options!r:.100} is not allowed: the only option is 'reset_mask'"
+            )
         seed = check_reset_args(seed, options)
         if mask is not None:
             return self._reset_masked(self._check_reset_mask(mask, seed))

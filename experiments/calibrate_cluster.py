@@ -596,17 +596,20 @@ def _live_run(path: str) -> Any:
 
 
 def _same_network(runs: list[Any], paths: list[str]) -> None:
-    """ValueError naming the files unless every run ran one topology on one device count."""
-    kinds: dict[tuple[str, str], list[str]] = {}
+    """ValueError naming the files unless every run ran one network (its whole config: a
+    fit pools their stages, so depth, width and exits must agree too)."""
+    kinds: dict[str, list[str]] = {}
+    described: dict[str, str] = {}
     for run, path in zip(runs, paths, strict=True):
         net = run.meta.get("net") if isinstance(run.meta.get("net"), dict) else {}
-        key = (str(net.get("topology")), str(net.get("num_devices")))
+        key = json.dumps(net, sort_keys=True, default=str)
         kinds.setdefault(key, []).append(path)
-    if len(kinds) > 1:
-        groups = "; ".join(
-            f"{topology} on {devices} devices: {', '.join(files)}"
-            for (topology, devices), files in kinds.items()
+        described[key] = (
+            f"{net.get('topology')} on {net.get('num_devices')} devices, depth "
+            f"{net.get('depth')}, widen {net.get('widen')}, exits {net.get('exits')}"
         )
+    if len(kinds) > 1:
+        groups = "; ".join(f"{described[k]}: {', '.join(files)}" for k, files in kinds.items())
         raise ValueError(f"the run records are of different networks ({groups}); give one's")
 
 

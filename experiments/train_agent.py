@@ -232,14 +232,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run_dir = runs_dir / args.run_name if args.run_name else None
     if args.resume and run_dir is None:
         prefix = f"{env_id}__{exp}__{args.seed}"
-        run_dir = find_run(runs_dir, prefix)
+        # a run started before v3 runs were named so carries its scenario's plain id
+        run_dir = find_run(runs_dir, prefix) or find_run(
+            runs_dir, f"{env_id_for(args.scenario)}__{exp}__{args.seed}"
+        )
         if run_dir is None:
-            others = sorted(p.name for p in runs_dir.glob(f"{env_id}__{exp}__*"))
+            others = sorted(p.name for p in runs_dir.glob(f"*__{exp}__*"))
             fail(
                 f"--resume: no run {prefix}__<time> in {str(runs_dir)!r} (runs of {exp}: "
                 f"{', '.join(others) or 'none'}); check --seed, --exp-name and --runs-dir, or "
                 "drop --resume to start one"
             )
+    elif args.resume and not (run_dir / "args.json").is_file():
+        fail(
+            f"--resume: {str(run_dir)!r} holds no run (no args.json); check --run-name and "
+            "--runs-dir, or drop --resume to start one"
+        )
     if run_dir is None:
         run_dir = runs_dir / run_name(env_id, exp, args.seed)
     if not args.resume and (run_dir / "checkpoints").exists():

@@ -56,7 +56,8 @@ PROBE_STEPS = 4096
 
 @dataclass(frozen=True)
 class Args:
-    """Train PPO, DQN and a recurrent PPO per scenario and ship them to checkpoints/agents."""
+    """Train PPO, DQN and a recurrent PPO per scenario into ``--out`` (``checkpoints/agents``:
+    replace the shipped set)."""
 
     scenarios: tuple[str, ...] = field(default=SCENARIOS, metadata={"help": "scenarios"})
     algos: tuple[str, ...] = field(default=ALGOS, metadata={"help": "algorithms"})
@@ -150,8 +151,9 @@ def _command(args: Args, algo: str, scenario: str, timesteps: int, out: Path) ->
     ]
 
 
-def probe_rate(algo: str, scenario: str, seed: int) -> float:
-    """Training steps per second of ``algo`` on ``scenario`` on one thread (a short run)."""
+def probe_rate(algo: str, scenario: str, seed: int, drain_weight: float | None = None) -> float:
+    """Training steps per second of ``algo`` on ``scenario`` (with ``drain_weight`` where
+    given, as the runs will) on one thread (a short run)."""
     import torch
 
     from agents.hyperparams import load_hyperparams
@@ -161,8 +163,10 @@ def probe_rate(algo: str, scenario: str, seed: int) -> float:
     from experiments.train_agent import env_id_for
 
     torch.set_num_threads(1)
-    hp = load_hyperparams(algo, env_id=env_id_for(scenario))
+    hp = load_hyperparams(algo, env_id=env_id_for(scenario, drain_weight))
     config = EnvConfig.scenario(scenario)
+    if drain_weight is not None:
+        config = config.replace({"reward": {"drain_weight": drain_weight}})
     env = make_sb3_env(config, hp.n_envs, seed, config.arrivals.kind == "isolated")
     kwargs = dict(hp.algo_kwargs)
     if "learning_starts" in kwargs:  # off-policy: measure with its gradient steps running
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rates = {}
     for algo in sorted(need):
         scenario = next(s for a, s in runs if a == algo)
-        rates[algo] = probe_rate(algo, scenario, args.seed)
+        rates[algo] = probe_rate(algo, scenario, args.seed, args.drain_weight)
         print(f"probe: {algo} on {scenario}: {rates[algo]:.0f} steps/s on one thread")
     timesteps = budget_timesteps(args, runs, rates)
     commands = [(a, s, _command(args, a, s, timesteps[a], out)) for a, s in runs]

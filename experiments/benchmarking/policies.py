@@ -140,13 +140,20 @@ class AgentFile:
 
 def agent_file(ref: str) -> AgentFile:
     """The agent ``ref`` (a shipped name such as ``"ppo-steady-stream"`` or a path): algorithm
-    and scenario come from the file name, ``<algo>-<scenario>.zip`` with a scenario of
-    ``SCENARIOS``; any other name is an agent of no scenario, named by its whole stem."""
+    and scenario come from the file name, ``<algo>-<scenario>[-<variant>].zip`` with a scenario
+    of ``SCENARIOS`` (the variant joins the algorithm in the row name: ``PPO-W1[steady-stream]``);
+    any other name is an agent of no scenario, named by its whole stem."""
     name = Path(ref).name if ref.endswith(".zip") else f"{ref}.zip"
     match = _AGENT_FILE.match(name)
-    if match is None or match["scenario"] not in SCENARIOS:
+    if match is None or match["scenario"] is None:
         return AgentFile(Path(name).stem, None, ref)
-    return AgentFile(match["algo"], match["scenario"], ref)
+    rest = match["scenario"]
+    for scenario in sorted(SCENARIOS, key=len, reverse=True):  # the longest name that fits
+        if rest == scenario:
+            return AgentFile(match["algo"], scenario, ref)
+        if rest.startswith(scenario + "-"):
+            return AgentFile(f"{match['algo']}-{rest[len(scenario) + 1 :]}", scenario, ref)
+    return AgentFile(Path(name).stem, None, ref)
 
 
 def agent_name(agent: AgentFile) -> str:

@@ -256,9 +256,13 @@ def test_a_pickled_vecnormalize_beside_an_agent_is_named_not_ignored(tmp_path, l
     observations, silently wrong: the loader names the file and the conversion instead."""
     env = VecNormalize(make_sb3_env(SYNTH, 2, seed=0), norm_reward=False)
     model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=0, device="cpu")
-    path = tmp_path / "agent.zip"
+    path = tmp_path / ("agent.zip" if layout == "sb3" else "DistrEE-v3.zip")
     save_model(model, path)
     sidecar(path).unlink()  # save_model writes the project's own sidecar; SB3's save does not
+    other = tmp_path / "other_run" / "vecnormalize.pkl"  # another run's: not this agent's
+    other.parent.mkdir()
+    other.write_bytes(b"never opened")
+    assert load_agent(str(path), trust=True).normalizer is None
     pkl = tmp_path / ("vec_normalize.pkl" if layout == "sb3" else "DistrEE-v3/vecnormalize.pkl")
     pkl.parent.mkdir(exist_ok=True)
     pkl.write_bytes(b"never opened")  # a pickle the loader must not read

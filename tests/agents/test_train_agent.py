@@ -237,6 +237,11 @@ def test_resume_after_sigkill(tmp_path, tiny, capsys):
     with pytest.raises(SystemExit) as exc:
         train_agent.main(lost)
     assert exc.value.code == 2 and "--resume: no run" in capsys.readouterr().err
+    typo = [*argv[3:], "--resume"]
+    typo[typo.index("killed")] = "kiled"
+    with pytest.raises(SystemExit) as exc:
+        train_agent.main(typo)
+    assert exc.value.code == 2 and "holds no run" in capsys.readouterr().err
 
 
 def test_a_resumed_run_keeps_its_best_model_on_val(tmp_path, tiny):

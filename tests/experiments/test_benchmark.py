@@ -335,6 +335,9 @@ def test_agent_names_give_algorithm_and_scenario(tmp_path: Path) -> None:
     ]
     # a suffix that names no scenario is part of the name, not a scenario to skip the agent in
     assert agent_file("runs/ppo-run1.zip") == AgentFile("ppo-run1", None, "runs/ppo-run1.zip")
+    # a variant after the scenario stays the scenario's agent, under its own row name
+    w1 = agent_file("ppo-steady-stream-w1")
+    assert (w1.algo, w1.scenario) == ("ppo-w1", "steady-stream")
 
 
 def test_agents_of_one_row_name_are_refused() -> None:

@@ -468,7 +468,7 @@ def test_an_unreadable_record_to_evaluate_fails_before_the_fit_writes_anything(
         ({"status": "running"}, [], "status 'running'"),
         ({"status": "complete"}, [RequestRecord(0, 0, 1, 0.0, dropped=True)], "no served"),
         ({"status": "complete", "net": {"topology": "pipeline", "num_devices": 4}},
-         [RequestRecord(0, 0, 1, 0.0)], "different networks (parallel on 2 devices: "),
+         [RequestRecord(0, 0, 1, 0.0)], "different networks (parallel on 2 devices, depth None"),
     ],
 )  # fmt: skip
 def test_records_unfit_to_fit_or_compare_are_one_line(tmp_path, capsys, meta, requests, needle):
