@@ -65,7 +65,9 @@ def test_planned_time_follows_the_scheduler_and_is_unknown_without_rates():
 
 
 def test_dry_run_prints_the_planned_time_against_the_budget(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(train_agents, "probe_rate", lambda algo, scenario, seed: 2000.0)
+    monkeypatch.setattr(
+        train_agents, "probe_rate", lambda algo, scenario, seed, drain_weight: 2000.0
+    )
     argv = ["--scenarios", "steady-stream", "--algos", "ppo", "--dry-run", "--out", str(tmp_path)]
     result = train_agents.main(argv)
     assert 24 < result["planned_minutes"] <= 25
