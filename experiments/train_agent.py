@@ -243,10 +243,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{', '.join(others) or 'none'}); check --seed, --exp-name and --runs-dir, or "
                 "drop --resume to start one"
             )
-    elif args.resume and not (run_dir / "args.json").is_file():
+    elif args.resume and not any((run_dir / n).exists() for n in ("args.json", "checkpoints")):
         fail(
-            f"--resume: {str(run_dir)!r} holds no run (no args.json); check --run-name and "
-            "--runs-dir, or drop --resume to start one"
+            f"--resume: {str(run_dir)!r} holds no run (no args.json, no checkpoints); check "
+            "--run-name and --runs-dir, or drop --resume to start one"
         )
     if run_dir is None:
         run_dir = runs_dir / run_name(env_id, exp, args.seed)
