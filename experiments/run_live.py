@@ -476,13 +476,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         fail(str(e))
     from distree_env.runtime.launch import (
+        AGGREGATOR_RANK,
         EXIT_PEER,
         EXIT_SETTINGS,
         PeerError,
         RendezvousError,
+        rank_name,
         worker_from_env,
     )
 
+    worker = None
     try:
         worker = worker_from_env()
         if worker is None:
@@ -492,7 +495,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         os._exit(EXIT_SETTINGS)
     except PeerError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        if worker is not None and worker.rank != AGGREGATOR_RANK and e.rank == AGGREGATOR_RANK:
+            # a device that lost its commands: the aggregator names the peer that failed (a
+            # hung device closes the aggregator's connections to all), or its own exit status
+            # tells that it failed itself
+            print(
+                f"{rank_name(worker.rank)} stopped: lost the aggregator while {e.doing} "
+                f"({e.detail})",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            print(f"error: {e}", file=sys.stderr, flush=True)
         os._exit(EXIT_PEER)
     except ValueError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)

@@ -59,7 +59,7 @@ class PeerError(RuntimeError):
     """A peer did not answer in time or its connection broke; names the peer."""
 
     def __init__(self, rank: int, doing: str, detail: str) -> None:
-        self.rank = rank
+        self.rank, self.doing, self.detail = rank, doing, detail
         super().__init__(f"{rank_name(rank)} failed while {doing}: {detail}")
 
 

@@ -187,6 +187,7 @@ def test_a_failed_device_is_named_and_the_run_ends(tiny, tmp_path, sig, timeout)
     assert code == 3
     assert took < timeout + 3 + 5  # message timeout, the launcher's grace, slack for a busy CI
     assert "device 1 (rank 2)" in "".join(stderr)
+    assert "aggregator (rank 0) failed" not in "".join(stderr)  # a device only lost it
     rec = load_run(out)
     assert rec.meta["status"] == "failed" and "device 1" in rec.meta["error"]
     assert len(rec.requests) >= 2
