@@ -316,6 +316,7 @@ def _read_only(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 #: ``bool``: torchrl reads a ``dtype`` from every info value.
 FLAG_KEYS = ("request_done", "request_correct", "episode_done")
 _NO = np.array(False)
+_NO.flags.writeable = False  # copied, never handed out
 
 
 class Dynamics:

@@ -265,7 +265,9 @@ class DistrEEVecEnv(VectorEnv):
             if self.config.episode_end == "terminate":  # else the stream goes on: same obs
                 obs[idx] = dyn.observe(idx)
             infos = self._with_masks(self._info_after_reset(info, idx))
-            infos["final_info"] = {**info, **{f"_{key}": ended for key in info}}
+            ended_mask = ended.copy()
+            ended_mask.flags.writeable = False  # one mask shared by every key
+            infos["final_info"] = {**info, **{f"_{key}": ended_mask for key in info}}
             infos["_final_info"] = ended.copy()
             infos["final_obs"] = final_obs
             infos["_final_obs"] = ended.copy()
@@ -402,7 +404,9 @@ class DistrEEVecEnv(VectorEnv):
             )
         if not self._started:
             raise gym.error.ResetNeeded(f"call reset() once before a reset with {where}")
-        return mask.copy()
+        mask = mask.copy()
+        mask.flags.writeable = False  # one mask shared by every info key
+        return mask
 
     def _reset_masked(self, mask: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         """Reset the sub-envs of ``mask``; the others' state, observation and pending
