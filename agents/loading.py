@@ -334,19 +334,23 @@ def check_settings(algo_kwargs: dict[str, Any], policy_kwargs: dict[str, Any], w
         if key not in _FIELDS or value is None:  # None: SB3's default (target_kl: null)
             continue
         kind, low, high = _FIELDS[key]
-        if isinstance(value, str):
-            try:
-                float(value)
-                hint = " (YAML reads 1e-3 as a string: write !!float 1e-3 or 0.001)"
-            except ValueError:
-                hint = ""
-            raise ValueError(
-                f"{where}.{key}={value!r} is not allowed: a {kind} in [{low:g}, {high:g}]{hint}"
-            )
-        _number(value, kind, low, high, f"{where}.{key}")
+        try:
+            _number(value, kind, low, high, f"{where}.{key}")
+        except ValueError as e:
+            hint = " (YAML reads 1e-3 as a string: write !!float 1e-3 or 0.001)"
+            raise ValueError(f"{e}{hint if _number_text(value) else ''}") from None
     for key, value in policy_kwargs.items():
         if key in _POLICY_KWARGS and _POLICY_KWARGS[key] is not _allowed_class:
             _POLICY_KWARGS[key](value, f"{where}.policy_kwargs.{key}")
+
+
+def _number_text(value: Any) -> bool:
+    """Whether ``value`` is a string that reads as a number (YAML 1.1's ``1e-3``)."""
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(value, str)
 
 
 #: Most weights a header may ask the loader to allocate: what a weights file at its cap could
