@@ -59,6 +59,7 @@ class EvalResult(TypedDict):
     drop_rate: float  # share of requests refused by a full queue
     exit_fractions: list[float]  # share of answered requests leaving at each exit
     n_requests: int  # answered + dropped
+    mean_reward_se: float  # standard error of mean_reward between the sub-envs' streams
 
 
 def make_eval_env(config: EnvConfig, num_envs: int) -> DistrEEVecEnv:
@@ -136,6 +137,11 @@ def evaluate(
     :param num_envs: largest number of sub-environments stepped together.
     :returns: :class:`EvalResult`. ``mean_reward`` is the reward per request (answered or
         dropped), ``qos_rate`` the share of them answered within the deadline.
+        ``mean_reward_se`` is its standard error estimated between the sub-envs, whose streams
+        are independent (NaN with one sub-env): the requests of one stream share its queue and
+        its bursts, so their own spread would understate it. Compare policies on the same
+        seeds (the same streams, as the benchmark does), not one policy's figure with
+        another's of another seed.
     """
     for name, value, low in (("n_requests", n_requests, 1), ("num_envs", num_envs, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -156,6 +162,7 @@ def evaluate(
     answered = np.zeros(num_envs, dtype=np.int64)
     dropped = np.zeros(num_envs, dtype=np.int64)
     exits: list[np.ndarray] = []
+    streams: list[np.ndarray] = []
     latency: list[np.ndarray] = []
     correct: list[np.ndarray] = []
     episode_start = np.ones(num_envs, dtype=bool)
@@ -172,6 +179,7 @@ def evaluate(
         done = active & step_values(infos, "request_done").astype(bool)
         if done.any():
             exits.append(step_values(infos, "request_exit")[done])
+            streams.append(np.flatnonzero(done))
             latency.append(step_values(infos, "request_latency_ms")[done])
             correct.append(step_values(infos, "request_correct")[done])
             answered += done
@@ -182,10 +190,12 @@ def evaluate(
     n, n_drop = len(exits_a), int(dropped.sum())
     cum = _cumulative_flops(config)
     late = lat_a > config.deadline_ms
-    total_reward = (
-        config.reward.request_reward(correct_a, lat_a, config.deadline_ms).sum()
-        - config.reward.drop_cost * n_drop
-    )
+    request_rewards = config.reward.request_reward(correct_a, lat_a, config.deadline_ms)
+    total_reward = request_rewards.sum() - config.reward.drop_cost * n_drop
+    per_stream = (
+        np.bincount(np.concatenate(streams), request_rewards, minlength=num_envs)
+        - config.reward.drop_cost * dropped
+    ) / (answered + dropped)
     return {
         "mean_reward": float(total_reward) / (n + n_drop),
         "accuracy": float(correct_a.mean()),
@@ -196,7 +206,15 @@ def evaluate(
         "drop_rate": n_drop / (n + n_drop),
         "exit_fractions": (np.bincount(exits_a, minlength=len(cum)) / n).tolist(),
         "n_requests": n + n_drop,
+        "mean_reward_se": _standard_error(per_stream),
     }
+
+
+def _standard_error(values: np.ndarray) -> float:
+    """Standard error of the mean of independent replicates (NaN for fewer than two)."""
+    if values.size < 2:
+        return float("nan")
+    return float(values.std(ddof=1) / math.sqrt(values.size))
 
 
 def _cumulative_flops(config: EnvConfig) -> np.ndarray:

@@ -22,7 +22,7 @@ CODE = (
 
 def test_metrics_shape_and_ranges():
     m = evaluate(ConfidenceThreshold(0.8), SYNTH, n_requests=1000, seed=0, num_envs=8)
-    assert set(METRICS) | {"exit_fractions", "n_requests"} == set(m)
+    assert set(METRICS) | {"exit_fractions", "n_requests", "mean_reward_se"} == set(m)
     assert m["n_requests"] >= 1000
     assert 0 <= m["accuracy"] <= 1 and 0 <= m["compute_saving"] <= 1 and 0 <= m["qos_rate"] <= 1
     assert 0 < m["latency_mean_ms"] <= m["latency_p95_ms"] * 1.5
@@ -126,3 +126,25 @@ def test_an_agent_of_another_observation_layout_is_named_not_crashed():
 
     with pytest.raises(ValueError, match=r"expects observations of shape \(7,\)"):
         evaluate(Wide(), SYNTH, n_requests=16, seed=0, num_envs=2)
+
+
+def test_standard_error_matches_the_spread_between_seeds():
+    """``mean_reward_se`` is estimated within one evaluation (between its independent streams);
+    it must agree with the spread of ``mean_reward`` over evaluations of other seeds, also on a
+    request stream, where the requests of one stream are correlated through the queue."""
+    config = EnvConfig.scenario("steady-stream")
+    runs = [evaluate(ConfidenceThreshold(0.8), config, n_requests=1024, seed=s) for s in range(48)]
+    spread = np.std([r["mean_reward"] for r in runs], ddof=1)
+    estimated = np.sqrt(np.mean([r["mean_reward_se"] ** 2 for r in runs]))
+    assert 0.7 < estimated / spread < 1.4, (estimated, spread)
+
+
+def test_standard_error_needs_two_streams_and_is_zero_without_spread():
+    config = EnvConfig.scenario("steady-stream")
+    assert np.isnan(evaluate(ConfidenceThreshold(0.8), config, n_requests=128)["mean_reward_se"])
+    nothing_counts = {**SYNTH, "reward": {"correct_bonus": 0.0, "latency_weight": 0.0,
+                                          "deadline_penalty": 0.0}}  # fmt: skip
+    m = evaluate(ConfidenceThreshold(0.8), nothing_counts, n_requests=1000, seed=0, num_envs=8)
+    assert m["mean_reward_se"] == 0.0
+    m = evaluate(ConfidenceThreshold(0.8), SYNTH, n_requests=1000, seed=0, num_envs=8)
+    assert m["mean_reward_se"] > 0
