@@ -16,12 +16,10 @@ must also match ``checkpoints/MANIFEST.json``; any other file needs ``trust=True
 from __future__ import annotations
 
 import glob
-import io
 import json
 import math
 import os
 import pickle
-import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -451,7 +449,6 @@ def restore_model(
             fields.update(n_envs=1, buffer_size=1)  # inference: no rollout or replay memory
         fields.update(overrides or {})
         with _failures_as_value_error(p, f"building the {algo} model"):
-            import torch  # noqa: PLC0415
             from gymnasium import spaces  # noqa: PLC0415
 
             model = cls(
@@ -467,6 +464,8 @@ def restore_model(
             model.policy_kwargs = policy_kwargs
             model._last_obs = None  # forces a reset before training, as SB3's load does
             model._setup_model()
+        from distree_env.model.checkpoint import torch_load_bytes  # noqa: PLC0415 (torch)
+
         names = model._get_torch_save_params()[0]  # none of ALGOS has extra torch variables
         params = {}
         for name in names:
@@ -474,11 +473,7 @@ def restore_model(
                 raw = _member(archive, f"{name}.pth", MAX_WEIGHTS_BYTES, p)
                 if raw is None:
                     raise ValueError(f"the archive has no {name}.pth")
-                with warnings.catch_warnings():  # torch warns about odd pickles; we refuse them
-                    warnings.simplefilter("ignore")
-                    params[name] = torch.load(
-                        io.BytesIO(raw), map_location="cpu", weights_only=True
-                    )
+                params[name] = torch_load_bytes(raw, f"{name}.pth")
         with _failures_as_value_error(p, f"restoring the weights as {algo}"):
             model.set_parameters(params, exact_match=True, device="cpu")
     return model

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import sys
 import time
 import typing
 from collections.abc import Callable, Sequence
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from distree_env.io import error_line
+from distree_env.io import error_line, read_text_capped
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -122,3 +123,23 @@ def one_line_errors(main: Callable[P, T]) -> Callable[P, T]:
             fail(error_line(exc))
 
     return wrapper
+
+
+def read_config_overrides(path: str, flag: str = "--config") -> dict[str, Any]:
+    """The config fields (nested or dotted) in a JSON or YAML file (``.yml``/``.yaml``), read
+    as data only and at most ``MAX_FILE_BYTES``; a ValueError naming ``flag`` and the file
+    otherwise (a FIFO or folder included: it is never opened)."""
+    from agents.hyperparams import MAX_FILE_BYTES, safe_yaml  # noqa: PLC0415 (PyYAML)
+
+    text = read_text_capped(path, flag, MAX_FILE_BYTES)
+    if path.endswith((".yml", ".yaml")):
+        data = safe_yaml(text, f"{flag} {path!r}")
+    else:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            detail = " ".join(str(exc).split())[:200]
+            raise ValueError(f"{flag} {path!r}: cannot parse ({detail})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{flag} {path!r}: expected a mapping of EnvConfig fields")
+    return data

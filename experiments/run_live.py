@@ -14,7 +14,6 @@ failed or timed out during the run (named in one line; the record keeps the requ
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distree_env.runtime.records import FLUSH_EVERY
-from experiments.cli import fail, parse_args
+from experiments.cli import fail, parse_args, read_config_overrides
 
 if TYPE_CHECKING:
     from distree_env.runtime.schedule import LiveScenario
@@ -33,6 +32,8 @@ if TYPE_CHECKING:
 #: Seconds the other processes get after the first one ends or fails (a dead peer is noticed at
 #: once, a hung one after --timeout; then only the record is left to write).
 GRACE_S = 3.0
+#: Longest any of the run's timeouts may be (a day): beyond it a clock overflows, not a run.
+MAX_TIMEOUT_S = 86_400.0
 #: ``--policy NAME:VALUE`` prefixes of the classic rules, and the ``agents`` class each names.
 RULE_SPECS = {
     "fixed": "FixedExit",
@@ -107,8 +108,11 @@ class Args:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)}: must be >= 1")
         for name in ("timeout", "idle_timeout", "rendezvous_timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)}: must be > 0")
+            if not 0 < getattr(self, name) <= MAX_TIMEOUT_S:
+                raise ValueError(
+                    f"--{name.replace('_', '-')}={getattr(self, name)}: must be in "
+                    f"(0, {MAX_TIMEOUT_S:g}] seconds"
+                )
 
 
 def with_network_defaults(args: Args) -> Args:
@@ -172,12 +176,7 @@ def env_config(args: Args, labels: np.ndarray, indices: np.ndarray) -> Any:
     # the images are test images: the link and arrival traces a scenario replays are too
     overrides: dict[str, Any] = {"cluster.bandwidth.split": "test", "arrivals.split": "test"}
     if args.config is not None:
-        try:
-            extra = json.loads(Path(args.config).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"--config {args.config!r} cannot be read as JSON: {e}") from None
-        if not isinstance(extra, dict):
-            raise ValueError(f"--config {args.config!r} must hold a JSON object")
+        extra = read_config_overrides(args.config)
         cluster = extra.get("cluster")
         if extra.get("cluster.pipelining") or (
             isinstance(cluster, dict) and cluster.get("pipelining")
@@ -311,8 +310,8 @@ def start_local(args: Args, argv: list[str]) -> int:
     try:
         config = env_config(args, labels, indices)
         scenario = check_before_start(args, config)
-    except ValueError:
-        if fresh:  # a refused run leaves no file behind
+    except BaseException:
+        if fresh:  # a refused (or interrupted) run leaves no file behind
             trace_file.unlink(missing_ok=True)
         raise
     devices = len(scenario.compute)

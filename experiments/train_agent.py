@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.hyperparams import MAX_ENVS, MAX_FILE_BYTES, MAX_TIMESTEPS, safe_yaml
+from agents.hyperparams import MAX_ENVS, MAX_FILE_BYTES, MAX_TIMESTEPS
 from agents.splits import TEST_SEED_BASE
 from agents.training import ALGOS
 from distree_env.config import SCENARIOS, check_drain_weight
@@ -48,7 +48,15 @@ from distree_env.io import (
     require_output_dir,
     require_output_file,
 )
-from experiments.cli import MAX_REQUESTS, MAX_SEED, fail, one_line_errors, parse_args, run_name
+from experiments.cli import (
+    MAX_REQUESTS,
+    MAX_SEED,
+    fail,
+    one_line_errors,
+    parse_args,
+    read_config_overrides,
+    run_name,
+)
 
 #: Most torch threads accepted.
 MAX_THREADS = 256
@@ -180,17 +188,7 @@ def load_env_config(path: str | None, scenario: str | None = None) -> Any:
     base = EnvConfig() if scenario is None else EnvConfig.scenario(scenario)
     if path is None:
         return base
-    text = read_text_capped(path, "--config", MAX_FILE_BYTES)
-    if path.endswith((".yml", ".yaml")):
-        data = safe_yaml(text, f"--config {path!r}")
-    else:
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            detail = " ".join(str(exc).split())[:200]
-            raise ValueError(f"--config {path!r}: cannot parse ({detail})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"--config {path!r}: expected a mapping of EnvConfig fields")
+    data = read_config_overrides(path)
     try:
         return base.replace(data)
     except (ValueError, TypeError) as exc:

@@ -4,6 +4,7 @@ shipped agents and their sidecars load only when their MANIFEST entry vouches fo
 from __future__ import annotations
 
 import base64
+import io
 import json
 import pickle
 import sys
@@ -186,6 +187,20 @@ def test_nested_json_and_zip_bombs_are_refused_before_reading(archive, tmp_path,
     weights_bomb = _rewrite(archive, tmp_path / "weights_bomb.zip", policy__pth=b"\0" * (2 << 20))
     with pytest.raises(ValueError, match=r"weights_bomb.zip.*'policy.pth' declares \d+ bytes"):
         load_agent(str(weights_bomb), trust=True)
+
+
+def test_weights_whose_records_are_deflated_are_refused_before_they_inflate(archive, tmp_path):
+    """``policy.pth`` is itself a torch zip archive: within the 64 MiB member cap, a record
+    deflated by another tool could inflate about a thousandfold inside ``torch.load``."""
+    with zipfile.ZipFile(archive) as outer:
+        weights = outer.read("policy.pth")
+    inner = tmp_path / "inner.zip"
+    with zipfile.ZipFile(io.BytesIO(weights)) as src, zipfile.ZipFile(inner, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), zipfile.ZIP_DEFLATED)
+    bomb = _rewrite(archive, tmp_path / "inner_bomb.zip", policy__pth=inner.read_bytes())
+    with pytest.raises(ValueError, match=r"inner_bomb.zip.*policy.pth: record .* is compressed"):
+        load_agent(str(bomb), trust=True)
 
 
 def test_truncated_missing_and_foreign_files(archive, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -29,13 +30,61 @@ def torch_save_atomic(obj: object, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def torch_load_safe(path: str | os.PathLike, what: str = "checkpoint") -> dict:
-    """``torch.load(weights_only=True)``; a missing, truncated or foreign file is a ValueError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{what} file {str(path)!r} does not exist")
+#: The first torch whose ``weights_only`` loading is not known to run code (CVE-2025-32434).
+MIN_SAFE_TORCH = "2.6"
+#: The first byte of a pickle of protocol 2 or later.
+PICKLE_PROTOCOL_OPCODE = pickle.PROTO
+#: Largest backbone, teacher or training-checkpoint file read (the shipped ones are 1-2 MB; a
+#: WRN-40-4 teacher with its optimiser state is about 0.2 GB).
+MAX_CHECKPOINT_BYTES = 1 << 30
+
+
+def check_torch_archive(data: bytes, what: str) -> None:
+    """Refuse bytes that are not a torch zip archive whose records are stored as written.
+
+    Why: ``torch.load`` reads each record into a buffer of the size the archive declares, so a
+    record deflated by another zip tool lets a file of a few hundred kilobytes ask for gigabytes
+    (a zip bomb). ``torch.save`` stores records uncompressed, so nothing it wrote is refused;
+    the legacy (pre-1.6, non-zip) format, which declares storage sizes the same way, is refused.
+    """
+    buffer = io.BytesIO(data)
+    if data[:1] == PICKLE_PROTOCOL_OPCODE:  # a bare pickle, or torch's legacy format (pickles)
+        raise ValueError(
+            f"{what}: the file holds pickled Python objects, refused because loading them "
+            "could run code (torch.save writes a zip archive)"
+        )
+    if not zipfile.is_zipfile(buffer):
+        raise ValueError(
+            f"{what} is corrupt, truncated or not a torch zip archive (the format torch.save "
+            "writes; the legacy format is not read)"
+        )
+    with zipfile.ZipFile(buffer) as archive:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(
+                    f"{what}: record {info.filename!r} is compressed, which torch.save never "
+                    "does (a damaged or hostile file: it could inflate to any size)"
+                )
+            if info.header_offset + max(info.file_size, info.compress_size) > len(data):
+                raise ValueError(
+                    f"{what}: record {info.filename!r} declares {info.file_size} bytes beyond "
+                    f"the end of the {len(data)}-byte file (truncated or hostile)"
+                )
+
+
+def torch_load_bytes(data: bytes, what: str) -> object:
+    """``torch.load(weights_only=True)`` of :func:`check_torch_archive`-checked bytes; any
+    failure is a ValueError naming ``what``."""
+    if torch.torch_version.TorchVersion(torch.__version__) < MIN_SAFE_TORCH:
+        raise ValueError(
+            f"{what} is not loaded with torch {torch.__version__}: weights_only loading can run "
+            f"code before torch {MIN_SAFE_TORCH} (CVE-2025-32434); upgrade torch"
+        )
+    check_torch_archive(data, what)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles; we refuse them
+            warnings.simplefilter("ignore")
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (
         RuntimeError,
         EOFError,
@@ -47,9 +96,23 @@ def torch_load_safe(path: str | os.PathLike, what: str = "checkpoint") -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             first = "it holds objects that only unpickling could restore (refused)"
+        raise ValueError(f"{what} is corrupt, truncated or unsafe to load: {first}") from None
+
+
+def torch_load_safe(path: str | os.PathLike, what: str = "checkpoint") -> dict:
+    """:func:`torch_load_bytes` of a file of at most ``MAX_CHECKPOINT_BYTES``; a missing,
+    oversized, truncated or foreign file is a ValueError."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{what} file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{what} file {str(path)!r} is not a regular file")
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
         raise ValueError(
-            f"{what} file {str(path)!r} is corrupt, truncated or unsafe to load: {first}"
-        ) from None
+            f"{what} file {str(path)!r} has {size} bytes, over the cap of {MAX_CHECKPOINT_BYTES}"
+        )
+    obj = torch_load_bytes(path.read_bytes(), f"{what} file {str(path)!r}")
     if not isinstance(obj, dict):
         raise ValueError(f"{what} file {str(path)!r} holds a {type(obj).__name__}, not a dict")
     return obj

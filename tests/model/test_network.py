@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -382,3 +384,50 @@ def test_a_pickle_bearing_backbone_is_one_line_without_unpickling_advice(tmp_pat
     text = str(exc.value)
     assert "\n" not in text and "weights_only" not in text and "unpickling" in text
     assert not (tmp_path / "PWNED").exists()
+
+
+def _recompressed(path, compression=zipfile.ZIP_DEFLATED):
+    """The same archive with every record written by another zip tool."""
+    out = path.with_name("re.pt")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w", compression) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    return out
+
+
+def test_a_compressed_backbone_is_refused_before_it_inflates(tmp_path):
+    """torch.load would inflate each record to its declared size: a zip bomb."""
+    path = tmp_path / "bb.pt"
+    save_backbone(tiny_net(), path)
+    load_backbone(_recompressed(path, zipfile.ZIP_STORED))  # another tool, stored: fine
+    with pytest.raises(ValueError, match="is compressed, which torch.save never does"):
+        load_backbone(_recompressed(path))
+
+
+def test_pickled_legacy_oversized_and_non_file_backbones_are_refused(tmp_path, monkeypatch):
+    import distree_env.model.checkpoint as checkpoint
+
+    path = tmp_path / "bb.pt"
+    net = tiny_net()
+    torch.save(
+        {"config": {}, "state_dict": net.state_dict()}, path, _use_new_zipfile_serialization=False
+    )
+    with pytest.raises(ValueError, match="holds pickled Python objects"):
+        load_backbone(path)
+    path.write_bytes(b"PK not really a zip")
+    with pytest.raises(ValueError, match="not a torch zip archive"):
+        load_backbone(path)
+    save_backbone(net, path)
+    monkeypatch.setattr(checkpoint, "MAX_CHECKPOINT_BYTES", path.stat().st_size - 1)
+    with pytest.raises(ValueError, match="over the cap"):
+        load_backbone(path)
+    with pytest.raises(ValueError, match="is not a regular file"):
+        load_backbone(tmp_path)
+
+
+def test_a_torch_whose_weights_only_loading_is_unsafe_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "bb.pt"
+    save_backbone(tiny_net(), path)
+    monkeypatch.setattr(torch, "__version__", "2.5.1")
+    with pytest.raises(ValueError, match="CVE-2025-32434"):
+        load_backbone(path)

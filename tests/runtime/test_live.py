@@ -249,6 +249,23 @@ def test_a_bad_rule_is_one_line_before_any_process_starts(tmp_path, policy, need
     assert needle in done.stderr and "started" not in done.stdout
 
 
+@pytest.mark.parametrize("bad", ["timeout", "fifo", "deep", "yaml-list"])
+def test_bad_timeouts_and_config_files_are_one_line_and_leave_no_file(tmp_path, bad):
+    config = tmp_path / ("c.yaml" if bad == "yaml-list" else "c.json")
+    if bad == "fifo":
+        os.mkfifo(config)  # opening it would block for ever
+    elif bad != "timeout":
+        config.write_text("[" * 100_000 + "]" * 100_000 if bad == "deep" else "- 1\n")
+    extra = ["--timeout", "inf"] if bad == "timeout" else ["--config", str(config)]
+    done = run([sys.executable, "-m", "experiments.run_live", "--requests", "5",
+                "--out", str(tmp_path / "r.json"), *extra])  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    needle = {"timeout": "--timeout=inf: must be in (0, 86400]", "fifo": "FIFO",
+              "deep": "cannot parse", "yaml-list": "expected a mapping"}[bad]  # fmt: skip
+    assert needle in done.stderr, done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [config.name] * (bad != "timeout")
+
+
 def test_pipelining_is_one_line_and_exit_2_before_any_worker_starts(tmp_path):
     """The launcher refuses it once (the workers would each have said so)."""
     done = run(
