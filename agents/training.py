@@ -46,6 +46,8 @@ ALGOS: dict[str, tuple[str, str]] = {
     "recurrent_ppo": ("sb3_contrib", "RecurrentPPO"),
 }
 _CKPT = re.compile(r"^ckpt_(\d+)_steps\.zip$")
+#: The replay buffers and normalisation statistics that belong to a checkpoint.
+_REPLAY_GLOB, _SIDECAR_GLOB = "ckpt_*_steps.replay.npz", "ckpt_*_steps.vecnormalize.npz"
 _REPLAY_KEYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 
@@ -88,14 +90,16 @@ def load_replay_buffer(model: Any, zip_path: Path) -> bool:
     expected = {key: getattr(buf, key) for key in _REPLAY_KEYS if hasattr(buf, key)}
     limit = sum(value.nbytes for value in expected.values()) + (1 << 20)
     data = read_npz(path, "replay buffer", limit)  # no pickles; sizes checked before reading
+    missing = sorted(set(expected) - set(data))
+    if missing:
+        raise ValueError(f"replay buffer {str(path)!r}: no {', '.join(missing)} arrays")
     for key, current in expected.items():
-        if key in data:
-            if data[key].shape != current.shape or data[key].dtype != current.dtype:
-                raise ValueError(
-                    f"replay buffer {str(path)!r}: {key} is {data[key].dtype}{data[key].shape}, "
-                    f"expected {current.dtype}{current.shape}"
-                )
-            setattr(buf, key, data[key])
+        if data[key].shape != current.shape or data[key].dtype != current.dtype:
+            raise ValueError(
+                f"replay buffer {str(path)!r}: {key} is {data[key].dtype}{data[key].shape}, "
+                f"expected {current.dtype}{current.shape}"
+            )
+        setattr(buf, key, data[key])
     pos, full = data.get("pos"), data.get("full")
     if pos is None or full is None or pos.shape or not 0 <= int(pos) < buf.buffer_size:
         raise ValueError(f"replay buffer {str(path)!r}: pos / full missing or out of range")
@@ -142,9 +146,16 @@ class AtomicCheckpointCallback(CheckpointCallback):
         return path
 
     def _prune(self, folder: Path) -> None:
+        """Delete all but the ``keep`` newest checkpoints, and the replay buffers and
+        statistics a run killed while saving left without their checkpoint."""
         for _, old in _checkpoints(folder)[: -self.keep]:
             for f in (old, _replay_path(old), sidecar(old)):  # un-mark first
                 f.unlink(missing_ok=True)
+        for pattern, part in ((_REPLAY_GLOB, _replay_path), (_SIDECAR_GLOB, sidecar)):
+            for f in folder.glob(pattern):
+                zip_path = f.with_name(f.name.split(".", 1)[0] + ".zip")
+                if part(zip_path) == f and not zip_path.exists():
+                    f.unlink(missing_ok=True)
 
 
 #: What the TensorBoard tags of a run mean (logged as text with every run).

@@ -199,10 +199,11 @@ def csv_rows(path: str | os.PathLike, field: str, what: str) -> Iterator[tuple[i
     Raises ValueError naming ``field`` if the file is missing or a directory (``what`` says what
     the file should be) or is not UTF-8; the caller checks the cells and caps the row count.
     """
-    p = Path(path)
-    if not p.is_file():
-        kind = "a directory" if p.is_dir() else "not found"
-        raise ValueError(f"{field}={str(p)!r} is not allowed: {what} {kind}")
+    try:
+        p = require_input_file(path, what)
+    except ValueError as exc:
+        raise ValueError(f"{field}={str(path)!r} is not allowed: {exc}") from None
+    line_no = 0
     try:
         with open(p, newline="", encoding="utf-8") as handle:
             for line_no, row in enumerate(csv.reader(handle), start=1):
@@ -210,6 +211,8 @@ def csv_rows(path: str | os.PathLike, field: str, what: str) -> Iterator[tuple[i
                     yield line_no, row
     except UnicodeDecodeError as exc:
         raise ValueError(f"{field}: {p}: not UTF-8 text ({exc.reason})") from None
+    except csv.Error as exc:  # e.g. a cell over the csv module's field limit
+        raise ValueError(f"{field}: {p}:{line_no + 1}: not a CSV row ({exc})") from None
 
 
 def read_npz(path: str | os.PathLike, what: str, limit: int = 64 << 20) -> dict[str, np.ndarray]:

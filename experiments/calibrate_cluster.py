@@ -566,7 +566,7 @@ def comparison_table(
     return "\n".join(lines + [""] + notes)
 
 
-def _live_run(path: str) -> Any:
+def complete_live_run(path: str) -> Any:
     """The run record at ``path``, with the ``meta`` this script reads (``config``, and in
     ``args`` the ``policy`` and ``seed``); ValueError naming the file and the field."""
     from distree_env.runtime.records import load_run
@@ -630,9 +630,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # every record is read (and every output path checked) before the fit: a bad --evaluate
     # file must not end the run after the profile is written
-    runs = [_live_run(p) for p in args.records]
-    evaluated = [_live_run(p) for p in args.evaluate]
-    decision_runs = [_live_run(p) for p in args.decision_runs]
+    runs = [complete_live_run(p) for p in args.records]
+    evaluated = [complete_live_run(p) for p in args.evaluate]
+    decision_runs = [complete_live_run(p) for p in args.decision_runs]
     _same_network(
         [*runs, *evaluated, *decision_runs],
         [*args.records, *args.evaluate, *args.decision_runs],

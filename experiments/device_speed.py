@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.calibrate_cluster import band_label, idle_bands
+from experiments.calibrate_cluster import band_label, complete_live_run, idle_bands
 from experiments.cli import one_line_errors, parse_args, records_positional
 
 #: Upper edges (ms) of the bands of device idle time the table reports (the last band is open).
@@ -41,9 +41,9 @@ class Args:
 
 def group_name(run: Any) -> str:
     """``policy @ utilisation U`` (or ``@ R/s``) of a run, from its record."""
-    arrivals = run.meta["config"]["arrivals"]
-    rate = arrivals.get("rate_per_s")
-    load = f"{rate:g}/s" if rate else f"utilisation {arrivals['utilisation']:g}"
+    arrivals = run.meta["config"].get("arrivals") or {}
+    rate, utilisation = arrivals.get("rate_per_s"), arrivals.get("utilisation")
+    load = f"{rate:g}/s" if rate else f"utilisation {utilisation:g}" if utilisation else "?"
     return f"{run.meta['args']['policy']} @ {load}"
 
 
@@ -86,9 +86,7 @@ def main(argv: list[str] | None = None) -> str:
     import sys
 
     args = parse_args(Args, records_positional(list(sys.argv[1:] if argv is None else argv)))
-    from distree_env.runtime.records import load_run
-
-    table = speed_table([load_run(p) for p in args.records])
+    table = speed_table([complete_live_run(p) for p in args.records])
     print(table)
     return table
 

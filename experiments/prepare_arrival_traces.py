@@ -60,14 +60,22 @@ def arrival_ms(path: Path) -> list[float]:
     """Arrival times (ms since the first request, sorted) from a raw trace CSV; ValueError
     naming the file and line for a row that is not ``TIMESTAMP,ContextTokens,GeneratedTokens``."""
     stamps = []
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
-            if line_no == 1 and row and row[0] == "TIMESTAMP":
-                continue
-            try:
-                stamps.append(datetime.strptime(row[0][:26], STAMP))
-            except (ValueError, IndexError):
-                raise ValueError(f"{path}:{line_no}: not a TIMESTAMP row: {row!r:.80}") from None
+    line_no = 0
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            for line_no, row in enumerate(csv.reader(f), start=1):
+                if line_no == 1 and row and row[0] == "TIMESTAMP":
+                    continue
+                try:
+                    stamps.append(datetime.strptime(row[0][:26], STAMP))
+                except (ValueError, IndexError):
+                    raise ValueError(
+                        f"{path}:{line_no}: not a TIMESTAMP row: {row!r:.80}"
+                    ) from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except csv.Error as exc:  # e.g. a cell over the csv module's field limit
+        raise ValueError(f"{path}:{line_no + 1}: not a CSV row ({exc})") from None
     if len(stamps) < 2:
         raise ValueError(f"{path}: needs at least 2 requests, found {len(stamps)}")
     stamps.sort()

@@ -426,7 +426,13 @@ def _model(
     try:
         if isinstance(env, VecNormalize):
             load_vecnormalize(sidecar(found[1]), env)
-        load_replay_buffer(model, found[1])
+        off_policy = getattr(model, "replay_buffer", None) is not None
+        if not load_replay_buffer(model, found[1]) and off_policy:
+            raise ValueError(
+                f"--resume: {str(found[1])!r} has no replay buffer beside it (its "
+                ".replay.npz); resumed without it, the run would learn from an empty buffer. "
+                "Restore the file, or start a new run"
+            )
     except (MemoryError, OverflowError) as exc:  # a size declared by a damaged file
         raise ValueError(f"--resume: {str(found[1])!r}: {error_line(exc)}") from None
     return model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -203,6 +204,14 @@ def test_bad_trace_files_name_the_field(tmp_path):
         DistrEEEnv(**FAST, arrivals={"kind": "trace", "csv": str(tmp_path / "none.csv")})
     with pytest.raises(ValueError, match="a directory"):
         DistrEEEnv(**FAST, arrivals={"kind": "trace", "csv": str(tmp_path)})
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)  # opening it would block for ever
+    with pytest.raises(ValueError, match="arrivals.csv.*is a FIFO"):
+        DistrEEEnv(**FAST, arrivals={"kind": "trace", "csv": str(fifo)})
+    huge_cell = tmp_path / "cell.csv"
+    huge_cell.write_text("0\n" + "1" * 200_000 + "\n")  # over the csv module's field limit
+    with pytest.raises(ValueError, match=r"arrivals.csv: .*cell.csv:2: not a CSV row"):
+        DistrEEEnv(**FAST, arrivals={"kind": "trace", "csv": str(huge_cell)})
 
 
 def test_process_config_direct():

@@ -197,6 +197,18 @@ def test_dqn_checkpoint_restores_replay_buffer(tmp_path):
     assert np.array_equal(fresh.replay_buffer.observations, model.replay_buffer.observations)
     assert not list(tmp_path.glob("*.tmp"))
     json.dumps(evaluate(SB3Policy(fresh), SYNTH, n_requests=64, seed=0))  # JSON-friendly
+    replay = path.with_name(path.stem + ".replay.npz")
+    with np.load(replay) as data:
+        np.savez(replay, pos=data["pos"], full=data["full"])  # the arrays lost
+    with pytest.raises(ValueError, match="no actions, dones, next_observations, observations"):
+        load_replay_buffer(restore_model(path, "dqn", env=env), path)
+    # a run killed while saving leaves a replay buffer without its checkpoint: pruned later
+    orphan = tmp_path / "ckpt_999_steps.replay.npz"
+    orphan.write_bytes(replay.read_bytes())
+    mine = tmp_path / "ckpt_999_steps.replay.npz.keep"  # not a checkpoint's part: left alone
+    mine.write_bytes(b"x")
+    callback.save_now()
+    assert not orphan.exists() and mine.exists()
 
 
 def test_maskable_ppo_uses_masks():

@@ -294,3 +294,23 @@ def test_run_names_follow_the_reward_of_the_run():
     assert train_agent.env_id_for("bursty-stream") == "DistrEE-Bursty-v2"
     assert train_agent.env_id_for("bursty-stream", 1.0) == "DistrEE-Bursty-v3"
     assert train_agent.env_id_for("isolated", 1.0) == "DistrEE-v0"  # no v3 of it
+
+
+def test_an_off_policy_run_does_not_resume_without_its_replay_buffer(tmp_path, capsys):
+    """Without its ``.replay.npz`` a DQN checkpoint would resume on an empty buffer."""
+    hyperparams = tmp_path / "dqn.yml"
+    hyperparams.write_text(
+        "DistrEE-v0:\n  n_envs: 2\n  policy: 'MlpPolicy'\n  buffer_size: 1000\n"
+        '  learning_starts: 50\n  policy_kwargs: "dict(net_arch=[16])"\n'
+    )
+    (tmp_path / "synthetic.json").write_text(json.dumps(SYNTH))
+    argv = [*_common(tmp_path, hyperparams), "--algo", "dqn", "--timesteps", "256",
+            "--eval-freq", "0", "--run-name", "d"]  # fmt: skip
+    train_agent.main(argv)
+    checkpoints = tmp_path / "runs" / "d" / "checkpoints"
+    (replay,) = checkpoints.glob("*.replay.npz")
+    replay.unlink()
+    with pytest.raises(SystemExit) as exc:
+        train_agent.main([*argv, "--timesteps", "512", "--resume"])
+    assert exc.value.code == 2
+    assert "has no replay buffer beside it" in capsys.readouterr().err

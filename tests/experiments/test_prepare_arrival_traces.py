@@ -44,6 +44,12 @@ def test_a_row_that_is_not_a_timestamp_is_named(tmp_path):
     assert info.value.code != 0
     with pytest.raises(ValueError, match=r"bad.csv:3: not a TIMESTAMP row"):
         prepare_arrival_traces.arrival_ms(bad)
+    bad.write_text(HEADER + "x" * 200_000 + ",1,1\n")  # over the csv module's field limit
+    with pytest.raises(ValueError, match=r"bad.csv:2: not a CSV row"):
+        prepare_arrival_traces.arrival_ms(bad)
+    bad.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=r"bad.csv: not UTF-8 text"):
+        prepare_arrival_traces.arrival_ms(bad)
 
 
 @pytest.mark.parametrize("given", ["conversation", "code"])

@@ -491,6 +491,23 @@ def test_records_unfit_to_fit_or_compare_are_one_line(tmp_path, capsys, meta, re
     assert err.strip().count("\n") == 0 and not (tmp_path / "p").exists()
 
 
+@pytest.mark.parametrize(
+    ("meta", "needle"),
+    [({"status": "failed"}, "status 'failed'"), ({"status": "complete", "config": None},
+                                                 "missing or malformed meta.config")],
+)  # fmt: skip
+def test_device_speed_takes_only_complete_records(tmp_path, capsys, meta, needle):
+    from experiments import device_speed
+
+    path = tmp_path / "odd.json"
+    args = {"config": {}, "args": {"policy": "last-exit", "seed": 0}}
+    write_run(path, RunRecord({**args, **meta}, [RequestRecord(0, 0, 1, 0.0)]))
+    with pytest.raises(SystemExit) as exc:
+        device_speed.main([str(path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and needle in err and "odd.json" in err, err
+
+
 def test_a_record_without_its_config_or_policy_is_one_line(tmp_path, capsys):
     from experiments import calibrate_cluster
 
