@@ -503,8 +503,9 @@ def _normalizer(path: Path, listed: bool) -> Any:
             raise ValueError(
                 f"agent {str(path)!r}: its observation normalisation looks to be in "
                 f"{str(pickled)!r}, a pickle this loader never opens (without it the agent "
-                "would see raw observations and score wrong). Convert it once, in your own "
-                "process: venv = VecNormalize.load(PKL, venv); "
+                "would see raw observations and score wrong). If you made that file (loading "
+                "a pickle runs any code it holds), convert it once, in your own process: "
+                "venv = VecNormalize.load(PKL, venv); "
                 f"agents.policy.save_vecnormalize({str(norm_path)!r}, venv); if that file is "
                 "another agent's, move it"
             )

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.cli import fail, parse_args
+from experiments.cli import fail, one_line_errors, parse_args
 
 #: Issue 9: a default learner should come within this much reward per request of the tuned one.
 TARGET_GAP = 0.01
@@ -189,6 +189,7 @@ def held_out_config(env_id: str) -> tuple[Any, str]:
     return test, scenario
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the figures printed."""
     args = parse_args(Args, argv)

@@ -18,7 +18,7 @@ from typing import Any
 
 from agents.hyperparams import MAX_ENVS, MAX_TIMESTEPS
 from agents.training import ALGOS
-from experiments.cli import fail, parse_args
+from experiments.cli import fail, one_line_errors, parse_args
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class Args:
             raise ValueError(f"--seed={self.seed!r} is not allowed: an integer >= 0")
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the figures it prints."""
     args = parse_args(Args, argv)

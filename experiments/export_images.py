@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from distree_env.model.data import MAX_SAMPLE_IMAGES
-from experiments.cli import MAX_SEED, fail, parse_args
+from experiments.cli import MAX_SEED, fail, one_line_errors, parse_args
 from experiments.train_backbone import DEFAULT_DATA
 
 
@@ -64,6 +64,7 @@ def balanced_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picks))
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> dict:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the recorded metrics."""
     args = parse_args(Args, argv)

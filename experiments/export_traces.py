@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.cli import fail, parse_args
+from experiments.cli import fail, one_line_errors, parse_args
 from experiments.train_backbone import DEFAULT_DATA
 
 PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -60,6 +60,7 @@ class Args:
             )
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> dict:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns each split's metrics."""
     args = parse_args(Args, argv)

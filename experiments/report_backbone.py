@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.cli import fail, parse_args
+from experiments.cli import fail, one_line_errors, parse_args
 
 #: Trace name prefix and backbone file of each topology.
 TOPOLOGY_FILES = {
@@ -160,6 +160,7 @@ def _machine(entry: dict) -> str:
     return host if device == "cpu" else f"one {device} GPU (host: {host})"
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> str:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the Markdown tables."""
     args = parse_args(Args, argv)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distree_env.runtime.records import FLUSH_EVERY
-from experiments.cli import fail, parse_args, read_config_overrides
+from experiments.cli import fail, one_line_errors, parse_args, read_config_overrides
 
 if TYPE_CHECKING:
     from distree_env.runtime.schedule import LiveScenario
@@ -464,6 +464,7 @@ def _progress(total: int):
     return report
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the exit status."""
     # c10d logs every failed connection attempt itself; the failure ends here in one line

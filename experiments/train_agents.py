@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from distree_env.config import check_drain_weight
-from experiments.cli import fail, parse_args
+from experiments.cli import fail, one_line_errors, parse_args
 
 #: Scenarios whose requests are coupled through a queue (issue 9), and the isolated one for
 #: the parity result.
@@ -220,6 +220,7 @@ def planned_minutes(
     return max(ends) / 60
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the plan and results."""
     args = parse_args(Args, argv)

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.cli import fail, parse_args
+from experiments.cli import fail, one_line_errors, parse_args
 
 DEFAULT_DATA = "../shared/data/cifar10-jpeg.tar.gz"
 
@@ -104,6 +104,7 @@ def parse_exits(text: str, num_blocks: int) -> tuple[int, ...]:
         ) from None
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> dict:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the final metrics."""
     args = parse_args(Args, argv)

@@ -252,3 +252,22 @@ def test_a_full_disk_ends_in_one_line(tmp_path, files, capsys, monkeypatch):
     monkeypatch.setattr(dio.os, "fsync", full)
     last = _exits_2(capsys, train_agent.main, _train_argv(tmp_path, files), "no space left")
     assert "args.json" in last
+
+
+def test_every_script_ends_an_expected_failure_in_one_line():
+    """Each ``experiments`` script's ``main`` is wrapped by ``one_line_errors`` (a file or
+    numeric error escaping a script's own checks must not end in a traceback)."""
+    import importlib
+    import pkgutil
+
+    import experiments
+
+    scripts = [m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.ispkg]
+    mains = {
+        name: getattr(importlib.import_module(f"experiments.{name}"), "main", None)
+        for name in scripts
+    }
+    mains = {name: main for name, main in mains.items() if main is not None}
+    assert len(mains) >= 15
+    bare = [name for name, main in mains.items() if not hasattr(main, "__wrapped__")]
+    assert bare == []

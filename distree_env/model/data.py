@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import pickle
 import tarfile
@@ -196,19 +197,56 @@ class _SafeUnpickler(pickle.Unpickler):
     }
 
     def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR-10 batch file")
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name} from a CIFAR-10 batch file"
+            )
+        found = super().find_class(module, name)
+        if name != "_reconstruct":
+            return found
+
+        def reconstruct(subtype: type, shape: tuple, dtype: bytes) -> np.ndarray:
+            """An array is pickled as an empty one, then its state: anything else (a
+            subclass, a shape given here) is refused, and the state is sized before use."""
+            if subtype is not np.ndarray or tuple(shape) != (0,):
+                raise pickle.UnpicklingError("an array pickled in an unusual way (refused)")
+            return found(_BoundedArray, shape, dtype)
+
+        return reconstruct
+
+
+class _BoundedArray(np.ndarray):
+    """An array being unpickled: its state may declare no more bytes than it carries, and no
+    objects, so a few bytes cannot ask for terabytes."""
+
+    def __setstate__(self, state: tuple) -> None:
+        shape, dtype, raw = state[-4], np.dtype(state[-3]), state[-1]
+        need = math.prod(shape) * dtype.itemsize
+        if dtype.hasobject or not isinstance(raw, bytes) or need != len(raw):
+            raise pickle.UnpicklingError(
+                f"an array declares {need} bytes of {dtype} but carries "
+                f"{len(raw) if isinstance(raw, bytes) else type(raw).__name__}"
+            )
+        super().__setstate__(state)
+
+
+#: Largest ``cifar-10-batches-py`` file read (the official ones are about 31 MB).
+MAX_BATCH_BYTES = 64 << 20
 
 
 def _read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    size = path.stat().st_size
+    if size > MAX_BATCH_BYTES:
+        raise ValueError(f"{str(path)!r} has {size} bytes, over the cap of {MAX_BATCH_BYTES}")
     try:
         with open(path, "rb") as f:
             batch = _SafeUnpickler(f, encoding="bytes").load()
+        if not isinstance(batch, dict):
+            raise TypeError(f"it holds a {type(batch).__name__}, not a dict")
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{str(path)!r} is not a valid cifar-10-batches-py file: {e}") from e
+        raise ValueError(f"{str(path)!r} is not a valid cifar-10-batches-py file: {e}") from None
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise ValueError(f"{str(path)!r} has data of shape {data.shape}; expected [n, 3072]")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from distree_env.io import error_line
 from distree_env.model.checkpoint import load_state, torch_load_safe, torch_save_atomic
 from distree_env.model.data import Split
 from distree_env.model.network import MultiBranchNet, NetConfig
@@ -351,11 +352,20 @@ class Trainer:
                 f"({state.get('train_config')}); resume with the same arguments or use a new "
                 "run name"
             )
-        load_state(self.model, state["model"], str(self.checkpoint_path))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        self.epoch = int(state["epoch"])
+        where = str(self.checkpoint_path)
+        kinds = {"model": dict, "optimizer": dict, "rng": dict, "torch_rng": torch.Tensor,
+                 "epoch": int, "history": list}  # fmt: skip
+        wrong = [k for k, kind in kinds.items() if not isinstance(state.get(k), kind)]
+        if wrong:
+            raise ValueError(f"training checkpoint {where!r}: missing or malformed {wrong}")
+        load_state(self.model, state["model"], where)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.rng.bit_generator.state = state["rng"]
+            torch.set_rng_state(state["torch_rng"])
+        except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+            raise ValueError(f"training checkpoint {where!r}: {error_line(exc)}") from None
+        self.epoch = state["epoch"]
         self.history = list(state["history"])
         return True
 

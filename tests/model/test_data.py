@@ -74,6 +74,31 @@ def test_malicious_batch_pickle_is_refused(tmp_path):
         load_cifar10(root, "test")
 
 
+# numpy's own pickle of an array (protocol 2): _reconstruct(ndarray, (0,), b"b"), then its state
+_RECONSTRUCT = b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        # an array of 2**45 bytes asked for in _reconstruct's shape: 60 bytes, 32 TiB
+        (_RECONSTRUCT + b"\x8a\x06\x00\x00\x00\x00\x00\x20\x85C\x01b\x87R.", "unusual way"),
+        # a state declaring a large shape with 3 bytes of data
+        (None, "declares 1073741824 bytes of uint8 but carries 3"),
+        (pickle.dumps([1, 2], protocol=2), "holds a list, not a dict"),
+    ],
+)
+def test_batch_pickles_cannot_ask_for_memory_they_do_not_hold(tmp_path, payload, message):
+    root = write_python_batches(tmp_path / "cifar-10-batches-py", tiny_arrays())
+    if payload is None:  # numpy's pickle of a 3-byte array, its state's shape then enlarged
+        payload = pickle.dumps(np.zeros(3, np.uint8), protocol=2)
+        payload = payload.replace(b"K\x03\x85", b"J\x00\x00\x00\x40\x85")
+        assert b"J\x00\x00\x00\x40\x85" in payload
+    (root / "test_batch").write_bytes(payload)
+    with pytest.raises(ValueError, match=message):
+        load_cifar10(root, "test")
+
+
 @pytest.mark.parametrize(
     ("source", "message"),
     [("missing.tar.gz", "does not exist"), ("empty_dir", "not recognised")],

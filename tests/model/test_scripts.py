@@ -90,6 +90,14 @@ def test_existing_run_without_resume_is_refused(tiny_cifar, tmp_path):
     assert _run(_train_cmd(data, tmp_path, 1), tmp_path).returncode == 0
     out = _run(_train_cmd(data, tmp_path, 1), tmp_path)
     assert out.returncode == 2 and "--resume" in out.stderr and "Traceback" not in out.stderr
+    last = tmp_path / "runs" / "r" / "last.pt"  # damaged, yet still a loadable file
+    state = torch.load(last, weights_only=True)
+    del state["history"]
+    state["torch_rng"] = "not a tensor"
+    torch.save(state, last)
+    out = _run(_train_cmd(data, tmp_path, 1, "--resume"), tmp_path)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "last.pt': missing or malformed ['torch_rng', 'history']" in out.stderr
 
 
 @pytest.mark.parametrize("topology", ["parallel", "pipeline"])
