@@ -212,7 +212,7 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     * v3: v2 with ``reward.drain_weight = 1``: each episode's end also pays the change in the
       queue's drain cost (``reward_queue``); the dynamics and ``EnvConfig()``'s defaults are
       v2's. Why: under bursty load SB3's and CleanRL's default PPO, seeing one request per
-      episode, learned to continue too often and ended 0.02-0.03 reward per request below the
+      episode, learned to continue too often and ended 0.03-0.04 reward per request below the
       project's agent trained with that term (``experiments.bench_learnability``).
     * v2, later additions (the earlier ids unchanged): ``DistrEE-Pipelined-v2``, the pipeline
       topology with ``cluster.pipelining`` (devices working on different requests at once),

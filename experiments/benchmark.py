@@ -57,6 +57,8 @@ FULL = (5, 4096, 16)
 QUICK_CALIBRATION = Calibration(
     n_requests=1024, points=4, rounds=1, data_steps=16_384, features=("max_prob", "entropy")
 )
+#: Where the full and the quick run write their results by default.
+FULL_OUT, QUICK_OUT = "results", "results/quick"
 FULL_CALIBRATION = Calibration(n_requests=2048, points=8, rounds=2, data_steps=32_768)
 REPO = Path(__file__).resolve().parents[1]
 #: The files a run writes into ``--out``, by name (the tests check each one).
@@ -152,7 +154,11 @@ class BenchmarkArgs:
         default=False,
         metadata={"help": "load agent archives not listed in checkpoints/MANIFEST.json"},
     )
-    out: str = field(default="results", metadata={"help": "output folder"})
+    out: str | None = field(
+        default=None,
+        metadata={"help": f"output folder (default: {QUICK_OUT} with --quick, so a quick run "
+                  f"never replaces a full one, else {FULL_OUT})"},
+    )  # fmt: skip
     update_readme: bool = field(
         default=False,
         metadata={"help": "replace README.md's benchmark block with the headline and table"},
@@ -182,6 +188,8 @@ class BenchmarkArgs:
                 raise ValueError(f"--{flag} {value}: must be an integer in [{low}, {high}]")
         if not 1 <= self.jobs <= 64:
             raise ValueError(f"--jobs {self.jobs}: must be an integer in [1, 64]")
+        if self.out is None:
+            object.__setattr__(self, "out", QUICK_OUT if self.quick else FULL_OUT)
         if not self.out.strip():
             raise ValueError("--out: must be a folder name, got an empty string")
         require_output_dir(self.out, "--out")  # checked before the work, not after it

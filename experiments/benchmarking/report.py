@@ -19,6 +19,7 @@ from experiments.benchmarking.analysis import (
     GAP_TARGET,
     KEPT_TARGET,
     MARGIN_TARGET,
+    MIN_MISS_RATE,
     MISS_TARGET,
     TOLERANCE,
     WORSE_LIMIT,
@@ -101,7 +102,7 @@ def markdown_table(summary: Sequence[Row], scenarios: Sequence[str]) -> str:
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
+    return "n/a" if x is None else f"{100 * x:.1f}%" if x == 0 or x >= 0.001 else f"{100 * x:.2g}%"
 
 
 def _met(flag: bool) -> str:
@@ -109,11 +110,15 @@ def _met(flag: bool) -> str:
 
 
 def _miss_change(d: dict[str, Any]) -> str:
-    """The agent's deadline misses against the baseline's, in words (fewer or more)."""
-    if d["baseline_miss_rate"] <= 0:
-        return "the baseline misses none"
+    """The agent's deadline misses against the baseline's, in words, and the verdict."""
+    if d["target_met"] is None:
+        return (
+            f"the baseline misses under {100 * MIN_MISS_RATE:g}% of the requests, too few for a "
+            f"relative comparison (target {100 * MISS_TARGET:.0f}%: not applicable)"
+        )
     change = d["relative_reduction"]
-    return f"{100 * abs(change):.0f}% {'fewer' if change >= 0 else 'more'}"
+    words = f"{100 * abs(change):.0f}% {'fewer' if change >= 0 else 'more'}"
+    return f"{words} (target {100 * MISS_TARGET:.0f}%: {_met(d['target_met'])})"
 
 
 def _agent_line(a: dict[str, Any], base: str) -> str:
@@ -228,6 +233,6 @@ def headline_lines(headlines: Sequence[dict[str, Any]]) -> list[str]:
                 f"({100 * d['agent_accuracy']:.2f}% accurate) vs {d['baseline']} "
                 f"{_pct(d['baseline_miss_rate'])} ({100 * d['baseline_accuracy']:.2f}%){caveat}: "
                 + _miss_change(d)
-                + f" (target {100 * MISS_TARGET:.0f}%: {_met(d['target_met'])})."
+                + "."
             )
     return lines

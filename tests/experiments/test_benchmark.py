@@ -277,6 +277,22 @@ def test_headline_margin_gap_share_and_deadlines_by_hand() -> None:
     assert d["relative_reduction"] == pytest.approx(0.5) and d["target_met"]
 
 
+def test_a_deadline_comparison_of_a_handful_of_misses_is_not_judged() -> None:
+    """9 misses in 20,480 requests against none is no 100% reduction; it is noise."""
+    from experiments.benchmarking.analysis import MIN_MISS_RATE
+    from experiments.benchmarking.report import headline_lines
+
+    rows = _hand_rows()
+    for r in rows:  # every policy misses almost nothing
+        r["qos_rate"] = 1.0 - (r["qos_rate"] < 1.0) * 9 / 20_480
+    h = headline(summarize(rows), rows, "s")
+    d = h["deadline"]
+    assert 0 < d["baseline_miss_rate"] < MIN_MISS_RATE and d["target_met"] is None
+    text = "\n".join(headline_lines([h]))
+    assert "deadline misses at equal accuracy" in text and "0.044%" in text
+    assert "too few for a relative comparison (target 25%: not applicable)" in text
+
+
 def test_glance_table_has_one_row_per_scenario_with_the_val_choices() -> None:
     from experiments.benchmarking.report import glance_table
 
@@ -391,3 +407,11 @@ def test_each_agent_is_checked_against_its_own_scenarios_observation() -> None:
             ),
             dims_one_scenario.get,
         )
+
+
+def test_a_quick_run_writes_beside_the_full_one_by_default():
+    from experiments.benchmark import BenchmarkArgs
+
+    assert BenchmarkArgs(quick=True).out == "results/quick"
+    assert BenchmarkArgs().out == "results"
+    assert BenchmarkArgs(quick=True, out="elsewhere").out == "elsewhere"
