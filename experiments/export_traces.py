@@ -3,9 +3,12 @@
     python -m experiments.export_traces --backbone checkpoints/backbone-parallel.pt
     python -m experiments.export_traces --backbone checkpoints/backbone-pipeline.pt
 
-Writes ``checkpoints/traces/PREFIX-val.npz`` and ``PREFIX-test.npz``, PREFIX being ``cifar10`` for
-a parallel backbone and ``cifar10-pipeline`` for a pipeline one (the names the environment knows),
-and records them in ``checkpoints/MANIFEST.json`` with per-exit accuracy and compute.
+Writes ``PREFIX-val.npz`` and ``PREFIX-test.npz``, PREFIX being ``cifar10`` for a parallel
+backbone and ``cifar10-pipeline`` for a pipeline one (the names the environment knows): for a
+shipped backbone into ``checkpoints/traces`` and ``checkpoints/MANIFEST.json`` (with per-exit
+accuracy and compute), for any other beside the backbone unless ``--out-dir`` says where. The val
+split must be the one the backbone was trained beside (its ``--val-size`` and data, recorded in
+the backbone file): another would hold training images.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from distree_env.model.data import VAL_SIZE
 from experiments.cli import fail, one_line_errors, parse_args
 from experiments.train_backbone import DEFAULT_DATA
 
@@ -29,13 +34,21 @@ class Args:
     backbone: str = field(
         default="checkpoints/backbone-parallel.pt", metadata={"help": "trained weights"}
     )
-    out_dir: str = field(default="checkpoints/traces", metadata={"help": "where traces go"})
+    out_dir: str = field(
+        default="",
+        metadata={"help": "where traces go ('' = checkpoints/traces for a shipped backbone, "
+                  "else the backbone's folder)"},
+    )  # fmt: skip
     prefix: str = field(
         default="",
         metadata={"help": "trace names PREFIX-val, PREFIX-test ('' = cifar10[-pipeline])"},
     )
     splits: tuple[str, ...] = field(default=("val", "test"), metadata={"help": "splits to export"})
-    val_size: int = field(default=5000, metadata={"help": "as given to train_backbone"})
+    val_size: int = field(
+        default=0,
+        metadata={"help": f"as given to train_backbone (0 = as the backbone file records, else "
+                  f"{VAL_SIZE})"},
+    )  # fmt: skip
     max_images: int = field(
         default=0, metadata={"help": "only the first N of each split (0 = all)"}
     )
@@ -46,6 +59,8 @@ class Args:
     def __post_init__(self) -> None:
         if self.threads < 1:
             raise ValueError(f"--threads {self.threads} is not allowed; it must be >= 1")
+        if self.val_size < 0:
+            raise ValueError(f"--val-size {self.val_size} is not allowed; it must be >= 0")
         if self.max_images < 0:
             raise ValueError(f"--max-images {self.max_images} is not allowed; it must be >= 0")
         if self.prefix and not PREFIX_PATTERN.fullmatch(self.prefix):
@@ -58,6 +73,30 @@ class Args:
             raise ValueError(
                 f"--splits {bad} is not allowed; choose from val, test (never train: it was seen)"
             )
+
+
+def default_out_dir(backbone: str) -> Path:
+    """``checkpoints/traces`` for a shipped backbone (in the checkpoints folder), else the
+    backbone's own folder: traces of an experiment never replace the shipped ones."""
+    from distree_env.manifest import checkpoints_dir
+
+    folder = Path(backbone).resolve().parent
+    shipped = checkpoints_dir().resolve()
+    return shipped / "traces" if folder == shipped else folder
+
+
+def check_val_split(recorded: dict, val: Any, val_size: int, backbone: str) -> None:
+    """ValueError unless ``val`` is the split the backbone was trained beside (where its file
+    records it): a val split carved otherwise holds images the network was trained on."""
+    if val is None or "val_data" not in recorded:
+        return
+    if recorded.get("val_size") != val_size or recorded["val_data"] != val.fingerprint():
+        raise ValueError(
+            f"--val-size {val_size} with this --data gives another val split than the one "
+            f"{backbone!r} was trained beside (val_size {recorded.get('val_size')}, data "
+            f"{recorded['val_data']}); it would hold training images. Give the same --data and "
+            "--val-size as to train_backbone"
+        )
 
 
 @one_line_errors
@@ -76,11 +115,13 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         model = load_backbone(args.backbone)
         prefix = args.prefix or DEFAULT_PREFIX[model.config.topology]
+        out_dir = Path(args.out_dir or default_out_dir(args.backbone))
         paths = {
-            s: require_output_file(Path(args.out_dir) / f"{prefix}-{s}.npz", "--out-dir")
-            for s in args.splits
+            s: require_output_file(out_dir / f"{prefix}-{s}.npz", "--out-dir") for s in args.splits
         }
-        splits = {s: load_cifar10(args.data, s, val_size=args.val_size) for s in args.splits}
+        val_size = args.val_size or model.metrics.get("val_size", VAL_SIZE)
+        splits = {s: load_cifar10(args.data, s, val_size=val_size) for s in args.splits}
+        check_val_split(model.metrics, splits.get("val"), val_size, args.backbone)
     except ValueError as e:
         fail(str(e))
     results = {}

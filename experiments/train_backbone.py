@@ -1,24 +1,28 @@
-"""Train the early-exit WideResNet network on CIFAR-10 and ship it to checkpoints/.
+"""Train the early-exit WideResNet network on CIFAR-10.
 
-    # the shipped recipe: each network self-distilled, no cutout (one core each, side by side)
+    # the CPU recipe: each network self-distilled, no cutout (one core each, side by side)
     python -m experiments.train_backbone --topology pipeline --kd-alpha 0.5 --cutout 0 --threads 1
     python -m experiments.train_backbone --topology parallel --kd-alpha 0.5 --cutout 0 --threads 1
-    # or the lineage's: the parallel branches distilled from a trained backbone's final exit
-    python -m experiments.train_backbone --topology parallel \
+    # or the lineage's: the parallel branches distilled from a trained backbone's final exit (KD;
+    # attention transfer also needs a teacher exit after every block the student exits after)
+    python -m experiments.train_backbone --topology parallel --attention-weight 0 \
         --teacher checkpoints/backbone-pipeline.pt
     python -m experiments.train_backbone ... --resume      # continue a killed run
 
-``--preset cpu`` (default) is sized for a 2-core CPU, ``gpu`` for one H100 in about 10 minutes,
-``tiny`` for tests. TensorBoard: ``tensorboard --logdir runs/backbone``. A checkpoint is written
-every epoch.
+The weights go to ``RUNS_DIR/RUN_NAME/backbone.pt`` unless ``--output`` names a file;
+``--output checkpoints/backbone-TOPOLOGY.pt`` replaces the shipped network and its MANIFEST entry
+(the shipped ones were made by ``experiments/train_backbones_gpu.sh``). ``--preset cpu`` (default)
+is sized for a 2-core CPU, ``gpu`` for one H100/H200 in about 10 minutes, ``tiny`` for tests.
+TensorBoard: ``tensorboard --logdir runs/backbone``. A checkpoint is written every epoch.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from experiments.cli import fail, one_line_errors, parse_args
 
@@ -59,8 +63,10 @@ class Args:
     bf16: bool = field(default=True, metadata={"help": "bfloat16 autocast"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     max_train_images: int = field(
-        default=0, metadata={"help": "use only this many (0 = all; for tests)"}
-    )
+        default=0,
+        metadata={"help": "train on this many, drawn at random with --seed (0 = all; for tests "
+                  "and timing)"},
+    )  # fmt: skip
     val_size: int = field(
         default=5000, metadata={"help": "validation images carved from the training set"}
     )
@@ -69,8 +75,10 @@ class Args:
     )
     runs_dir: str = "runs/backbone"
     output: str = field(
-        default="", metadata={"help": "final weights (default checkpoints/backbone-TOPOLOGY.pt)"}
-    )
+        default="",
+        metadata={"help": "final weights (default RUNS_DIR/RUN_NAME/backbone.pt; "
+                  "checkpoints/backbone-TOPOLOGY.pt replaces the shipped one)"},
+    )  # fmt: skip
     resume: bool = field(default=False, metadata={"help": "continue from the run's last.pt"})
     progress: bool = True
 
@@ -82,11 +90,6 @@ class Args:
                     f"--{name.replace('_', '-')} {getattr(self, name)} is not allowed; "
                     f"it must be >= {low}"
                 )
-
-    @property
-    def output_path(self) -> str:
-        """``--output``, else ``checkpoints/backbone-<topology>.pt``."""
-        return self.output or f"checkpoints/backbone-{self.topology}.pt"
 
 
 def parse_exits(text: str, num_blocks: int) -> tuple[int, ...]:
@@ -104,6 +107,23 @@ def parse_exits(text: str, num_blocks: int) -> tuple[int, ...]:
         ) from None
 
 
+def training_data(args: Args) -> tuple[Any, Any]:
+    """The (train, val) splits of ``--data``: val carved with ``--val-size``, train subsampled
+    at random (seeded by ``--seed``) to ``--max-train-images``; the split is ordered by class,
+    so its first images would be one or two classes only."""
+    import numpy as np
+
+    from distree_env.model.data import Split, load_cifar10
+
+    train = load_cifar10(args.data, "train", val_size=args.val_size)
+    val = load_cifar10(args.data, "val", val_size=args.val_size)
+    if args.max_train_images:
+        keep = np.random.default_rng(args.seed).permutation(len(train))
+        keep = np.sort(keep[: args.max_train_images])
+        train = Split(train.images[keep], train.labels[keep])
+    return train, val
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> dict:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the final metrics."""
@@ -113,7 +133,6 @@ def main(argv: list[str] | None = None) -> dict:
     from distree_env.io import require_output_dir, require_output_file
     from distree_env.manifest import checkpoints_dir, command_line, record
     from distree_env.model.checkpoint import load_backbone, save_backbone
-    from distree_env.model.data import Split, load_cifar10
     from distree_env.model.network import NetConfig
     from distree_env.model.presets import preset
     from distree_env.model.train import LossConfig, TrainConfig, Trainer, predict
@@ -121,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     try:
-        require_output_file(args.output_path, "--output")
+        if args.output:
+            require_output_file(args.output, "--output")
         require_output_dir(args.runs_dir, "--runs-dir")
         p = preset(args.preset, args.topology)
         net_kw = p["net"] | ({"widen": args.widen} if args.widen else {})
@@ -152,12 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
         if cfg.device != "cpu" and not torch.cuda.is_available():
             raise ValueError(f"--preset {args.preset} needs a CUDA GPU, and none is available")
-        train = load_cifar10(args.data, "train", val_size=args.val_size)
-        val = load_cifar10(args.data, "val", val_size=args.val_size)
-        if args.max_train_images:
-            train = Split(
-                train.images[: args.max_train_images], train.labels[: args.max_train_images]
-            )
+        train, val = training_data(args)
+        cfg = replace(cfg, data=train.fingerprint())
         if cfg.batch_size > len(train):
             raise ValueError(
                 f"--batch-size {cfg.batch_size} is not allowed; it must be at most the number "
@@ -190,8 +206,9 @@ def main(argv: list[str] | None = None) -> dict:
     history = trainer.fit(progress=args.progress)
     writer.close()
 
-    out = Path(args.output_path)
-    save_backbone(trainer.model, out)
+    out = Path(args.output) if args.output else run_dir / "backbone.pt"
+    # the val split it was trained beside: export_traces refuses another (training images)
+    save_backbone(trainer.model, out, {"val_size": args.val_size, "val_data": val.fingerprint()})
     metrics = {
         "architecture": f"{net.num_branches} x pre-activation {net.name}, exits after blocks "
         f"{list(net.exits)}",

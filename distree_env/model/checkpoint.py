@@ -122,7 +122,9 @@ def save_backbone(
     model: MultiBranchNet, path: str | os.PathLike, metrics: dict | None = None
 ) -> None:
     """Write ``model`` as a backbone file: float16 weights, its config and ``metrics``."""
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    state = {  # on the CPU: a file made on a GPU must load where there is none
+        k: (v.half() if v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()
+    }
     torch_save_atomic(
         {
             "format": BACKBONE_FORMAT,
@@ -171,6 +173,8 @@ def load_backbone(path: str | os.PathLike, expect: NetConfig | None = None) -> M
         )
     model = MultiBranchNet(config)
     load_state(model, obj["state_dict"], str(path))
+    metrics = obj.get("metrics")
+    model.metrics = metrics if isinstance(metrics, dict) else {}  # what its trainer recorded
     return model.eval()
 
 

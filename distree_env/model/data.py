@@ -44,6 +44,12 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def fingerprint(self) -> str:
+        """A short hash of the images and labels: which data a network was trained beside."""
+        digest = hashlib.sha256(np.ascontiguousarray(self.labels).tobytes())
+        digest.update(np.ascontiguousarray(self.images).tobytes())
+        return digest.hexdigest()[:16]
+
 
 def cache_dir() -> Path:
     """Where decoded arrays are cached (``$DISTREE_CACHE``, else ``~/.cache/distree_env``)."""

@@ -82,6 +82,7 @@ class TrainConfig:
     bf16: bool = True  # autocast to bfloat16 on the CPU (3x faster on this AMX CPU, measured)
     teacher: str = ""  # file name of the teacher backbone (its final exit teaches); "" = self
     device: str = "cpu"  # "cuda": model and training images live on the GPU
+    data: str = ""  # Split.fingerprint of the training images (source, val carve and subset)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -278,6 +279,21 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * max(0.0, (total - step) / max(1, total - warmup))
 
 
+def _differences(stored: Any, now: dict[str, Any], prefix: str = "") -> str:
+    """``key stored -> now`` for every field that differs (nested configs dotted)."""
+    if not isinstance(stored, dict):
+        return f"{prefix or 'the stored configuration'} is {stored!r}"
+    parts = []
+    for key in sorted(set(stored) | set(now), key=str):
+        old, new = stored.get(key, "(none)"), now.get(key, "(none)")
+        if isinstance(old, dict) and isinstance(new, dict):
+            inner = _differences(old, new, f"{prefix}{key}.")
+            parts += [inner] if inner else []
+        elif old != new:
+            parts.append(f"{prefix}{key} {old!r} -> {new!r}")
+    return "; ".join(parts)
+
+
 class Trainer:
     """Owns the model, optimiser and RNG; saves ``last.pt`` every epoch so a killed run resumes."""
 
@@ -309,7 +325,8 @@ class Trainer:
         self.teacher_exits: list[int] = []  # the teacher exit matched with each student exit
         if self.teacher is not None:
             self.teacher.to(self.device, memory_format=torch.channels_last)
-            self.teacher_exits = matching_exits(cfg.net, self.teacher.config)
+            if cfg.loss.attention_weight:  # only attention transfer needs matching exits
+                self.teacher_exits = matching_exits(cfg.net, self.teacher.config)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
             lr=cfg.lr,
@@ -346,11 +363,12 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return False
         state = torch_load_safe(self.checkpoint_path, "training checkpoint")
-        if state.get("train_config") != self.cfg.to_dict():
+        stored, now = state.get("train_config"), self.cfg.to_dict()
+        if stored != now:
             raise ValueError(
                 f"{str(self.checkpoint_path)!r} was written with another training configuration "
-                f"({state.get('train_config')}); resume with the same arguments or use a new "
-                "run name"
+                f"({_differences(stored, now)}); resume with the same arguments and data, or "
+                "use a new run name"
             )
         where = str(self.checkpoint_path)
         kinds = {"model": dict, "optimizer": dict, "rng": dict, "torch_rng": torch.Tensor,

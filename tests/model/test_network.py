@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -220,6 +221,14 @@ def test_teacher_distillation_trains_the_student(tmp_path):
     assert all(torch.equal(a, p) for a, p in zip(frozen, teacher.parameters(), strict=True))
     with pytest.raises(ValueError, match="teacher"):
         Trainer(cfg, split, split, tmp_path / "x")  # the config names a teacher; none given
+    # a teacher of other exits teaches by KD alone; attention transfer needs matching exits
+    other = MultiBranchNet(
+        NetConfig(topology="pipeline", num_devices=2, **{**TINY, "exits": (2, 3)})
+    )
+    with pytest.raises(ValueError, match="needs the same depth and an exit after every block"):
+        Trainer(cfg, split, split, tmp_path / "y", teacher=other)
+    kd_only = replace(cfg, loss=replace(cfg.loss, attention_weight=0.0))
+    Trainer(kd_only, split, split, tmp_path / "z", teacher=other).fit(progress=False)
 
 
 @pytest.mark.parametrize("topology", ["parallel", "pipeline"])

@@ -117,6 +117,10 @@ def test_export_writes_valid_traces_and_manifest(tiny_cifar, tmp_path, topology)
     names = {backbone.name, f"traces/{prefix}-val.npz", f"traces/{prefix}-test.npz"}
     assert names <= set(manifest)
     assert manifest[backbone.name]["metrics"]["val_exit_accuracy"]
+    # another val split than training's would hold training images: refused, nothing written
+    other = _run([*export[:-2], "--out-dir", str(tmp_path / "other"), "--val-size", "10"], tmp_path)
+    assert other.returncode == 2 and "another val split" in other.stderr, other.stderr
+    assert not (tmp_path / "other").exists()
     for split, n in (("val", 8), ("test", 20)):
         trace = ExitTrace.load(ckpt / "traces" / f"{prefix}-{split}.npz")
         assert trace.n == n and trace.metadata["split"] == split and trace.topology == topology
@@ -138,6 +142,37 @@ def test_distillation_from_a_teacher_backbone(tiny_cifar, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     state = torch.load(tmp_path / "runs" / "s" / "last.pt", weights_only=True)
     assert state["train_config"]["teacher"] == "teacher.pt"
+
+
+def test_an_experiment_writes_its_run_folder_and_resumes_only_on_the_same_data(
+    tiny_cifar, tmp_path
+):
+    """Without --output the weights stay in the run folder (the shipped ones are untouched),
+    and the traces of that backbone go beside it; a resume with other data names the field."""
+    data, _ = tiny_cifar
+    cmd = _train_cmd(data, tmp_path, 1)
+    cmd = cmd[: cmd.index("--output")] + ["--max-train-images", "24"]
+    out = _run(cmd, tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    backbone = tmp_path / "runs" / "r" / "backbone.pt"
+    assert backbone.is_file() and not (tmp_path / "ckpt").exists()
+    export = [sys.executable, "-m", "experiments.export_traces", "--data", str(data), "--backbone",
+              str(backbone), "--threads", "1", "--bf16", "false", "--splits", "val"]  # fmt: skip
+    out = _run(export, tmp_path)  # --val-size as the backbone file records it (8)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert ExitTrace.load(backbone.with_name("cifar10-val.npz")).n == 8
+    out = _run([*cmd[:-1], "32", "--resume"], tmp_path)
+    assert out.returncode == 2 and "data '" in out.stderr and "' -> '" in out.stderr, out.stderr
+
+
+def test_a_small_training_subset_is_drawn_from_every_class(tiny_cifar):
+    from experiments.train_backbone import Args, training_data
+
+    data, _ = tiny_cifar
+    train, val = training_data(Args(data=str(data), val_size=8, max_train_images=12))
+    full, _ = training_data(Args(data=str(data), val_size=8))
+    assert len(train) == 12 and len(set(train.labels.tolist())) >= 6
+    assert len(set(full.labels[:12].tolist())) < len(set(train.labels.tolist()))
 
 
 def test_gpu_recipe_runs_on_the_cpu_with_a_tiny_configuration(tiny_cifar, tmp_path):
