@@ -54,12 +54,13 @@ def auc(score: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve of ``score`` for ``positive`` (Mann-Whitney, ties count half).
 
     :param score: higher = more likely positive.
-    :param positive: boolean labels; NaN when one class is empty.
+    :param positive: boolean labels. NaN when one class is empty, or when the score is constant
+        (no criterion there, as the feature difference at the first exit: not an AUC of 0.5).
     """
     score = np.asarray(score, dtype=np.float64)
     positive = np.asarray(positive, dtype=bool)
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if not n_pos or not n_neg:
+    if not n_pos or not n_neg or score.size == 0 or score.min() == score.max():
         return float("nan")
     _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
     ends = np.cumsum(counts)
@@ -85,7 +86,13 @@ def criterion_aucs(trace) -> dict[str, list[float]]:
 def _boundary_bytes(trace, k: int) -> str:
     sent = trace.transfer_bytes[k]
     if trace.topology == "parallel":
-        return f"{int(sent.max())} x {trace.num_devices} up, 1 x {trace.num_devices} down"
+        d = trace.num_devices
+        up = (
+            f"{int(sent[0])} x {d}"
+            if (sent == sent[0]).all()
+            else "/".join(map(str, sent.astype(int)))
+        )
+        return f"{up} up, 1 x {d} down"
     if k == trace.num_exits - 1:
         return "-"
     return f"{int(sent.sum()):,}"

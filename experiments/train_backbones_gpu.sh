@@ -10,7 +10,9 @@
 #    shipped to checkpoints/ with their MANIFEST entries.
 # Then, on any machine: export_traces for both backbones, and report_backbone.
 # PRESET=tiny runs the same steps on a CPU in seconds (the test does); WORK moves runs/gpu, SHIP
-# checkpoints/, SAMPLE sets the short runs' images; TRAIN_ARGS go to every run.
+# checkpoints/, SAMPLE sets the short runs' images; TRAIN_ARGS go to every run: a second run of
+# the script in the same WORK stops at its first finished step unless TRAIN_ARGS=--resume (each
+# step then continues or reuses its run; a retrained teacher needs a fresh WORK).
 set -euo pipefail
 DATA=${1:-../shared/data/cifar10-jpeg.tar.gz}
 TEACHER_SECONDS=${2:-150}

@@ -260,9 +260,11 @@ def _read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _decode_batches(root: Path, read, suffix: str) -> tuple[Split, Split]:
     """The official releases: ``data_batch_1..5`` (train) and ``test_batch``, read by ``read``."""
-    names = [f"data_batch_{i}{suffix}" for i in range(1, 6)]
-    parts = [read(root / name) for name in names if (root / name).exists()]
-    test = read(root / f"test_batch{suffix}")
+    names = [f"data_batch_{i}{suffix}" for i in range(1, 6)] + [f"test_batch{suffix}"]
+    missing = [name for name in names if not (root / name).is_file()]
+    if missing:  # a partial copy would train on less data and carve another val split
+        raise ValueError(f"CIFAR-10 folder {str(root)!r} lacks {', '.join(missing)}")
+    *parts, test = [read(root / name) for name in names]
     return (
         Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])),
         Split(*test),

@@ -42,15 +42,21 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
         raise ValueError(f"logits: shape {z.shape}; expected [samples, exits, classes]")
     if not np.isfinite(z).all():
         raise ValueError("logits: must be finite (found NaN or inf)")
+    if z.size and z.min() >= 0 and z.max() <= 1 and np.allclose(z.sum(axis=2), 1.0, atol=1e-3):
+        raise ValueError(
+            "logits: every row is in [0, 1] and sums to 1: these are probabilities; pass them "
+            "as probs= (a softmax of probabilities would flatten every confidence)"
+        )
     z = np.exp(z - z.max(axis=2, keepdims=True))
     return (z / z.sum(axis=2, keepdims=True)).astype(np.float32)
 
 
-def _costs(name: str, value: Any, k: int) -> np.ndarray:
-    """A ``[K, D]`` cost table; a ``[K]`` vector is one device's column."""
+def _costs(name: str, value: Any, k: int, topology: str) -> np.ndarray:
+    """A ``[K, D]`` cost table; a ``[K]`` vector is one device's column, or with the pipeline
+    topology (stage k on device k) the diagonal."""
     table = np.asarray(value, dtype=np.float64)
     if table.ndim == 1:
-        table = table[:, None]
+        table = np.diag(table) if topology == "pipeline" else table[:, None]
     if table.ndim != 2 or table.shape[0] != k:
         raise ValueError(
             f"{name}: shape {np.shape(value)}; expected [{k}] (one device) or [{k}, devices]"
@@ -80,7 +86,8 @@ def trace_from_outputs(
     and refuse to tune on test.
 
     :param labels: ``[n]`` int, the true class of each sample.
-    :param stage_flops: ``[K, D]`` FLOPs of stage ``k`` on device ``d`` (``[K]``: one device).
+    :param stage_flops: ``[K, D]`` FLOPs of stage ``k`` on device ``d`` (``[K]``: one device,
+        or with the pipeline topology stage k's on device k).
     :param probs: ``[n, K, C]`` class probabilities at every exit (give this or ``logits``).
     :param logits: ``[n, K, C]`` exit logits, turned into probabilities with a softmax.
     :param embeddings: ``[n, K, E]`` the features each exit head classifies, for DistrEE's
@@ -88,8 +95,8 @@ def trace_from_outputs(
         probabilities stand in (the difference between consecutive exits' predictions), and the
         metadata says so (``feature_diff_from``).
     :param exit_flops: ``[K]`` FLOPs of each exit head (default: 0).
-    :param transfer_bytes: ``[K, D]`` bytes device ``d`` sends after stage ``k`` (``[K]``: one
-        device; default: 0, no link costs).
+    :param transfer_bytes: ``[K, D]`` bytes device ``d`` sends after stage ``k`` (``[K]`` as for
+        ``stage_flops``; default: 0, no link costs).
     :param input_bytes: bytes of one input, sent to every device (parallel) or device 0
         (pipeline).
     :param topology: ``"parallel"`` (branches fused at every exit) or ``"pipeline"`` (stage k
@@ -110,11 +117,11 @@ def trace_from_outputs(
         if emb.ndim != 3 or emb.shape[:2] != (n, k):
             raise ValueError(f"embeddings: shape {emb.shape}; expected [{n}, {k}, features]")
         diff, source = consecutive_feature_diff(emb), "embeddings"
-    flops = _costs("stage_flops", stage_flops, k)
+    flops = _costs("stage_flops", stage_flops, k, topology)
     sent = (
         np.zeros_like(flops)
         if transfer_bytes is None
-        else _costs("transfer_bytes", transfer_bytes, k)
+        else _costs("transfer_bytes", transfer_bytes, k, topology)
     )
     trace = ExitTrace(
         probs=p if p.dtype in (np.float16, np.float32) else p.astype(np.float32),

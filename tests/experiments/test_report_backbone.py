@@ -24,6 +24,8 @@ def test_auc_is_the_share_of_pairs_ranked_right():
     assert report_backbone.auc(np.arange(4.0), np.array([0, 0, 1, 1], bool)) == 1.0
     assert report_backbone.auc(-np.arange(4.0), np.array([0, 0, 1, 1], bool)) == 0.0
     assert np.isnan(report_backbone.auc(np.arange(3.0), np.ones(3, bool)))
+    # a constant score is no criterion (the feature difference at the first exit): not 0.5
+    assert np.isnan(report_backbone.auc(np.zeros(4), np.array([0, 1, 0, 1], bool)))
 
 
 def test_the_shipped_networks_table(tmp_path, capsys):

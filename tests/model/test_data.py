@@ -74,6 +74,14 @@ def test_malicious_batch_pickle_is_refused(tmp_path):
         load_cifar10(root, "test")
 
 
+def test_a_partial_batch_folder_is_refused(tmp_path):
+    """Four batches of five would train on less data and carve another val split."""
+    root = write_python_batches(tmp_path / "cifar-10-batches-py", tiny_arrays())
+    (root / "data_batch_3").unlink()
+    with pytest.raises(ValueError, match="lacks data_batch_3"):
+        load_cifar10(root, "train")
+
+
 # numpy's own pickle of an array (protocol 2): _reconstruct(ndarray, (0,), b"b"), then its state
 _RECONSTRUCT = b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
 

@@ -45,6 +45,16 @@ def test_without_embeddings_the_probabilities_stand_in_and_the_metadata_says_so(
     assert trace.metadata["feature_diff_from"] == "probs" and trace.num_devices == 2
 
 
+def test_a_pipeline_cost_vector_is_one_stage_per_device():
+    labels, logits, _ = _outputs()
+    trace = trace_from_outputs(
+        logits=logits, labels=labels, stage_flops=[1e6, 2e6, 3e6], transfer_bytes=[8, 4, 0],
+        topology="pipeline",
+    )  # fmt: skip
+    np.testing.assert_array_equal(trace.stage_flops, np.diag([1e6, 2e6, 3e6]))
+    np.testing.assert_array_equal(trace.transfer_bytes, np.diag([8, 4, 0]))
+
+
 def test_feature_diff_is_half_the_distance_of_unit_embeddings():
     emb = np.array([[[1.0, 0.0], [0.0, 2.0], [0.0, -3.0]]])
     np.testing.assert_allclose(consecutive_feature_diff(emb), [[1.0, 0.5**0.5, 1.0]], rtol=1e-6)
@@ -57,6 +67,7 @@ def test_feature_diff_is_half_the_distance_of_unit_embeddings():
         ({"probs": np.full((50, 3, 4), 0.25)}, "give exactly one"),
         ({"logits": np.zeros((50, 4))}, "logits: shape"),
         ({"logits": np.full((50, 3, 4), np.nan)}, "logits: must be finite"),
+        ({"logits": np.full((50, 3, 4), 0.25)}, "these are probabilities; pass them as probs="),
         ({"embeddings": np.zeros((50, 2, 8))}, "embeddings: shape"),
         ({"stage_flops": np.ones((2, 2))}, "stage_flops: shape"),
         ({"stage_flops": [-1.0, 1.0, 1.0]}, "stage_flops"),
