@@ -128,6 +128,29 @@ def test_a_users_nested_override_keeps_the_ids_own_settings(env_id):
     assert changed == own.replace({"reward.latency_weight": 0.2})
 
 
+def test_each_version_is_what_the_env_card_says():
+    """v3 adds the queue's drain cost to v2; v1 cuts the same streams into 128-request
+    episodes paid on the exit step; v2 is the defaults (the card's Version History)."""
+    defaults = EnvConfig()
+    v1, v2, v3 = (gym.make(f"DistrEE-Bursty-v{n}").unwrapped.config for n in (1, 2, 3))
+    assert v2 == EnvConfig.scenario("bursty-stream") and v2.reward.drain_weight == 0.0
+    assert v3 == v2.replace({"reward.drain_weight": 1.0})
+    assert (v1.requests_per_episode, v1.episode_end, v1.reward.timing) == (
+        128, "truncate", "request")  # fmt: skip
+    assert (v2.requests_per_episode, v2.reward.timing) == (
+        defaults.requests_per_episode, defaults.reward.timing)  # fmt: skip
+    assert gym.make("DistrEE-v3").unwrapped.config.reward.drain_weight == 1.0
+
+
+def test_the_readme_env_card_is_the_generated_one():
+    from experiments.env_card import card
+    from experiments.readme import README
+
+    text = README.read_text(encoding="utf-8")
+    block = text.split("<!-- BEGIN env-card -->\n", 1)[1].split("<!-- END env-card -->", 1)[0]
+    assert block.strip() == card().strip()
+
+
 def test_registration_fresh_interpreter_and_no_torch():
     code = (
         "import sys, gymnasium as gym\n"

@@ -122,7 +122,15 @@ def built(make, *args):
         raise
 
 
-FUZZ = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: The same 15 examples on every run (derandomized): CI under ``pytest -x`` must not fail at
+#: random on an example a new draw happens to find. For a wider search, run these tests by
+#: hand with ``derandomize=False`` and more examples.
+FUZZ = settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @FUZZ

@@ -44,6 +44,46 @@ def test_deterministic_overload_waits_grow_as_computed_by_hand():
     assert np.allclose(latencies, expected)
 
 
+@pytest.mark.parametrize("vector", [False, True])
+def test_the_queue_columns_of_the_observation_as_computed_by_hand(vector):
+    """D/D/1 with arrivals every T = 0.75 S, every request to the last exit. At exit 0, request
+    i has waited i (S - T) and run stage 0 (S0 ms): ``elapsed_ratio`` = (i (S - T) + S0) / D;
+    the arrivals by then number floor((i S + S0) / T) + 1, of which i + 1 have been served or
+    are in service, so the rest wait; the oldest of them arrived at (i + 1) T."""
+    cfg = EnvConfig.from_dict(
+        {**CONSTANT, "arrivals": {"kind": "periodic", "utilisation": 1 / 0.75},
+         "queue": {"capacity": 8}}
+    )  # fmt: skip
+    service, s0 = describe(cfg)["mean_service_ms"], describe(cfg)["full_speed_stage_ms"][0]
+    gap, deadline, cap = 0.75 * service, cfg.deadline_ms, cfg.max_elapsed_ratio
+    env = DistrEEVecEnv(1, config=cfg, autoreset_mode="SameStep") if vector else DistrEEEnv(cfg)
+    names = env.unwrapped.observation_names if not vector else env.observation_names
+    col = {n: names.index(n) for n in ("elapsed_ratio", "queue_len", "oldest_wait_ratio")}
+    obs, _ = env.reset(seed=0)
+    seen = []
+    while len(seen) < 12:
+        row = np.asarray(obs).reshape(-1)
+        if row[names.index("progress")] == 0:  # at exit 0
+            seen.append([row[col[n]] for n in col])
+        obs, _, terminated, truncated, _ = env.step(np.zeros(1, np.int64) if vector else 0)
+        if not vector and (terminated or truncated):  # v2: an episode per request
+            obs, _ = env.reset()
+    i = np.arange(12)
+    waiting = np.floor((i * service + s0) / gap + 1e-9) + 1 - (i + 1)
+    expected = np.stack(
+        [
+            np.minimum((i * (service - gap) + s0) / deadline, cap),
+            np.minimum(waiting / 8, 1.0),
+            np.where(
+                waiting > 0, np.minimum((i * service + s0 - (i + 1) * gap) / deadline, cap), 0
+            ),
+        ],
+        axis=1,
+    )
+    assert waiting.max() >= 3  # the queue builds up
+    np.testing.assert_allclose(np.array(seen), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("requests_per_episode", [1, 4])
 def test_utilisation_is_the_busy_share_between_answers_as_computed_by_hand(requests_per_episode):
     """D/D/1 at load 0.5, last exit: each request is served S ms of every 2 S, so an episode's

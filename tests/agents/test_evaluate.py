@@ -148,3 +148,27 @@ def test_standard_error_needs_two_streams_and_is_zero_without_spread():
     assert m["mean_reward_se"] == 0.0
     m = evaluate(ConfidenceThreshold(0.8), SYNTH, n_requests=1000, seed=0, num_envs=8)
     assert m["mean_reward_se"] > 0
+
+
+def test_a_stream_counts_its_drops_only_until_it_has_answered_its_share():
+    """Under overload the streams reach their share at different steps; a stream that is done
+    keeps stepping (the batch moves together) but its later drops are not counted."""
+    from agents.evaluate import make_eval_env, step_values
+
+    config = EnvConfig.scenario("bursty-stream").replace(
+        {"arrivals.utilisation": 1.6, "queue.capacity": 4}
+    )
+    m = evaluate(ConfidenceThreshold(0.8), config, n_requests=256, seed=3, num_envs=2)
+    venv = make_eval_env(config, 2)  # the same run, counted by hand
+    obs, _ = venv.reset(seed=3)
+    answered, dropped, extra = np.zeros(2, int), np.zeros(2, int), 0
+    while (answered < 128).any():
+        actions, _ = ConfidenceThreshold(0.8).predict(obs, deterministic=True)
+        before = answered < 128
+        obs, _, _, _, info = venv.step(actions)
+        drops = step_values(info, "dropped")  # an ended episode's values are in final_info
+        dropped += np.where(before, drops, 0)
+        extra += int(np.where(before, 0, drops).sum())
+        answered += before & step_values(info, "request_done")
+    assert m["n_requests"] == 256 + dropped.sum()
+    assert extra > 0  # the finished stream did drop more, uncounted

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -308,9 +309,14 @@ def test_an_off_policy_run_does_not_resume_without_its_replay_buffer(tmp_path, c
             "--eval-freq", "0", "--run-name", "d"]  # fmt: skip
     train_agent.main(argv)
     checkpoints = tmp_path / "runs" / "d" / "checkpoints"
-    (replay,) = checkpoints.glob("*.replay.npz")
+    # resumed with its buffer: the buffer goes on filling from where it was (256 steps of
+    # 2 envs, then 256 more: position 256, where a fresh buffer would be at 128)
+    train_agent.main([*argv, "--timesteps", "512", "--resume"])
+    replay = checkpoints / "ckpt_512_steps.replay.npz"
+    with np.load(replay) as data:
+        assert int(data["pos"]) == 256
     replay.unlink()
     with pytest.raises(SystemExit) as exc:
-        train_agent.main([*argv, "--timesteps", "512", "--resume"])
+        train_agent.main([*argv, "--timesteps", "768", "--resume"])
     assert exc.value.code == 2
     assert "has no replay buffer beside it" in capsys.readouterr().err

@@ -107,6 +107,24 @@ def test_rows_do_not_depend_on_the_worker_processes(quick_run: Path, tmp_path: P
     assert (out / name).read_bytes() == (quick_run / "results" / name).read_bytes()
 
 
+def test_each_split_replays_its_own_link_and_arrival_traces() -> None:
+    """Val tunes on the first halves of the replayed traces, test measures on the held-out
+    ones (the README's "held-out link and arrival traces")."""
+    plan = benchmark.BenchmarkPlan(
+        scenarios=("cellular", "azure-code"), seeds=(0,), n_requests=256,
+        config=benchmark.EnvConfig(), test_trace="synthetic:seed=1", val_trace="synthetic",
+        thresholds=3, calibration=benchmark.Calibration(),
+    )  # fmt: skip
+    for split in ("val", "test"):
+        cellular = split_configs(plan, "cellular")[split]
+        azure = split_configs(plan, "azure-code")[split]
+        assert (cellular.cluster.bandwidth.kind, azure.arrivals.kind) == ("trace", "trace")
+        assert cellular.cluster.bandwidth.split == azure.arrivals.split == split
+        assert (
+            cellular.trace == azure.trace == (plan.val_trace if split == "val" else plan.test_trace)
+        )
+
+
 def test_table_equals_agents_evaluate(quick_run: Path) -> None:
     """A reported number is what ``agents.evaluate`` returns for the same seed and split."""
     points = _read_csv(quick_run / "results" / "benchmark_points.csv")
