@@ -23,6 +23,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 from agents.evaluate import METRICS, evaluate
 from agents.policy import as_policy, find_vecnormalize, save_vecnormalize, sidecar
 from distree_env.io import atomic_write, atomic_write_text, read_npz, read_text_capped
+from distree_env.manifest import sha256_of
 
 __all__ = [
     "ALGOS",
@@ -234,7 +235,8 @@ class ValEvalCallback(BaseCallback):
         if record is None or not record.is_file() or not self.best_path.is_file():
             return -np.inf
         try:
-            value = json.loads(read_text_capped(record, "best model record"))["mean_reward"]
+            data = json.loads(read_text_capped(record, "best model record"))
+            value = data["mean_reward"]
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
@@ -242,6 +244,12 @@ class ValEvalCallback(BaseCallback):
                 f"{str(record)!r} is not a best-model record ({{'mean_reward': number}}); "
                 "delete it and best_model.zip to start the best-on-val choice afresh"
             ) from None
+        if "sha256" in data and data["sha256"] != sha256_of(self.best_path):
+            raise ValueError(
+                f"{str(record)!r} records another model than {str(self.best_path)!r} (a run "
+                "killed between writing the two); delete both to start the best-on-val choice "
+                "afresh"
+            )
         return float(value)
 
     def _on_step(self) -> bool:
@@ -264,6 +272,7 @@ class ValEvalCallback(BaseCallback):
             if self.best_path is not None:
                 self.best_path.parent.mkdir(parents=True, exist_ok=True)
                 save_model(self.model, self.best_path)
-                record = {"mean_reward": reward, "timesteps": int(self.num_timesteps)}
+                record = {"mean_reward": reward, "timesteps": int(self.num_timesteps),
+                          "sha256": sha256_of(self.best_path)}  # fmt: skip
                 atomic_write_text(self._best_record(), json.dumps(record) + "\n")
         return dict(metrics)

@@ -6,14 +6,12 @@ simulator on the val trace (with the calibrated cluster profile), never on test 
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 
 from agents.calibrate import calibrate_all
 from distree_env.config import build_config
-from distree_env.io import read_text_capped
-from experiments.cli import one_line_errors, parse_args
+from experiments.cli import one_line_errors, parse_args, read_config_overrides
 from experiments.run_live import RULE_SPECS
 
 
@@ -35,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(Args, argv)
     overrides = {}
     if args.profile:
-        overrides = json.loads(read_text_capped(args.profile, "--profile"))
+        overrides = read_config_overrides(args.profile, "--profile")
     if args.trace is not None:
         overrides["trace"] = args.trace
     config = build_config(None, args.scenario, overrides)

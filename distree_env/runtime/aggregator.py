@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from distree_env.runtime.records import (
     RunRecord,
     append_journal,
     journal_path,
+    keep_killed_journal,
     write_run,
 )
 from distree_env.runtime.schedule import LiveScenario, starts_episode
@@ -130,8 +132,12 @@ class Aggregator:
         if hasattr(self.policy, "seed"):  # a stochastic rule: the warm-up's draws are no request's
             self.policy.seed(self.policy_seed)
         self.ep.reset_clock()
-        if self.out is not None:
-            journal_path(self.out).unlink(missing_ok=True)  # left by a killed run
+        if self.out is not None and (aside := keep_killed_journal(self.out)) is not None:
+            print(
+                f"a killed run's record and journal at {str(self.out)!r} were moved to "
+                f"{str(aside)!r} (distree_env.runtime.records.load_journal reads them)",
+                file=sys.stderr,
+            )
         self._write()  # the record exists (status "running") from the start
         journaled = 0
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "FLUSH_EVERY",
     "append_journal",
     "journal_path",
+    "keep_killed_journal",
     "load_journal",
     "RUN_FORMAT",
     "RUN_VERSION",
@@ -95,6 +97,25 @@ def journal_path(path: str | Path) -> Path:
     """Where a running run appends its finished requests: ``<record>.partial.jsonl``."""
     p = Path(path)
     return p.with_name(p.name + ".partial.jsonl")
+
+
+def keep_killed_journal(path: str | Path) -> Path | None:
+    """Before a run writes its record at ``path``: if a killed run left its journal there, move
+    that run's record and journal aside to ``<stem>.killed-N<suffix>`` (the first free N), so
+    nothing it served is lost; :func:`load_journal` of the returned path reads them back."""
+    p = Path(path)
+    journal = journal_path(p)
+    if not journal.exists():
+        return None
+    n = 1
+    while (aside := p.with_name(f"{p.stem}.killed-{n}{p.suffix}")).exists() or journal_path(
+        aside
+    ).exists():
+        n += 1
+    if p.exists():
+        os.replace(p, aside)
+    os.replace(journal, journal_path(aside))
+    return aside
 
 
 def append_journal(path: str | Path, requests: list[RequestRecord]) -> None:

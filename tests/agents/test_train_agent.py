@@ -245,7 +245,7 @@ def test_resume_after_sigkill(tmp_path, tiny, capsys):
     assert exc.value.code == 2 and "holds no run" in capsys.readouterr().err
 
 
-def test_a_resumed_run_keeps_its_best_model_on_val(tmp_path, tiny):
+def test_a_resumed_run_keeps_its_best_model_on_val(tmp_path, tiny, capsys):
     """Resuming, also a finished run with val evaluations on, keeps the earlier best model
     unless a later evaluation beats its recorded val reward."""
     argv = [*_common(tmp_path, tiny), "--timesteps", "512", "--eval-freq", "256",
@@ -262,6 +262,14 @@ def test_a_resumed_run_keeps_its_best_model_on_val(tmp_path, tiny):
     (run / "best_model.json").write_text("{}")
     with pytest.raises(SystemExit):
         train_agent.main([*argv, "--resume"])
+    # a kill between writing best_model.zip and its record leaves them disagreeing: named
+    (run / "best_model.json").write_text(json.dumps({**record, "mean_reward": -9.0}))
+    train_agent.main([*argv, "--resume"])  # the record's own model: fine
+    (run / "best_model.zip").write_bytes(before + b"\0")
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="2"):
+        train_agent.main([*argv, "--resume"])
+    assert "records another model than" in capsys.readouterr().err
 
 
 def test_tensorboard_names_say_per_request_or_per_episode(tmp_path, tiny):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from experiments.run_live import RULE_SPECS
 
 
@@ -30,3 +32,14 @@ def test_prints_a_run_live_policy_spec():
     prefix, _, value = done.stdout.strip().partition(":")
     assert prefix in RULE_SPECS
     float(value)
+
+
+def test_a_bad_profile_names_the_file(tmp_path, capsys):
+    from experiments import best_rule
+
+    profile = tmp_path / "profile.json"
+    profile.write_text("{not json")
+    with pytest.raises(SystemExit) as exc:
+        best_rule.main(["--profile", str(profile)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--profile" in err and "profile.json" in err, err

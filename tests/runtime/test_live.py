@@ -327,6 +327,21 @@ def test_a_running_record_grows_by_appends_and_the_journal_ends_with_the_run(tmp
         load_journal(out)
 
 
+def test_a_new_run_moves_a_killed_runs_record_and_journal_aside(tmp_path):
+    """Starting again at the same --out must not erase what a killed run served."""
+    from distree_env.runtime.records import append_journal, keep_killed_journal, load_journal
+
+    out = tmp_path / "run.json"
+    assert keep_killed_journal(out) is None  # nothing left behind: nothing moved
+    for n in (1, 2):
+        out.write_text(f"record of killed run {n}")
+        append_journal(out, [RequestRecord(index=n, sample=0, label=0, arrival_ms=0.0)])
+        aside = keep_killed_journal(out)
+        assert aside == tmp_path / f"run.killed-{n}.json" and not journal_path(out).exists()
+        assert aside.read_text() == f"record of killed run {n}" and not out.exists()
+        assert [r.index for r in load_journal(aside)] == [n]
+
+
 def test_a_full_queue_at_arrival_counts_only_the_requests_still_waiting():
     from types import SimpleNamespace
 
