@@ -42,6 +42,20 @@ def test_bursty_keeps_the_mean_rate_and_is_burstier_than_poisson():
     assert counts.var() / counts.mean() > 3 * poisson.var() / poisson.mean()
 
 
+def test_bursty_streams_start_in_the_stationary_phase():
+    """A stream starts on or off with the MMPP's stationary odds, so its first 200 ms bring
+    rate x 200 ms arrivals on average; all starting in a burst would bring the on rate's
+    (2.3 times as many here)."""
+    process = ArrivalProcess("bursty", rate_per_ms=0.05, on_ms=1000.0, off_ms=3000.0,
+                             off_share=0.25)  # fmt: skip
+    rng = np.random.default_rng(0)
+    state = process.start(rng, 20_000)
+    times = process.generate(rng, state, 64)
+    first = (times < 200.0).sum(axis=1).mean()
+    assert process.on_rate * 200 > 2 * 0.05 * 200
+    assert abs(first / (0.05 * 200) - 1) < 0.05, first
+
+
 def test_trace_replays_its_gaps_cyclically(tmp_path):
     path = tmp_path / "arrivals.csv"
     path.write_text("time_ms\n0\n5\n30\n")

@@ -142,6 +142,34 @@ def test_each_version_is_what_the_env_card_says():
     assert gym.make("DistrEE-v3").unwrapped.config.reward.drain_weight == 1.0
 
 
+@pytest.mark.parametrize("vector", [False, True])
+def test_episode_latency_figures_are_those_of_its_requests(vector):
+    """An episode's mean and p95 latency are numpy's over the latencies of the requests it
+    answered (v1: 128-request episodes)."""
+    if vector:
+        env = gym.make_vec("DistrEE-v1", num_envs=1, vectorization_mode="vector_entry_point",
+                           autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)  # fmt: skip
+    else:
+        env = gym.make("DistrEE-v1")
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    latencies = []
+    while True:
+        a = rng.integers(0, 2)
+        _, _, terminated, truncated, info = env.step(np.array([a]) if vector else a)
+        if vector and (terminated[0] or truncated[0]):
+            info = {k: v[0] for k, v in info["final_info"].items() if not k.startswith("_")}
+        elif vector:
+            info = {k: v[0] for k, v in info.items() if not k.startswith("_")}
+        if info["request_done"]:
+            latencies.append(float(info["request_latency_ms"]))
+        if np.any(terminated) or np.any(truncated):
+            break
+    assert len(latencies) == 128
+    assert info["episode_latency_mean_ms"] == pytest.approx(np.mean(latencies))
+    assert info["episode_latency_p95_ms"] == pytest.approx(np.percentile(latencies, 95))
+
+
 def test_the_readme_env_card_is_the_generated_one():
     from experiments.env_card import card
     from experiments.readme import README

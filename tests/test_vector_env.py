@@ -207,6 +207,19 @@ def test_masks_oracle_and_outlook_shapes():
     assert venv.request_correct.dtype == bool
 
 
+def test_the_oracle_exits_at_the_first_of_equally_good_exits():
+    """Without a latency or deadline cost every correct exit earns the same: the Oracle takes
+    the first correct one, and exits at once where none is correct (ties go to the earlier
+    exit)."""
+    free = {**FAST, "reward": {"latency_weight": 0.0, "deadline_penalty": 0.0}}
+    venv = DistrEEVecEnv(64, **free)
+    venv.reset(seed=0)
+    correct = venv.request_correct  # [B, K]: at the first decision every request is at exit 0
+    first = correct.argmax(axis=1)  # 0 also where no exit is correct: all tie
+    assert (first > 0).any() and (first == 0).any() and (~correct.any(axis=1)).any()
+    np.testing.assert_array_equal(venv.oracle_actions(), (first == 0).astype(int))
+
+
 def test_vector_pickle_round_trip_and_memory():
     venv = DistrEEVecEnv(8, **FAST)
     venv.reset(seed=1)
