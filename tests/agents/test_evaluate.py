@@ -133,7 +133,7 @@ def test_standard_error_matches_the_spread_between_seeds():
     it must agree with the spread of ``mean_reward`` over evaluations of other seeds, also on a
     request stream, where the requests of one stream are correlated through the queue."""
     config = EnvConfig.scenario("steady-stream")
-    runs = [evaluate(ConfidenceThreshold(0.8), config, n_requests=1024, seed=s) for s in range(48)]
+    runs = [evaluate(ConfidenceThreshold(0.8), config, n_requests=1024, seed=s) for s in range(32)]
     spread = np.std([r["mean_reward"] for r in runs], ddof=1)
     estimated = np.sqrt(np.mean([r["mean_reward_se"] ** 2 for r in runs]))
     assert 0.7 < estimated / spread < 1.4, (estimated, spread)

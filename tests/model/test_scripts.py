@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from distree_env.traces import ExitTrace
+from experiments import train_backbone
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_ARGS = ["--preset", "tiny", "--batch-size", "4", "--val-size", "8", "--threads", "1"]
@@ -85,7 +86,7 @@ def test_killed_training_resumes_to_the_same_weights(tiny_cifar, tmp_path):
     assert all(torch.equal(resumed[k], fresh[k]) for k in fresh)
 
 
-def test_existing_run_without_resume_is_refused(tiny_cifar, tmp_path):
+def test_existing_run_without_resume_is_refused(tiny_cifar, tmp_path, monkeypatch, capsys):
     data, _ = tiny_cifar
     assert _run(_train_cmd(data, tmp_path, 1), tmp_path).returncode == 0
     out = _run(_train_cmd(data, tmp_path, 1), tmp_path)
@@ -95,9 +96,13 @@ def test_existing_run_without_resume_is_refused(tiny_cifar, tmp_path):
     del state["history"]
     state["torch_rng"] = "not a tensor"
     torch.save(state, last)
-    out = _run(_train_cmd(data, tmp_path, 1, "--resume"), tmp_path)
-    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
-    assert "last.pt': missing or malformed ['torch_rng', 'history']" in out.stderr
+    for name, value in _env(tmp_path).items():  # in this process: no second torch start-up
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exc:
+        train_backbone.main(_train_cmd(data, tmp_path, 1, "--resume")[3:])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.strip().count("\n") == 0, err
+    assert "last.pt': missing or malformed ['torch_rng', 'history']" in err
 
 
 @pytest.mark.parametrize("topology", ["parallel", "pipeline"])
