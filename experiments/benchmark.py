@@ -347,7 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         fail(str(exc))
     summary = summarize(rows)
-    headlines = [headline(summary, rows, s) for s in args.scenarios]
+    headlines = [
+        headline(summary, rows, s, requests_per_seed=plan.n_requests) for s in args.scenarios
+    ]
     outputs = _write(args, argv, plan, rows, summary, headlines, calibrated, test_trace.num_exits)
     _print(plan, summary, headlines, notes, outputs)
     return 0

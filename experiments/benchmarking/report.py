@@ -19,7 +19,7 @@ from experiments.benchmarking.analysis import (
     GAP_TARGET,
     KEPT_TARGET,
     MARGIN_TARGET,
-    MIN_MISS_RATE,
+    MIN_MISSES,
     MISS_TARGET,
     TOLERANCE,
     WORSE_LIMIT,
@@ -113,8 +113,9 @@ def _miss_change(d: dict[str, Any]) -> str:
     """The agent's deadline misses against the baseline's, in words, and the verdict."""
     if d["target_met"] is None:
         return (
-            f"the baseline misses under {100 * MIN_MISS_RATE:g}% of the requests, too few for a "
-            f"relative comparison (target {100 * MISS_TARGET:.0f}%: not applicable)"
+            f"the baseline misses about {d['baseline_miss_rate'] * d['requests']:.0f} of "
+            f"{d['requests']} requests, under {MIN_MISSES}: too few for a relative comparison "
+            f"(target {100 * MISS_TARGET:.0f}%: not applicable)"
         )
     change = d["relative_reduction"]
     words = f"{100 * abs(change):.0f}% {'fewer' if change >= 0 else 'more'}"
