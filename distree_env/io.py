@@ -201,8 +201,8 @@ def csv_rows(path: str | os.PathLike, field: str, what: str) -> Iterator[tuple[i
     """
     try:
         p = require_input_file(path, what)
-    except ValueError as exc:
-        raise ValueError(f"{field}={str(path)!r} is not allowed: {exc}") from None
+    except ValueError as exc:  # it names the file already
+        raise ValueError(f"{field}: {exc}") from None
     line_no = 0
     try:
         with open(p, newline="", encoding="utf-8") as handle:

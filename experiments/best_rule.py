@@ -20,7 +20,9 @@ class Args:
     """Choose the best classic rule on val for a scenario and cluster profile."""
 
     scenario: str = field(default="steady-stream", metadata={"help": "scenario name"})
-    profile: str = field(default="", metadata={"help": "cluster profile JSON (calibrate_cluster)"})
+    profile: str = field(
+        default="", metadata={"help": "cluster profile, JSON or YAML (calibrate_cluster)"}
+    )
     trace: str | None = field(
         default=None, metadata={"help": "val trace to choose on (unset: the scenario's own)"}
     )

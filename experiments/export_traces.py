@@ -76,13 +76,24 @@ class Args:
 
 
 def default_out_dir(backbone: str) -> Path:
-    """``checkpoints/traces`` for a shipped backbone (in the checkpoints folder), else the
-    backbone's own folder: traces of an experiment never replace the shipped ones."""
+    """``checkpoints/traces`` for a backbone in the checkpoints folder (a shipped one: its
+    traces replace the shipped ones), else the backbone's own folder: traces of an experiment
+    stay beside it."""
     from distree_env.manifest import checkpoints_dir
 
     folder = Path(backbone).resolve().parent
     shipped = checkpoints_dir().resolve()
     return shipped / "traces" if folder == shipped else folder
+
+
+def backbone_label(backbone: str) -> str:
+    """How a trace names its network: a shipped backbone's file name, else its path (every
+    experiment's file is ``backbone.pt`` in its run folder)."""
+    from distree_env.manifest import checkpoints_dir
+
+    path = Path(backbone)
+    shipped = path.resolve().parent == checkpoints_dir().resolve()
+    return path.name if shipped else str(path)
 
 
 def check_val_split(recorded: dict, val: Any, val_size: int, backbone: str) -> None:
@@ -125,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as e:
         fail(str(e))
     results = {}
+    label = backbone_label(args.backbone)
     for split_name, split in splits.items():
         if args.max_images:
             split = Split(split.images[: args.max_images], split.labels[: args.max_images])
@@ -132,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
             model,
             split,
             split_name,
-            metadata={"backbone": Path(args.backbone).name},
+            metadata={"backbone": label},
             bf16=args.bf16,
             tta=args.tta,
             progress=True,
@@ -143,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
             "n": trace.n,
             "exit_accuracy": trace.metadata["exit_accuracy"],
             "exit_cumulative_gflops": trace.metadata["exit_cumulative_gflops"],
-            "backbone": Path(args.backbone).name,
+            "backbone": label,
             "flip_tta": args.tta,
         }
         if path.resolve().is_relative_to(checkpoints_dir().resolve()):

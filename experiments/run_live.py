@@ -71,7 +71,8 @@ class Args:
     )  # fmt: skip
     scenario: str | None = field(default=None, metadata={"help": "environment scenario name"})
     config: str | None = field(
-        default=None, metadata={"help": "JSON of environment config overrides (a cluster profile)"}
+        default=None,
+        metadata={"help": "JSON or YAML of environment config overrides (a cluster profile)"},
     )
     policy: str = field(default="last-exit", metadata={"help": POLICY_HELP})
     trust: bool = field(default=False, metadata={"help": "load an agent file not in MANIFEST"})

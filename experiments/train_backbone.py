@@ -124,6 +124,34 @@ def training_data(args: Args) -> tuple[Any, Any]:
     return train, val
 
 
+def save_measured(model: Any, out: Path, metrics: dict, val: Any, bf16: bool) -> None:
+    """Save ``model`` at ``out`` with ``metrics`` and its val accuracy per exit, measured on the
+    float16 weights the file holds (the file keeps its metrics wherever it goes; one in the
+    checkpoints folder is recorded in the MANIFEST too, which loading it needs)."""
+    from distree_env.manifest import checkpoints_dir, command_line, record
+    from distree_env.model.checkpoint import load_backbone, save_backbone
+    from distree_env.model.train import predict
+    from distree_env.traces.format import exit_accuracy
+
+    shipped = out.resolve().is_relative_to(checkpoints_dir().resolve())
+    for final in (False, True):
+        save_backbone(model, out, metrics)
+        if shipped:
+            record(out, command_line("experiments.train_backbone"), metrics)
+        if not final:
+            probs, _ = predict(load_backbone(out), val.images, bf16=bf16)
+            accuracy = exit_accuracy(probs, val.labels)
+            metrics["val_exit_accuracy"] = [round(float(a), 4) for a in accuracy]
+
+
+def distillation(cfg: Any) -> str:
+    """How ``cfg`` distils, in words (the README's and MANIFEST's recipe line)."""
+    if not cfg.teacher:
+        return "self-distillation from the deepest exit"
+    transfer = " + attention transfer" if cfg.loss.attention_weight else ""
+    return f"teacher {cfg.teacher} (final exit), KD{transfer}"
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> dict:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the final metrics."""
@@ -131,12 +159,10 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from distree_env.io import require_output_dir, require_output_file
-    from distree_env.manifest import checkpoints_dir, command_line, record
-    from distree_env.model.checkpoint import load_backbone, save_backbone
+    from distree_env.model.checkpoint import load_backbone
     from distree_env.model.network import NetConfig
     from distree_env.model.presets import preset
-    from distree_env.model.train import LossConfig, TrainConfig, Trainer, predict
-    from distree_env.traces.format import exit_accuracy
+    from distree_env.model.train import LossConfig, TrainConfig, Trainer
 
     torch.set_num_threads(args.threads)
     try:
@@ -207,28 +233,20 @@ def main(argv: list[str] | None = None) -> dict:
     writer.close()
 
     out = Path(args.output) if args.output else run_dir / "backbone.pt"
-    # the val split it was trained beside: export_traces refuses another (training images)
-    save_backbone(trainer.model, out, {"val_size": args.val_size, "val_data": val.fingerprint()})
     metrics = {
         "architecture": f"{net.num_branches} x pre-activation {net.name}, exits after blocks "
         f"{list(net.exits)}",
-        "distillation": f"teacher {cfg.teacher} (final exit), KD + attention transfer"
-        if cfg.teacher
-        else "self-distillation from the deepest exit",
+        "distillation": distillation(cfg),
         "epochs": cfg.epochs,
         "train_seconds": round(sum(h["seconds"] for h in history), 1),
         "train_images": len(train),
         "device": torch.cuda.get_device_name() if cfg.device == "cuda" else "cpu",
         "config": cfg.to_dict(),
+        # the val split it was trained beside: export_traces refuses another (training images)
+        "val_size": args.val_size,
+        "val_data": val.fingerprint(),
     }
-    shipped = out.resolve().is_relative_to(checkpoints_dir().resolve())
-    if shipped:
-        record(out, command_line("experiments.train_backbone"), metrics)
-    model = load_backbone(out)  # measure what ships: the float16-stored weights
-    probs, _ = predict(model, val.images, bf16=cfg.bf16)
-    metrics["val_exit_accuracy"] = [round(float(a), 4) for a in exit_accuracy(probs, val.labels)]
-    if shipped:
-        record(out, command_line("experiments.train_backbone"), metrics)
+    save_measured(trainer.model, out, metrics, val, cfg.bf16)
     print(
         f"saved {out}: val exit accuracy {metrics['val_exit_accuracy']}, "
         f"{metrics['train_seconds']}s training, {time.time() - started:.0f}s this session"

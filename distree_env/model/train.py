@@ -364,6 +364,8 @@ class Trainer:
             return False
         state = torch_load_safe(self.checkpoint_path, "training checkpoint")
         stored, now = state.get("train_config"), self.cfg.to_dict()
+        if isinstance(stored, dict) and "data" not in stored:  # written before data was recorded
+            now.pop("data")
         if stored != now:
             raise ValueError(
                 f"{str(self.checkpoint_path)!r} was written with another training configuration "

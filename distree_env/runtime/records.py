@@ -101,16 +101,15 @@ def journal_path(path: str | Path) -> Path:
 
 def keep_killed_journal(path: str | Path) -> Path | None:
     """Before a run writes its record at ``path``: if a killed run left its journal there, move
-    that run's record and journal aside to ``<stem>.killed-N<suffix>`` (the first free N), so
-    nothing it served is lost; :func:`load_journal` of the returned path reads them back."""
+    that run's record and journal aside to ``<name>.killed-N`` (the first free N; a name no
+    ``*.json`` glob of complete records picks up), so nothing it served is lost;
+    :func:`load_journal` of the returned path reads them back."""
     p = Path(path)
     journal = journal_path(p)
     if not journal.exists():
         return None
     n = 1
-    while (aside := p.with_name(f"{p.stem}.killed-{n}{p.suffix}")).exists() or journal_path(
-        aside
-    ).exists():
+    while (aside := p.with_name(f"{p.name}.killed-{n}")).exists() or journal_path(aside).exists():
         n += 1
     if p.exists():
         os.replace(p, aside)

@@ -42,7 +42,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
         raise ValueError(f"logits: shape {z.shape}; expected [samples, exits, classes]")
     if not np.isfinite(z).all():
         raise ValueError("logits: must be finite (found NaN or inf)")
-    if z.size and z.min() >= 0 and z.max() <= 1 and np.allclose(z.sum(axis=2), 1.0, atol=1e-3):
+    fractional = z.size and not np.array_equal(z, np.round(z))  # one-hot logits are fine
+    if fractional and z.min() >= 0 and z.max() <= 1 and np.allclose(z.sum(axis=2), 1, atol=1e-3):
         raise ValueError(
             "logits: every row is in [0, 1] and sums to 1: these are probabilities; pass them "
             "as probs= (a softmax of probabilities would flatten every confidence)"

@@ -229,6 +229,11 @@ def test_teacher_distillation_trains_the_student(tmp_path):
         Trainer(cfg, split, split, tmp_path / "y", teacher=other)
     kd_only = replace(cfg, loss=replace(cfg.loss, attention_weight=0.0))
     Trainer(kd_only, split, split, tmp_path / "z", teacher=other).fit(progress=False)
+    from experiments.train_backbone import distillation  # the recipe line says which
+
+    assert distillation(kd_only) == "teacher t.pt (final exit), KD"
+    assert distillation(cfg) == "teacher t.pt (final exit), KD + attention transfer"
+    assert distillation(replace(cfg, teacher="")).startswith("self-distillation")
 
 
 @pytest.mark.parametrize("topology", ["parallel", "pipeline"])

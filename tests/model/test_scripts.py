@@ -168,6 +168,15 @@ def test_an_experiment_writes_its_run_folder_and_resumes_only_on_the_same_data(
     assert ExitTrace.load(backbone.with_name("cifar10-val.npz")).n == 8
     out = _run([*cmd[:-1], "32", "--resume"], tmp_path)
     assert out.returncode == 2 and "data '" in out.stderr and "' -> '" in out.stderr, out.stderr
+    last = tmp_path / "runs" / "r" / "last.pt"  # a checkpoint from before data was recorded
+    state = torch.load(last, weights_only=True)
+    del state["train_config"]["data"]
+    torch.save(state, last)
+    out = _run([*cmd[:-1], "32", "--resume"], tmp_path)
+    assert out.returncode == 0 and "resumed" in out.stdout, out.stderr[-2000:]
+    metrics = torch.load(backbone, weights_only=True)["metrics"]  # the file keeps its record
+    assert metrics["val_size"] == 8 and len(metrics["val_exit_accuracy"]) == 3
+    assert metrics["train_images"] == 32 and metrics["distillation"].startswith("self")
 
 
 def test_a_small_training_subset_is_drawn_from_every_class(tiny_cifar):

@@ -328,7 +328,8 @@ def test_a_running_record_grows_by_appends_and_the_journal_ends_with_the_run(tmp
 
 
 def test_a_new_run_moves_a_killed_runs_record_and_journal_aside(tmp_path):
-    """Starting again at the same --out must not erase what a killed run served."""
+    """Starting again at the same --out must not erase what a killed run served, nor leave a
+    record that the documented ``*.json`` globs of complete runs would pick up."""
     from distree_env.runtime.records import append_journal, keep_killed_journal, load_journal
 
     out = tmp_path / "run.json"
@@ -337,9 +338,10 @@ def test_a_new_run_moves_a_killed_runs_record_and_journal_aside(tmp_path):
         out.write_text(f"record of killed run {n}")
         append_journal(out, [RequestRecord(index=n, sample=0, label=0, arrival_ms=0.0)])
         aside = keep_killed_journal(out)
-        assert aside == tmp_path / f"run.killed-{n}.json" and not journal_path(out).exists()
+        assert aside == tmp_path / f"run.json.killed-{n}" and not journal_path(out).exists()
         assert aside.read_text() == f"record of killed run {n}" and not out.exists()
         assert [r.index for r in load_journal(aside)] == [n]
+    assert [p.name for p in tmp_path.glob("run*.json")] == []
 
 
 def test_a_full_queue_at_arrival_counts_only_the_requests_still_waiting():

@@ -45,6 +45,13 @@ def test_without_embeddings_the_probabilities_stand_in_and_the_metadata_says_so(
     assert trace.metadata["feature_diff_from"] == "probs" and trace.num_devices == 2
 
 
+def test_one_hot_logits_are_logits():
+    labels, _, _ = _outputs()
+    one_hot = np.eye(4)[np.random.default_rng(0).integers(0, 4, (50, 3))]
+    trace = trace_from_outputs(logits=one_hot, labels=labels, stage_flops=np.ones(3))
+    assert trace.probs.max() < 0.5  # a softmax of them, not taken as probabilities
+
+
 def test_a_pipeline_cost_vector_is_one_stage_per_device():
     labels, logits, _ = _outputs()
     trace = trace_from_outputs(
