@@ -257,7 +257,8 @@ def test_early_exits_free_the_devices_for_waiting_requests():
     assert waits[1] < 0.5 * waits[0]
 
 
-def test_system_timing_charges_the_wait_of_the_queue_as_computed_by_hand():
+@pytest.mark.parametrize("vector", [False, True])
+def test_system_timing_charges_the_wait_of_the_queue_as_computed_by_hand(vector):
     """D/D/1, arrivals every T = 0.73 S, every request to the last exit: with ``system`` timing
     the latency costs paid up to the n-th answer (at t_n = a_0 + (n + 1) S) are
     c * (sum of the answered latencies (i + 1) S - i T, plus t_n - a_j for every request j
@@ -268,7 +269,7 @@ def test_system_timing_charges_the_wait_of_the_queue_as_computed_by_hand():
     paid = {}
     for timing in ("system", "request"):
         cfg = EnvConfig.from_dict({**base, "reward": {"timing": timing}})
-        a0, paid[timing] = _paid_by_answer(cfg, "reward_latency", 20)
+        a0, paid[timing] = _paid_by_answer(cfg, "reward_latency", 20, vector)
     c = cfg.reward.latency_weight / cfg.deadline_ms
     for n in range(20):
         answered = sum((i + 1) * service - i * gap for i in range(n + 1))
@@ -336,7 +337,8 @@ def test_stalls_have_their_own_random_stream():
     assert seen["stalls"][1] != seen["other"][1] and sum(seen["stalls"][1]) > sum(seen["none"][1])
 
 
-def test_system_timing_charges_each_missed_deadline_once_when_it_passes():
+@pytest.mark.parametrize("vector", [False, True])
+def test_system_timing_charges_each_missed_deadline_once_when_it_passes(vector):
     """D/D/1 overloaded (arrivals every T = 0.6 S, every request to the last exit): by the n-th
     answer, at t_n = a_0 + (n + 1) S, ``system`` timing has charged ``deadline_penalty`` once
     for every request that missed its deadline by then: the answered ones that were late
@@ -349,7 +351,7 @@ def test_system_timing_charges_each_missed_deadline_once_when_it_passes():
     charged = {}
     for timing in ("system", "request"):
         cfg = EnvConfig.from_dict({**base, "deadline_ms": deadline, "reward": {"timing": timing}})
-        a0, charged[timing] = _paid_by_answer(cfg, "reward_deadline", 30)
+        a0, charged[timing] = _paid_by_answer(cfg, "reward_deadline", 30, vector)
     penalty = cfg.reward.deadline_penalty
     for n in range(30):
         t_n = a0 + (n + 1) * service
@@ -360,21 +362,28 @@ def test_system_timing_charges_each_missed_deadline_once_when_it_passes():
     assert charged["system"][-1] < charged["request"][-1]  # the queue's misses come sooner
 
 
-def _paid_by_answer(cfg: EnvConfig, part: str, n: int) -> tuple[float, list[float]]:
+def _paid_by_answer(
+    cfg: EnvConfig, part: str, n: int, vector: bool = False
+) -> tuple[float, list[float]]:
     """First arrival time, and the running sum of reward ``part`` at each of the first ``n``
     answers, every request run to the last exit (each v2 episode is one request and ends with
-    its answer; the stream goes on across ``reset()``)."""
-    env = DistrEEEnv(cfg)
+    its answer; the stream goes on across ``reset()``). ``vector``: the same on the batched
+    path (``DistrEEVecEnv`` of one, SAME_STEP autoreset), which training and evaluation use."""
+    env = DistrEEVecEnv(1, cfg, autoreset_mode="SameStep") if vector else DistrEEEnv(cfg)
     env.reset(seed=0)
     a0 = float(env.unwrapped._dyn.arrival[0])
     total, sums = 0.0, []
     while len(sums) < n:
-        _, _, terminated, _, info = env.step(0)
+        _, _, terminated, _, info = env.step(np.zeros(1, np.int64) if vector else 0)
+        if vector:  # an ended episode's values are in final_info
+            ended = bool(terminated[0])
+            info = {k: np.asarray(v)[0] for k, v in (info["final_info"] if ended else info).items()}
         total += float(info[part])
-        assert terminated == bool(info["request_done"])
+        assert bool(np.all(terminated)) == bool(info["request_done"])
         if info["request_done"]:
             sums.append(total)
-            env.reset()
+            if not vector:
+                env.reset()
     return a0, sums
 
 

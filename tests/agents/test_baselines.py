@@ -118,6 +118,15 @@ def test_deadline_guard_exits_when_the_next_stage_would_be_late():
     assert off.predict(obs(rows))[0].tolist() == [0, 0, 0, 0]
 
 
+def test_deadline_guard_predicts_the_stage_after_the_current_exit():
+    """Row k of the table is the stage from exit k to exit k + 1: at 0.7 of the deadline, the
+    stage after exit 0 (0.1) keeps the request on time, the one after exit 1 (0.4) does not."""
+    table = StageTimeTable((0.5,), (), np.array([[[0.2], [0.1]], [[0.8], [0.4]]]))
+    rule = DeadlineAware([None, None], table, guard=1.0).bind(Layout())
+    rows = [{"elapsed_ratio": 0.7, "progress": 0.0}, {"elapsed_ratio": 0.7, "progress": 0.5}]
+    assert rule.predict(obs(rows))[0].tolist() == [0, 1]
+
+
 def test_deadline_guard_adds_the_observed_wait_for_the_next_device():
     """With pipelining the observation has ``next_wait_ratio``: the wait before the next stage
     can start counts towards the deadline (and guard 0 still turns the guard off)."""

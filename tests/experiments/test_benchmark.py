@@ -440,3 +440,93 @@ def test_a_quick_run_writes_beside_the_full_one_by_default():
     assert BenchmarkArgs(quick=True).out == "results/quick"
     assert BenchmarkArgs().out == "results"
     assert BenchmarkArgs(quick=True, out="elsewhere").out == "elsewhere"
+
+
+def test_the_deadline_opponent_is_chosen_on_val_by_its_misses() -> None:
+    """Of the calibrated baselines within 0.5 points of the agent's val accuracy, the one that
+    misses the fewest deadlines on val, whatever it does on test."""
+    rows = _hand_rows()
+    # E: within tolerance of the agent's val accuracy (0.802) on val, misses fewer deadlines on val
+    rows += _rows("E", "baseline", "val", [0.5, 0.5], accuracy=0.799, qos_rate=0.95)
+    rows += _rows("E", "baseline", "test", [0.5, 0.5], accuracy=0.70, qos_rate=0.99)
+    d = headline(summarize(rows), rows, "s")["deadline"]
+    assert d["baseline"] == "E" and not d["equal_accuracy_on_test"]
+    assert d["baseline_miss_rate"] == pytest.approx(0.01)
+
+
+def test_the_best_agent_is_the_one_of_the_highest_val_reward() -> None:
+    """Not the most accurate one, nor the best on test; its val reward is reported."""
+    rows = _hand_rows()
+    rows += _rows("DQN[s]", "learned", "val", [0.65, 0.65], accuracy=0.90, qos_rate=0.9)
+    rows += _rows("DQN[s]", "learned", "test", [0.9, 0.9], accuracy=0.90, qos_rate=0.9)
+    h = headline(summarize(rows), rows, "s")
+    assert h["best_agent"] == "PPO[s]"
+    assert {a["policy"]: a["val_reward"] for a in h["agents"]} == pytest.approx(
+        {"PPO[s]": 0.7, "DQN[s]": 0.65}
+    )
+
+
+def test_the_margin_target_needs_every_seed() -> None:
+    rows = [r for r in _hand_rows() if not (r["policy"] == "PPO[s]" and r["split"] == "test")]
+    rows += _rows(
+        "PPO[s]", "learned", "test", [0.7, 0.6], accuracy=0.801, qos_rate=0.9
+    )  # +0.2, 0.0
+    (agent,) = headline(summarize(rows), rows, "s")["agents"]
+    assert agent["margin"]["per_seed"] == pytest.approx([0.2, 0.0])
+    assert not agent["margin_target_met"]
+
+
+def test_the_held_out_target_fails_when_one_seed_is_far_below() -> None:
+    rows = [r for r in _hand_rows() if not (r["policy"] == "PPO[s]" and r["split"] == "test")]
+    rows += _rows("PPO[s]", "learned", "test", [0.8, 0.5], accuracy=0.801, qos_rate=0.9)
+    (agent,) = headline(summarize(rows), rows, "s")["agents"]
+    # mean test margin (0.3 - 0.1)/2 = 0.1 = val margin: kept 100%, but seed 1 is 17% below A
+    assert agent["kept_gain"] == pytest.approx(1.0) and not agent["held_out_target_met"]
+
+
+def test_the_accuracy_tolerance_counts_from_last_exit_on_val() -> None:
+    rows = []
+    for split, acc in (("val", 0.85), ("test", 0.80)):
+        rows += _rows("LastExit", "reference", split, [0.1, 0.1], accuracy=acc)
+    for split in ("val", "test"):
+        rows += [
+            dict(r, param="0.9", policy="F(0.9)", compute_saving=0.2)
+            for r in _rows("F", "rule", split, [0.3, 0.3], accuracy=0.846)
+        ]
+        rows += [
+            dict(r, param="0.5", policy="F(0.5)", compute_saving=0.6)
+            for r in _rows("F", "rule", split, [0.3, 0.3], accuracy=0.80)
+        ]
+    s = summarize(rows)
+    assert select_point(s, "s", "compute_saving", family="F", tolerance=0.005)["policy"] == "F(0.9)"
+
+
+def test_the_choices_on_val_never_see_the_test_split(monkeypatch) -> None:
+    """Everything ``choose_on_val`` evaluates (the agents whose best sets the accuracy target,
+    the rules, the baselines) runs on the val config and val seeds, and the baselines are
+    calibrated there, matched on the val seeds."""
+    from agents.splits import TEST_SEED_BASE
+    from experiments.benchmarking import runner
+
+    calls, calibrated = [], {}
+
+    def rows(plan, scenario, specs, split, config):
+        calls.append((split, config, tuple(plan.split_seeds(split))))
+        return []
+
+    def calibrate(config, **kwargs):
+        calibrated.update(config=config, **kwargs)
+        return {}
+
+    monkeypatch.setattr(runner, "_rows", rows)
+    monkeypatch.setattr(runner, "calibrate_baselines", calibrate)
+    plan = benchmark.BenchmarkPlan(
+        scenarios=("cellular",), seeds=(0, 1), n_requests=256, config=benchmark.EnvConfig(),
+        test_trace="synthetic:seed=1", val_trace="synthetic", thresholds=3,
+        calibration=benchmark.Calibration(),
+    )  # fmt: skip
+    runner.choose_on_val(plan, "cellular")
+    val = split_configs(plan, "cellular")["val"]
+    assert len(calls) == 2 and all(c == ("val", val, plan.seeds) for c in calls)
+    assert calibrated["config"] == val and calibrated["target_seeds"] == plan.seeds
+    assert max(plan.seeds) < TEST_SEED_BASE

@@ -46,6 +46,24 @@ def test_live_scenario_is_the_envs_episode(scenario):
     assert live.observation_names == env.observation_names
 
 
+@pytest.mark.parametrize("overflow", ["drop", "admit"])
+def test_the_live_queue_and_observation_bounds_are_the_envs(overflow):
+    """The live queue holds what the simulated one holds (its capacity when drops are the
+    rule, the hard cap when late admission is), and a live observation is clipped to the
+    env's observation space, as the simulator's never leaves it."""
+    config = EnvConfig.scenario("steady-stream", trace=TRACE).replace(
+        {"queue.capacity": 4, "queue.overflow": overflow}
+    )
+    env = DistrEEEnv(config)
+    env.reset(seed=0)
+    live = live_scenario(config, 0, 8)
+    assert live.queue_slots == env.unwrapped._dyn.slots and live.queue_capacity == 4
+    high = env.observation_space.high
+    np.testing.assert_array_equal(live.obs_high, high)
+    far = {name: 9.0 for name in live.observation_names}
+    np.testing.assert_array_equal(live.observation(far), np.minimum(9.0, high))
+
+
 def test_confidence_features_match_the_trace_definition():
     probs = np.array([0.7, 0.2, 0.1, 0.0])
     a, b = np.array([1.0, 0.0]), np.array([0.0, 2.0])
