@@ -108,3 +108,23 @@ def test_threshold_grids_hold_no_fixed_exit_in_disguise(trace_name):
         for t in grid:
             passes = column >= t if above else column <= t
             assert passes[:, first].mean() < 1.0 and passes[:, first:-1].any(), (rule, t)
+
+
+def test_coordinate_descent_takes_another_pass_while_one_changes_something():
+    """From (0, 0) the best point (1, 1) needs two passes: the first coordinate pays only once
+    the second has moved. A pass that changes nothing ends the descent early."""
+    from agents.calibrate import _descend
+
+    table = {(0, 0): 0.0, (1, 0): -1.0, (0, 1): 1.0, (1, 1): 2.0}
+    calls = []
+
+    def score(ts: tuple) -> tuple:
+        calls.append(ts)
+        return (table[ts],)
+
+    grids = [[0, 1], [0, 1]]
+    assert _descend([0, 0], grids, score, rounds=1) == (0, 1)
+    assert _descend([0, 0], grids, score, rounds=2) == (1, 1)
+    calls.clear()
+    assert _descend([1, 1], grids, score, rounds=5) == (1, 1)
+    assert len(calls) == 1 + 4  # the start, then one pass that changed nothing
