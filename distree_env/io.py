@@ -193,8 +193,11 @@ def read_text_capped(path: str | os.PathLike, what: str, limit: int = 1 << 20) -
         raise ValueError(f"{what} {str(p)!r}: cannot be read ({exc.strerror})") from None
 
 
-def csv_rows(path: str | os.PathLike, field: str, what: str) -> Iterator[tuple[int, list[str]]]:
-    """The non-blank rows of the UTF-8 CSV file ``path`` as (line number, cells).
+def csv_rows(
+    path: str | os.PathLike, field: str, what: str, encoding: str = "utf-8"
+) -> Iterator[tuple[int, list[str]]]:
+    """The non-blank rows of the CSV file ``path`` (UTF-8; ``utf-8-sig`` skips a byte-order
+    mark) as (line number, cells).
 
     Raises ValueError naming ``field`` if the file is missing or a directory (``what`` says what
     the file should be) or is not UTF-8; the caller checks the cells and caps the row count.
@@ -205,7 +208,7 @@ def csv_rows(path: str | os.PathLike, field: str, what: str) -> Iterator[tuple[i
         raise ValueError(f"{field}: {exc}") from None
     line_no = 0
     try:
-        with open(p, newline="", encoding="utf-8") as handle:
+        with open(p, newline="", encoding=encoding) as handle:
             for line_no, row in enumerate(csv.reader(handle), start=1):
                 if row and any(cell.strip() for cell in row):
                     yield line_no, row

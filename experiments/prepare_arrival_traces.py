@@ -15,7 +15,6 @@ kept (token counts describe LLM work, not this network's).
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 from distree_env.cluster.arrivals import AZURE_LLM_DIR, AZURE_LLM_SERVICES
 from distree_env.io import (
     atomic_write_text,
+    csv_rows,
     require_input_file,
     require_output_dir,
     require_output_file,
@@ -56,26 +56,18 @@ class Args:
         require_output_dir(self.out, "--out")
 
 
-def arrival_ms(path: Path) -> list[float]:
+def arrival_ms(path: Path, field: str = "trace") -> list[float]:
     """Arrival times (ms since the first request, sorted) from a raw trace CSV; ValueError
-    naming the file and line for a row that is not ``TIMESTAMP,ContextTokens,GeneratedTokens``."""
+    naming ``field``, the file and the line for a row that is not
+    ``TIMESTAMP,ContextTokens,GeneratedTokens``."""
     stamps = []
-    line_no = 0
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            for line_no, row in enumerate(csv.reader(f), start=1):
-                if line_no == 1 and row and row[0] == "TIMESTAMP":
-                    continue
-                try:
-                    stamps.append(datetime.strptime(row[0][:26], STAMP))
-                except (ValueError, IndexError):
-                    raise ValueError(
-                        f"{path}:{line_no}: not a TIMESTAMP row: {row!r:.80}"
-                    ) from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    except csv.Error as exc:  # e.g. a cell over the csv module's field limit
-        raise ValueError(f"{path}:{line_no + 1}: not a CSV row ({exc})") from None
+    for line_no, row in csv_rows(path, field, "Azure trace CSV", encoding="utf-8-sig"):
+        if line_no == 1 and row[0] == "TIMESTAMP":
+            continue
+        try:
+            stamps.append(datetime.strptime(row[0][:26], STAMP))
+        except ValueError:
+            raise ValueError(f"{path}:{line_no}: not a TIMESTAMP row: {row!r:.80}") from None
     if len(stamps) < 2:
         raise ValueError(f"{path}: needs at least 2 requests, found {len(stamps)}")
     stamps.sort()
@@ -109,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     traces = {}
     for service in AZURE_LLM_SERVICES:
         source = getattr(args, service)
-        for split, times in halves(arrival_ms(Path(source)), source).items():
+        for split, times in halves(arrival_ms(Path(source), f"--{service}"), source).items():
             target = require_output_file(out / f"{service}-{split}.csv", "--out")
             traces[target] = (service, split, times)
     out.mkdir(parents=True, exist_ok=True)
