@@ -111,6 +111,8 @@ def _met(flag: bool) -> str:
 
 def _miss_change(d: dict[str, Any]) -> str:
     """The agent's deadline misses against the baseline's, in words, and the verdict."""
+    if d["target_met"] is None and d["requests"] is None:
+        return "the baseline misses none (target: not applicable)"
     if d["target_met"] is None:
         return (
             f"the baseline misses about {d['baseline_miss_rate'] * d['requests']:.0f} of "

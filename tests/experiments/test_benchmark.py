@@ -316,6 +316,11 @@ def test_a_deadline_comparison_of_a_handful_of_misses_is_not_judged() -> None:
     assert "(target 25%: not applicable)" in text
     judged = headline(summary, rows, "s", requests_per_seed=100 * 20_480)["deadline"]
     assert judged["target_met"] is not None
+    for r in rows:  # nothing missed, and no request count given: nothing to compare
+        r["qos_rate"] = 1.0
+    none = headline(summarize(rows), rows, "s")
+    assert none["deadline"]["target_met"] is None
+    assert "the baseline misses none (target: not applicable)" in "\n".join(headline_lines([none]))
 
 
 def test_glance_table_has_one_row_per_scenario_with_the_val_choices() -> None:
