@@ -231,7 +231,7 @@ def _deadline_at_equal_accuracy(
     miss_a, miss_b = 1.0 - agent["qos_rate"], 1.0 - base["qos_rate"]
     reduction = (miss_b - miss_a) / miss_b if miss_b > 0 else (0.0 if miss_a == 0 else -math.inf)
     counts = None if requests_per_seed is None else requests_per_seed * base["seeds"]
-    judged = miss_b > 0 and (counts is None or miss_b * counts >= MIN_MISSES)
+    judged = miss_b > 0 and (counts is None or round(miss_b * counts) >= MIN_MISSES)
     return {
         "agent": agent["policy"],
         "baseline": base["policy"],
