@@ -27,6 +27,12 @@ def checkpoints_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1] / "checkpoints"
 
 
+def in_checkpoints(path: str | os.PathLike) -> bool:
+    """Whether ``path`` lies in the checkpoints folder: a shipped file, which a script that
+    writes it also records in the MANIFEST (and loading it verifies against)."""
+    return Path(path).resolve().is_relative_to(checkpoints_dir().resolve())
+
+
 def sha256_of(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks (checkpoints can be large)."""
     h = hashlib.sha256()

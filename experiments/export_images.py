@@ -68,10 +68,9 @@ def balanced_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 def main(argv: list[str] | None = None) -> dict:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the recorded metrics."""
     args = parse_args(Args, argv)
-    from pathlib import Path
 
     from distree_env.io import atomic_write_bytes, require_output_file
-    from distree_env.manifest import checkpoints_dir, command_line, record
+    from distree_env.manifest import command_line, in_checkpoints, record
     from distree_env.model.data import load_cifar10, load_image_sample
 
     try:
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     atomic_write_bytes(out, buf.getvalue())
     metrics = {"n": int(args.n), "split": "test", "seed": args.seed}
-    if Path(out).resolve().is_relative_to(checkpoints_dir().resolve()):
+    if in_checkpoints(out):
         record(out, command_line("experiments.export_images"), metrics)
     sample, _ = load_image_sample(out)  # what ships reads back
     print(f"{out}: {len(sample)} test images, {np.bincount(sample.labels).tolist()} per class")

@@ -79,21 +79,17 @@ def default_out_dir(backbone: str) -> Path:
     """``checkpoints/traces`` for a backbone in the checkpoints folder (a shipped one: its
     traces replace the shipped ones), else the backbone's own folder: traces of an experiment
     stay beside it."""
-    from distree_env.manifest import checkpoints_dir
+    from distree_env.manifest import checkpoints_dir, in_checkpoints
 
-    folder = Path(backbone).resolve().parent
-    shipped = checkpoints_dir().resolve()
-    return shipped / "traces" if folder == shipped else folder
+    return checkpoints_dir() / "traces" if in_checkpoints(backbone) else Path(backbone).parent
 
 
 def backbone_label(backbone: str) -> str:
     """How a trace names its network: a shipped backbone's file name, else its path (every
     experiment's file is ``backbone.pt`` in its run folder)."""
-    from distree_env.manifest import checkpoints_dir
+    from distree_env.manifest import in_checkpoints
 
-    path = Path(backbone)
-    shipped = path.resolve().parent == checkpoints_dir().resolve()
-    return path.name if shipped else str(path)
+    return Path(backbone).name if in_checkpoints(backbone) else str(Path(backbone))
 
 
 def check_val_split(recorded: dict, val: Any, val_size: int, backbone: str) -> None:
@@ -117,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from distree_env.io import require_output_file
-    from distree_env.manifest import checkpoints_dir, command_line, record
+    from distree_env.manifest import command_line, in_checkpoints, record
     from distree_env.model.checkpoint import load_backbone
     from distree_env.model.data import Split, load_cifar10
     from distree_env.model.export import export_trace
@@ -158,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
             "backbone": label,
             "flip_tta": args.tta,
         }
-        if path.resolve().is_relative_to(checkpoints_dir().resolve()):
+        if in_checkpoints(path):
             record(path, command_line("experiments.export_traces"), metrics)
         results[split_name] = metrics
         print(

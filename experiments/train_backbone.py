@@ -128,20 +128,20 @@ def save_measured(model: Any, out: Path, metrics: dict, val: Any, bf16: bool) ->
     """Save ``model`` at ``out`` with ``metrics`` and its val accuracy per exit, measured on the
     float16 weights the file holds (the file keeps its metrics wherever it goes; one in the
     checkpoints folder is recorded in the MANIFEST too, which loading it needs)."""
-    from distree_env.manifest import checkpoints_dir, command_line, record
+    from distree_env.manifest import command_line, in_checkpoints, record
     from distree_env.model.checkpoint import load_backbone, save_backbone
     from distree_env.model.train import predict
     from distree_env.traces.format import exit_accuracy
 
-    shipped = out.resolve().is_relative_to(checkpoints_dir().resolve())
-    for final in (False, True):
+    def write() -> None:
         save_backbone(model, out, metrics)
-        if shipped:
+        if in_checkpoints(out):
             record(out, command_line("experiments.train_backbone"), metrics)
-        if not final:
-            probs, _ = predict(load_backbone(out), val.images, bf16=bf16)
-            accuracy = exit_accuracy(probs, val.labels)
-            metrics["val_exit_accuracy"] = [round(float(a), 4) for a in accuracy]
+
+    write()
+    probs, _ = predict(load_backbone(out), val.images, bf16=bf16)
+    metrics["val_exit_accuracy"] = [round(float(a), 4) for a in exit_accuracy(probs, val.labels)]
+    write()
 
 
 def distillation(cfg: Any) -> str:
