@@ -3,6 +3,9 @@ calibration on val only."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+
 import numpy as np
 import pytest
 
@@ -18,7 +21,7 @@ from agents import (
 from agents.baselines import StageTimeTable, StateBins, solve_planner
 from agents.calibrate import fit_planner, stage_time_table
 from agents.rollouts import collect
-from distree_env.config import EnvConfig
+from distree_env.config import EnvConfig, RewardConfig
 from distree_env.dynamics import describe
 from tests.agents import SYNTH
 
@@ -239,6 +242,50 @@ def test_fitted_planner_beats_the_behaviour_it_learned_from():
 TINY = dict(n_requests=256, points=3, rounds=1, data_steps=2048)
 
 
+class Spy:
+    """Records what a calibration evaluated (policy, seed, metrics) and which thresholds each
+    named coordinate descent tried, so a test can check a choice against every candidate
+    with its own arithmetic (not the calibration's scoring function)."""
+
+    def __init__(self, monkeypatch) -> None:
+        calibrate = importlib.import_module("agents.calibrate")  # `agents.calibrate` is a function
+
+        self.evaluations: list[tuple[object, int, dict]] = []
+        self.trials: dict[str, list[tuple]] = {}
+        real_evaluate, real_descend = calibrate.evaluate, calibrate._descend
+
+        def evaluate_spy(policy, **run):
+            result = real_evaluate(policy, **run)
+            self.evaluations.append((policy, run["seed"], result))
+            return result
+
+        def descend_spy(start, grids, score, rounds):
+            tried = self.trials.setdefault(score.__name__, [])
+
+            def recorded(ts):
+                tried.append(ts)
+                return score(ts)
+
+            return real_descend(start, grids, recorded, rounds)
+
+        monkeypatch.setattr(calibrate, "evaluate", evaluate_spy)
+        monkeypatch.setattr(calibrate, "_descend", descend_spy)
+
+    def results(self, kind: type, **attrs) -> dict[tuple, dict[int, dict]]:
+        """Metrics per seed of each evaluated ``kind`` (exactly) with these attributes, by
+        thresholds."""
+        out: dict[tuple, dict[int, dict]] = {}
+        for policy, seed, result in self.evaluations:
+            if type(policy) is kind and all(getattr(policy, a) == v for a, v in attrs.items()):
+                out.setdefault(policy.thresholds, {})[seed] = result
+        return out
+
+
+#: Reward for accuracy alone: the best reward then differs from the cheapest point within an
+#: accuracy budget and from the most deadlines met at an accuracy, so a test sees which was chosen.
+ACCURACY_ONLY = RewardConfig(latency_weight=0.0, deadline_penalty=0.0)
+
+
 def test_calibration_on_val_gives_every_baseline(shipped):
     fits = calibrate_baselines(EnvConfig(trace="cifar10-val"), **TINY)
     assert list(fits) == [
@@ -274,6 +321,48 @@ def test_load_aware_is_moved_to_a_target_accuracy():
     assert abs(mean(moved) - target) <= 0.01 < abs(mean(best) - target)
     with pytest.raises(ValueError, match="target_accuracy=1.5"):
         calibrate_baselines(config, target_accuracy=1.5, **TINY)
+
+
+def test_operating_points_are_chosen_by_their_own_criterion(monkeypatch):
+    """On the shipped val trace (where, unlike the synthetic one, earlier exits are less
+    accurate), each operating point is checked against every point its descent tried, by the
+    test's own arithmetic: ``[cheapest]`` the largest compute saving within the accuracy budget,
+    ``LoadAware[accuracy]`` the most deadlines met within the tolerance of the target."""
+    spy = Spy(monkeypatch)
+    config = EnvConfig(trace="cifar10-val").with_scenario("steady-stream")
+    config = dataclasses.replace(config, reward=ACCURACY_ONLY)
+    seeds = (0, 1)
+    exits_early = PerExitThreshold([0.8] * 3)
+    target = float(np.mean([evaluate(exits_early, config, 256, seed=s)["accuracy"] for s in seeds]))
+    fits = calibrate_baselines(
+        config,
+        target_accuracy=target,
+        accuracy_tolerance=0.01,
+        target_seeds=seeds,
+        **TINY,
+        max_accuracy_loss=0.03,
+    )
+
+    cheapest = fits["PerExitThreshold[cheapest]"]
+    floor = evaluate(PerExitThreshold([None] * 3), config, 256)["accuracy"] - 0.03
+    results = spy.results(PerExitThreshold, feature_name=cheapest.policy.feature_name)
+    within = [results[ts][0] for ts in spy.trials["cheap"] if results[ts][0]["accuracy"] >= floor]
+    assert cheapest.val["accuracy"] >= floor
+    assert cheapest.val["compute_saving"] == max(m["compute_saving"] for m in within)
+    assert cheapest.val["mean_reward"] < max(m["mean_reward"] for m in within)  # a real choice
+
+    moved = fits["LoadAware[accuracy]"].policy
+    results = spy.results(LoadAware, guard=moved.guard, shift=moved.shift)
+    at_target = {}  # thresholds its descents tried within the tolerance -> (met, reward)
+    for ts in spy.trials["matched_score"]:
+        runs = [results[ts][s] for s in seeds]
+        if abs(np.mean([r["accuracy"] for r in runs]) - target) <= 0.01:
+            at_target[ts] = tuple(
+                np.mean([r[m] for r in runs]) for m in ("qos_rate", "mean_reward")
+            )
+    met, reward = at_target[moved.thresholds]
+    assert met == max(v[0] for v in at_target.values())
+    assert reward < max(v[1] for v in at_target.values())  # a real choice
 
 
 @pytest.mark.parametrize("trace", ["cifar10-test", "elsewhere/cifar10-test.npz"])
