@@ -16,7 +16,10 @@ policy and images; each policy charged its own decision time, measured live with
 ``--decision-runs`` or else the calibration run's with the policies' offline ``predict`` times
 swapped), pools the records of each policy and prints a Markdown table of live and simulated
 figures side by side (also written to ``--table``), plus how often the live prediction equals the
-exit trace's prediction at the exit the request took.
+exit trace's prediction at the exit the request took. Each policy also gets a diagnostic row, the
+simulator at the service time its live runs measured (not a prediction: it separates the error
+of the service model from the queue's). ``--timeline`` plots every run's service time against the
+fitted model's in wall-clock time and prints how much the host's speed moved.
 """
 
 from __future__ import annotations
@@ -57,6 +60,13 @@ class Args:
         metadata={"help": "fit the cold start (stages slower after the devices idled)"},
     )
     table: str | None = field(default=None, metadata={"help": "write the Markdown table here"})
+    timeline: str | None = field(
+        default=None,
+        metadata={
+            "help": "plot every run's live service time against the fitted model's over the "
+            "runs' wall-clock time (PNG)"
+        },
+    )
     readme: bool = field(
         default=False, metadata={"help": "also write it into README.md's sim-vs-live block"}
     )
@@ -416,18 +426,107 @@ def idle_compute_line(runs: list[Any]) -> str:
     return "stage 0 device compute by idle time before the request: " + ", ".join(parts)
 
 
+def _service_ms(runs: list[Any], stage_model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per served request of ``runs``: live service time (latency less queue wait), the model's
+    for the same stages at the same imposed levels and idle time, and that idle time."""
+    replays = [replayed_latency(r, stage_model) for r in runs]
+    live, sim, wait, idle = (np.concatenate([r[i] for r in replays]) for i in (1, 2, 3, 4))
+    return live - wait, sim - wait, idle
+
+
 def service_line(runs: list[Any], stage_model) -> str:
     """Service time (latency less queue wait) by the idle time before the request, live against
     the fitted model at the imposed levels: whether the model follows the cold start."""
-    replays = [replayed_latency(r, stage_model) for r in runs]
-    live, sim, wait, idle = (np.concatenate([r[i] for r in replays]) for i in (1, 2, 3, 4))
-    live, sim = live - wait, sim - wait
+    live, sim, idle = _service_ms(runs, stage_model)
     parts = [
         f"{band}: {live[sel].mean():.2f}/{sim[sel].mean():.2f} ms "
         f"({100 * (sim[sel].mean() / live[sel].mean() - 1):+.1f}%)"
         for band, sel in idle_bands(idle)
     ]
     return "service live/model by idle time before the request: " + ", ".join(parts)
+
+
+def service_ratio(runs: list[Any], stage_model) -> float:
+    """Total live service time of ``runs`` over the model's for the same requests (same stages,
+    imposed levels and idle times): how much more slowly (> 1) the host served these runs than
+    the fitted model says, whatever the cause (the shared host's drift, the policy's load)."""
+    live, sim, _ = _service_ms(runs, stage_model)
+    return float(live.sum() / sim.sum())
+
+
+def service_timeline(
+    runs: list[Any], stage_model, calibration: int
+) -> list[tuple[str, bool, np.ndarray, np.ndarray]]:
+    """Per run: ``(policy, is_calibration, start_s, ratio)``, for each served request its start
+    in seconds since the earliest run started and its live service time over the model's at the
+    same stages, levels and idle time, the policy's decision time left out of both (so that
+    every policy's requests measure the host alike).
+
+    :param stage_model: :func:`model_for` of the fitted profile with ``decision_ms`` 0.
+    :param calibration: how many of ``runs``, from the first, are calibration runs.
+    """
+    from distree_env.runtime.calibration import served_with_idle
+
+    t0 = min(float(run.meta["started_unix"]) for run in runs)
+    series = []
+    for i, run in enumerate(runs):
+        _, live, sim, wait, _ = replayed_latency(run, stage_model)
+        served = [rec for rec, _ in served_with_idle(run)]
+        decision = np.array([sum(rec.decision_ms) for rec in served])
+        start_s = (
+            float(run.meta["started_unix"]) - t0 + np.array([r.start_ms for r in served]) / 1e3
+        )
+        ratio = (live - wait - decision) / (sim - wait)
+        series.append((run.meta["args"]["policy"], i < calibration, start_s, ratio))
+    return series
+
+
+#: Width of the wall-clock windows over which :func:`window_spread_line` measures the host.
+WINDOW_S = 10.0
+
+
+def window_spread_line(series: list[tuple[str, bool, np.ndarray, np.ndarray]]) -> str:
+    """How much the host's service time moved: the live/model ratio per :data:`WINDOW_S`
+    window of wall-clock time (all runs' requests in it, windows of at least 10 requests)."""
+    start = np.concatenate([s[2] for s in series])
+    ratio = np.concatenate([s[3] for s in series])
+    window = np.floor(start / WINDOW_S).astype(np.int64)
+    windows, counts = np.unique(window, return_counts=True)
+    medians = [np.median(ratio[window == w]) for w in windows[counts >= 10]]
+    if not medians:
+        return f"service live/model per {WINDOW_S:g}-s window: no window of 10 requests"
+    lo, mid, hi = np.percentile(medians, [5, 50, 95])
+    return (
+        f"service live/model (the policy's decision time left out) per {WINDOW_S:g}-s window "
+        f"of the runs: median {mid:.3f}, 5-95% {lo:.3f}-{hi:.3f} over {len(medians)} windows"
+    )
+
+
+#: Fields of a fitted cluster profile that are durations (a slower host multiplies them) and
+#: rates (it divides them); the stalls' probability and the cold start's time constant, which
+#: count idle time and hand-overs, stay as they are.
+PROFILE_DURATIONS = (
+    "link_latency_ms",
+    "stage_overhead_ms",
+    "exit_overhead_ms",
+    "decision_ms",
+    "handover_ms",
+    "stall_mean_ms",
+)
+PROFILE_RATES = ("devices", "links")
+
+
+def slowed_profile(profile: dict, factor: float) -> dict:
+    """The fitted ``profile`` on a host ``factor`` times slower: every duration times
+    ``factor`` (the cold start's per stage too), every rate divided by it, so that every
+    service time the model gives is ``factor`` times longer."""
+    cluster = dict(profile["cluster"])
+    for name in PROFILE_RATES:
+        cluster[name] = [v / factor for v in cluster[name]]
+    for name in PROFILE_DURATIONS:
+        cluster[name] = cluster[name] * factor
+    cluster["cold_start_ms"] = [v * factor for v in cluster["cold_start_ms"]]
+    return {**profile, "cluster": cluster}
 
 
 def cold_start_line(fit: Any) -> str:
@@ -475,6 +574,37 @@ def measured_decision_ms(runs: list[Any]) -> dict[str, float]:
     return {spec: float(np.mean(ts)) for spec, ts in times.items() if ts}
 
 
+def _table_row(spec: str, source: str, m: dict[str, Any]) -> str:
+    return (
+        f"| {spec} | {source} | {m['requests']} | {m['accuracy']:.4f} | "
+        f"{m['latency_mean_ms']:.2f} | {m['latency_p95_ms']:.2f} | {m['qos_rate']:.3f} | "
+        f"{_fmt_exits(m['exit_fractions'])} | {_fmt_exits(m['exit_latency_ms'])} |"
+    )
+
+
+def latency_errors(sim: dict[str, Any], live: dict[str, Any]) -> tuple[float, float]:
+    """(largest relative error of the per-exit mean latency over the exits both visit, relative
+    error of the p95 latency) of simulated figures against live ones."""
+    with np.errstate(invalid="ignore"):
+        per_exit = np.nanmax(np.abs(sim["exit_latency_ms"] / live["exit_latency_ms"] - 1))
+    return float(per_exit), abs(sim["latency_p95_ms"] / live["latency_p95_ms"] - 1)
+
+
+def matched_service_note(sim: dict, matched: dict, live: dict, ratio: float) -> str:
+    """The errors left when the simulator serves at the live runs' own service time, and how
+    much the mean latency moves per percent of service time (the queue's amplification)."""
+    per_exit, p95 = latency_errors(matched, live)
+    note = (
+        f"; at the live runs' own service time (the fitted model's x{ratio:.3f}: a diagnostic, "
+        "not a prediction, as the factor comes from these runs), the simulator's per-exit error "
+        f"is at most {100 * per_exit:.1f}% and its p95 error {100 * p95:.1f}%"
+    )
+    if abs(ratio - 1) >= 0.005:  # below that, the slope is mostly the stalls' noise
+        slope = (matched["latency_mean_ms"] / sim["latency_mean_ms"] - 1) / (ratio - 1)
+        note += f", and each 1% of service time moves its mean latency by {slope:.1f}%"
+    return note
+
+
 def comparison_table(
     runs: list[Any],
     calibration: Any,
@@ -499,7 +629,10 @@ def comparison_table(
     :param calibration_busy_ms: :func:`first_stage_busy_ms` of the calibration runs; each
         policy's own is printed beside it, since a machine slower during a run than during
         calibration (other jobs, a shared host) shows up as longer queues the simulator cannot
-        know of.
+        know of. Given, each policy also gets a diagnostic row: the simulator on the fitted
+        cluster slowed to the service time its live runs measured (:func:`service_ratio`,
+        :func:`slowed_profile`), which separates the queue model's error from the service
+        time's.
     :param trust: load the runs' agent archives when MANIFEST does not list them (the user's
         ``--trust``; a record never grants it).
     """
@@ -531,15 +664,8 @@ def comparison_table(
         sim = simulate(group, configs, spec, trust, decision)
         priced = {"cluster": {**profile["cluster"], "decision_ms": decision}}
         same, trace_acc = trace_agreement(group, trace)
-        for source, m in (("live", live), ("simulated", sim)):
-            lines.append(
-                f"| {spec} | {source} | {m['requests']} | {m['accuracy']:.4f} | "
-                f"{m['latency_mean_ms']:.2f} | {m['latency_p95_ms']:.2f} | {m['qos_rate']:.3f} | "
-                f"{_fmt_exits(m['exit_fractions'])} | {_fmt_exits(m['exit_latency_ms'])} |"
-            )
-        with np.errstate(invalid="ignore"):
-            per_exit = np.nanmax(np.abs(sim["exit_latency_ms"] / live["exit_latency_ms"] - 1))
-        p95 = abs(sim["latency_p95_ms"] / live["latency_p95_ms"] - 1)
+        lines += [_table_row(spec, "live", live), _table_row(spec, "simulated", sim)]
+        per_exit, p95 = latency_errors(sim, live)
         notes.append(
             f"- {spec} ({len(group)} run{'s' if len(group) > 1 else ''}): per-exit mean latency "
             f"error at most {100 * per_exit:.1f}% (target 10%), p95 error {100 * p95:.1f}% "
@@ -550,13 +676,20 @@ def comparison_table(
         )
         if calibration_busy_ms is not None:
             busy = first_stage_busy_ms(group)
+            model = model_for(base_config(group[0]), trace, priced)
             notes[-1] += (
                 f"; device compute of stage 0 {busy:.2f} ms, against {calibration_busy_ms:.2f} ms "
                 f"in the calibration runs ({100 * (busy / calibration_busy_ms - 1):+.0f}%); "
                 + idle_compute_line(group)
                 + "; "
-                + service_line(group, model_for(base_config(group[0]), trace, priced))
+                + service_line(group, model)
             )
+            ratio = service_ratio(group, model)
+            slowed = slowed_profile(profile, ratio)
+            matched_configs = [simulated_config(run, slowed) for run in group]
+            matched = simulate(group, matched_configs, spec, trust, decision * ratio)
+            lines.append(_table_row(spec, f"simulated at live service (x{ratio:.3f})", matched))
+            notes[-1] += matched_service_note(sim, matched, live, ratio)
         if len(sim["realisation_mean_ms"]) > 1:
             notes[-1] += (
                 f"; the simulated stall realisations range over "
@@ -640,6 +773,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = require_output_file(args.out or f"runs/cluster-{args.name}.json", "--out")
     if args.table:
         require_output_file(args.table, "--table")
+    if args.timeline:
+        require_output_file(args.timeline, "--timeline")
+        for run, path in zip([*runs, *evaluated], [*args.records, *args.evaluate], strict=True):
+            if not isinstance(run.meta.get("started_unix"), (int, float)):
+                raise ValueError(
+                    f"run record {path!r}: no meta.started_unix (when the run started), which "
+                    "--timeline needs; leave --timeline out for this record"
+                )
     config = base_config(runs[0])
     trace = resolve_trace(config.trace)
     samples = stage_samples(runs)
@@ -685,6 +826,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("\nPer-exit latency, live vs the simulator's model on the same requests:\n")
     print(errors)
     result: dict[str, Any] = {"profile": profile}
+    spread = ""
+    if args.timeline:
+        from experiments.live_plots import timeline_figure
+
+        undecided = {"cluster": {**profile["cluster"], "decision_ms": 0.0}}
+        series = service_timeline(
+            [*runs, *evaluated], model_for(config, trace, undecided), len(runs)
+        )
+        timeline_figure(series, args.timeline)
+        spread = window_spread_line(series)
+        print(f"\n{spread}; timeline -> {args.timeline}")
     if evaluated:
         measured = measured_decision_ms(decision_runs)
         table = comparison_table(
@@ -704,6 +856,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{_pooling(profile)}):\n\n"
             f"{table}\n"
         )
+        if spread:
+            block += f"\nThe host during these runs: {spread[0].lower() + spread[1:]}.\n"
         if args.table:
             atomic_write_text(args.table, block)
         if args.readme:

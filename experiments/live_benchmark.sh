@@ -59,4 +59,5 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 $PY -m experiments.calibrate_cluster "${cal[@]}" --name live-2core \
     --out "$OUT/cluster-final.json" --decision-runs "$OUT/cal-decisions.json" \
-    --evaluate "${runs[@]}" --table "$OUT/sim-vs-live.md" ${README:+--readme}
+    --evaluate "${runs[@]}" --table "$OUT/sim-vs-live.md" --timeline "$OUT/timeline.png" \
+    ${README:+--readme}

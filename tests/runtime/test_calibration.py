@@ -340,7 +340,7 @@ def test_idle_compute_line_bands_stage_zero_by_idle_time_before_the_request():
 def test_service_line_compares_live_and_model_service_by_idle_band():
     """Service is latency less queue wait; the model's is its stage times at the same levels for
     the same idle time (here 1 ms per stage, plus 1 ms after a long idle)."""
-    from experiments.calibrate_cluster import service_line
+    from experiments.calibrate_cluster import service_line, service_ratio
 
     requests, t = [], 0.0
     for i, idle in enumerate([1.0, 100.0, 1.0, 100.0]):
@@ -358,6 +358,58 @@ def test_service_line_compares_live_and_model_service_by_idle_band():
     line = service_line([RunRecord(meta={}, requests=requests)], model)
     assert "idle <= 2 ms: 2.50/2.00 ms (-20.0%)" in line
     assert "idle > 40 ms: 2.50/3.00 ms (+20.0%)" in line
+    # over all requests the model's 2 + 3 + 2 + 3 ms against 4 x 2.5 ms live: as fast; a model
+    # of 1 ms per stage whatever the idle time: live is 25% slower
+    assert service_ratio([RunRecord(meta={}, requests=requests)], model) == pytest.approx(1.0)
+    flat = service_ratio(
+        [RunRecord(meta={}, requests=requests)], lambda k, c, b, i=0.0: np.ones(len(k))
+    )
+    assert flat == pytest.approx(1.25)
+
+
+def test_a_slowed_profile_makes_every_service_time_of_the_model_longer_by_its_factor():
+    """A fitted profile on a host 1.3 times slower: every stage at every level and idle time
+    takes 1.3 times as long in the simulator's model (cold start, exit head and decision
+    included), and the stalls' probability and the cold start's time constant stay."""
+    from distree_env.config import EnvConfig
+    from distree_env.traces import resolve_trace
+    from experiments.calibrate_cluster import model_for, slowed_profile
+
+    config = EnvConfig.scenario("steady-stream", trace="synthetic")
+    trace = resolve_trace(config.trace)
+    profile = {"cluster": {"devices": [2e9] * trace.num_devices, "links": [3e6] * trace.num_devices,
+                           "link_latency_ms": 1.5, "stage_overhead_ms": 0.4,
+                           "exit_overhead_ms": 0.3, "decision_ms": 0.2, "handover_ms": 0.02,
+                           "stall_probability": 0.01, "stall_mean_ms": 7.0,
+                           "cold_start_ms": [0.3] + [0.05] * (trace.num_exits - 1),
+                           "cold_start_tau_ms": 10.0}}  # fmt: skip
+    slowed = slowed_profile(profile, 1.3)
+    assert slowed["cluster"]["stall_probability"] == 0.01
+    assert slowed["cluster"]["cold_start_tau_ms"] == 10.0
+    assert slowed["cluster"]["stall_mean_ms"] == pytest.approx(9.1)
+    fitted, slow = model_for(config, trace, profile), model_for(config, trace, slowed)
+    k = np.arange(trace.num_exits)
+    rng = np.random.default_rng(0)
+    for idle in (0.0, 5.0, 200.0):
+        levels = (rng.uniform(0.2, 1.0, (k.size, trace.num_devices)) for _ in range(2))
+        c, b = next(levels), next(levels)
+        np.testing.assert_allclose(slow(k, c, b, idle), 1.3 * fitted(k, c, b, idle), rtol=1e-9)
+
+
+def test_the_matched_service_note_gives_the_errors_left_and_the_queues_amplification():
+    """Served 10% more slowly, the simulated mean latency moved from 50 to 60 ms: 2.0% of
+    latency per 1% of service; below half a percent of difference no slope is printed."""
+    from experiments.calibrate_cluster import matched_service_note
+
+    live = {"exit_latency_ms": np.array([np.nan, 20.0, 62.0]), "latency_p95_ms": 150.0}
+    sim = {"latency_mean_ms": 50.0}
+    matched = {"exit_latency_ms": np.array([np.nan, 21.0, 60.0]), "latency_p95_ms": 120.0,
+               "latency_mean_ms": 60.0}  # fmt: skip
+    note = matched_service_note(sim, matched, live, 1.1)
+    assert "the fitted model's x1.100" in note
+    assert "per-exit error is at most 5.0% and its p95 error 20.0%" in note
+    assert "each 1% of service time moves its mean latency by 2.0%" in note
+    assert "moves its mean latency" not in matched_service_note(sim, matched, live, 1.004)
 
 
 def _request(i, start, exit_k, busy, stage_ms=3.0, decision_ms=0.5, devices=2):
@@ -518,3 +570,49 @@ def test_a_record_without_its_config_or_policy_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "meta.config, meta.args.policy" in err
     assert not (tmp_path / "p.json").exists()
+
+
+def test_the_timeline_puts_each_request_at_its_wall_clock_time_with_its_service_ratio():
+    """Two runs started 5 s apart: each request sits at its run's start plus its own; its ratio
+    is the live service less the policy's decisions over the model's (decisions left out)."""
+    from experiments.calibrate_cluster import service_timeline, window_spread_line
+
+    def run(policy, started, stage_ms):
+        reqs = [_request(i, 1000.0 * i, 1, [[1.0, 1.0]] * 2, stage_ms=stage_ms, decision_ms=0.5)
+                for i in range(20)]  # fmt: skip
+        for r in reqs:  # served on arrival
+            r.queue_wait_ms, r.latency_ms = 0.0, r.end_ms - r.start_ms
+        meta = {"args": {"policy": policy}, "started_unix": started}
+        return RunRecord(meta=meta, requests=reqs)
+
+    def model(k, compute, bandwidth, idle_ms=0.0):  # 2 ms per stage
+        return np.full(len(k), 2.0)
+
+    series = service_timeline([run("a", 100.0, 3.0), run("b", 105.0, 2.0)], model, 1)
+    (pa, cal_a, start_a, ratio_a), (pb, cal_b, start_b, ratio_b) = series
+    assert (pa, cal_a, pb, cal_b) == ("a", True, "b", False)
+    np.testing.assert_allclose(start_a, np.arange(20.0))
+    np.testing.assert_allclose(start_b, 5.0 + np.arange(20.0))
+    np.testing.assert_allclose(ratio_a, 1.5)  # (2 x 3.5 - 2 x 0.5) / (2 x 2)
+    np.testing.assert_allclose(ratio_b, 1.0)
+    # 10-s windows: [0, 10) holds a's 10 and b's 5 (median 1.5), [10, 20) 10 of each (1.25),
+    # [20, 25) b's last 5, too few to count
+    line = window_spread_line(series)
+    assert "median 1.375, 5-95% 1.262-1.488 over 2 windows" in line, line
+    few = window_spread_line([(pa, True, start_a[:9], ratio_a[:9])])
+    assert "no window of 10 requests" in few
+
+
+def test_the_timeline_needs_each_runs_start_time(tmp_path, capsys):
+    """A record without meta.started_unix cannot be placed in time: one line naming it."""
+    from experiments import calibrate_cluster
+
+    path = tmp_path / "cal.json"
+    meta = {"status": "complete", "config": {}, "args": {"policy": "last-exit", "seed": 0}}
+    write_run(path, RunRecord(meta, [RequestRecord(0, 0, 1, 0.0)]))
+    png = tmp_path / "t.png"
+    with pytest.raises(SystemExit) as exc:
+        calibrate_cluster.main([str(path), "--out", str(tmp_path / "p"), "--timeline", str(png)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "cal.json" in err and "meta.started_unix" in err, err
+    assert not png.exists() and not (tmp_path / "p").exists()

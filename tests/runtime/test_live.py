@@ -117,15 +117,20 @@ def test_live_predictions_equal_the_offline_model(layout, tiny, tiny_pipeline, t
     from experiments import calibrate_cluster
 
     profile, table = tmp_path / "profile.json", tmp_path / "table.md"
+    timeline = tmp_path / "timeline.png"
     result = calibrate_cluster.main(
         [str(out), "--out", str(profile), "--evaluate", str(out), "--table", str(table)]
-        + ["--decision-runs", str(out)]
+        + ["--decision-runs", str(out), "--timeline", str(timeline)]
     )
+    assert timeline.read_bytes().startswith(b"\x89PNG")
     cluster = json.loads(profile.read_text())["cluster"]
     assert len(cluster["devices"]) == LAYOUTS[layout].num_devices
     assert cluster["stage_overhead_ms"] >= 0
     assert "| random:0.4 | live | 8 |" in result["table"]
     assert "| random:0.4 | simulated |" in table.read_text()
+    # the diagnostic row: the simulator at the service time the live run measured
+    assert "| random:0.4 | simulated at live service (x" in result["table"]
+    assert "at the live runs' own service time (the fitted model's x" in result["table"]
     assert "device compute of stage 0" in result["table"] and "(+0%)" in result["table"]
     live_decision = np.mean([d for r in rec.requests for d in r.decision_ms])
     assert (
