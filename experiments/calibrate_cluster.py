@@ -278,6 +278,8 @@ def simulate(
     them (same seed, so the same arrivals and resource paths as the live run): a stall is the
     host's, not the seed's, so the simulator's prediction is its average over stalls.
 
+    ``run_mean_ms`` is each run's mean simulated latency over the realisations.
+
     :param configs: the config to simulate each run with (:func:`simulated_config`).
     :param decision_ms: the policy's decision time per stage (None: the config's).
     """
@@ -287,11 +289,13 @@ def simulate(
     exits, lat, correct, met, dropped = [], [], [], [], 0
     realisations = STALL_REALISATIONS if configs[0].cluster.stall_probability > 0 else 1
     each: list[list[float]] = [[] for _ in range(realisations)]  # latencies per realisation
+    per_run: list[float] = []  # each run's mean latency over the realisations
     for run, config in zip(runs, configs, strict=True):
         n = sum(1 for r in run.requests if not r.dropped)
         cfg = config.replace({"requests_per_episode": n})
         if decision_ms is not None:
             cfg = cfg.replace({"cluster.decision_ms": round(decision_ms, 4)})
+        run_lat: list[float] = []
         for stall_seed in range(realisations):
             stalls = cfg.replace({"cluster.stall_seed": stall_seed})
             one = _simulate_once(run, stalls, config.requests_per_episode, policy_spec, trust)
@@ -299,6 +303,8 @@ def simulate(
                 pooled.extend(part)
             dropped += one[4]
             each[stall_seed].extend(one[1])
+            run_lat.extend(one[1])
+        per_run.append(float(np.mean(run_lat)))
     exits_a, lat_a = np.asarray(exits), np.asarray(lat)
     k_count = resolve_trace(configs[0].trace).num_exits
     total = len(exits) + dropped
@@ -313,6 +319,7 @@ def simulate(
         "exit_latency_ms": per_exit_latency(exits_a, lat_a, k_count),
         "realisation_mean_ms": [float(np.mean(lats)) for lats in each],
         "realisation_p95_ms": [float(np.percentile(lats, 95)) for lats in each],
+        "run_mean_ms": per_run,
     }
 
 
@@ -605,6 +612,17 @@ def matched_service_note(sim: dict, matched: dict, live: dict, ratio: float) -> 
     return note
 
 
+def run_spread_note(group: list[Any], sim: dict[str, Any]) -> str:
+    """How far the simulated mean latency is off the live one run by run (the chunks of one
+    policy): the spread that the host's drift between chunks puts on a pooled error."""
+    live = [np.mean([r.latency_ms for r in run.requests if not r.dropped]) for run in group]
+    errors = 100 * (np.asarray(sim["run_mean_ms"]) / np.asarray(live) - 1)
+    return (
+        f"; run by run, the simulated mean latency is {errors.min():+.1f}% to "
+        f"{errors.max():+.1f}% off the live one"
+    )
+
+
 def comparison_table(
     runs: list[Any],
     calibration: Any,
@@ -690,6 +708,8 @@ def comparison_table(
             matched = simulate(group, matched_configs, spec, trust, decision * ratio)
             lines.append(_table_row(spec, f"simulated at live service (x{ratio:.3f})", matched))
             notes[-1] += matched_service_note(sim, matched, live, ratio)
+        if len(group) > 1:
+            notes[-1] += run_spread_note(group, sim)
         if len(sim["realisation_mean_ms"]) > 1:
             notes[-1] += (
                 f"; the simulated stall realisations range over "

@@ -288,6 +288,25 @@ def test_simulated_prediction_pools_stall_realisations():
     assert both["latency_mean_ms"] == pytest.approx(
         (plain["latency_mean_ms"] + alone["latency_mean_ms"]) / 2
     )
+    assert both["run_mean_ms"] == pytest.approx(
+        [plain["latency_mean_ms"], alone["latency_mean_ms"]]
+    )
+    assert pooled["run_mean_ms"] == pytest.approx([pooled["latency_mean_ms"]])
+
+
+def test_the_run_spread_note_gives_each_chunks_error_of_the_mean_latency():
+    """Two chunks served in 10 and 20 ms on average live, 11 and 18 ms simulated: +10% and
+    -10%; a dropped request does not count."""
+    from experiments.calibrate_cluster import run_spread_note
+
+    def chunk(latencies):
+        reqs = [RequestRecord(index=i, sample=i, label=0, arrival_ms=0.0, latency_ms=lat)
+                for i, lat in enumerate(latencies)]  # fmt: skip
+        reqs.append(RequestRecord(index=9, sample=9, label=0, arrival_ms=0.0, dropped=True))
+        return RunRecord(meta={}, requests=reqs)
+
+    note = run_spread_note([chunk([5.0, 15.0]), chunk([20.0])], {"run_mean_ms": [11.0, 18.0]})
+    assert "simulated mean latency is -10.0% to +10.0% off the live one" in note
 
 
 def test_the_simulated_config_replays_the_live_runs_arrivals_on_the_fitted_cluster():
