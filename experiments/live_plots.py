@@ -34,7 +34,7 @@ def timeline_figure(
 ) -> None:
     """Write the timeline PNG: one curve per run, its live service time over the model's
     (rolling median of :data:`ROLLING_REQUESTS` requests) against minutes since the first run
-    started; one colour per policy, calibration runs dashed.
+    started; one colour per policy and role, calibration runs dashed.
 
     :param series: per run ``(policy, is_calibration, start_s, ratio)``.
     """
