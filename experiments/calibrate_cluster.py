@@ -433,18 +433,20 @@ def idle_compute_line(runs: list[Any]) -> str:
     return "stage 0 device compute by idle time before the request: " + ", ".join(parts)
 
 
-def _service_ms(runs: list[Any], stage_model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def service_ms(runs: list[Any], stage_model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per served request of ``runs``: live service time (latency less queue wait), the model's
-    for the same stages at the same imposed levels and idle time, and that idle time."""
+    for the same stages at the same imposed levels and idle time, and that idle time (what
+    :func:`service_line` and :func:`service_ratio` read; replayed once for both)."""
     replays = [replayed_latency(r, stage_model) for r in runs]
     live, sim, wait, idle = (np.concatenate([r[i] for r in replays]) for i in (1, 2, 3, 4))
     return live - wait, sim - wait, idle
 
 
-def service_line(runs: list[Any], stage_model) -> str:
+def service_line(service: tuple[np.ndarray, np.ndarray, np.ndarray]) -> str:
     """Service time (latency less queue wait) by the idle time before the request, live against
-    the fitted model at the imposed levels: whether the model follows the cold start."""
-    live, sim, idle = _service_ms(runs, stage_model)
+    the fitted model at the imposed levels (``service``: :func:`service_ms`): whether the model
+    follows the cold start."""
+    live, sim, idle = service
     parts = [
         f"{band}: {live[sel].mean():.2f}/{sim[sel].mean():.2f} ms "
         f"({100 * (sim[sel].mean() / live[sel].mean() - 1):+.1f}%)"
@@ -453,11 +455,12 @@ def service_line(runs: list[Any], stage_model) -> str:
     return "service live/model by idle time before the request: " + ", ".join(parts)
 
 
-def service_ratio(runs: list[Any], stage_model) -> float:
-    """Total live service time of ``runs`` over the model's for the same requests (same stages,
-    imposed levels and idle times): how much more slowly (> 1) the host served these runs than
-    the fitted model says, whatever the cause (the shared host's drift, the policy's load)."""
-    live, sim, _ = _service_ms(runs, stage_model)
+def service_ratio(service: tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:
+    """Total live service time over the model's for the same requests (``service``:
+    :func:`service_ms`; same stages, imposed levels and idle times): how much more slowly (> 1)
+    the host served them than the fitted model says, whatever the cause (the shared host's
+    drift, the policy's load)."""
+    live, sim, _ = service
     return float(live.sum() / sim.sum())
 
 
@@ -694,15 +697,15 @@ def comparison_table(
         )
         if calibration_busy_ms is not None:
             busy = first_stage_busy_ms(group)
-            model = model_for(base_config(group[0]), trace, priced)
+            service = service_ms(group, model_for(base_config(group[0]), trace, priced))
             notes[-1] += (
                 f"; device compute of stage 0 {busy:.2f} ms, against {calibration_busy_ms:.2f} ms "
                 f"in the calibration runs ({100 * (busy / calibration_busy_ms - 1):+.0f}%); "
                 + idle_compute_line(group)
                 + "; "
-                + service_line(group, model)
+                + service_line(service)
             )
-            ratio = service_ratio(group, model)
+            ratio = service_ratio(service)
             slowed = slowed_profile(profile, ratio)
             matched_configs = [simulated_config(run, slowed) for run in group]
             matched = simulate(group, matched_configs, spec, trust, decision * ratio)

@@ -359,7 +359,7 @@ def test_idle_compute_line_bands_stage_zero_by_idle_time_before_the_request():
 def test_service_line_compares_live_and_model_service_by_idle_band():
     """Service is latency less queue wait; the model's is its stage times at the same levels for
     the same idle time (here 1 ms per stage, plus 1 ms after a long idle)."""
-    from experiments.calibrate_cluster import service_line, service_ratio
+    from experiments.calibrate_cluster import service_line, service_ms, service_ratio
 
     requests, t = [], 0.0
     for i, idle in enumerate([1.0, 100.0, 1.0, 100.0]):
@@ -374,15 +374,15 @@ def test_service_line_compares_live_and_model_service_by_idle_band():
     def model(k, compute, bandwidth, idle_ms=0.0):
         return np.ones(len(k)) + (idle_ms > 50.0) / len(k)
 
-    line = service_line([RunRecord(meta={}, requests=requests)], model)
+    runs = [RunRecord(meta={}, requests=requests)]
+    service = service_ms(runs, model)
+    line = service_line(service)
     assert "idle <= 2 ms: 2.50/2.00 ms (-20.0%)" in line
     assert "idle > 40 ms: 2.50/3.00 ms (+20.0%)" in line
     # over all requests the model's 2 + 3 + 2 + 3 ms against 4 x 2.5 ms live: as fast; a model
     # of 1 ms per stage whatever the idle time: live is 25% slower
-    assert service_ratio([RunRecord(meta={}, requests=requests)], model) == pytest.approx(1.0)
-    flat = service_ratio(
-        [RunRecord(meta={}, requests=requests)], lambda k, c, b, i=0.0: np.ones(len(k))
-    )
+    assert service_ratio(service) == pytest.approx(1.0)
+    flat = service_ratio(service_ms(runs, lambda k, c, b, i=0.0: np.ones(len(k))))
     assert flat == pytest.approx(1.25)
 
 
