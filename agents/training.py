@@ -123,18 +123,40 @@ def latest_checkpoint(folder: str | Path) -> tuple[int, Path] | None:
     return found[-1] if found else None
 
 
+class _AfterUpdate:
+    """When a callback that acts every ``freq`` calls is due: at the first rollout start after
+    each multiple of ``freq`` calls, i.e. after the update of the steps collected so far.
+
+    Why not on the step itself, as SB3's ``CheckpointCallback`` does: PPO's step that completes
+    a rollout comes before that rollout's update, so a checkpoint labelled N steps would have
+    learned from N minus one rollout, and a resumed run would silently lose that update."""
+
+    def __init__(self, freq: int) -> None:
+        self.freq, self.due = freq, freq
+
+    def __call__(self, n_calls: int) -> bool:
+        if self.freq <= 0 or n_calls < self.due:
+            return False
+        self.due = (n_calls // self.freq + 1) * self.freq
+        return True
+
+
 class AtomicCheckpointCallback(CheckpointCallback):
     """SB3's ``CheckpointCallback``, written atomically, with the replay buffer as ``.npz`` and
-    normalisation statistics; keeps the ``keep`` newest checkpoints."""
+    normalisation statistics, after the update of the steps it is named for; keeps the ``keep``
+    newest checkpoints."""
 
     def __init__(self, save_freq: int, save_path: str | Path, keep: int = 2) -> None:
         super().__init__(save_freq, str(save_path), name_prefix="ckpt")
         self.keep = keep
+        self._due = _AfterUpdate(save_freq)
 
     def _on_step(self) -> bool:
-        if self.n_calls % self.save_freq == 0:
-            self.save_now()
         return True
+
+    def _on_rollout_start(self) -> None:
+        if self._due(self.n_calls):
+            self.save_now()
 
     def save_now(self) -> Path:
         """Write a checkpoint at the current step (also called at the end of a run); its path."""
@@ -199,15 +221,18 @@ class RunTextCallback(BaseCallback):
 
 
 class ValEvalCallback(BaseCallback):
-    """Every ``eval_freq`` calls: :func:`agents.evaluate` of the current model on the val
-    ``config``, logged as ``distree_val/per_request/*``; the model with the best val reward per
-    request is saved at ``best_path`` (the run's choice is made on val).
+    """Every ``eval_freq`` calls (after the update of the steps collected by then):
+    :func:`agents.evaluate` of the current model on the val ``config``, logged as
+    ``distree_val/per_request/*``; the model with the best val reward per request is saved at
+    ``best_path`` (the run's choice is made on val).
 
     :param config: the val environment.
     :param eval_freq: callback calls (vector steps) between evaluations.
     :param n_requests: requests per evaluation; ``seed``: its seed (fixed, so evaluations
         along the run are comparable).
     :param best_path: where the best model goes (None: not saved).
+    :param history_path: where the ``(steps, val reward)`` history is kept (None: in memory),
+        so that a resumed run reports its evaluations from before the kill too.
     """
 
     def __init__(
@@ -217,13 +242,32 @@ class ValEvalCallback(BaseCallback):
         n_requests: int = 2048,
         seed: int = 0,
         best_path: str | Path | None = None,
+        history_path: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.config, self.eval_freq = config, eval_freq
         self.n_requests, self.seed = n_requests, seed
         self.best_path = None if best_path is None else Path(best_path)
+        self.history_path = None if history_path is None else Path(history_path)
         self.best_reward = self._recorded_best()
         self.history: list[tuple[int, float]] = []
+        self._due = _AfterUpdate(eval_freq)
+
+    def resume_history(self, steps: int) -> None:
+        """Take the kept history up to ``steps`` (the checkpoint a run resumes from; later
+        evaluations belong to the part of the run that is trained again)."""
+        path = self.history_path
+        if path is None or not path.is_file():
+            return
+        try:
+            rows = json.loads(read_text_capped(path, "val history"))
+            history = [(int(s), float(r)) for s, r in rows]
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"{str(path)!r} is not a val history ([[steps, reward], ...]); delete it to "
+                "resume without the earlier evaluations"
+            ) from None
+        self.history = [(s, r) for s, r in history if s <= steps]
 
     def _best_record(self) -> Path | None:
         """``best_model.json`` beside ``best_model.zip``: its val reward, so that a resumed run
@@ -253,9 +297,11 @@ class ValEvalCallback(BaseCallback):
         return float(value)
 
     def _on_step(self) -> bool:
-        if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
-            self.evaluate_now()
         return True
+
+    def _on_rollout_start(self) -> None:
+        if self._due(self.n_calls):
+            self.evaluate_now()
 
     def evaluate_now(self) -> dict[str, Any]:
         """Evaluate, log and keep the best; returns the metrics."""
@@ -267,6 +313,8 @@ class ValEvalCallback(BaseCallback):
         self.logger.dump(self.num_timesteps)
         reward = float(metrics["mean_reward"])
         self.history.append((int(self.num_timesteps), reward))
+        if self.history_path is not None:
+            atomic_write_text(self.history_path, json.dumps(self.history) + "\n")
         if reward > self.best_reward:
             self.best_reward = reward
             if self.best_path is not None:

@@ -72,7 +72,7 @@ def _bounded(name: str, value: int, low: int = 1, high: int = MAX_TIMESTEPS) -> 
 class Args:
     """Train an exit policy for one DistrEE scenario with stable-baselines3."""
 
-    algo: str = field(default="ppo", metadata={"choices": list(ALGOS)})
+    algo: str = field(default="ppo", metadata={"help": "algorithm", "choices": list(ALGOS)})
     scenario: str = field(
         default="isolated",
         metadata={
@@ -265,12 +265,30 @@ def _settings(hp: Any) -> dict[str, Any]:
     return json.loads(json.dumps(settings, default=str))
 
 
+#: The flags that choose a run's environment, as ``--resume`` names them when it refuses one.
+ENV_FLAGS = ("scenario", "config", "drain_weight")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _shown(value: Any) -> str:
+    """A flag's value as the command line writes it (``true``, not ``True``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _same_run(
-    args: Args, config: Any, hp: Any, run_dir: Path, checkpoint: Path | None
+    args: Args,
+    config: Any,
+    hp: Any,
+    run_dir: Path,
+    checkpoint: Path | None,
+    per_request: bool,
 ) -> dict | None:
     """The run's ``args.json`` record, after checking that this call continues the same run:
-    the same ``--algo``, environment config and hyperparameters (ValueError naming both
-    otherwise)."""
+    the same ``--algo``, ``--seed``, environment config, request episodes and hyperparameters
+    (ValueError naming both otherwise)."""
     from agents.loading import infer_algo
 
     record_path = run_dir / "args.json"
@@ -278,26 +296,37 @@ def _same_run(
     if record_path.is_file():
         try:
             record = json.loads(read_text_capped(record_path, "run record", MAX_FILE_BYTES))
-            before_algo = record["args"]["algo"]
-            before_config, before_file = record["env_config"], record["args"].get("config")
+            before_args, before_config = record["args"], record["env_config"]
+            before_algo = before_args["algo"]
         except (ValueError, KeyError, TypeError):
             raise ValueError(
                 f"--resume: {str(record_path)!r} is not a readable run record; start a new run"
             ) from None
-        if before_algo != args.algo:
-            raise ValueError(
-                f"--resume: run {str(run_dir)!r} was trained with --algo {before_algo}, this call "
-                f"asks for --algo {args.algo}; use the same algorithm or start a new run"
-            )
+        for name, before, now in (
+            ("algo", before_algo, args.algo),
+            ("seed", before_args.get("seed", args.seed), args.seed),
+            ("request_episodes", record.get("request_episodes", per_request), per_request),
+        ):
+            if before != now:
+                raise ValueError(
+                    f"--resume: run {str(run_dir)!r} was trained with {_flag(name)} "
+                    f"{_shown(before)}, this call gives {_flag(name)} {_shown(now)}; use the "
+                    "run's own or start a new run"
+                )
         now = json.loads(json.dumps(config.to_dict(), default=str))
         if now != before_config:
             changed = sorted(
                 k for k in set(now) | set(before_config) if now.get(k) != before_config.get(k)
             )
+            flags = [
+                f"{_flag(k)} {before_args.get(k)!r} then, {getattr(args, k)!r} now"
+                for k in ENV_FLAGS
+                if before_args.get(k) != getattr(args, k)
+            ]
             raise ValueError(
-                f"--resume: run {str(run_dir)!r} was trained with --config {before_file!r}, this "
-                f"call gives --config {args.config!r}, another environment (fields "
-                f"{', '.join(changed)}); use the same config or start a new run"
+                f"--resume: run {str(run_dir)!r} was trained on another environment (fields "
+                f"{', '.join(changed)}{'; ' if flags else ''}{'; '.join(flags)}); use the run's "
+                "own --scenario, --config and --drain-weight or start a new run"
             )
     before = (record or {}).get("settings")
     if before is not None and before != _settings(hp):
@@ -347,17 +376,20 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
     timesteps = args.timesteps or hp.n_timesteps
     ckpt_dir = run_dir / "checkpoints"
     found = latest_checkpoint(ckpt_dir) if args.resume else None
+    per_request = request_episodes(args, config)
     record = (
-        _same_run(args, config, hp, run_dir, found[1] if found else None) if args.resume else None
+        _same_run(args, config, hp, run_dir, found[1] if found else None, per_request)
+        if args.resume
+        else None
     )
     done_steps = found[0] if found else 0
-    per_request = request_episodes(args, config)
     model = _model(args, config, hp, n_envs, done_steps, per_request, found)
     if found:
         print(f"resuming {run_dir} from {found[1].name} ({done_steps} steps)")
     run_dir.mkdir(parents=True, exist_ok=True)
     this_call = {"args": args.__dict__, "env_config": config.to_dict(), "n_envs": n_envs,
-                 "timesteps": timesteps, "settings": _settings(hp)}  # fmt: skip
+                 "timesteps": timesteps, "settings": _settings(hp),
+                 "request_episodes": per_request}  # fmt: skip
     _write_args(run_dir, record, this_call, done_steps)
     formats = ["tensorboard"] + (["stdout"] if args.verbose else [])
     model.set_logger(configure(str(run_dir), formats))
@@ -368,6 +400,8 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
                        "policy": hp.policy, "policy_kwargs": hp.policy_kwargs,
                        "normalize": hp.normalize, **hp.algo_kwargs}  # fmt: skip
     callbacks, checkpoint, val = _callbacks(args, config, run_dir, n_envs, hyperparameters)
+    if found:
+        val.resume_history(done_steps)
     remaining = max(timesteps - model.num_timesteps, 0)
     if remaining:
         model.learn(
@@ -422,7 +456,12 @@ def _model(
     from agents.policy import load_vecnormalize, sidecar
 
     overrides = {**hp.algo_kwargs, "verbose": args.verbose}
-    model = restore_model(found[1], args.algo, env=env, overrides=overrides)
+    try:
+        model = restore_model(found[1], args.algo, env=env, overrides=overrides)
+    except ValueError as exc:  # a checkpoint damaged on disk (the writes themselves are atomic)
+        raise ValueError(
+            f"--resume: {exc}; delete that checkpoint to resume from the one before it"
+        ) from None
     try:
         if isinstance(env, VecNormalize):
             load_vecnormalize(sidecar(found[1]), env)
@@ -463,6 +502,7 @@ def _callbacks(
     val = ValEvalCallback(
         config, max(args.eval_freq // n_envs, 1) if args.eval_freq else 0, args.val_requests,
         seed=10_000, best_path=run_dir / "best_model.zip",
+        history_path=run_dir / "val_history.json",
     )  # fmt: skip
     callbacks = [RunTextCallback(hyperparameters, config.to_dict()), DistrEEMetricsCallback(),
                  checkpoint, val]  # fmt: skip

@@ -153,6 +153,24 @@ def test_resume_refuses_another_algorithm_naming_both(run, tmp_path, files, caps
     _exits_2(capsys, train_agent.main, argv, "holds a ppo agent")
 
 
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--seed", "7"], "--seed 1, this call gives --seed 7"),
+        (["--request-episodes", "false"], "--request-episodes true, this call gives"),
+        (["--drain-weight", "1"], "--drain-weight None then, 1.0 now"),
+    ],
+)
+def test_resume_refuses_another_seed_episode_kind_or_environment_flag(
+    run, tmp_path, files, capsys, extra, named
+):
+    """A resumed run that changed its seed (its streams) or how the learner sees episodes
+    would be another run under the same name; a changed environment names the flag."""
+    before = (run / "args.json").read_bytes()
+    _exits_2(capsys, train_agent.main, _train_argv(tmp_path, files, "--resume", *extra), named)
+    assert (run / "args.json").read_bytes() == before
+
+
 def test_a_successful_resume_keeps_the_first_record(run, tmp_path, files):
     first = json.loads((run / "args.json").read_text())
     train_agent.main(_train_argv(tmp_path, files, "--resume", "--timesteps", "192"))

@@ -256,8 +256,8 @@ def test_a_resumed_run_keeps_its_best_model_on_val(tmp_path, tiny, capsys):
     assert record["mean_reward"] == max(r for _, r in first["val_history"])
     (run / "best_model.json").write_text(json.dumps({"mean_reward": 1e9, "timesteps": 0}))
     before = (run / "best_model.zip").read_bytes()
-    again = train_agent.main([*argv, "--resume"])  # nothing left: evaluates the final model
-    assert again["timesteps"] == first["timesteps"] and len(again["val_history"]) == 1
+    again = train_agent.main([*argv, "--resume"])  # nothing left, the final model was evaluated
+    assert again["timesteps"] == first["timesteps"] and again["val_history"] == first["val_history"]
     assert (run / "best_model.zip").read_bytes() == before  # 1e9 was not beaten
     (run / "best_model.json").write_text("{}")
     with pytest.raises(SystemExit):
@@ -328,3 +328,39 @@ def test_an_off_policy_run_does_not_resume_without_its_replay_buffer(tmp_path, c
         train_agent.main([*argv, "--timesteps", "768", "--resume"])
     assert exc.value.code == 2
     assert "has no replay buffer beside it" in capsys.readouterr().err
+
+
+def _policy_weights(archive: Path) -> dict:
+    import zipfile
+
+    import torch
+
+    with zipfile.ZipFile(archive) as z, z.open("policy.pth") as f:
+        return torch.load(f, weights_only=True)
+
+
+def test_a_checkpoint_of_n_steps_has_learned_from_all_n(tmp_path, tiny):
+    """Checkpoints are written after the update of the steps they are named for (PPO's step
+    that ends a rollout comes before that rollout's update), so ``ckpt_N`` equals the model of
+    a run of N steps, and a resumed run loses no update."""
+    rollout = 4 * 64  # n_envs x n_steps of TINY_PPO
+    common = [*_common(tmp_path, tiny), "--eval-freq", "0", "--checkpoint-freq", str(rollout)]
+    train_agent.main([*common, "--timesteps", str(2 * rollout), "--run-name", "long"])
+    short = train_agent.main([*common, "--timesteps", str(rollout), "--run-name", "short"])
+    ckpt = tmp_path / "runs" / "long" / "checkpoints" / f"ckpt_{rollout}_steps.zip"
+    first, trained = (
+        _policy_weights(ckpt),
+        _policy_weights(Path(short["run_dir"]) / "final_model.zip"),
+    )
+    assert first.keys() == trained.keys()
+    assert all(np.array_equal(first[k].numpy(), trained[k].numpy()) for k in first)
+
+
+def test_a_resumed_run_reports_the_val_history_of_its_earlier_part(tmp_path, tiny):
+    argv = [*_common(tmp_path, tiny), "--eval-freq", "256", "--checkpoint-freq", "256",
+            "--run-name", "h"]  # fmt: skip
+    first = train_agent.main([*argv, "--timesteps", "512"])
+    assert [s for s, _ in first["val_history"]] == [256, 512]
+    resumed = train_agent.main([*argv, "--timesteps", "768", "--resume"])
+    assert resumed["val_history"][:2] == first["val_history"]  # kept across the resume
+    assert [s for s, _ in resumed["val_history"]] == [256, 512, 768]
