@@ -37,18 +37,19 @@ class Args:
     env_id: str = field(default="DistrEE-v3", metadata={"help": "a registered DistrEE id"})
     timesteps: int = field(default=300_000, metadata={"help": "environment steps per learner"})
     learners: tuple[str, ...] = field(
-        default=("sb3", "cleanrl"), metadata={"choices": ["sb3", "cleanrl"]}
+        default=("sb3", "cleanrl"),
+        metadata={"help": "the plain learners to run", "choices": ["sb3", "cleanrl"]},
     )
     tuned: str = field(
         default="auto",
         metadata={"help": "the tuned agent: 'auto' (ppo-<scenario>), 'none', or a name/path"},
     )
     trust: bool = field(default=False, metadata={"help": "load a tuned agent not in MANIFEST"})
-    seed: int = 1
-    eval_seeds: int = 5
-    eval_requests: int = 4096
+    seed: int = field(default=1, metadata={"help": "the learners' seed"})
+    eval_seeds: int = field(default=5, metadata={"help": "held-out seeds of the final evaluation"})
+    eval_requests: int = field(default=4096, metadata={"help": "requests per held-out seed"})
     threads: int = field(default=1, metadata={"help": "torch threads"})
-    progress: bool = True
+    progress: bool = field(default=True, metadata={"help": "progress bars"})
 
     def __post_init__(self) -> None:
         for name in ("timesteps", "eval_seeds", "eval_requests", "threads"):

@@ -25,11 +25,11 @@ from experiments.cli import fail, one_line_errors, parse_args
 class Args:
     """Training throughput and environment share for one algorithm."""
 
-    algo: str = field(default="ppo", metadata={"choices": list(ALGOS)})
-    timesteps: int = 50_000
+    algo: str = field(default="ppo", metadata={"help": "algorithm", "choices": list(ALGOS)})
+    timesteps: int = field(default=50_000, metadata={"help": "environment steps timed"})
     n_envs: int = field(default=0, metadata={"help": "parallel envs (0 = from hyperparams)"})
-    threads: int = 1
-    seed: int = 0
+    threads: int = field(default=1, metadata={"help": "torch threads"})
+    seed: int = field(default=0, metadata={"help": "the learner's seed"})
     readme: bool = field(default=False, metadata={"help": "update README.md (bench-training)"})
 
     def __post_init__(self) -> None:

@@ -10,8 +10,8 @@ import sys
 from dataclasses import dataclass, field
 
 from agents.calibrate import calibrate_all
-from distree_env.config import build_config
-from experiments.cli import one_line_errors, parse_args, read_config_overrides
+from distree_env.config import SCENARIOS, build_config
+from experiments.cli import MAX_REQUESTS, one_line_errors, parse_args, read_config_overrides
 from experiments.run_live import RULE_SPECS
 
 
@@ -19,14 +19,24 @@ from experiments.run_live import RULE_SPECS
 class Args:
     """Choose the best classic rule on val for a scenario and cluster profile."""
 
-    scenario: str = field(default="steady-stream", metadata={"help": "scenario name"})
+    scenario: str = field(
+        default="steady-stream", metadata={"help": "scenario name", "choices": tuple(SCENARIOS)}
+    )
     profile: str = field(
         default="", metadata={"help": "cluster profile, JSON or YAML (calibrate_cluster)"}
     )
     trace: str | None = field(
         default=None, metadata={"help": "val trace to choose on (unset: the scenario's own)"}
     )
-    requests: int = field(default=2048, metadata={"help": "requests per evaluated point"})
+    requests: int = field(
+        default=2048, metadata={"help": f"requests per evaluated point (1 to {MAX_REQUESTS})"}
+    )
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.requests <= MAX_REQUESTS:
+            raise ValueError(
+                f"--requests={self.requests} is not allowed: an integer in [1, {MAX_REQUESTS}]"
+            )
 
 
 @one_line_errors

@@ -68,7 +68,11 @@ def parse_args(
         args = typing.get_args(hint)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
-        kwargs: dict = {"default": default, "help": f.metadata.get("help", " ")}
+        # argparse shows no "(default: ...)" after an empty help: every option gets a line
+        kwargs: dict = {
+            "default": default,
+            "help": f.metadata.get("help") or "(default: %(default)s)",
+        }
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if hint is bool:

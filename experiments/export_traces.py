@@ -53,8 +53,11 @@ class Args:
         default=0, metadata={"help": "only the first N of each split (0 = all)"}
     )
     tta: bool = field(default=True, metadata={"help": "flip test-time augmentation"})
-    bf16: bool = True
-    threads: int = 2
+    bf16: bool = field(
+        default=True,
+        metadata={"help": "bfloat16 autocast for the forward passes (the shipped traces use it)"},
+    )
+    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
 
     def __post_init__(self) -> None:
         if self.threads < 1:

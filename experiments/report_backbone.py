@@ -38,7 +38,9 @@ class Args:
         metadata={"help": "Markdown output ('' = none; default: docs/backbone.md for the "
                   "shipped networks, none with --trace)"},
     )  # fmt: skip
-    update_readme: bool = False
+    update_readme: bool = field(
+        default=False, metadata={"help": "write the table into README.md's backbone block"}
+    )
     trace: str | None = field(
         default=None,
         metadata={"help": "a test trace of your own (NAME-test.npz, with NAME-val.npz beside "

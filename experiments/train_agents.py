@@ -69,7 +69,7 @@ class Args:
     ppo_timesteps: int = field(default=0, metadata={"help": "0 = from the budget"})
     dqn_timesteps: int = field(default=0, metadata={"help": "0 = from the budget"})
     recurrent_ppo_timesteps: int = field(default=0, metadata={"help": "0 = from the budget"})
-    seed: int = 1
+    seed: int = field(default=1, metadata={"help": "every run's seed"})
     drain_weight: float | None = field(
         default=None,
         metadata={"help": "train_agent --drain-weight of every run (default: the scenario's)"},
@@ -78,7 +78,7 @@ class Args:
         default="runs/agents",
         metadata={"help": "agents folder (checkpoints/agents replaces the shipped agents)"},
     )
-    runs_dir: str = "runs"
+    runs_dir: str = field(default="runs", metadata={"help": "TensorBoard runs and checkpoints"})
     eval_requests: int = field(default=4096, metadata={"help": "requests per held-out seed"})
     dry_run: bool = field(default=False, metadata={"help": "print the plan and stop"})
 

@@ -36,8 +36,20 @@ class Args:
     data: str = field(
         default=DEFAULT_DATA, metadata={"help": "CIFAR-10: .tar.gz, folder, batches-py or -bin"}
     )
-    preset: str = field(default="cpu", metadata={"choices": ["cpu", "gpu", "tiny"]})
-    topology: str = field(default="parallel", metadata={"choices": ["parallel", "pipeline"]})
+    preset: str = field(
+        default="cpu",
+        metadata={
+            "help": "sizes and schedule (tiny: for tests)",
+            "choices": ["cpu", "gpu", "tiny"],
+        },
+    )
+    topology: str = field(
+        default="parallel",
+        metadata={
+            "help": "DistrEE branches or MDI-Exit segments",
+            "choices": ["parallel", "pipeline"],
+        },
+    )
     teacher: str = field(
         default="", metadata={"help": "backbone .pt whose final exit teaches ('' = self)"}
     )
@@ -48,7 +60,7 @@ class Args:
     epochs: int = field(default=0, metadata={"help": "0 = preset"})
     batch_size: int = field(default=0, metadata={"help": "0 = preset"})
     lr: float = field(default=0.0, metadata={"help": "peak one-cycle learning rate (0 = preset)"})
-    weight_decay: float = 5e-4
+    weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay"})
     kd_alpha: float = field(default=0.9, metadata={"help": "weight of the KD term (NoNN: 0.9)"})
     kd_temperature: float = field(default=4.0, metadata={"help": "KD temperature (NoNN: 4)"})
     attention_weight: float = field(
@@ -57,9 +69,9 @@ class Args:
     feature_weight: float = field(
         default=0.5, metadata={"help": "feature transfer between consecutive exits"}
     )
-    label_smoothing: float = 0.1
+    label_smoothing: float = field(default=0.1, metadata={"help": "of the cross-entropy"})
     cutout: int = field(default=8, metadata={"help": "cutout square side in pixels (0 = none)"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "weights, batches and augmentation"})
     bf16: bool = field(default=True, metadata={"help": "bfloat16 autocast"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     max_train_images: int = field(
@@ -73,14 +85,14 @@ class Args:
     run_name: str = field(
         default="", metadata={"help": "folder under --runs-dir (default: from args)"}
     )
-    runs_dir: str = "runs/backbone"
+    runs_dir: str = field(default="runs/backbone", metadata={"help": "run folders"})
     output: str = field(
         default="",
         metadata={"help": "final weights (default RUNS_DIR/RUN_NAME/backbone.pt; "
                   "checkpoints/backbone-TOPOLOGY.pt replaces the shipped one)"},
     )  # fmt: skip
     resume: bool = field(default=False, metadata={"help": "continue from the run's last.pt"})
-    progress: bool = True
+    progress: bool = field(default=True, metadata={"help": "progress bars"})
 
     def __post_init__(self) -> None:
         for name, low in (("threads", 1), ("max_train_images", 0), ("widen", 0), ("epochs", 0),

@@ -43,3 +43,16 @@ def test_a_bad_profile_names_the_file(tmp_path, capsys):
         best_rule.main(["--profile", str(profile)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "--profile" in err and "profile.json" in err, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [(["--requests", "0"], "--requests=0"), (["--scenario", "nowhere"], "--scenario")],
+)
+def test_bad_arguments_name_the_flag_before_any_work(argv, named, capsys):
+    from experiments import best_rule
+
+    with pytest.raises(SystemExit) as exc:
+        best_rule.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and named in err, err

@@ -1,0 +1,37 @@
+"""The command lines' shared parser: every option of every script's ``Args`` says its default in
+``--help`` (argparse drops it after an empty help text)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+
+import pytest
+
+from experiments.cli import parse_args
+
+SCRIPTS = sorted(
+    p.stem
+    for p in (Path(__file__).resolve().parents[2] / "experiments").glob("*.py")
+    if "class Args" in p.read_text()
+)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_option_shows_its_default(script, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option
+    args_class = importlib.import_module(f"experiments.{script}").Args
+    with pytest.raises(SystemExit) as exc:
+        parse_args(args_class, ["--help"])
+    assert exc.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    for f in dataclasses.fields(args_class):
+        flag = "--" + f.name.replace("_", "-")
+        start = next(i for i, x in enumerate(lines) if x.split() and x.split()[0] == flag)
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("-")),
+            len(lines),
+        )
+        entry = " ".join(lines[start:end])
+        assert "(default: " in entry, (script, entry)
