@@ -28,8 +28,10 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -769,6 +771,20 @@ def _same_network(runs: list[Any], paths: list[str]) -> None:
         raise ValueError(f"the run records are of different networks ({groups}); give one's")
 
 
+def in_sample_note(records: Sequence[str], evaluated: Sequence[str]) -> str:
+    """A warning line when evaluated runs are also fitted (their errors are in-sample, not a
+    prediction the targets speak of); empty when none is."""
+    fitted = {Path(p).resolve() for p in records}
+    both = [p for p in evaluated if Path(p).resolve() in fitted]
+    if not both:
+        return ""
+    return (
+        f"Note: {', '.join(both)} {'is' if len(both) == 1 else 'are'} also fitted (a calibration "
+        "record): the errors above are measured on the data the profile was fitted to, not "
+        "predicted; evaluate runs the fit did not see for the targets."
+    )
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the profile and table."""
@@ -865,6 +881,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table = comparison_table(
             evaluated, runs[0], profile, measured, first_stage_busy_ms(runs), args.trust
         )
+        in_sample = in_sample_note(args.records, args.evaluate)
+        if in_sample:
+            table += f"\n\n{in_sample}"
         print("\nSimulator vs live (each policy's runs pooled; same seeds, policy and images):\n")
         print(table)
         block = (

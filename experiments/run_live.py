@@ -29,8 +29,9 @@ from experiments.cli import fail, one_line_errors, parse_args, read_config_overr
 if TYPE_CHECKING:
     from distree_env.runtime.schedule import LiveScenario
 
-#: Seconds the other processes get after the first one ends or fails (a dead peer is noticed at
-#: once, a hung one after --timeout; then only the record is left to write).
+#: Seconds the other processes get after the first one ends or fails (a dead or hung peer is
+#: noticed when a message to or from it times out, after --timeout; then only the record is left
+#: to write).
 GRACE_S = 3.0
 #: Longest any of the run's timeouts may be (a day): beyond it a clock overflows, not a run.
 MAX_TIMEOUT_S = 86_400.0
@@ -279,12 +280,17 @@ def check_policy(policy: Any, spec: str, names: tuple[str, ...]) -> None:
 
 def check_before_start(args: Args, config: Any) -> LiveScenario:
     """The run's scenario, after the checks every worker would make (each would print the
-    same error): the backbone file, ``--config`` against the trace, and the policy, bound and
-    asked once. An agent's check imports torch, a rule's does not."""
+    same error): the backbone file and the trace exported from it, ``--config`` against the
+    trace, and the policy, bound and asked once."""
+    from distree_env.model.checkpoint import load_backbone
     from distree_env.runtime.schedule import live_scenario
 
-    if args.backbone is not None and not Path(args.backbone).is_file():
-        raise ValueError(f"--backbone {args.backbone!r} not found (a .pt file of train_backbone)")
+    if args.backbone is not None:
+        if not Path(args.backbone).is_file():
+            raise ValueError(
+                f"--backbone {args.backbone!r} not found (a .pt file of train_backbone)"
+            )
+        check_trace_fits(load_backbone(args.backbone), config.trace, args.trace)
     try:
         scenario = live_scenario(config, args.seed, args.requests)
     except ValueError as e:  # name the user's trace, not the image set's rows of it

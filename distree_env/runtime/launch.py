@@ -132,6 +132,7 @@ def spawn_local(
     """
     port = free_port()
     procs: list[subprocess.Popen] = []
+    stopping = _stop_on_signals()
     try:
         for rank in range(world_size):
             child_env = dict(os.environ, **(env or {}))
@@ -152,6 +153,26 @@ def spawn_local(
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 p.wait()
+        for signum, handler in stopping.items():
+            signal.signal(signum, handler)
+
+
+#: Signals that stop the launcher (``kill``, ``timeout``, a closed terminal): each ends it as an
+#: exception would, so that its clean-up kills the processes it started.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop_on_signals() -> dict[int, object]:
+    """Turn :data:`STOP_SIGNALS` into ``SystemExit(128 + signal)`` while the launcher runs (by
+    default they end it at once, without its clean-up); returns the handlers to restore."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        return {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    except ValueError:  # not the main thread: signals stay as they are
+        return {}
 
 
 def _supervise(procs: list[subprocess.Popen], grace_s: float, notice_s: float) -> int:

@@ -635,3 +635,11 @@ def test_the_timeline_needs_each_runs_start_time(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "cal.json" in err and "meta.started_unix" in err, err
     assert not png.exists() and not (tmp_path / "p").exists()
+
+
+def test_runs_both_fitted_and_evaluated_are_called_in_sample(tmp_path):
+    from experiments.calibrate_cluster import in_sample_note
+
+    assert in_sample_note(["cal.json"], ["eval.json"]) == ""
+    note = in_sample_note([str(tmp_path / "a.json")], [str(tmp_path / "x" / ".." / "a.json")])
+    assert "also fitted" in note and "not predicted" in note

@@ -127,6 +127,7 @@ def test_live_predictions_equal_the_offline_model(layout, tiny, tiny_pipeline, t
     assert len(cluster["devices"]) == LAYOUTS[layout].num_devices
     assert cluster["stage_overhead_ms"] >= 0
     assert "| random:0.4 | live | 8 |" in result["table"]
+    assert "also fitted (a calibration record)" in result["table"]  # one run, fitted and compared
     assert "| random:0.4 | simulated |" in table.read_text()
     # the diagnostic row: the simulator at the service time the live run measured
     assert "| random:0.4 | simulated at live service (x" in result["table"]
@@ -228,6 +229,17 @@ def test_a_backbone_of_another_trace_is_named_before_the_world_size(tiny, tmp_pa
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
     assert "--trace 'cifar10-test'" in done.stderr
     assert "was not exported from --backbone" in done.stderr
+
+
+def test_the_launcher_refuses_a_trace_of_another_network_before_starting(tmp_path):
+    """Checked once, before any process starts (each worker would print the same line)."""
+    cmd = [sys.executable, "-m", "experiments.run_live", "--requests", "10",
+           "--backbone", "checkpoints/backbone-pipeline.pt", "--trace", "cifar10-test",
+           "--out", str(tmp_path / "r.json")]  # fmt: skip
+    done = run(cmd)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "was not exported from --backbone" in done.stderr
+    assert "started" not in done.stdout and not list(tmp_path.iterdir())
 
 
 def test_network_files_follow_the_scenario():
