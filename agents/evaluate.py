@@ -11,12 +11,14 @@ instead of ~1000 tiny forward passes.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from agents.splits import TEST_SEED_BASE, is_test_name
 from distree_env.config import EnvConfig, build_config
 from distree_env.traces import resolve_trace
 from distree_env.vector_env import DistrEEVecEnv
@@ -28,6 +30,7 @@ __all__ = [
     "evaluate",
     "make_eval_env",
     "observation_mismatch",
+    "on_test_split",
     "prepare_policy",
     "step_values",
 ]
@@ -149,6 +152,13 @@ def evaluate(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"evaluate: seed={seed!r}; expected an integer >= 0")
     config = build_config(config)
+    if seed < TEST_SEED_BASE and on_test_split(config):
+        warnings.warn(
+            f"evaluate: seed={seed} on the test split draws the resource paths and arrivals of "
+            f"tuning and training (seeds below TEST_SEED_BASE={TEST_SEED_BASE}); measure with "
+            "held-out seeds (agents.splits.held_out_seeds)",
+            stacklevel=2,
+        )
     stream = config.requests_per_episode
     if config.arrivals.kind != "isolated":
         stream = max(stream, MIN_STREAM_REQUESTS)
@@ -208,6 +218,16 @@ def evaluate(
         "n_requests": n + n_drop,
         "mean_reward_se": _standard_error(per_stream),
     }
+
+
+def on_test_split(config: EnvConfig) -> bool:
+    """True when ``config`` replays a test split: its exit trace by name, or its link or
+    arrival traces."""
+    return (
+        is_test_name(config.trace)
+        or config.arrivals.split == "test"
+        or config.cluster.bandwidth.split == "test"
+    )
 
 
 def _standard_error(values: np.ndarray) -> float:

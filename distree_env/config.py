@@ -810,7 +810,10 @@ def keyword_overrides(owner: str, overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def _nested_hint(key: str, fields: dict[str, dataclasses.Field]) -> str:
-    """`` (did you mean 'cluster.x'?)`` when ``key`` names a field of a config section."""
+    """`` (did you mean 'cluster.x'?)`` when ``key`` names a field of a config section, and
+    where a seed goes when ``key`` is ``seed``."""
+    if key == "seed":
+        return " (a seed goes to reset(seed=...), not to the config)"
     for name, f in fields.items():
         section = f.default_factory if f.default_factory is not dataclasses.MISSING else None
         if section is not None and dataclasses.is_dataclass(section):

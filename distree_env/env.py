@@ -42,17 +42,21 @@ OBSERVATION_MEANINGS: dict[str, tuple[str, str]] = {
     "bandwidth_<d>": ("measured bandwidth share of device d's link", "[0.01, 1]"),
     "elapsed_ratio": (
         "time since this request ARRIVED / deadline (waiting included)",
-        "[0, max_elapsed_ratio]",
+        "[0, max_elapsed_ratio], clipped",
     ),
-    "queue_len": ("waiting requests / queue capacity (0 when isolated)", "[0, 1]"),
+    "queue_len": (
+        "requests waiting for device 0 / queue capacity (0 when isolated; with pipelining, "
+        "those waiting between devices show in `next_wait_ratio`)",
+        "[0, 1], clipped (`queue.overflow='admit'` can queue more)",
+    ),
     "oldest_wait_ratio": (
         "age of the oldest waiting request / deadline (0 when none)",
-        "[0, max_elapsed_ratio]",
+        "[0, max_elapsed_ratio], clipped",
     ),
     "next_wait_ratio": (
         "only with `cluster.pipelining`: wait for the next device to finish the requests ahead"
         " / deadline (0 at the last exit)",
-        "[0, max_elapsed_ratio]",
+        "[0, max_elapsed_ratio], clipped",
     ),
 }
 
@@ -139,7 +143,8 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
 
     ## Observation Space
     ``Box(float32)``, columns named by ``observation_names`` in this order (``<d>`` runs over
-    devices; ``observation_table()`` renders it):
+    devices; ``observation_table()`` renders it; the ranges are the values', the Box's low is
+    0 in every column):
 
     <<OBSERVATION_TABLE>>
 
@@ -160,7 +165,8 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     during which it arrived. ``reward.drain_weight`` (v3: 1) adds at each episode end that
     weight times the change in the queue's drain cost over the episode (``reward_queue``; the
     cost of ``n`` waiting requests is the latency reward they would accrue served one after
-    another at the mean last-exit service time): what the queue a request leaves behind will
+    another at the mean last-exit service time; with pipelining ``n`` also counts the requests
+    device 0 has started): what the queue a request leaves behind will
     cost the requests after it, which one-request episodes otherwise hide. A potential
     difference, it sums over a stream to the cost at the start minus the cost at the end. The
     parts are in ``info``. ``agents.evaluate`` scores every policy
@@ -189,11 +195,12 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     ``reward_correct``,
     ``reward_latency``, ``reward_deadline``, ``reward_drop``, ``reward_queue`` (this step's
     reward parts; they sum to the reward), ``request_done`` (a request was answered this step),
-    ``request_exit`` (-1 if none), ``request_correct``, ``request_latency_ms`` and
-    ``request_wait_ms`` (from arrival; 0 if none), ``dropped`` (requests refused this step),
-    ``queue_len`` (waiting now), ``episode_done`` (this step ends an episode) and the episode
-    metrics ``episode_*`` (``distree_env.dynamics.EPISODE_METRICS``; 0 except when
-    ``episode_done``): accuracy over
+    ``request_exit`` (-1 if none), ``request_correct``, ``request_latency_ms`` (from arrival)
+    and ``request_wait_ms`` (from arrival to the start of stage 0; with pipelining the waits
+    between devices are in the latency, not here; 0 if none), ``dropped`` (requests refused
+    this step), ``queue_len`` (waiting for device 0 now), ``episode_done`` (this step ends an
+    episode) and the episode metrics ``episode_*`` (``distree_env.dynamics.EPISODE_METRICS``; 0
+    except when ``episode_done``): accuracy over
     answered requests, compute saving against last-exit, mean and p95 latency, QoS rate
     (answered in time over answered plus dropped), drop and overflow rates, mean wait,
     utilisation, reward sums, return, reward per request, exit fractions.

@@ -197,6 +197,17 @@ def test_bad_share_csv(tmp_path, content, match):
         load_share_csv(path)
 
 
+def test_a_missing_share_csv_names_the_shipped_choice(tmp_path):
+    spec = ProcessConfig(kind="trace", csv="hsdpa-bus", step_ms=100.0)
+    with pytest.raises(
+        ValueError, match=r"cluster.bandwidth.csv='hsdpa-bus': file not found.*'hsdpa'"
+    ):
+        ProcessPath.from_config(spec, 2, "time", 10.0, "cluster.bandwidth")
+    folder = ProcessConfig(kind="trace", csv=str(tmp_path), step_ms=100.0)
+    with pytest.raises(ValueError, match="is a directory"):  # an existing path keeps its own error
+        ProcessPath.from_config(folder, 2, "time", 10.0, "cluster.bandwidth")
+
+
 def test_hsdpa_splits_are_disjoint_and_scaled():
     assert not set(HSDPA_SPLITS["val"]) & set(HSDPA_SPLITS["test"])
     for split in HSDPA_SPLITS:

@@ -197,6 +197,8 @@ def test_unknown_keyword_is_type_error_and_values_are_value_errors():
         DistrEEEnv(frameskip=4)
     with pytest.raises(TypeError, match="unexpected keyword argument 'bogus.x'"):
         DistrEEEnv(**{"bogus.x": 1})
+    with pytest.raises(TypeError, match=r"goes to reset\(seed=\.\.\.\)"):
+        DistrEEEnv(seed=0)
     with pytest.raises(ValueError, match="deadline_ms"):
         DistrEEEnv(deadline_ms=-1.0, **FAST)
     with pytest.raises(ValueError, match="render_mode='video'"):

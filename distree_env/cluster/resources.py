@@ -187,6 +187,11 @@ class ProcessPath:
         if spec.kind == "trace":
             if spec.csv == "hsdpa":
                 table = hsdpa_shares(spec.split, spec.step_ms)[:, None]
+            elif not Path(spec.csv).expanduser().exists():
+                raise ValueError(
+                    f"{field}.csv={spec.csv!r}: file not found; allowed: 'hsdpa' (the shipped "
+                    "HSDPA traces) or a path to a share CSV"
+                )
             else:
                 table = load_share_csv(spec.csv, f"{field}.csv")
             if table.shape[1] not in (1, m):

@@ -172,3 +172,17 @@ def test_a_stream_counts_its_drops_only_until_it_has_answered_its_share():
         answered += before & step_values(info, "request_done")
     assert m["n_requests"] == 256 + dropped.sum()
     assert extra > 0  # the finished stream did drop more, uncounted
+
+
+def test_a_test_split_with_a_tuning_seed_is_warned_about(recwarn):
+    """The test split measured with seed 0 replays the resource paths and arrivals tuning saw:
+    said, not silently accepted; with held-out seeds, or on val, nothing is said."""
+    from agents.splits import TEST_SEED_BASE, on_split
+
+    test = on_split(EnvConfig.scenario("steady-stream").replace(SYNTH), "test")
+    with pytest.warns(UserWarning, match="seed=0 on the test split"):
+        evaluate(RandomExit(0.4), test, n_requests=256, seed=0)
+    recwarn.clear()
+    evaluate(RandomExit(0.4), test, n_requests=256, seed=TEST_SEED_BASE)
+    evaluate(RandomExit(0.4), on_split(test, "val", "synthetic"), n_requests=256, seed=0)
+    assert not [w for w in recwarn if "test split" in str(w.message)]
