@@ -145,7 +145,11 @@ def spawn_local(
                 **(per_rank_env[rank] if per_rank_env else {}),
             )
             prefix = list(prefixes[rank]) if prefixes else []
-            procs.append(subprocess.Popen([*prefix, *command], env=child_env))
+            procs.append(
+                subprocess.Popen(
+                    [*prefix, *command], env=child_env, preexec_fn=_die_with(os.getpid())
+                )
+            )
             print(f"started {rank_name(rank)} pid {procs[-1].pid}", flush=True)
         return _supervise(procs, grace_s, notice_s)
     finally:
@@ -160,6 +164,26 @@ def spawn_local(
 #: Signals that stop the launcher (``kill``, ``timeout``, a closed terminal): each ends it as an
 #: exception would, so that its clean-up kills the processes it started.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+#: ``prctl`` option: the signal a process gets when its parent dies (Linux).
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(launcher: int):
+    """A ``preexec_fn`` that has the child killed when the launcher dies, even by SIGKILL,
+    which no clean-up of the launcher's own can answer (Linux; elsewhere None)."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arm() -> None:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != launcher:  # it died before the line above
+            os._exit(1)
+
+    return arm
 
 
 def _stop_on_signals() -> dict[int, object]:

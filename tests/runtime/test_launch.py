@@ -25,7 +25,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
 def test_a_stopped_launcher_leaves_no_process_behind(signum):
     launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdout=subprocess.PIPE, text=True)
     pids = []
@@ -35,7 +35,8 @@ def test_a_stopped_launcher_leaves_no_process_behind(signum):
             assert line, "the launcher ended before starting its processes"
             pids += [int(m) for m in re.findall(r"pid (\d+)", line)]
         launcher.send_signal(signum)
-        assert launcher.wait(timeout=30) == 128 + signum
+        status = launcher.wait(timeout=30)
+        assert status == (-signum if signum == signal.SIGKILL else 128 + signum)
         deadline = time.monotonic() + 10
         while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
