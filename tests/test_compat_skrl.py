@@ -1,5 +1,6 @@
 """skrl PPO on the vector env with its default trainer (not headless: it renders through
-``VectorEnv.call``), as skrl's docs show (issue 12's table)."""
+``VectorEnv.call``), as skrl's docs show (issue 12's table) and docs/libraries.md runs it: with
+``SAME_STEP`` autoreset, since skrl takes a vector env's step to reset within it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from skrl.models.torch import CategoricalMixin, DeterministicMixin, Model  # noq
 from skrl.trainers.torch import SequentialTrainer  # noqa: E402
 from torch import nn  # noqa: E402
 
-ENV_ID = "DistrEE-v0"
+ENV_ID = "DistrEE-v3"
 torch.set_num_threads(1)
 
 
@@ -44,7 +45,13 @@ class _Value(DeterministicMixin, Model):
 
 
 def test_skrl_ppo_on_the_vector_env(tmp_path):
-    env = wrap_env(gym.make_vec(ENV_ID, num_envs=4, vectorization_mode="vector_entry_point"))
+    venv = gym.make_vec(
+        ENV_ID,
+        num_envs=4,
+        vectorization_mode="vector_entry_point",
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    env = wrap_env(venv)
     assert env.num_envs == 4
     models = {
         "policy": _Policy(env.observation_space, env.action_space, env.device),
@@ -66,3 +73,11 @@ def test_skrl_ppo_on_the_vector_env(tmp_path):
     assert not trainer.cfg.headless  # the default: skrl calls env.render() every step
     trainer.train()
     env.close()
+    # every stored transition is a decision: none is a NEXT_STEP reset step (reward 0, action
+    # ignored) right after an episode's end, which skrl would learn from as a real step
+    memory = agent.memory
+    ended = memory.get_tensor_by_name("terminated").squeeze(-1)
+    rewards = memory.get_tensor_by_name("rewards").squeeze(-1)
+    after_end = torch.zeros_like(ended)
+    after_end[1:] = ended[:-1]
+    assert after_end.sum() > 0 and (rewards[after_end] != 0).all()
