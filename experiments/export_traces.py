@@ -26,6 +26,18 @@ PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DEFAULT_PREFIX = {"parallel": "cifar10", "pipeline": "cifar10-pipeline"}
 
 
+#: Seed of ``--max-images``' draw.
+SUBSET_SEED = 0
+
+
+def subset(n: int, size: int) -> Any:
+    """Sorted indices of ``size`` of ``n`` images drawn at random (seeded): a split's first
+    images would be one or two classes only, since the splits are ordered by class."""
+    import numpy as np
+
+    return np.sort(np.random.default_rng(SUBSET_SEED).permutation(n)[:size])
+
+
 @dataclass(frozen=True)
 class Args:
     """Export exit traces of a trained backbone."""
@@ -50,8 +62,10 @@ class Args:
                   f"{VAL_SIZE})"},
     )  # fmt: skip
     max_images: int = field(
-        default=0, metadata={"help": "only the first N of each split (0 = all)"}
-    )
+        default=0,
+        metadata={"help": "only N images of each split, drawn at random with seed 0 (the splits "
+                  "are ordered by class; 0 = all)"},
+    )  # fmt: skip
     tta: bool = field(default=True, metadata={"help": "flip test-time augmentation"})
     bf16: bool = field(
         default=True,
@@ -137,13 +151,16 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     label = backbone_label(args.backbone)
     for split_name, split in splits.items():
-        if args.max_images:
-            split = Split(split.images[: args.max_images], split.labels[: args.max_images])
+        metadata: dict[str, Any] = {"backbone": label}
+        if args.max_images and args.max_images < len(split.labels):
+            keep = subset(len(split.labels), args.max_images)
+            split = Split(split.images[keep], split.labels[keep])
+            metadata["subset"] = f"{args.max_images} images drawn with seed {SUBSET_SEED}"
         trace = export_trace(
             model,
             split,
             split_name,
-            metadata={"backbone": label},
+            metadata=metadata,
             bf16=args.bf16,
             tta=args.tta,
             progress=True,

@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from distree_env.io import require_output_dir, require_output_file
+    from distree_env.manifest import sha256_of
     from distree_env.model.checkpoint import load_backbone
     from distree_env.model.network import NetConfig
     from distree_env.model.presets import preset
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
             seed=args.seed,
             bf16=args.bf16,
             teacher=Path(args.teacher).name if args.teacher else "",
+            teacher_sha256=sha256_of(args.teacher) if args.teacher else "",
             device=p["device"],
         )
         if cfg.device != "cpu" and not torch.cuda.is_available():
@@ -232,14 +234,16 @@ def main(argv: list[str] | None = None) -> dict:
         )
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(run_dir))
-    writer.add_text("config", json.dumps(cfg.to_dict()))
-    trainer = Trainer(cfg, train, val, run_dir, log=writer.add_scalar, teacher=teacher)
     try:
+        trainer = Trainer(cfg, train, val, run_dir, teacher=teacher)
         if args.resume and trainer.resume():
             print(f"resumed {run_dir} at epoch {trainer.epoch}/{cfg.epochs}")
     except ValueError as e:
         fail(str(e))
+    # opened once the run is accepted: a refused resume leaves no log of the config it refused
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("config", json.dumps(cfg.to_dict()))
+    trainer.log = writer.add_scalar
     started = time.time()
     history = trainer.fit(progress=args.progress)
     writer.close()

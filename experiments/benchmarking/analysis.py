@@ -194,7 +194,8 @@ def _agent_vs(
         out["val_margin"] = gain_val
         out["kept_gain"] = float((av - bv).mean()) / gain_val if gain_val > 0 else None
         out["held_out_target_met"] = bool(
-            (out["kept_gain"] or 0.0) >= KEPT_TARGET and (av >= (1 - WORSE_LIMIT) * bv).all()
+            (out["kept_gain"] or 0.0) >= KEPT_TARGET
+            and (av - bv >= -WORSE_LIMIT * np.abs(bv)).all()  # 2% of |reward|: also below 0
         )
     if oracle is not None:
         o = _per_seed(rows, scenario, oracle["policy"], "mean_reward")

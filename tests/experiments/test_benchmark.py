@@ -489,6 +489,19 @@ def test_the_held_out_target_fails_when_one_seed_is_far_below() -> None:
     assert agent["kept_gain"] == pytest.approx(1.0) and not agent["held_out_target_met"]
 
 
+def test_the_held_out_limit_counts_from_the_size_of_a_negative_reward() -> None:
+    """Equal to a baseline at -0.2 is not 2% below it (the limit is 2% of |reward|)."""
+    rows = [r for r in _hand_rows() if r["policy"] not in ("A", "PPO[s]")]
+    rows += _rows("A", "baseline", "val", [-0.25, -0.25], accuracy=0.80, qos_rate=0.80)
+    rows += _rows("A", "baseline", "test", [-0.2, -0.2], accuracy=0.80, qos_rate=0.80)
+    rows += _rows("PPO[s]", "learned", "val", [-0.2, -0.2], accuracy=0.802, qos_rate=0.9)
+    rows += _rows("PPO[s]", "learned", "test", [-0.2, -0.12], accuracy=0.801, qos_rate=0.9)
+    summary = summarize(rows)
+    summary = [r for r in summary if r["policy"] != "B"]  # A is the best non-learned policy
+    (agent,) = headline(summary, rows, "s")["agents"]
+    assert agent["kept_gain"] == pytest.approx(0.8) and agent["held_out_target_met"]
+
+
 def test_the_accuracy_tolerance_counts_from_last_exit_on_val() -> None:
     rows = []
     for split, acc in (("val", 0.85), ("test", 0.80)):
