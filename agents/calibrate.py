@@ -182,8 +182,8 @@ class BaselineFit:
 class _Scorer:
     """Evaluations on val with a memo: the same parameters are never evaluated twice."""
 
-    def __init__(self, config: EnvConfig, n_requests: int, seed: int) -> None:
-        self.run = dict(config=config, n_requests=n_requests, seed=seed)
+    def __init__(self, config: EnvConfig, n_requests: int, seed: int, warmup: int = 0) -> None:
+        self.run = dict(config=config, n_requests=n_requests, seed=seed, warmup=warmup)
         self.memo: dict[Any, tuple[RulePolicy, EvalResult]] = {}
 
     def __call__(self, key: Any, make: Callable[[], RulePolicy]) -> tuple[RulePolicy, EvalResult]:
@@ -439,6 +439,7 @@ def calibrate_baselines(
     target_accuracy: float | None = None,
     accuracy_tolerance: float = 0.005,
     target_seeds: Sequence[int] = (),
+    warmup: int = 0,
 ) -> dict[str, BaselineFit]:
     """Fit every baseline of :data:`BASELINES` on ``config``'s val trace.
 
@@ -474,6 +475,7 @@ def calibrate_baselines(
     :param target_accuracy: accuracy in [0, 1] of the extra ``LoadAware[accuracy]`` point (None:
         no such point); ``accuracy_tolerance``: how close, in [0, 1], counts as equal;
         ``target_seeds``: the seeds whose mean accuracy is matched.
+    :param warmup: requests per stream before an evaluation counts (``agents.evaluate``).
     """
     _check_baseline_args(max_accuracy_loss, points, rounds, data_steps, features)
     if target_accuracy is not None:
@@ -483,7 +485,7 @@ def calibrate_baselines(
     require_val(config, "calibrate_baselines")
     purpose = "calibrate_baselines"
     data = collect(RandomExit(_BEHAVIOUR_EXIT), config, data_steps, seed, purpose=purpose)
-    score = _Scorer(config, n_requests, seed)
+    score = _Scorer(config, n_requests, seed, warmup)
     k1 = data.num_exits - 1
 
     def per_exit(ts: tuple, feature: str) -> tuple[RulePolicy, EvalResult]:
@@ -535,7 +537,8 @@ def calibrate_baselines(
     if target_accuracy is not None:
         before = len(score.memo)
         scorers = [
-            score if s == seed else _Scorer(config, n_requests, s) for s in target_seeds or (seed,)
+            score if s == seed else _Scorer(config, n_requests, s, warmup)
+            for s in target_seeds or (seed,)
         ]
 
         def load_rule(ts: tuple, g: float, sh: float) -> LoadAware:

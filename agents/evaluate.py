@@ -35,8 +35,9 @@ __all__ = [
     "step_values",
 ]
 
-#: Requests each sub-env's stream runs for at least, so that its queue (which starts empty)
-#: spends most of the count near its steady state.
+#: Requests each sub-env's stream counts at least, so that its queue (which starts empty) has
+#: time to build up; under bursty load that is not yet its steady state (``warmup`` skips the
+#: start).
 MIN_STREAM_REQUESTS = 128
 #: Scalar metrics returned by :func:`evaluate` (plus ``exit_fractions``, a list over exits).
 METRICS = (
@@ -121,14 +122,16 @@ def evaluate(
     n_requests: int = 2048,
     seed: int = 0,
     num_envs: int = 256,
+    warmup: int = 0,
 ) -> EvalResult:
     """Run ``policy`` until at least ``n_requests`` requests are answered; pooled metrics.
 
-    Every sub-env counts its first ``ceil(n_requests / num_envs)`` answered requests (at least
-    one episode's and, for request streams, ``MIN_STREAM_REQUESTS``' worth, so a queue has time
-    to build up) and the requests dropped until then: a policy that answers quickly gets no more
-    requests counted. The reward is each request's own (correctness, latency from arrival,
-    deadline; a drop costs ``wrong_penalty + deadline_penalty``), whatever ``reward.timing``
+    Every sub-env counts its first ``ceil(n_requests / num_envs)`` answered requests after its
+    ``warmup`` (at least one episode's and, for request streams, ``MIN_STREAM_REQUESTS``' worth,
+    so a queue has time to build up) and the requests dropped meanwhile: a policy that answers
+    quickly gets no more requests counted. The reward is each request's own (correctness,
+    latency from arrival, deadline; a drop costs ``wrong_penalty + deadline_penalty``), whatever
+    ``reward.timing``
     says about when the learner is paid it.
 
     :param policy: anything with SB3's ``predict`` (a rule, a baseline, ``Oracle``, an SB3
@@ -138,6 +141,9 @@ def evaluate(
     :param seed: environment seed (and a stochastic policy's); the same seed gives the same
         numbers in any process.
     :param num_envs: largest number of sub-environments stepped together.
+    :param warmup: requests each sub-env's stream answers first without counting them (nor
+        its drops until then): its queue starts empty, and under bursty load it takes a few
+        hundred requests to reach its steady state. 0 counts from the idle start.
     :returns: :class:`EvalResult`. ``mean_reward`` is the reward per request (answered or
         dropped), ``qos_rate`` the share of them answered within the deadline.
         ``mean_reward_se`` is its standard error estimated between the sub-envs, whose streams
@@ -146,7 +152,11 @@ def evaluate(
         seeds (the same streams, as the benchmark does), not one policy's figure with
         another's of another seed.
     """
-    for name, value, low in (("n_requests", n_requests, 1), ("num_envs", num_envs, 1)):
+    for name, value, low in (
+        ("n_requests", n_requests, 1),
+        ("num_envs", num_envs, 1),
+        ("warmup", warmup, 0),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"evaluate: {name}={value!r}; expected an integer >= {low}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -171,6 +181,7 @@ def evaluate(
     obs, _ = venv.reset(seed=int(seed))
     answered = np.zeros(num_envs, dtype=np.int64)
     dropped = np.zeros(num_envs, dtype=np.int64)
+    served = np.zeros(num_envs, dtype=np.int64)  # answered, the warm-up included
     exits: list[np.ndarray] = []
     streams: list[np.ndarray] = []
     latency: list[np.ndarray] = []
@@ -183,10 +194,12 @@ def evaluate(
             obs, state=state, episode_start=episode_start, deterministic=True, **kwargs
         )
         actions = np.asarray(actions, dtype=np.int64).reshape(num_envs)
-        active = answered < per_env
+        active = (answered < per_env) & (served >= warmup)
         obs, _, terminated, truncated, infos = venv.step(actions)
         dropped += np.where(active, step_values(infos, "dropped"), 0)
-        done = active & step_values(infos, "request_done").astype(bool)
+        answered_now = step_values(infos, "request_done").astype(bool)
+        served += answered_now
+        done = active & answered_now
         if done.any():
             exits.append(step_values(infos, "request_exit")[done])
             streams.append(np.flatnonzero(done))

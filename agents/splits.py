@@ -15,7 +15,9 @@ from distree_env.config import EnvConfig
 from distree_env.traces import parse_synthetic_name, resolve_trace, synthetic_name
 
 __all__ = [
+    "CALIBRATION_SEED_BASE",
     "TEST_SEED_BASE",
+    "calibration_seeds",
     "check_not_test",
     "held_out_seeds",
     "held_out_trace",
@@ -31,6 +33,18 @@ __all__ = [
 #: its seed plus their index, an agent's validation 10,000), so the resource paths and arrivals
 #: that test measures are ones no choice saw.
 TEST_SEED_BASE = 1_000_000
+
+
+#: The benchmark calibrates its baselines on the seeds from here on (stall, arrival and resource
+#: paths no evaluation uses), so that their figures on the val seeds (0 to N-1) are out of sample,
+#: as the agents' are: a baseline scored on the seeds it was tuned on would look better on val
+#: than it is, and an agent's val gain over it smaller.
+CALIBRATION_SEED_BASE = 1000
+
+
+def calibration_seeds(n: int) -> tuple[int, ...]:
+    """The ``n`` seeds the benchmark calibrates baselines on: ``CALIBRATION_SEED_BASE``, ..."""
+    return tuple(range(CALIBRATION_SEED_BASE, CALIBRATION_SEED_BASE + n))
 
 
 #: A synthetic trace's splits: tune on a generator without a seed (seed 0), report on its draw

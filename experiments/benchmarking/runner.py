@@ -7,7 +7,9 @@ the runner adds nothing but bookkeeping. Every policy sees the same seeds, hence
 arrivals and resource traces (common random numbers): differences between policies are paired.
 
 Two splits: ``val`` (the val exit trace, the training arrival/link traces and the seeds 0 to
-N-1) is where every choice is made, ``test`` (the test exit trace, the held-out arrival/link
+N-1; the baselines are calibrated on the same traces with seeds of their own,
+``agents.splits.calibration_seeds``, so that their val figures are out of sample as the agents'
+are) is where every choice is made, ``test`` (the test exit trace, the held-out arrival/link
 traces and the held-out seeds of ``agents.splits.held_out_seeds``, so that Poisson and MMPP
 arrivals and resource paths are held out too) gives every reported number.
 """
@@ -28,7 +30,7 @@ import numpy as np
 from agents.baselines import CONFIDENCE_FEATURES
 from agents.calibrate import BaselineFit, calibrate_baselines
 from agents.evaluate import evaluate
-from agents.splits import held_out_seeds, on_split
+from agents.splits import calibration_seeds, held_out_seeds, on_split
 from distree_env.config import EnvConfig
 from distree_env.traces import resolve_trace
 from experiments.benchmarking.analysis import METRICS, TOLERANCE, best_agent_on_val, summarize
@@ -72,7 +74,8 @@ class Calibration:
 class BenchmarkPlan:
     """What to run: scenarios, the val seeds (test takes as many held-out ones), requests per
     evaluation, the base config, the exit traces of each split, rule grid size, calibration
-    sizes and the learned agents (loaded with ``trust`` as the benchmark was asked)."""
+    sizes, the learned agents (loaded with ``trust`` as the benchmark was asked) and the
+    requests each stream answers before an evaluation counts (``warmup``)."""
 
     scenarios: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -84,6 +87,7 @@ class BenchmarkPlan:
     calibration: Calibration
     agents: tuple[AgentFile, ...] = ()
     trust: bool = False
+    warmup: int = 0
 
     def split_seeds(self, split: str) -> tuple[int, ...]:
         """The seeds of ``split``: :attr:`seeds` on val, as many held-out seeds on test."""
@@ -102,10 +106,16 @@ def split_configs(plan: BenchmarkPlan, scenario: str) -> dict[str, EnvConfig]:
 
 
 def evaluate_point(
-    spec: PolicySpec, split: str, config: EnvConfig, scenario: str, seed: int, n_requests: int
+    spec: PolicySpec,
+    split: str,
+    config: EnvConfig,
+    scenario: str,
+    seed: int,
+    n_requests: int,
+    warmup: int = 0,
 ) -> dict[str, Any]:
     """One row: ``agents.evaluate`` of ``spec`` on ``config`` with ``seed``."""
-    metrics = evaluate(spec.build(), config, n_requests=n_requests, seed=seed)
+    metrics = evaluate(spec.build(), config, n_requests=n_requests, seed=seed, warmup=warmup)
     row: dict[str, Any] = {
         "split": split,
         "scenario": scenario,
@@ -136,22 +146,25 @@ def _load(trust: bool) -> Callable[[str], Any]:
 def calibrate_scenario(
     plan: BenchmarkPlan, scenario: str, configs: dict[str, EnvConfig], target_accuracy: float | None
 ) -> dict[str, BaselineFit]:
-    """The baselines of one scenario, calibrated on val.
+    """The baselines of one scenario, calibrated on val with the calibration seeds.
 
     :param target_accuracy: the best agent's val accuracy, where the load-aware rule gets a
         point of its own (``LoadAware[accuracy]``) for the equal-accuracy deadline comparison.
     """
     c = plan.calibration
+    seeds = calibration_seeds(len(plan.seeds))  # apart from the val seeds it is compared on
     return calibrate_baselines(
         configs["val"],
         n_requests=c.n_requests,
+        seed=seeds[0],
         points=c.points,
         rounds=c.rounds,
         data_steps=c.data_steps,
         features=c.features,
         target_accuracy=target_accuracy,
         accuracy_tolerance=TOLERANCE,
-        target_seeds=plan.seeds,
+        target_seeds=seeds,
+        warmup=plan.warmup,
     )
 
 
@@ -170,7 +183,7 @@ def _rows(
 ) -> list[dict[str, Any]]:
     """Every spec on ``split`` with every seed of that split."""
     return [
-        evaluate_point(spec, split, config, scenario, seed, plan.n_requests)
+        evaluate_point(spec, split, config, scenario, seed, plan.n_requests, plan.warmup)
         for spec in specs
         for seed in plan.split_seeds(split)
     ]

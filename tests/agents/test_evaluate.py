@@ -186,3 +186,38 @@ def test_a_test_split_with_a_tuning_seed_is_warned_about(recwarn):
     evaluate(RandomExit(0.4), test, n_requests=256, seed=TEST_SEED_BASE)
     evaluate(RandomExit(0.4), on_split(test, "val", "synthetic"), n_requests=256, seed=0)
     assert not [w for w in recwarn if "test split" in str(w.message)]
+
+
+def test_a_warmup_leaves_out_each_streams_first_requests():
+    """With ``warmup=W`` each stream's counted requests are its requests W+1 to W+M, as a plain
+    rollout of the same seed gives them (and ``warmup=0`` is the default)."""
+    from agents.evaluate import make_eval_env, step_values
+
+    config = EnvConfig.scenario("bursty-stream").replace(SYNTH)
+    policy, envs, warm, count = ConfidenceThreshold(0.8), 2, 40, 128
+    plain = evaluate(policy, config, n_requests=envs * count, seed=3)
+    assert plain == evaluate(policy, config, n_requests=envs * count, seed=3, warmup=0)
+    warmed = evaluate(policy, config, n_requests=envs * count, seed=3, warmup=warm)
+    venv = make_eval_env(config, envs)
+    policy.bind(venv)
+    obs, _ = venv.reset(seed=3)
+    latency: list[list[float]] = [[] for _ in range(envs)]
+    while min(len(x) for x in latency) < warm + count:
+        actions, _ = policy.predict(obs)
+        obs, _, _, _, infos = venv.step(actions)
+        done = step_values(infos, "request_done").astype(bool)
+        for i in np.flatnonzero(done):
+            latency[i].append(float(step_values(infos, "request_latency_ms")[i]))
+    counted = np.concatenate([x[warm : warm + count] for x in latency])
+    assert warmed["latency_mean_ms"] == pytest.approx(counted.mean(), rel=1e-9)
+    assert warmed["latency_mean_ms"] != pytest.approx(plain["latency_mean_ms"], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [({"n_requests": 0}, "n_requests=0"), ({"num_envs": 0}, "num_envs=0"),
+     ({"warmup": -1}, "warmup=-1"), ({"warmup": 1.5}, "warmup=1.5"), ({"seed": -1}, "seed=-1")],
+)  # fmt: skip
+def test_bad_arguments_are_named(kwargs, named):
+    with pytest.raises(ValueError, match=named):
+        evaluate(RandomExit(0.4), SYNTH, **{"n_requests": 64, **kwargs})

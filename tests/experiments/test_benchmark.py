@@ -522,7 +522,8 @@ def test_the_accuracy_tolerance_counts_from_last_exit_on_val() -> None:
 def test_the_choices_on_val_never_see_the_test_split(monkeypatch) -> None:
     """Everything ``choose_on_val`` evaluates (the agents whose best sets the accuracy target,
     the rules, the baselines) runs on the val config and val seeds, and the baselines are
-    calibrated there, matched on the val seeds."""
+    calibrated on the val config with seeds of their own, apart from both the val seeds they
+    are compared on (out of sample, as the agents) and the test seeds."""
     from agents.splits import TEST_SEED_BASE
     from experiments.benchmarking import runner
 
@@ -546,5 +547,7 @@ def test_the_choices_on_val_never_see_the_test_split(monkeypatch) -> None:
     runner.choose_on_val(plan, "cellular")
     val = split_configs(plan, "cellular")["val"]
     assert len(calls) == 2 and all(c == ("val", val, plan.seeds) for c in calls)
-    assert calibrated["config"] == val and calibrated["target_seeds"] == plan.seeds
-    assert max(plan.seeds) < TEST_SEED_BASE
+    assert calibrated["config"] == val and len(calibrated["target_seeds"]) == len(plan.seeds)
+    assert calibrated["seed"] == calibrated["target_seeds"][0]
+    assert not set(calibrated["target_seeds"]) & set(plan.seeds)
+    assert max(plan.seeds) < TEST_SEED_BASE and max(calibrated["target_seeds"]) < TEST_SEED_BASE
