@@ -59,8 +59,8 @@ QUICK_CALIBRATION = Calibration(
 )
 #: Requests each stream answers before an evaluation counts, in the full run and --quick: a
 #: stream's queue starts empty, and under bursty load it takes a few hundred requests to reach
-#: its steady state (from an idle start a confidence rule earned 0.44 per request in
-#: bursty-stream, after 256 requests 0.02). --quick counts from the idle start to stay a demo.
+#: its steady state; counted from the idle start, figures flatter every policy that lets a queue
+#: build. --quick counts from the idle start, to stay a demo of a minute.
 FULL_WARMUP, QUICK_WARMUP = 256, 0
 #: Where the full and the quick run write their results by default.
 FULL_OUT, QUICK_OUT = "results", "results/quick"
