@@ -13,7 +13,7 @@ import pytest
 
 LAUNCHER = (
     "import sys; from distree_env.runtime.launch import spawn_local; "
-    "sys.exit(spawn_local([sys.executable, '-c', 'import time; time.sleep(60)'], 3, 1.0, 1.0))"
+    "sys.exit(spawn_local(['sleep', '60'], 3, 1.0, 1.0))"
 )
 
 
