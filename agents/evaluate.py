@@ -131,8 +131,7 @@ def evaluate(
     so a queue has time to build up) and the requests dropped meanwhile: a policy that answers
     quickly gets no more requests counted. The reward is each request's own (correctness,
     latency from arrival, deadline; a drop costs ``wrong_penalty + deadline_penalty``), whatever
-    ``reward.timing``
-    says about when the learner is paid it.
+    ``reward.timing`` says about when the learner is paid it.
 
     :param policy: anything with SB3's ``predict`` (a rule, a baseline, ``Oracle``, an SB3
         model or ``agents.load_agent``'s result).
