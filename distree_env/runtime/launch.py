@@ -175,11 +175,12 @@ def _die_with(launcher: int):
     which no clean-up of the launcher's own can answer (Linux; elsewhere None)."""
     if not sys.platform.startswith("linux"):
         return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None).prctl  # looked up here: the child only calls it (no import there)
 
     def arm() -> None:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != launcher:  # it died before the line above
             os._exit(1)
 
