@@ -18,7 +18,7 @@ from typing import Any, TypedDict
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from agents.splits import TEST_SEED_BASE, is_test_name
+from agents.splits import TEST_SEED_BASE, test_parts
 from distree_env.config import EnvConfig, build_config
 from distree_env.traces import resolve_trace
 from distree_env.vector_env import DistrEEVecEnv
@@ -30,7 +30,6 @@ __all__ = [
     "evaluate",
     "make_eval_env",
     "observation_mismatch",
-    "on_test_split",
     "prepare_policy",
     "step_values",
 ]
@@ -161,7 +160,7 @@ def evaluate(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"evaluate: seed={seed!r}; expected an integer >= 0")
     config = build_config(config)
-    if seed < TEST_SEED_BASE and on_test_split(config):
+    if seed < TEST_SEED_BASE and test_parts(config):
         warnings.warn(
             f"evaluate: seed={seed} on the test split draws the resource paths and arrivals of "
             f"tuning and training (seeds below TEST_SEED_BASE={TEST_SEED_BASE}); measure with "
@@ -230,16 +229,6 @@ def evaluate(
         "n_requests": n + n_drop,
         "mean_reward_se": _standard_error(per_stream),
     }
-
-
-def on_test_split(config: EnvConfig) -> bool:
-    """True when ``config`` replays a test split: its exit trace by name, or its link or
-    arrival traces."""
-    return (
-        is_test_name(config.trace)
-        or config.arrivals.split == "test"
-        or config.cluster.bandwidth.split == "test"
-    )
 
 
 def _standard_error(values: np.ndarray) -> float:

@@ -23,6 +23,7 @@ __all__ = [
     "held_out_trace",
     "is_test_name",
     "on_split",
+    "test_parts",
     "trace_split",
     "val_counterpart",
 ]
@@ -68,23 +69,33 @@ def is_test_name(trace: str) -> bool:
     return stem == "test" or stem.endswith(("-test", "_test"))
 
 
-def check_not_test(config: EnvConfig, purpose: str) -> None:
-    """Raise ValueError if ``config`` uses a test trace (exit, link or arrival traces), before
-    any test data is read."""
-    if is_test_name(config.trace):
-        raise ValueError(
-            f"{purpose}: trace {config.trace!r} is a test split; tune on the val split "
-            "(e.g. 'cifar10-val'), never on test"
-        )
+def test_parts(config: EnvConfig) -> list[str]:
+    """The parts of ``config`` on a test split: ``trace`` (by name), ``arrivals.split``,
+    ``cluster.bandwidth.split``; empty when none is."""
+    parts = ["trace"] if is_test_name(config.trace) else []
     for name, split in (
         ("arrivals.split", config.arrivals.split),
         ("cluster.bandwidth.split", config.cluster.bandwidth.split),
     ):
         if split == "test":
-            raise ValueError(
-                f"{purpose}: {name}='test' replays the held-out traces; tune on 'val', never "
-                "on test"
-            )
+            parts.append(name)
+    return parts
+
+
+def check_not_test(config: EnvConfig, purpose: str) -> None:
+    """Raise ValueError if ``config`` uses a test trace (exit, link or arrival traces), before
+    any test data is read."""
+    parts = test_parts(config)
+    if "trace" in parts:
+        raise ValueError(
+            f"{purpose}: trace {config.trace!r} is a test split; tune on the val split "
+            "(e.g. 'cifar10-val'), never on test"
+        )
+    if parts:
+        raise ValueError(
+            f"{purpose}: {parts[0]}='test' replays the held-out traces; tune on 'val', never "
+            "on test"
+        )
 
 
 def _counterpart(trace: str, split: str, other: str) -> str | None:
