@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -274,10 +275,26 @@ class ValEvalCallback(BaseCallback):
         keeps the best model of its earlier part unless a later one beats it."""
         return None if self.best_path is None else self.best_path.with_suffix(".json")
 
+    def _files_sha256(self) -> dict[str, str | None]:
+        """The sha256 of the best model's files as they are on disk (the ``.zip`` and its
+        normalisation statistics, None where there are none)."""
+        assert self.best_path is not None
+        stats = sidecar(self.best_path)
+        return {
+            "sha256": sha256_of(self.best_path),
+            "normalization_sha256": sha256_of(stats) if stats.is_file() else None,
+        }
+
     def _recorded_best(self) -> float:
+        """The val reward of the best model on disk: its record's, or measured again where the
+        record is missing or describes other files (a run killed between writing the model, its
+        statistics and the record), so that a resumed run keeps its best-on-val choice."""
         record = self._best_record()
-        if record is None or not record.is_file() or not self.best_path.is_file():
+        if record is None or not self.best_path.is_file():
             return -np.inf
+        on_disk = self._files_sha256()
+        if not record.is_file():
+            return self._measure_again(on_disk, "has no record")
         try:
             data = json.loads(read_text_capped(record, "best model record"))
             value = data["mean_reward"]
@@ -288,13 +305,37 @@ class ValEvalCallback(BaseCallback):
                 f"{str(record)!r} is not a best-model record ({{'mean_reward': number}}); "
                 "delete it and best_model.zip to start the best-on-val choice afresh"
             ) from None
-        if "sha256" in data and data["sha256"] != sha256_of(self.best_path):
-            raise ValueError(
-                f"{str(record)!r} records another model than {str(self.best_path)!r} (a run "
-                "killed between writing the two); delete both to start the best-on-val choice "
-                "afresh"
-            )
+        if any(key in data and data[key] != sha for key, sha in on_disk.items()):
+            return self._measure_again(on_disk, f"is not the model {str(record)!r} records")
         return float(value)
+
+    def _measure_again(self, on_disk: dict[str, str | None], why: str) -> float:
+        """Evaluate the best model on disk as the run's evaluations do and record the result."""
+        from agents.loading import load_agent
+
+        assert self.best_path is not None
+        try:
+            policy = load_agent(self.best_path, trust=True)
+        except ValueError as e:
+            raise ValueError(
+                f"{str(self.best_path)!r} {why} and cannot be evaluated again ({e}); delete it "
+                "to start the best-on-val choice afresh"
+            ) from None
+        reward = float(evaluate(policy, self.config, self.n_requests, self.seed)["mean_reward"])
+        warnings.warn(
+            f"{str(self.best_path)!r} {why} (a run stopped between writing them): evaluated "
+            f"again on val, {reward:.4f} per request",
+            stacklevel=2,
+        )
+        self._write_record(reward, None, on_disk)
+        return reward
+
+    def _write_record(
+        self, reward: float, timesteps: int | None, on_disk: dict[str, str | None]
+    ) -> None:
+        """``best_model.json``: the val reward and the sha256 of the files it belongs to."""
+        record = {"mean_reward": reward, "timesteps": timesteps, **on_disk}
+        atomic_write_text(self._best_record(), json.dumps(record) + "\n")
 
     def _on_step(self) -> bool:
         return True
@@ -320,7 +361,5 @@ class ValEvalCallback(BaseCallback):
             if self.best_path is not None:
                 self.best_path.parent.mkdir(parents=True, exist_ok=True)
                 save_model(self.model, self.best_path)
-                record = {"mean_reward": reward, "timesteps": int(self.num_timesteps),
-                          "sha256": sha256_of(self.best_path)}  # fmt: skip
-                atomic_write_text(self._best_record(), json.dumps(record) + "\n")
+                self._write_record(reward, int(self.num_timesteps), self._files_sha256())
         return dict(metrics)

@@ -262,14 +262,44 @@ def test_a_resumed_run_keeps_its_best_model_on_val(tmp_path, tiny, capsys):
     (run / "best_model.json").write_text("{}")
     with pytest.raises(SystemExit):
         train_agent.main([*argv, "--resume"])
-    # a kill between writing best_model.zip and its record leaves them disagreeing: named
     (run / "best_model.json").write_text(json.dumps({**record, "mean_reward": -9.0}))
-    train_agent.main([*argv, "--resume"])  # the record's own model: fine
-    (run / "best_model.zip").write_bytes(before + b"\0")
+    train_agent.main([*argv, "--resume"])  # the record's own model: its reward is believed
+    assert json.loads((run / "best_model.json").read_text())["mean_reward"] == -9.0
+
+
+def test_a_kill_between_the_best_model_and_its_record_is_measured_again(tmp_path, tiny, capsys):
+    """A run stopped after writing ``best_model.zip`` (or its statistics) and before its record
+    resumes with the model on disk evaluated again on val, not with another model's reward."""
+    argv = [*_common(tmp_path, tiny), "--timesteps", "512", "--eval-freq", "256",
+            "--run-name", "r"]  # fmt: skip
+    train_agent.main(argv)
+    run = tmp_path / "runs" / "r"
+    record = json.loads((run / "best_model.json").read_text())
+    on_val = record["mean_reward"]
+    # the record of another (better) model: the zip on disk is not the one it describes
+    (run / "best_model.json").write_text(
+        json.dumps({**record, "mean_reward": 1e9, "sha256": "0" * 64})
+    )
+    with pytest.warns(UserWarning, match="is not the model .* evaluated again on val"):
+        again = train_agent.main([*argv, "--resume"])
+    assert again["val_reward"] == pytest.approx(on_val)  # measured, not the record's 1e9
+    fixed = json.loads((run / "best_model.json").read_text())
+    assert fixed["mean_reward"] == pytest.approx(on_val) and fixed["sha256"] == record["sha256"]
+    # statistics written, the model not yet: the record names statistics that are not on disk
+    (run / "best_model.json").write_text(
+        json.dumps({**fixed, "mean_reward": 1e9, "normalization_sha256": "1" * 64})
+    )
+    with pytest.warns(UserWarning, match="is not the model"):
+        assert train_agent.main([*argv, "--resume"])["val_reward"] == pytest.approx(on_val)
+    (run / "best_model.json").unlink()  # stopped before the first record was written
+    with pytest.warns(UserWarning, match="has no record"):
+        assert train_agent.main([*argv, "--resume"])["val_reward"] == pytest.approx(on_val)
+    (run / "best_model.json").unlink()
+    (run / "best_model.zip").write_bytes(b"PK not a model")  # cannot be measured: named
     capsys.readouterr()
     with pytest.raises(SystemExit, match="2"):
         train_agent.main([*argv, "--resume"])
-    assert "records another model than" in capsys.readouterr().err
+    assert "cannot be evaluated again" in capsys.readouterr().err
 
 
 def test_tensorboard_names_say_per_request_or_per_episode(tmp_path, tiny):
