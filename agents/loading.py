@@ -21,7 +21,6 @@ import math
 import os
 import pickle
 import zipfile
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import pairwise
@@ -32,7 +31,7 @@ import numpy as np
 
 from agents.policy import SB3Policy, read_obs_normalizer, sidecar
 from agents.training import ALGOS, algo_class
-from distree_env.io import error_line, require_input_file
+from distree_env.io import ARCHIVE_ERRORS, error_line, require_input_file
 from distree_env.manifest import checkpoints_dir, manifest_entry, verify
 
 __all__ = ["agent_path", "infer_algo", "load_agent", "restore_model"]
@@ -49,22 +48,16 @@ MAX_LAYERS = 16
 #: What a failing library call may raise on a hostile or damaged archive: each becomes one
 #: ValueError naming the file (MemoryError: a declared size; RecursionError: nested JSON).
 _LOAD_ERRORS = (
+    *ARCHIVE_ERRORS,
     ArithmeticError,
     AssertionError,
     AttributeError,
-    EOFError,
     IndexError,
-    KeyError,
     MemoryError,
-    NotImplementedError,
-    OSError,
     RecursionError,
-    RuntimeError,
     TypeError,
     ValueError,
     pickle.UnpicklingError,
-    zipfile.BadZipFile,
-    zlib.error,
 )
 
 _INT, _FLOAT, _BOOL = "int", "float", "bool"
@@ -106,6 +99,14 @@ _FIELDS: dict[str, tuple[str, float, float]] = {
     "normalize_advantage": (_BOOL, 0, 1),
     "optimize_memory_usage": (_BOOL, 0, 1),
     "use_sde_at_warmup": (_BOOL, 0, 1),
+}
+#: Constructor arguments that a header stores under another name.
+_HEADER_NAMES = {"stats_window_size": "_stats_window_size"}
+#: Constructor arguments a header keeps only as pickled schedules (never read back): their
+#: range is checked before training alone.
+_SCHEDULES: dict[str, tuple[str, float, float]] = {
+    "clip_range": (_FLOAT, 0.0, 10.0),
+    "clip_range_vf": (_FLOAT, 0.0, 1e9),
 }
 #: The MLP policy's alias where an algorithm names it otherwise.
 _MLP_ALIAS = {"recurrent_ppo": "MlpLstmPolicy"}
@@ -151,7 +152,7 @@ def _open_archive(path: Path) -> Iterator[zipfile.ZipFile]:
     require_input_file(path, "agent")
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except (ValueError, *ARCHIVE_ERRORS) as exc:
         raise ValueError(
             f"agent {str(path)!r}: not a readable stable-baselines3 archive ({error_line(exc)}); "
             "it is truncated, corrupt or not an agent"
@@ -329,9 +330,10 @@ def check_settings(algo_kwargs: dict[str, Any], policy_kwargs: dict[str, Any], w
     :param where: the file and entry, for the message.
     """
     for key, value in algo_kwargs.items():
-        if key not in _FIELDS or value is None:  # None: SB3's default (target_kl: null)
+        spec = _FIELDS.get(_HEADER_NAMES.get(key, key)) or _SCHEDULES.get(key)
+        if spec is None or value is None:  # None: SB3's default (target_kl: null)
             continue
-        kind, low, high = _FIELDS[key]
+        kind, low, high = spec
         try:
             _number(value, kind, low, high, f"{where}.{key}")
         except ValueError as e:

@@ -70,6 +70,8 @@ _NORM_KEYS = (
     "gamma",
     "norm_obs",
 )
+#: The statistics that are vectors (one entry per observation column); the others are numbers.
+_NORM_VECTORS = ("obs_mean", "obs_var")
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,16 @@ def _read_norm(path: str | os.PathLike) -> dict[str, np.ndarray]:
     for key, value in values.items():
         if value.dtype.kind != "f" or not np.isfinite(value).all():
             raise ValueError(f"normalisation statistics {str(path)!r}: {key} must be finite floats")
+        if key not in _NORM_VECTORS and value.shape != ():
+            raise ValueError(
+                f"normalisation statistics {str(path)!r}: {key} has shape {value.shape}; it is "
+                "a single number (shape ())"
+            )
+    if values["obs_mean"].shape != values["obs_var"].shape or values["obs_mean"].ndim != 1:
+        raise ValueError(
+            f"normalisation statistics {str(path)!r}: obs_mean {values['obs_mean'].shape} and "
+            f"obs_var {values['obs_var'].shape} must be vectors of one length"
+        )
     if (values["obs_var"] < 0).any() or values["ret_var"] < 0:
         raise ValueError(f"normalisation statistics {str(path)!r}: variances must be >= 0")
     return values

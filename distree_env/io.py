@@ -20,6 +20,7 @@ import re
 import stat
 import tempfile
 import time
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from typing import IO, Any, BinaryIO
 import numpy as np
 
 __all__ = [
+    "ARCHIVE_ERRORS",
     "atomic_open",
     "atomic_write",
     "atomic_write_bytes",
@@ -42,6 +44,23 @@ __all__ = [
     "require_output_dir",
     "require_output_file",
 ]
+
+#: What reading a damaged or hostile zip archive (an ``.npz``, a ``.pt``, an agent's ``.zip``)
+#: or an ``.npy`` header may raise besides ValueError (a zip "version" or compression method
+#: zipfile does not read, an encryption flag, a header dict numpy cannot tokenize): each reader
+#: turns them into one ValueError naming the file.
+ARCHIVE_ERRORS = (
+    EOFError,
+    KeyError,
+    NotImplementedError,
+    OSError,
+    RuntimeError,
+    SyntaxError,
+    tokenize.TokenError,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+)
 
 #: Longest error message handed to a user (a YAML alias bomb once made a 312 MB "line").
 MAX_ERROR_CHARS = 500
@@ -260,7 +279,7 @@ def read_npz(path: str | os.PathLike, what: str, limit: int = 64 << 20) -> dict[
                     )
                 with archive.open(info) as handle:
                     arrays[name] = np.lib.format.read_array(handle, allow_pickle=False)
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+    except (ValueError, *ARCHIVE_ERRORS) as exc:
         raise ValueError(f"{what} {str(p)!r}: not a readable .npz ({error_line(exc)})") from None
     return arrays
 

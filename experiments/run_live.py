@@ -142,29 +142,16 @@ def load_images(args: Args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
         split = load_cifar10(args.data, "test")
         return split.images, split.labels, np.arange(len(split.labels))
-    from distree_env.io import read_npz
-    from distree_env.manifest import verify
+    from distree_env.model.data import load_image_sample
 
     path = Path(args.images)
     if not path.is_file():
         raise ValueError(f"--images {str(path)!r} not found (or pass --data with CIFAR-10)")
-    verify(path)
-    arrays = read_npz(path, "--images")
-    missing = {"images", "labels", "indices"} - set(arrays)
-    if missing:
-        raise ValueError(f"--images {str(path)!r} lacks {sorted(missing)}")
-    images, labels = arrays["images"], arrays["labels"].astype(np.int64)
-    indices = arrays["indices"].astype(np.int64)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-        raise ValueError(
-            f"--images {str(path)!r}: images {images.dtype} {images.shape}, "
-            "expected uint8 [n, 32, 32, 3]"
-        )
-    if not len(labels) == len(indices) == len(images):
-        raise ValueError(
-            f"--images {str(path)!r}: {len(images)} images, {len(labels)} labels, "
-            f"{len(indices)} indices"
-        )
+    try:
+        split, indices = load_image_sample(path)
+    except ValueError as e:
+        raise ValueError(f"--images: {e}") from None
+    images, labels = split.images, split.labels
     return images, labels, indices
 
 

@@ -298,6 +298,11 @@ def _same_run(
             record = json.loads(read_text_capped(record_path, "run record", MAX_FILE_BYTES))
             before_args, before_config = record["args"], record["env_config"]
             before_algo = before_args["algo"]
+            if not all(
+                isinstance(part, dict)
+                for part in (before_args, before_config, record.get("settings", {}))
+            ):
+                raise TypeError
         except (ValueError, KeyError, TypeError):
             raise ValueError(
                 f"--resume: {str(record_path)!r} is not a readable run record; start a new run"

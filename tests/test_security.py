@@ -26,6 +26,7 @@ from distree_env.io import (
     require_output_file,
 )
 from distree_env.manifest import record, sha256_of, verify
+from tests.damaged import UNCLOSED_HEADER, version_needed, with_header
 
 
 def _listed(checkpoints, name: str, content: bytes = b"weights") -> os.PathLike:
@@ -274,3 +275,18 @@ def test_stale_temporaries_of_dead_writers_are_removed_on_the_next_write(tmp_pat
     other.write_bytes(b"x")
     atomic_write_text(target, "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["data.bin", live.name, other.name])
+
+
+# damaged archives: whatever zipfile or numpy's header parser raises is one ValueError ------------
+
+
+def test_archives_zipfile_or_numpy_cannot_parse_are_one_line_naming_the_file(tmp_path):
+    good = _npz_bytes(a=np.arange(3.0))
+    cases = {
+        "version.npz": version_needed(good, 100),  # zipfile: NotImplementedError
+        "header.npz": with_header(good, "a.npy", UNCLOSED_HEADER),  # numpy: TokenError
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=f"stats .*{name}.*not a readable .npz"):
+            read_npz(tmp_path / name, "stats")

@@ -26,6 +26,7 @@ from agents.sb3 import make_sb3_env  # noqa: E402
 from agents.training import save_model  # noqa: E402
 from distree_env.manifest import record  # noqa: E402
 from tests.agents import SYNTH  # noqa: E402
+from tests.damaged import version_needed  # noqa: E402
 
 OBS_DIM = int(make_sb3_env(SYNTH, 1, seed=0).observation_space.shape[0])
 
@@ -208,6 +209,10 @@ def test_truncated_missing_and_foreign_files(archive, tmp_path):
     truncated.write_bytes(archive.read_bytes()[:300])
     with pytest.raises(ValueError, match="truncated.zip.*truncated, corrupt"):
         load_agent(str(truncated), trust=True)
+    version = tmp_path / "version.zip"  # asks for zip version 10.0, unknown to zipfile
+    version.write_bytes(version_needed(archive.read_bytes(), 100))
+    with pytest.raises(ValueError, match="version.zip.*not a readable stable-baselines3"):
+        load_agent(str(version), trust=True)
     with pytest.raises(ValueError, match="is a directory"):
         load_agent(str(tmp_path) + "/", trust=True)
     no_weights = _rewrite(archive, tmp_path / "no_weights.zip")

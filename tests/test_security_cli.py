@@ -245,6 +245,10 @@ def test_hyperparameter_and_config_files_fail_in_one_line(tmp_path, files, capsy
         ("  gamma: 2.0\n", "gamma=2.0 is not allowed: a float in [0, 1]"),
         ("  n_epochs: 0\n", "n_epochs=0 is not allowed"),
         ("  batch_size: 1.5\n", "batch_size=1.5 is not allowed: a int"),
+        # stored under another name in the archive (_stats_window_size)
+        ("  stats_window_size: 0\n", "stats_window_size=0 is not allowed: a int in [1,"),
+        # kept in the archive only as a pickled schedule
+        ("  clip_range: -1\n", "clip_range=-1 is not allowed: a float in [0, 10]"),
     ],
 )
 def test_hyperparameter_values_are_checked_before_training(tmp_path, files, capsys, line, needle):

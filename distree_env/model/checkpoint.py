@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from distree_env.io import atomic_write_bytes
+from distree_env.io import ARCHIVE_ERRORS, atomic_write_bytes
 from distree_env.model.network import MultiBranchNet, NetConfig
 
 BACKBONE_FORMAT = "distree-backbone"
@@ -34,6 +34,9 @@ def torch_save_atomic(obj: object, path: str | os.PathLike) -> None:
 MIN_SAFE_TORCH = "2.6"
 #: The first byte of a pickle of protocol 2 or later.
 PICKLE_PROTOCOL_OPCODE = pickle.PROTO
+#: The first bytes of a zip archive's first record: what torch checks before reading a file as
+#: one (``torch.save``'s format).
+ZIP_LOCAL_HEADER = b"PK\x03\x04"
 #: Largest backbone, teacher or training-checkpoint file read (the shipped ones are 1-2 MB; a
 #: WRN-40-4 teacher with its optimiser state is about 0.2 GB).
 MAX_CHECKPOINT_BYTES = 1 << 30
@@ -53,23 +56,30 @@ def check_torch_archive(data: bytes, what: str) -> None:
             f"{what}: the file holds pickled Python objects, refused because loading them "
             "could run code (torch.save writes a zip archive)"
         )
-    if not zipfile.is_zipfile(buffer):
-        raise ValueError(
-            f"{what} is corrupt, truncated or not a torch zip archive (the format torch.save "
-            "writes; the legacy format is not read)"
-        )
-    with zipfile.ZipFile(buffer) as archive:
-        for info in archive.infolist():
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise ValueError(
-                    f"{what}: record {info.filename!r} is compressed, which torch.save never "
-                    "does (a damaged or hostile file: it could inflate to any size)"
-                )
-            if info.header_offset + max(info.file_size, info.compress_size) > len(data):
-                raise ValueError(
-                    f"{what}: record {info.filename!r} declares {info.file_size} bytes beyond "
-                    f"the end of the {len(data)}-byte file (truncated or hostile)"
-                )
+    not_torch = (
+        f"{what} is corrupt, truncated or not a torch zip archive (the format torch.save "
+        "writes; the legacy format is not read)"
+    )
+    # torch reads a file as a zip archive only when it starts with a local file header; anything
+    # else (a pickle with a zip appended) goes to its legacy reader
+    if data[:4] != ZIP_LOCAL_HEADER or not zipfile.is_zipfile(buffer):
+        raise ValueError(not_torch)
+    try:
+        with zipfile.ZipFile(buffer) as archive:
+            infos = archive.infolist()
+    except ARCHIVE_ERRORS as e:
+        raise ValueError(f"{not_torch}: {type(e).__name__}: {e}") from None
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(
+                f"{what}: record {info.filename!r} is compressed, which torch.save never "
+                "does (a damaged or hostile file: it could inflate to any size)"
+            )
+        if info.header_offset + max(info.file_size, info.compress_size) > len(data):
+            raise ValueError(
+                f"{what}: record {info.filename!r} declares {info.file_size} bytes beyond "
+                f"the end of the {len(data)}-byte file (truncated or hostile)"
+            )
 
 
 def torch_load_bytes(data: bytes, what: str) -> object:
@@ -85,14 +95,7 @@ def torch_load_bytes(data: bytes, what: str) -> object:
         with warnings.catch_warnings():  # torch warns about odd pickles; we refuse them
             warnings.simplefilter("ignore")
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (
-        RuntimeError,
-        EOFError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-        OSError,
-        ValueError,
-    ) as e:
+    except (ValueError, pickle.UnpicklingError, *ARCHIVE_ERRORS) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             first = "it holds objects that only unpickling could restore (refused)"

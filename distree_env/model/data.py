@@ -19,14 +19,13 @@ import math
 import os
 import pickle
 import tarfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from distree_env.constants import CIFAR10_CLASS_NAMES
-from distree_env.io import atomic_write_bytes
+from distree_env.io import ARCHIVE_ERRORS, atomic_write_bytes, read_npz
 
 IMAGE_SHAPE = (32, 32, 3)
 VAL_SIZE = 5000
@@ -86,7 +85,7 @@ def _load_official(source: Path) -> tuple[Split, Split]:
         try:
             with np.load(cached, allow_pickle=False) as z:
                 return (Split(z["train_x"], z["train_y"]), Split(z["test_x"], z["test_y"]))
-        except (OSError, ValueError, KeyError):
+        except (ValueError, *ARCHIVE_ERRORS):
             pass  # a damaged cache is rebuilt, not trusted
     train, test = _decode(source)
     buf = io.BytesIO()
@@ -251,7 +250,17 @@ def _read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             raise TypeError(f"it holds a {type(batch).__name__}, not a dict")
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
+    except (  # what the allowed callables (codecs.encode, numpy's reconstructors) may raise
+        pickle.UnpicklingError,
+        ArithmeticError,
+        AttributeError,
+        EOFError,
+        LookupError,
+        MemoryError,
+        RecursionError,
+        TypeError,
+        ValueError,
+    ) as e:
         raise ValueError(f"{str(path)!r} is not a valid cifar-10-batches-py file: {e}") from None
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise ValueError(f"{str(path)!r} has data of shape {data.shape}; expected [n, 3072]")
@@ -287,6 +296,8 @@ def _read_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 #: The uint8 sample of the CIFAR-10 test split that the live runtime serves (no dataset needed).
 TEST_SAMPLE_FILE = "cifar10-test-sample.npz"
 MAX_SAMPLE_IMAGES = 1000
+#: The largest sample file read: its images, labels and indices with room for the archive.
+MAX_SAMPLE_BYTES = MAX_SAMPLE_IMAGES * (32 * 32 * 3 + 16) + (1 << 16)
 
 
 def load_image_sample(path: str | os.PathLike) -> tuple[Split, np.ndarray]:
@@ -298,23 +309,19 @@ def load_image_sample(path: str | os.PathLike) -> tuple[Split, np.ndarray]:
     from distree_env.manifest import verify
 
     verify(path)
-    expected = {"images": 4, "labels": 1, "indices": 1}
-    try:
-        shapes = _npz_shapes(path)
-        n = shapes.get("labels", (0,))[0] if len(shapes.get("labels", ())) == 1 else 0
-        if not 0 < n <= MAX_SAMPLE_IMAGES or shapes != {
-            "images": (n, *IMAGE_SHAPE),
-            "labels": (n,),
-            "indices": (n,),
-        }:
-            raise ValueError(
-                f"image sample {str(path)!r} holds {shapes}; expected {sorted(expected)}: images "
-                f"[n, 32, 32, 3], labels [n], indices [n] with 0 < n <= {MAX_SAMPLE_IMAGES}"
-            )
-        with np.load(path, allow_pickle=False) as z:
-            images, labels, indices = z["images"], z["labels"], z["indices"]
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"image sample {str(path)!r} cannot be read: {e}") from None
+    arrays = read_npz(path, "image sample", limit=MAX_SAMPLE_BYTES)
+    shapes = {name: array.shape for name, array in arrays.items()}
+    n = shapes.get("labels", (0,))[0] if len(shapes.get("labels", ())) == 1 else 0
+    if not 0 < n <= MAX_SAMPLE_IMAGES or shapes != {
+        "images": (n, *IMAGE_SHAPE),
+        "labels": (n,),
+        "indices": (n,),
+    }:
+        raise ValueError(
+            f"image sample {str(path)!r} holds {shapes}; expected ['images', 'indices', 'labels']: "
+            f"images [n, 32, 32, 3], labels [n], indices [n] with 0 < n <= {MAX_SAMPLE_IMAGES}"
+        )
+    images, labels, indices = arrays["images"], arrays["labels"], arrays["indices"]
     if images.dtype != np.uint8 or labels.dtype.kind not in "iu" or indices.dtype.kind not in "iu":
         raise ValueError(
             f"image sample {str(path)!r} has dtypes images={images.dtype}, labels={labels.dtype}, "
@@ -323,18 +330,3 @@ def load_image_sample(path: str | os.PathLike) -> tuple[Split, np.ndarray]:
     if labels.min() < 0 or labels.max() >= len(CIFAR10_CLASS_NAMES):
         raise ValueError(f"image sample {str(path)!r} has labels outside 0..9")
     return Split(images, labels.astype(np.int64)), indices.astype(np.int64)
-
-
-def _npz_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """Array shapes declared in an ``.npz``'s headers, read before any array is allocated."""
-    shapes = {}
-    with zipfile.ZipFile(path) as zf:
-        for name in zf.namelist():
-            with zf.open(name) as f:
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, _, _ = np.lib.format.read_array_header_1_0(f)
-                else:
-                    shape, _, _ = np.lib.format.read_array_header_2_0(f)
-            shapes[name.removesuffix(".npy")] = tuple(shape)
-    return shapes

@@ -189,7 +189,49 @@ def _request(row: Any, where: str) -> RequestRecord:
     for f in fields(RequestRecord):
         if not _fits(values[f.name], RequestRecord.__dataclass_fields__[f.name].type):
             raise ValueError(f"{where}: {f.name}={str(row[f.name])[:40]} is not a {f.type}")
-    return RequestRecord(**values)
+    rec = RequestRecord(**values)
+    _check_answered(rec, where)
+    return rec
+
+
+#: The per-stage fields of a request: one entry per visited stage.
+_STAGE_FIELDS = ("stage_ms", "exit_ms", "decision_ms", "compute_ms", "busy_ms", "transfer_ms",
+                 "compute_level", "bandwidth_level")  # fmt: skip
+#: Its times that an answered request has, in [0, MAX_RECORD_MS].
+_ANSWER_TIMES = ("arrival_ms", "start_ms", "end_ms", "queue_wait_ms", "latency_ms")
+#: The largest time a record may hold: about 11.6 days of run time, in milliseconds.
+MAX_RECORD_MS = 1e9
+
+
+def _check_answered(rec: RequestRecord, where: str) -> None:
+    """ValueError unless an answered request's exit, stage lists and times are possible (a
+    damaged record must not reach the fit as an index error or an infinite latency)."""
+    if rec.exit < -1 or (rec.dropped and rec.exit != -1):
+        raise ValueError(
+            f"{where}: exit={rec.exit} (dropped={rec.dropped}); an answered request's exit is "
+            ">= 0, an unanswered or dropped one's -1"
+        )
+    if rec.exit < 0:
+        return
+    for name in _STAGE_FIELDS:
+        got = len(getattr(rec, name))
+        if got != rec.exit + 1:
+            raise ValueError(
+                f"{where}: {name} has {got} entries; a request answered at exit {rec.exit} "
+                f"has {rec.exit + 1} (one per stage it ran)"
+            )
+    allowed = f"in [0, {MAX_RECORD_MS:g}]"
+    for name in _ANSWER_TIMES:
+        value = getattr(rec, name)
+        if not 0 <= value <= MAX_RECORD_MS:  # NaN fails too
+            raise ValueError(f"{where}: {name}={value}; an answered request's is {allowed}")
+    for name in ("stage_ms", "exit_ms", "decision_ms"):
+        if not all(0 <= v <= MAX_RECORD_MS for v in getattr(rec, name)):
+            raise ValueError(f"{where}: {name}={getattr(rec, name)}; times are {allowed}")
+    for name in ("compute_ms", "busy_ms", "transfer_ms", "compute_level", "bandwidth_level"):
+        # null (NaN): a device without a part in the stage (pipeline)
+        if any(v < 0 or v > MAX_RECORD_MS for row in getattr(rec, name) for v in row):
+            raise ValueError(f"{where}: {name}={getattr(rec, name)}; entries are {allowed} or null")
 
 
 def _number(value: Any) -> bool:

@@ -17,8 +17,8 @@ import numbers
 import os
 import stat
 import struct
+import tokenize
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from distree_env.constants import TOPOLOGIES
-from distree_env.io import atomic_open
+from distree_env.io import ARCHIVE_ERRORS, atomic_open
 
 __all__ = [
     "MAX_BYTES",
@@ -457,15 +457,7 @@ def _read_members(data: bytes) -> dict[str, np.ndarray]:
                 _check_header(archive, infos[f"{key}.npy"])
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return {key: npz[key] for key in _KEYS}
-    except (
-        OSError,
-        EOFError,
-        zipfile.BadZipFile,
-        zlib.error,
-        KeyError,
-        NotImplementedError,
-        RuntimeError,
-    ) as exc:
+    except ARCHIVE_ERRORS as exc:
         raise ValueError(
             f"corrupt or truncated file, not a readable .npz ({type(exc).__name__}: {exc})"
         ) from None
@@ -540,7 +532,7 @@ def _check_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
             else:
                 raise ValueError(f".npy version {version} is not read; allowed: (1, 0), (2, 0)")
-        except ValueError as exc:
+        except (ValueError, SyntaxError, tokenize.TokenError) as exc:
             raise ValueError(f"member {name!r}: not a valid .npy header ({exc})") from None
     if dtype.hasobject:
         raise ValueError(

@@ -335,3 +335,35 @@ def test_recurrent_agent_loads_without_unpickling_and_keeps_its_memory(tmp_path,
     assert evaluate(policy, SYNTH, n_requests=256, seed=0) == evaluate(
         model, SYNTH, n_requests=256, seed=0
     )
+
+
+def test_damaged_normalisation_statistics_are_one_line_naming_the_key(tmp_path):
+    from agents.policy import read_obs_normalizer
+
+    good = {"obs_mean": np.zeros(3), "obs_var": np.ones(3)} | {
+        key: np.float64(1.0)
+        for key in (
+            "obs_count",
+            "ret_mean",
+            "ret_var",
+            "ret_count",
+            "clip_obs",
+            "clip_reward",
+            "epsilon",
+            "gamma",
+            "norm_obs",
+        )  # fmt: skip
+    }
+    path = tmp_path / "a.vecnormalize.npz"
+    np.savez(path, **good)
+    assert read_obs_normalizer(path) is not None
+    for change, needle in [
+        ({"norm_obs": np.ones(2)}, "norm_obs has shape (2,); it is a single number"),
+        ({"clip_obs": np.ones((1, 1))}, "clip_obs has shape (1, 1)"),
+        ({"obs_var": np.ones(4)}, "obs_mean (3,) and obs_var (4,) must be vectors of one length"),
+        ({"gamma": np.float64(np.nan)}, "gamma must be finite floats"),
+    ]:
+        np.savez(path, **(good | change))
+        with pytest.raises(ValueError, match="a.vecnormalize.npz") as exc:
+            read_obs_normalizer(path)
+        assert needle in str(exc.value)

@@ -394,3 +394,17 @@ def test_a_resumed_run_reports_the_val_history_of_its_earlier_part(tmp_path, tin
     resumed = train_agent.main([*argv, "--timesteps", "768", "--resume"])
     assert resumed["val_history"][:2] == first["val_history"]  # kept across the resume
     assert [s for s, _ in resumed["val_history"]] == [256, 512, 768]
+
+
+def test_a_run_record_with_parts_of_the_wrong_kind_is_one_line(tmp_path, tiny, capsys):
+    argv = [*_common(tmp_path, tiny), "--timesteps", "256", "--eval-freq", "0",
+            "--run-name", "r"]  # fmt: skip
+    train_agent.main(argv)
+    record = tmp_path / "runs" / "r" / "args.json"
+    good = json.loads(record.read_text())
+    for part in ("settings", "args", "env_config"):
+        record.write_text(json.dumps({**good, part: 5}))
+        capsys.readouterr()
+        with pytest.raises(SystemExit, match="2"):
+            train_agent.main([*argv, "--resume"])
+        assert "is not a readable run record" in capsys.readouterr().err

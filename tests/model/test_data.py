@@ -94,6 +94,11 @@ _RECONSTRUCT = b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n
         # a state declaring a large shape with 3 bytes of data
         (None, "declares 1073741824 bytes of uint8 but carries 3"),
         (pickle.dumps([1, 2], protocol=2), "holds a list, not a dict"),
+        # an allowed callable that fails: codecs.encode("x", "nope") raises LookupError
+        (
+            b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x04\x00\x00\x00nope\x86R.",
+            "not a valid cifar-10-batches-py file: unknown encoding",
+        ),
     ],
 )
 def test_batch_pickles_cannot_ask_for_memory_they_do_not_hold(tmp_path, payload, message):

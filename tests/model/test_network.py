@@ -27,6 +27,7 @@ from distree_env.model.train import (
     matching_exits,
 )
 from distree_env.traces import ExitTrace, consecutive_feature_diff
+from tests.damaged import version_needed
 
 # WRN-10-1: one block per group (16, 32, 64 channels), an exit after each block
 TINY = {"depth": 10, "widen": 1, "exits": (1, 2, 3), "embed_dim": 5, "num_classes": 3}
@@ -428,9 +429,20 @@ def test_pickled_legacy_oversized_and_non_file_backbones_are_refused(tmp_path, m
     )
     with pytest.raises(ValueError, match="holds pickled Python objects"):
         load_backbone(path)
+    pickled = path.read_bytes()
     path.write_bytes(b"PK not really a zip")
     with pytest.raises(ValueError, match="not a torch zip archive"):
         load_backbone(path)
+    save_backbone(net, path)
+    archive = path.read_bytes()
+    for name, data in {
+        "legacy-and-zip.pt": b"(lp0\n." + archive,  # a protocol-0 pickle, then a zip: legacy path
+        "version.pt": version_needed(archive, 100),  # zip version 10.0, unknown to zipfile
+        "pickled.pt": pickled[:1] + archive,  # torch's legacy reader, behind a pickle opcode
+    }.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=f"{name}.*(not a torch zip|pickled Python)"):
+            load_backbone(tmp_path / name)
     save_backbone(net, path)
     monkeypatch.setattr(checkpoint, "MAX_CHECKPOINT_BYTES", path.stat().st_size - 1)
     with pytest.raises(ValueError, match="over the cap"):

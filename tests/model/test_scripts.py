@@ -290,6 +290,10 @@ def test_image_sample_for_the_runtime(tiny_cifar, tmp_path):
         load_image_sample(bad)
     np.savez(bad, images=np.zeros((1, 2), np.uint8), labels=np.zeros(10**6, np.int64),
              indices=np.zeros(1))  # fmt: skip
+    with pytest.raises(ValueError, match="image sample .* at most"):
+        load_image_sample(bad)
+    np.savez(bad, images=np.zeros((1, 2), np.uint8), labels=np.zeros(1001, np.int8),
+             indices=np.zeros(1))  # fmt: skip
     with pytest.raises(ValueError, match="0 < n <= 1000"):
         load_image_sample(bad)
 

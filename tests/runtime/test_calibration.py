@@ -150,7 +150,8 @@ def test_per_exit_latency():
 def test_records_round_trip_atomically(tmp_path):
     two = [[0.5, 0.6], [0.7, 0.8]]
     rec = RequestRecord(
-        index=0, sample=3, label=1, arrival_ms=0.5, exit=1, prediction=1, correct=True,
+        index=0, sample=3, label=1, arrival_ms=0.5, start_ms=0.5, end_ms=4.5, queue_wait_ms=0.0,
+        latency_ms=4.0, exit=1, prediction=1, correct=True,
         stage_ms=[1.0, 2.0], exit_ms=[0.1, 0.1], decision_ms=[0.2, 0.2], compute_ms=two,
         busy_ms=two, transfer_ms=two, compute_level=[[1.0, 1.0]] * 2,
         bandwidth_level=[[1.0, 0.5]] * 2,
@@ -173,13 +174,29 @@ def test_records_round_trip_atomically(tmp_path):
     ("change", "needle"),
     [({"requests": 5}, "'requests' a list"), ({"meta": "x"}, "'meta' must be an object"),
      ({"exit": "abc"}, "exit=abc is not a int"), ({"busy_ms": [["x"]]}, "busy_ms"),
-     ({"correct": 1}, "correct=1 is not a bool"), ({"deep": True}, "nested too deeply")],
+     ({"correct": 1}, "correct=1 is not a bool"), ({"deep": True}, "nested too deeply"),
+     ({"exit": -2}, "exit=-2"), ({"exit": 0, "dropped": True}, "exit=0 (dropped=True)"),
+     ({"exit": 0}, "stage_ms has 0 entries; a request answered at exit 0 has 1"),
+     ({"answered": {"latency_ms": 1e308}}, "latency_ms=1e+308"),
+     ({"answered": {"queue_wait_ms": -1.0}}, "queue_wait_ms=-1.0"),
+     ({"answered": {"busy_ms": [[0.5, -0.1], [0.7, 0.8]]}}, "busy_ms")],
 )  # fmt: skip
 def test_odd_records_are_one_line_naming_the_file_and_field(tmp_path, change, needle):
     path = tmp_path / "odd.json"
     write_run(path, RunRecord({"status": "complete"}, [RequestRecord(0, 0, 1, 0.0)]))
     data = json.loads(path.read_text())
-    if "deep" in change:
+    if "answered" in change:  # a possible answered request, then one field made impossible
+        two = [[0.5, 0.6], [0.7, 0.8]]
+        data["requests"][0].update(
+            start_ms=0.0, end_ms=4.0, queue_wait_ms=0.0, latency_ms=4.0, exit=1,
+            stage_ms=[1.0, 2.0], exit_ms=[0.1, 0.1], decision_ms=[0.2, 0.2], compute_ms=two,
+            busy_ms=two, transfer_ms=two, compute_level=two, bandwidth_level=two,
+        )  # fmt: skip
+        (tmp_path / "fine.json").write_text(json.dumps(data))
+        assert load_run(tmp_path / "fine.json").requests[0].exit == 1  # fine before the change
+        data["requests"][0].update(change["answered"])
+        path.write_text(json.dumps(data))
+    elif "deep" in change:
         nested = "[" * 100_000 + "]" * 100_000
         path.write_text(path.read_text().replace('"meta":{', f'"meta":{{"x":{nested},', 1))
     elif set(change) <= {"requests", "meta"}:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from distree_env.traces import TRACE_FORMAT_VERSION, ExitTrace, synthetic_trace
+from tests.damaged import UNCLOSED_HEADER, with_header
 from tests.traces.conftest import raw_arrays, write_npz
 
 
@@ -166,6 +167,11 @@ def test_load_refuses_truncated_and_garbage(tmp_path, small):
         assert str(p) in str(info.value)
     with pytest.raises(ValueError, match="not found"):
         ExitTrace.load(tmp_path / "nope.npz")
+    # an .npy header numpy's parser cannot tokenize (it raised tokenize.TokenError)
+    p = tmp_path / "header.npz"
+    p.write_bytes(with_header(data, "labels.npy", UNCLOSED_HEADER))
+    with pytest.raises(ValueError, match="header.npz.*'labels.npy': not a valid .npy header"):
+        ExitTrace.load(p)
 
 
 def test_atomic_save_keeps_previous_file(tmp_path, small, monkeypatch):
