@@ -180,8 +180,18 @@ def _cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the exit status."""
     parser = OneLineParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=1.0, help="length of one timed round")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (best kept)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=1.0,
+        help="length of one timed round, CPU seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="interleaved rounds, the best kept (default: %(default)s)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument(
         "--readme", action="store_true", help="write the table into README.md (block bench-env)"
