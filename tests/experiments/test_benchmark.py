@@ -85,6 +85,8 @@ def test_quick_run_writes_every_output(quick_run: Path) -> None:
     assert set(data["calibrated_baselines"]["steady-stream"]) >= {"PerExitThreshold", "Planner"}
     kinds = {r["kind"] for r in _read_csv(results / "benchmark_summary.csv")}
     assert kinds == {"rule", "baseline", "reference"}
+    # a demo's verdicts are not the measurement: said beside them
+    assert f"Note: {benchmark.QUICK_NOTE}." in (results / "benchmark.md").read_text()
 
 
 def test_readme_block_is_replaced_and_nothing_else(quick_run: Path) -> None:
