@@ -473,3 +473,154 @@ def test_drain_weight_pays_only_at_episode_ends_and_telescopes(requests_per_epis
 def test_drain_weight_out_of_range_is_refused(weight):
     with pytest.raises(ValueError, match=r"reward\.drain_weight=.* is not allowed: a number in"):
         EnvConfig(reward={"drain_weight": weight})
+
+
+def _waiting_arrivals(dyn) -> np.ndarray:
+    """Arrival times of the requests waiting in a single stream's queue (read off the ring)."""
+    q = dyn.queue
+    slots = (q.head[0] + np.arange(q.size[0])) % q.slots
+    return q.time[q.base[0] + slots]
+
+
+@pytest.mark.parametrize("vector", [False, True])
+def test_system_timing_has_charged_every_request_whose_deadline_passed(vector):
+    """Under bursts with random exits, after every decision the deadline penalties ``system``
+    timing has charged are one per request whose deadline had passed when it was made: the
+    answered late ones and those waiting or in service then that were late (counted from their
+    arrival times, read off the queue)."""
+    cfg = EnvConfig.from_dict(
+        {**CONSTANT, "arrivals": {"kind": "poisson", "utilisation": 1.3},
+         "queue": {"capacity": 1024, "overflow": "admit"}, "reward": {"timing": "system"}}
+    )  # fmt: skip
+    env = DistrEEVecEnv(1, cfg, autoreset_mode="SameStep") if vector else DistrEEEnv(cfg)
+    env.reset(seed=4)
+    dyn, deadline = env.unwrapped._dyn, cfg.deadline_ms
+    penalty = cfg.reward.deadline_penalty
+    rng = np.random.default_rng(0)
+    charged, answered_late, checked = 0.0, 0, 0
+    for _ in range(3000):
+        in_system = np.append(_waiting_arrivals(dyn), dyn.arrival[0])  # at the decision time
+        late = answered_late + int(np.sum(float(dyn.t[0]) - in_system > deadline))
+        action = int(rng.random() < 0.3)
+        _, _, terminated, _, info = env.step(np.array([action]) if vector else action)
+        if vector:
+            ended = bool(terminated[0])
+            info = {k: np.asarray(v)[0] for k, v in (info["final_info"] if ended else info).items()}
+        elif terminated:
+            env.reset()
+        charged += float(info["reward_deadline"])
+        assert np.isclose(charged, -penalty * late)
+        answered_late += bool(info["request_done"]) and info["request_latency_ms"] > deadline
+        checked += late > answered_late  # a late request was still in the system
+    assert checked > 100 and answered_late > 100  # the cases arose
+
+
+def test_wrong_answers_pay_the_wrong_penalty_in_the_env_and_in_evaluate():
+    """With ``wrong_penalty`` set, a wrong answer's ``reward_correct`` is ``-wrong_penalty`` and
+    a right one's ``correct_bonus``; the evaluator's per-request reward (``request_reward``) is
+    the env's reward of that request."""
+    from agents import LastExit, evaluate
+
+    cfg = EnvConfig.from_dict(
+        {**CONSTANT, "reward": {"wrong_penalty": 0.7, "correct_bonus": 1.0},
+         "arrivals": {"kind": "periodic", "utilisation": 0.5}}
+    )  # fmt: skip
+    env = DistrEEEnv(cfg)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    seen, parts = {True: 0, False: 0}, ("reward_correct", "reward_latency", "reward_deadline")
+    for _ in range(400):
+        *_, terminated, _, info = env.step(int(rng.random() < 0.4))
+        if info["request_done"]:
+            right = bool(info["request_correct"])
+            assert info["reward_correct"] == (1.0 if right else -0.7)
+            request = cfg.reward.request_reward(
+                np.array([right]), np.array([info["request_latency_ms"]]), cfg.deadline_ms
+            )[0]
+            if cfg.reward.timing == "request":
+                assert np.isclose(request, sum(float(info[p]) for p in parts))
+            seen[right] += 1
+        if terminated:
+            env.reset()
+    assert min(seen.values()) > 20
+    wrong = 1 - evaluate(LastExit(), cfg, 512)["accuracy"]
+    no_penalty = EnvConfig.from_dict(
+        {**CONSTANT, "arrivals": {"kind": "periodic", "utilisation": 0.5}}
+    )
+    drop = (
+        evaluate(LastExit(), no_penalty, 512)["mean_reward"]
+        - evaluate(LastExit(), cfg, 512)["mean_reward"]
+    )
+    assert np.isclose(drop, 0.7 * wrong)
+
+
+def test_utilisation_is_the_busy_share_under_random_arrivals():
+    """Poisson arrivals at load 0.9, last exit: episodes are busy about 90% of their time, and
+    never more than all of it (the busy time runs from a request's start, not its arrival)."""
+    cfg = EnvConfig.from_dict(
+        {**CONSTANT, "arrivals": {"kind": "poisson", "utilisation": 0.9},
+         "queue": {"capacity": 1024}, "requests_per_episode": 256}
+    )  # fmt: skip
+    venv = DistrEEVecEnv(8, cfg)
+    venv.reset(seed=0)
+    shares = []
+    while len(shares) < 24:
+        *_, terminated, truncated, info = venv.step(np.zeros(8, np.int64))
+        shares.extend(info["episode_utilisation"][terminated | truncated].tolist())
+    assert 0.8 < np.mean(shares) < 0.97 and max(shares) <= 1.0 + 1e-9
+
+
+@pytest.mark.parametrize("requests_per_episode", [1, 16])
+def test_episode_rates_count_the_dropped_requests(requests_per_episode):
+    """In overload with a small queue an episode's rates are over its answered and dropped
+    requests: ``qos_rate`` = met / (R + dropped), ``reward_per_request`` = return / (R +
+    dropped), ``drop_rate`` = dropped / (R + dropped)."""
+    cfg = EnvConfig.from_dict(
+        {**CONSTANT, "arrivals": {"kind": "poisson", "utilisation": 3.0},
+         "queue": {"capacity": 2}, "requests_per_episode": requests_per_episode,
+         "episode_end": "terminate"}
+    )  # fmt: skip
+    env = DistrEEEnv(cfg)
+    dropping = 0
+    for seed in range(12):
+        env.reset(seed=seed)
+        dropped = met = 0
+        while True:
+            *_, terminated, truncated, info = env.step(0)
+            dropped += int(info["dropped"])
+            met += bool(info["request_done"]) and info["request_latency_ms"] <= cfg.deadline_ms
+            if terminated or truncated:
+                break
+        total = requests_per_episode + dropped
+        dropping += dropped > 0
+        assert np.isclose(info["episode_drop_rate"], dropped / total)
+        assert np.isclose(info["episode_qos_rate"], met / total)
+        assert np.isclose(info["episode_reward_per_request"], info["episode_return"] / total)
+    assert dropping >= 3  # the case arose
+
+
+def test_admissions_beyond_the_capacity_are_counted_one_by_one():
+    """D/D/1 with arrivals every T = S / 1.37, every request to the last exit, ``overflow=
+    "admit"`` at capacity 1: request i starts at max(a_i, start_(i-1) + S), and arrival j is an
+    overflow when a request that arrived before it has not started by a_j (one already waits);
+    counted by hand over the arrivals up to the episode's last step."""
+    cfg = EnvConfig.from_dict(
+        {**CONSTANT, "requests_per_episode": 40, "episode_end": "truncate",
+         "arrivals": {"kind": "periodic", "utilisation": 1.37},
+         "queue": {"capacity": 1, "overflow": "admit"}}
+    )  # fmt: skip
+    service = describe(cfg)["mean_service_ms"]
+    gap = service / 1.37
+    env = DistrEEEnv(cfg)
+    env.reset(seed=0)
+    dyn = env.unwrapped._dyn
+    a0 = float(dyn.arrival[0])
+    done = False
+    while not done:
+        *_, done, info = env.step(0)
+    arrivals = a0 + gap * np.arange(int((float(dyn.t[0]) - a0) / gap) + 1)
+    starts = [a0]
+    for a in arrivals[1:]:
+        starts.append(max(a, starts[-1] + service))
+    by_hand = sum(any(start > a for start in starts[:j]) for j, a in enumerate(arrivals))
+    assert by_hand > 20 and round(info["episode_overflow_rate"] * 40) == by_hand

@@ -47,7 +47,8 @@ def test_same_numbers_across_processes():
     "kwargs", [{"n_requests": 0}, {"seed": -1}, {"num_envs": 0}, {"n_requests": 1.5}]
 )
 def test_bad_arguments_raise(kwargs):
-    with pytest.raises(ValueError):
+    (name,) = kwargs
+    with pytest.raises(ValueError, match=f"evaluate: {name}="):
         evaluate(ConfidenceThreshold(0.5), SYNTH, **kwargs)
 
 
@@ -61,11 +62,13 @@ class _Counting:
 
     def __init__(self) -> None:
         self.states: list[np.ndarray] = []
+        self.starts: list[np.ndarray] = []
 
     def predict(self, observation, state=None, episode_start=None, deterministic=True):
         n = len(observation)
         state = np.zeros(n, int) if state is None else np.where(episode_start, 0, state + 1)
         self.states.append(state)
+        self.starts.append(np.array(episode_start, dtype=bool))
         return (state % 3 == 2).astype(np.int64), state
 
 
@@ -75,6 +78,29 @@ def test_recurrent_state_is_handed_back_every_step():
     m = evaluate(policy, long_episodes, n_requests=256, seed=0, num_envs=2)
     assert max(int(s.max()) for s in policy.states) > 3  # the memory grew across steps
     assert m["n_requests"] >= 256
+    # a truncated episode ends the memory too: the next step starts an episode
+    restarts = [start for start in policy.starts[1:] if start.any()]
+    assert len(restarts) >= 3  # 128 requests per stream in episodes of 32
+
+
+def test_latency_figures_are_those_of_the_requests_answered():
+    """``latency_mean_ms`` and ``latency_p95_ms`` are the mean and 95th percentile of the
+    latencies of the requests the evaluation counted (one stream, rolled out here by hand)."""
+    from agents.evaluate import make_eval_env, step_values
+
+    policy, n = ConfidenceThreshold(0.7), 600
+    m = evaluate(policy, SYNTH, n_requests=n, seed=5, num_envs=1)
+    env = make_eval_env(EnvConfig.from_dict(SYNTH), 1)
+    policy.bind(env)
+    obs, _ = env.reset(seed=5)
+    latencies: list[float] = []
+    while len(latencies) < n:
+        obs, _, _, _, info = env.step(policy.predict(obs)[0])
+        if step_values(info, "request_done")[0]:  # an answer ending an episode: in final_info
+            latencies.append(float(step_values(info, "request_latency_ms")[0]))
+    assert m["latency_mean_ms"] == pytest.approx(np.mean(latencies))
+    assert m["latency_p95_ms"] == pytest.approx(np.percentile(latencies, 95))
+    assert m["latency_p95_ms"] != pytest.approx(np.percentile(latencies, 90))
 
 
 def test_every_request_counts_once_and_drops_count_as_misses():

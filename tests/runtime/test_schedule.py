@@ -75,6 +75,27 @@ def test_confidence_features_match_the_trace_definition():
     assert confidence_features(probs, a, None)["feature_diff"] == 1.0
 
 
+def test_the_simulator_observes_the_features_the_live_runtime_computes():
+    """Each exit-feature column of the simulator holds the measure its name says: what the live
+    aggregator (checked by hand above) computes from the same exit's probabilities."""
+    from distree_env.dynamics import EXIT_FEATURES, exit_features
+    from distree_env.traces import resolve_trace
+
+    trace = resolve_trace("synthetic:seed=1")
+    feats, correct = exit_features(trace)
+    n, num_exits, _ = trace.probs.shape
+    for s in range(0, n, n // 8):
+        for k in range(num_exits):
+            row = dict(zip(EXIT_FEATURES, feats[s * num_exits + k].tolist(), strict=True))
+            live = confidence_features(trace.probs[s, k], np.ones(1), None)
+            for name in ("max_prob", "margin", "entropy"):
+                assert row[name] == pytest.approx(live[name], abs=1e-6), (s, k, name)
+            diff = min(float(trace.feature_diff[s, k]), 1.0)
+            assert row["feature_diff"] == pytest.approx(diff, abs=1e-6)
+            assert row["progress"] == pytest.approx(k / (num_exits - 1))
+            assert correct[s * num_exits + k] == (trace.probs[s, k].argmax() == trace.labels[s])
+
+
 def test_pipelining_is_refused_naming_the_field():
     config = EnvConfig.scenario("pipelined-stream", trace="synthetic:topology=pipeline,n=64")
     with pytest.raises(ValueError, match=r"cluster\.pipelining=True is not allowed"):
