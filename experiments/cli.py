@@ -116,8 +116,16 @@ def fail(message: str) -> typing.NoReturn:
     raise SystemExit(2)
 
 
+#: What Ctrl-C prints (exit code 130, as a shell reports a SIGINT).
+INTERRUPTED = (
+    "interrupted (Ctrl-C); every file written so far is complete (atomic writes); a run with "
+    "checkpoints continues with --resume"
+)
+
+
 def one_line_errors(main: Callable[P, T]) -> Callable[P, T]:
-    """Wrap a script's ``main``: an expected failure ends it with exit code 2 and one line."""
+    """Wrap a script's ``main``: an expected failure ends it with exit code 2 and one line,
+    Ctrl-C with exit code 130 and one line."""
 
     @functools.wraps(main)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -125,6 +133,9 @@ def one_line_errors(main: Callable[P, T]) -> Callable[P, T]:
             return main(*args, **kwargs)
         except EXPECTED_FAILURES as exc:
             fail(error_line(exc))
+        except KeyboardInterrupt:
+            print(f"error: {INTERRUPTED}", file=sys.stderr)
+            raise SystemExit(130) from None
 
     return wrapper
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distree_env.children import die_with, stop_on_signals
 from distree_env.config import check_drain_weight
 from experiments.cli import fail, one_line_errors, parse_args
 
@@ -81,6 +82,11 @@ class Args:
     runs_dir: str = field(default="runs", metadata={"help": "TensorBoard runs and checkpoints"})
     eval_requests: int = field(default=4096, metadata={"help": "requests per held-out seed"})
     dry_run: bool = field(default=False, metadata={"help": "print the plan and stop"})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "continue each run that a stopped batch left in --runs-dir (train_agent "
+                  "--resume); start the others"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         from distree_env.config import SCENARIOS as KNOWN
@@ -149,6 +155,15 @@ def _command(args: Args, algo: str, scenario: str, timesteps: int, out: Path) ->
         "--progress",
         "false",
     ]
+
+
+def _started(args: Args, algo: str, scenario: str) -> bool:
+    """Whether ``--runs-dir`` holds a run of ``algo`` on ``scenario`` with this seed (the run
+    ``train_agent --resume`` continues)."""
+    from experiments.train_agent import env_id_for, find_run
+
+    env_id = env_id_for(scenario, args.drain_weight)
+    return find_run(Path(args.runs_dir), f"{env_id}__{algo}-{scenario}__{args.seed}") is not None
 
 
 def probe_rate(algo: str, scenario: str, seed: int, drain_weight: float | None = None) -> float:
@@ -236,6 +251,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"probe: {algo} on {scenario}: {rates[algo]:.0f} steps/s on one thread")
     timesteps = budget_timesteps(args, runs, rates)
     commands = [(a, s, _command(args, a, s, timesteps[a], out)) for a, s in runs]
+    if args.resume:  # only where a run exists: --resume refuses to start one
+        commands = [
+            (a, s, [*cmd, "--resume"] if _started(args, a, s) else cmd) for a, s, cmd in commands
+        ]
     planned = planned_minutes(runs, args.jobs, timesteps, rates)
     if planned is None:
         estimate = "unknown (timesteps given, rates not probed)"
@@ -249,7 +268,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for _, _, cmd in commands:
         print("  " + " ".join(cmd[1:]))
     if args.dry_run:
-        return {"runs": runs, "timesteps": timesteps, "rates": rates, "planned_minutes": planned}
+        return {"runs": runs, "timesteps": timesteps, "rates": rates, "planned_minutes": planned,
+                "commands": [cmd for _, _, cmd in commands]}  # fmt: skip
     logs = Path(args.runs_dir) / "train_agents_logs"
     logs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -266,17 +286,22 @@ def run_all(
     commands: list[tuple[str, str, list[str]]], jobs: int, logs: Path
 ) -> dict[str, dict[str, Any]]:
     """Run ``(algo, scenario, command)``s, ``jobs`` at once, each logging to
-    ``logs/<algo>-<scenario>.log``; returns each run's return code and minutes. Stopped (Ctrl-C,
-    SIGTERM) or failed, it stops the runs still going: none trains on without it."""
+    ``logs/<algo>-<scenario>.log`` (appended to: a resumed run's log keeps its first part);
+    returns each run's return code and minutes. Stopped (Ctrl-C, SIGTERM, SIGHUP) or failed, it
+    stops the runs still going; killed (SIGKILL), its runs die with it: none trains on without
+    it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     pending, running, results = list(commands), [], {}
-    previous = signal.signal(signal.SIGTERM, _terminated)
+    previous = stop_on_signals()
     try:
         while pending or running:
             while pending and len(running) < jobs:
                 algo, scenario, cmd = pending.pop(0)
-                log = open(logs / f"{algo}-{scenario}.log", "w", encoding="utf-8")  # noqa: SIM115
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                log = open(logs / f"{algo}-{scenario}.log", "a", encoding="utf-8")  # noqa: SIM115
+                proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                    preexec_fn=die_with(os.getpid()),
+                )  # fmt: skip
                 running.append((algo, scenario, proc, log, time.perf_counter()))
             time.sleep(1.0)
             for item in list(running):
@@ -290,7 +315,8 @@ def run_all(
                 state = "done" if proc.returncode == 0 else f"FAILED ({log.name})"
                 print(f"{algo}-{scenario}: {state} in {minutes:.1f} min", flush=True)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         _stop([item[2] for item in running])
         for item in running:
             item[3].close()
@@ -307,11 +333,6 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _terminated(signum: int, _frame: Any) -> None:
-    """SIGTERM: leave the loop like Ctrl-C does, so that the runs are stopped on the way out."""
-    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from distree_env.children import die_with, stop_on_signals
+
 __all__ = [
     "AGGREGATOR_RANK",
     "EXIT_PEER",
@@ -132,7 +134,7 @@ def spawn_local(
     """
     port = free_port()
     procs: list[subprocess.Popen] = []
-    stopping = _stop_on_signals()
+    stopping = stop_on_signals()
     try:
         for rank in range(world_size):
             child_env = dict(os.environ, **(env or {}))
@@ -147,7 +149,7 @@ def spawn_local(
             prefix = list(prefixes[rank]) if prefixes else []
             procs.append(
                 subprocess.Popen(
-                    [*prefix, *command], env=child_env, preexec_fn=_die_with(os.getpid())
+                    [*prefix, *command], env=child_env, preexec_fn=die_with(os.getpid())
                 )
             )
             print(f"started {rank_name(rank)} pid {procs[-1].pid}", flush=True)
@@ -159,45 +161,6 @@ def spawn_local(
                 p.wait()
         for signum, handler in stopping.items():
             signal.signal(signum, handler)
-
-
-#: Signals that stop the launcher (``kill``, ``timeout``, a closed terminal): each ends it as an
-#: exception would, so that its clean-up kills the processes it started.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-
-#: ``prctl`` option: the signal a process gets when its parent dies (Linux).
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with(launcher: int):
-    """A ``preexec_fn`` that has the child killed when the launcher dies, even by SIGKILL,
-    which no clean-up of the launcher's own can answer (Linux; elsewhere None)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None).prctl  # looked up here: the child only calls it (no import there)
-
-    def arm() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != launcher:  # it died before the line above
-            os._exit(1)
-
-    return arm
-
-
-def _stop_on_signals() -> dict[int, object]:
-    """Turn :data:`STOP_SIGNALS` into ``SystemExit(128 + signal)`` while the launcher runs (by
-    default they end it at once, without its clean-up); returns the handlers to restore."""
-
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    try:
-        return {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
-    except ValueError:  # not the main thread: signals stay as they are
-        return {}
 
 
 def _supervise(procs: list[subprocess.Popen], grace_s: float, notice_s: float) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -236,7 +237,9 @@ def run_scenario(plan: BenchmarkPlan, scenario: str) -> tuple[list[dict[str, Any
 
 def _exit_with_parent(parent: int) -> None:
     """Worker initializer: end the worker once the benchmark process ``parent`` is gone (killed,
-    say), instead of finishing a scenario for nobody."""
+    say), instead of finishing a scenario for nobody. Ctrl-C reaches the whole process group:
+    the benchmark process handles it (one line) and ends the workers, which ignore it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -260,21 +263,38 @@ def _run_parallel(
         initializer=_exit_with_parent,
         initargs=(os.getpid(),),
     ) as pool:
-        pending = {pool.submit(choose_on_val, plan, s): ("val", s) for s in plan.scenarios}
-        val: dict[str, tuple[list[dict[str, Any]], dict[str, BaselineFit]]] = {}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                half, scenario = pending.pop(future)
-                if half == "val":
-                    val[scenario] = future.result()
-                    fits = val[scenario][1]
-                    pending[pool.submit(measure_on_test, plan, scenario, fits)] = ("test", scenario)
-                else:
-                    rows, fits = val[scenario]
-                    results[scenario] = (rows + future.result(), calibrated_params(fits))
-                    tick(scenario)
+        try:
+            _collect(plan, pool, results, tick)
+        except BaseException:  # Ctrl-C, SIGTERM: end the workers now, not after their scenario
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()  # (no public way before Python 3.14's terminate_workers)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return results
+
+
+def _collect(
+    plan: BenchmarkPlan,
+    pool: ProcessPoolExecutor,
+    results: dict[str, tuple[list[dict[str, Any]], dict]],
+    tick: Progress,
+) -> None:
+    """Submit each scenario's val half, then its test half once the val half is done, into
+    ``results`` as they finish."""
+    pending = {pool.submit(choose_on_val, plan, s): ("val", s) for s in plan.scenarios}
+    val: dict[str, tuple[list[dict[str, Any]], dict[str, BaselineFit]]] = {}
+    while pending:
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            half, scenario = pending.pop(future)
+            if half == "val":
+                val[scenario] = future.result()
+                fits = val[scenario][1]
+                pending[pool.submit(measure_on_test, plan, scenario, fits)] = ("test", scenario)
+            else:
+                rows, fits = val[scenario]
+                results[scenario] = (rows + future.result(), calibrated_params(fits))
+                tick(scenario)
 
 
 def run_benchmark(

@@ -35,3 +35,16 @@ def test_every_option_shows_its_default(script, capsys, monkeypatch):
         )
         entry = " ".join(lines[start:end])
         assert "(default: " in entry, (script, entry)
+
+
+def test_ctrl_c_ends_a_script_in_one_line_with_exit_code_130(capsys):
+    from experiments.cli import INTERRUPTED, one_line_errors
+
+    @one_line_errors
+    def main() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 130
+    assert capsys.readouterr().err == f"error: {INTERRUPTED}\n"

@@ -64,6 +64,34 @@ def test_sigterm_to_train_agents_stops_its_runs(tmp_path):
     assert time.monotonic() - started < 30
 
 
+BATCH = """
+import sys
+from pathlib import Path
+from experiments import train_agents
+
+sleeper, logs = sys.argv[1], Path(sys.argv[2])
+commands = [("ppo", n, [sys.executable, "-c", sleeper, str(logs / f"{n}.pid")]) for n in "ab"]
+train_agents.run_all(commands, 2, logs)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_killed_train_agents_takes_its_runs_with_it(tmp_path):
+    """SIGKILL leaves the batch no clean-up of its own: its runs die with it all the same (else
+    they would go on training and replace the shipped agents after the user stopped it)."""
+    batch = subprocess.Popen([sys.executable, "-c", BATCH, SLEEPER, str(tmp_path)], cwd=ROOT)
+    try:
+        pids = [_wait_for(tmp_path / f"{n}.pid") for n in "ab"]
+        batch.kill()
+        batch.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in pids)
+    finally:
+        batch.kill()
+
+
 PARENT = """
 import multiprocessing, os, sys, time
 from concurrent.futures import ProcessPoolExecutor

@@ -96,6 +96,20 @@ def test_dry_run_with_given_timesteps_prints_the_commands(capsys, tmp_path):
     assert str(tmp_path / "dqn-isolated.zip") in out
 
 
+def test_resume_continues_the_runs_a_stopped_batch_left_and_starts_the_others(tmp_path):
+    """``--resume`` passes ``--resume`` to each run whose folder ``train_agent --resume`` would
+    find (same experiment and seed), and starts the others afresh."""
+    runs = tmp_path / "runs"
+    (runs / "DistrEE-v0__ppo-isolated__1__1700000000").mkdir(parents=True)
+    (runs / "DistrEE-v0__dqn-isolated__2__1700000000").mkdir()  # another seed: not this batch's
+    argv = ["--scenarios", "isolated", "--algos", "ppo", "dqn", "--ppo-timesteps", "2048",
+            "--dqn-timesteps", "2048", "--dry-run", "--out", str(tmp_path / "agents"),
+            "--runs-dir", str(runs)]  # fmt: skip
+    ppo, dqn = train_agents.main([*argv, "--resume"])["commands"]
+    assert ppo[-1] == "--resume" and "--resume" not in dqn
+    assert all("--resume" not in cmd for cmd in train_agents.main(argv)["commands"])
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
