@@ -479,6 +479,10 @@ def _model(
             )
     except (MemoryError, OverflowError) as exc:  # a size declared by a damaged file
         raise ValueError(f"--resume: {str(found[1])!r}: {error_line(exc)}") from None
+    # the random streams (torch's sampling, exploration) restart from a seed of their own, as
+    # the env's do: a resumed run is reproducible, though not the uninterrupted run (whose
+    # streams went on; the checkpoint does not hold them)
+    model.set_random_seed(args.seed + done_steps)
     return model
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -408,3 +409,20 @@ def test_a_run_record_with_parts_of_the_wrong_kind_is_one_line(tmp_path, tiny, c
         with pytest.raises(SystemExit, match="2"):
             train_agent.main([*argv, "--resume"])
         assert "is not a readable run record" in capsys.readouterr().err
+
+
+def test_a_resumed_run_is_reproducible(tmp_path, tiny):
+    """Two resumptions of the same checkpoint train the same model (the random streams restart
+    from the seed and the step, as the env's do)."""
+    import shutil
+
+    argv = [*_common(tmp_path, tiny), "--timesteps", "512", "--checkpoint-freq", "256",
+            "--eval-freq", "0"]  # fmt: skip
+    train_agent.main([*argv, "--run-name", "a"])
+    runs = tmp_path / "runs"
+    (runs / "a" / "checkpoints" / "ckpt_512_steps.zip").unlink()  # as if killed after 256 steps
+    shutil.copytree(runs / "a", runs / "b")
+    for name in ("a", "b"):
+        train_agent.main([*argv, "--run-name", name, "--resume"])
+    weights = [zipfile.ZipFile(runs / name / "final_model.zip").read("policy.pth") for name in "ab"]
+    assert weights[0] == weights[1]
