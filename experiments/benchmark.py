@@ -33,7 +33,12 @@ from typing import Any
 from agents.splits import check_not_test, held_out_trace, val_counterpart
 from distree_env.config import SCENARIOS, EnvConfig
 from distree_env.dynamics import tables_for
-from distree_env.io import atomic_write_text, require_output_dir, require_output_file
+from distree_env.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    require_output_dir,
+    require_output_file,
+)
 from distree_env.manifest import checkpoints_dir
 from distree_env.traces import resolve_trace
 from experiments.benchmarking import plots, report
@@ -442,27 +447,32 @@ def _write(
     glance = report.glance_table(headlines)
     describe = _describe(plan, command) + (f" Note: {QUICK_NOTE}." if args.quick else "")
     text = "\n".join([describe, "", glance, "", *lines, "", table])
-    report.write_csv(paths["benchmark_points.csv"], rows)
-    report.write_csv(paths["benchmark_summary.csv"], summary)
     figures = "![Pareto curves](pareto.png)\n\n![Exit distribution](exits.png)\n"
-    atomic_write_text(paths["benchmark.md"], f"# Benchmark\n\n{text}\n{figures}")
-    report.write_json(
-        paths["benchmark.json"],
-        {
-            "command": command,
-            "trace": plan.test_trace,
-            "val_trace": plan.val_trace,
-            "seeds": {split: list(plan.split_seeds(split)) for split in ("val", "test")},
-            "requests": plan.n_requests,
-            "warmup": plan.warmup,
-            "calibrated_baselines": calibrated,
-            "headlines": headlines,
-        },
-    )
+    headline_json = {
+        "command": command,
+        "trace": plan.test_trace,
+        "val_trace": plan.val_trace,
+        "seeds": {split: list(plan.split_seeds(split)) for split in ("val", "test")},
+        "requests": plan.n_requests,
+        "warmup": plan.warmup,
+        "calibrated_baselines": calibrated,
+        "headlines": headlines,
+    }
     title = f"{plan.test_trace}: accuracy vs latency and compute ({len(plan.seeds)} seeds)"
     pareto = plots.pareto_figure(summary, args.scenarios, PAPER_COMPUTE_SAVING, TOLERANCE, title)
-    plots.save_png(pareto, paths["pareto.png"])
-    plots.save_png(plots.exits_figure(summary, args.scenarios, num_exits), paths["exits.png"])
+    contents: dict[str, str | bytes] = {
+        "benchmark_points.csv": report.csv_text(rows),
+        "benchmark_summary.csv": report.csv_text(summary),
+        "benchmark.md": f"# Benchmark\n\n{text}\n{figures}",
+        "benchmark.json": report.json_text(headline_json),
+        "pareto.png": plots.png_bytes(pareto),
+        "exits.png": plots.png_bytes(plots.exits_figure(summary, args.scenarios, num_exits)),
+    }
+    # everything rendered first: a run stopped now leaves the previous set whole, and the
+    # files are replaced one after the other within milliseconds, not across the plotting
+    for name, content in contents.items():
+        write = atomic_write_bytes if isinstance(content, bytes) else atomic_write_text
+        write(paths[name], content)
     if args.update_readme:
         paths["readme"] = _update_readme(Path(args.readme), pareto, text)
     return paths

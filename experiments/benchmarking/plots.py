@@ -6,6 +6,7 @@ state, safe in tests and on headless machines; files are written atomically.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from matplotlib.figure import Figure
 from distree_env.io import atomic_open
 from experiments.benchmarking.analysis import Row, pareto_front, split_rows, table_rows
 
-__all__ = ["exits_figure", "pareto_figure", "save_png"]
+__all__ = ["exits_figure", "pareto_figure", "png_bytes", "save_png"]
 
 _BASELINE_STYLE = {
     "LastExit": {"marker": "s", "color": "black", "s": 60, "zorder": 5},
@@ -164,6 +165,13 @@ def exits_figure(summary: Sequence[Row], scenarios: Sequence[str], num_exits: in
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncol=num_exits, fontsize=8)
     return fig
+
+
+def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
+    """``fig`` as PNG (rendered before any file is written: see ``experiments.benchmark``)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
 
 
 def save_png(fig: Figure, path: Path, dpi: int = 110) -> None:

@@ -8,13 +8,12 @@ of day, so the same results give byte-identical files.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from distree_env.io import atomic_open, atomic_write_text
 from experiments.benchmarking.analysis import (
     GAP_TARGET,
     KEPT_TARGET,
@@ -31,8 +30,8 @@ __all__ = [
     "glance_table",
     "headline_lines",
     "markdown_table",
-    "write_csv",
-    "write_json",
+    "csv_text",
+    "json_text",
 ]
 
 #: Table columns: (heading, metric, scale, decimals).
@@ -55,14 +54,15 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def write_csv(path: Path, rows: Sequence[Row]) -> None:
-    """All ``rows`` (union of their columns, in first-seen order), floats written exactly."""
+def csv_text(rows: Sequence[Row]) -> str:
+    """All ``rows`` as CSV (union of their columns, in first-seen order), floats exact."""
     columns = list(dict.fromkeys(c for row in rows for c in row))
-    with atomic_open(path, "w") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([_cell(row.get(c)) for c in columns])
+    handle = io.StringIO()
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(c)) for c in columns])
+    return handle.getvalue()
 
 
 def _finite(value: Any) -> Any:
@@ -75,9 +75,9 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, data: Any) -> None:
+def json_text(data: Any) -> str:
     """Strict JSON (NaN and infinities become null)."""
-    atomic_write_text(path, json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
+    return json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"
 
 
 def _mean_std(row: Row, metric: str, scale: float, decimals: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,28 @@ def test_quick_run_writes_every_output(quick_run: Path) -> None:
     assert kinds == {"rule", "baseline", "reference"}
     # a demo's verdicts are not the measurement: said beside them
     assert f"Note: {benchmark.QUICK_NOTE}." in (results / "benchmark.md").read_text()
+
+
+def test_a_run_stopped_while_rendering_leaves_the_previous_results_whole(
+    quick_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Every output is rendered before any file is replaced: a run that fails (or is stopped)
+    while plotting leaves the previous run's set as it was, not half of each."""
+    from experiments.benchmarking import plots
+
+    out = tmp_path / "results"
+    shutil.copytree(quick_run / "results", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def stopped(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "exits_figure", stopped)
+    argv = ["--quick", *TINY, "--scenarios", "isolated", "--agents", "none", "--jobs", "1",
+            "--out", str(out)]  # fmt: skip
+    with pytest.raises(SystemExit):
+        benchmark.main(argv)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_readme_block_is_replaced_and_nothing_else(quick_run: Path) -> None:
