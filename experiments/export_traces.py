@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from distree_env.io import require_output_file
-    from distree_env.manifest import command_line, in_checkpoints, record
+    from distree_env.manifest import command_line, in_checkpoints, record, sha256_of
     from distree_env.model.checkpoint import load_backbone
     from distree_env.model.data import Split, load_cifar10
     from distree_env.model.export import export_trace
@@ -149,9 +149,11 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as e:
         fail(str(e))
     results = {}
-    label = backbone_label(args.backbone)
+    label, backbone_hash = backbone_label(args.backbone), sha256_of(args.backbone)
+    traces = {}
     for split_name, split in splits.items():
-        metadata: dict[str, Any] = {"backbone": label}
+        # the network's hash: a val and a test trace of one retrained path can be told apart
+        metadata: dict[str, Any] = {"backbone": label, "backbone_sha256": backbone_hash}
         if args.max_images and args.max_images < len(split.labels):
             keep = subset(len(split.labels), args.max_images)
             split = Split(split.images[keep], split.labels[keep])
@@ -165,6 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
             tta=args.tta,
             progress=True,
         )
+        traces[split_name] = trace
+    # every split exported before any is saved: a run stopped midway never leaves one split's
+    # trace of this network beside another's of an earlier one
+    for split_name, trace in traces.items():
         path = paths[split_name]
         trace.save(path)
         metrics = {

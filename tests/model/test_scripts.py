@@ -106,7 +106,7 @@ def test_existing_run_without_resume_is_refused(tiny_cifar, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("topology", ["parallel", "pipeline"])
-def test_export_writes_valid_traces_and_manifest(tiny_cifar, tmp_path, topology):
+def test_export_writes_valid_traces_and_manifest(tiny_cifar, tmp_path, topology, monkeypatch):
     data, _ = tiny_cifar
     ckpt = tmp_path / "ckpt"
     backbone = ckpt / f"backbone-{topology}.pt"
@@ -133,6 +133,23 @@ def test_export_writes_valid_traces_and_manifest(tiny_cifar, tmp_path, topology)
         trace = ExitTrace.load(tmp_path / "few" / f"{prefix}-test.npz")
         assert trace.n == 6 and len(set(trace.labels.tolist())) > 3  # 2 images per class
         assert trace.metadata["subset"] == "6 images drawn with seed 0"
+        # stopped while exporting the test split: the val split's trace is not written either
+        import distree_env.model.export as export_module
+        from experiments import export_traces
+
+        real = export_module.export_trace
+
+        def stopped_at_test(model, split, name, **kwargs):
+            if name == "test":
+                raise KeyboardInterrupt
+            return real(model, split, name, **kwargs)
+
+        monkeypatch.setattr(export_module, "export_trace", stopped_at_test)
+        argv = [*export[3:-2], "--out-dir", str(tmp_path / "stopped"), "--val-size", "8"]
+        with pytest.raises(SystemExit) as stop:
+            export_traces.main([*argv, "--threads", "1", "--bf16", "false"])
+        assert stop.value.code == 130  # Ctrl-C during the test split's export
+        assert not list((tmp_path / "stopped").glob("*.npz"))
     for split, n in (("val", 8), ("test", 20)):
         trace = ExitTrace.load(ckpt / "traces" / f"{prefix}-{split}.npz")
         assert trace.n == n and trace.metadata["split"] == split and trace.topology == topology
@@ -140,6 +157,7 @@ def test_export_writes_valid_traces_and_manifest(tiny_cifar, tmp_path, topology)
             manifest[f"traces/{prefix}-{split}.npz"]["metrics"]["exit_accuracy"]
             == trace.metadata["exit_accuracy"]
         )
+        assert trace.metadata["backbone_sha256"] == manifest[backbone.name]["sha256"]
 
 
 def test_distillation_from_a_teacher_backbone(tiny_cifar, tmp_path, capsys):
