@@ -43,6 +43,7 @@ from distree_env.manifest import checkpoints_dir
 from distree_env.traces import resolve_trace
 from experiments.benchmarking import plots, report
 from experiments.benchmarking.analysis import TOLERANCE, headline, summarize
+from experiments.benchmarking.finished import FINISHED_DIR, Finished
 from experiments.benchmarking.policies import (
     AgentFile,
     agent_file,
@@ -194,6 +195,13 @@ class BenchmarkArgs:
         metadata={"help": "scenarios evaluated at once, in worker processes"},
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "continue a stopped run: take the scenarios it finished for the same "
+                  f"arguments, traces and agents (kept in --out/{FINISHED_DIR}/ until the "
+                  "outputs are written) and compute the rest; without it every scenario is "
+                  "computed afresh"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if not self.scenarios or len(set(self.scenarios)) != len(self.scenarios):
@@ -373,8 +381,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         trust=args.trust,
         warmup=args.warmup_requests(),
     )
+    store = Finished(Path(args.out) / FINISHED_DIR, plan)
+    if not args.resume:
+        store.clear()
+    finished = store.load(plan.scenarios)
+    if finished:
+        print(f"resuming: {', '.join(finished)} taken from {store.folder}", file=sys.stderr)
     try:
-        rows, calibrated = _run(plan, args.jobs, args.progress)
+        rows, calibrated = _run(plan, args.jobs, args.progress, finished, store.save)
     except ValueError as exc:
         fail(str(exc))
     summary = summarize(rows)
@@ -382,11 +396,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         headline(summary, rows, s, requests_per_seed=plan.n_requests) for s in args.scenarios
     ]
     outputs = _write(args, argv, plan, rows, summary, headlines, calibrated, test_trace.num_exits)
+    store.clear()  # the outputs hold every scenario now
     _print(plan, summary, headlines, [*notes, QUICK_NOTE] if args.quick else notes, outputs)
     return 0
 
 
-def _run(plan: BenchmarkPlan, jobs: int, progress: bool) -> tuple[list, dict]:
+def _run(
+    plan: BenchmarkPlan,
+    jobs: int,
+    progress: bool,
+    finished: dict[str, tuple[list, dict]],
+    on_finished: Callable[[str, tuple[list, dict]], None],
+) -> tuple[list, dict]:
     from tqdm.auto import tqdm
 
     with tqdm(
@@ -402,7 +423,7 @@ def _run(plan: BenchmarkPlan, jobs: int, progress: bool) -> tuple[list, dict]:
             bar.set_postfix_str(label, refresh=False)
             bar.update()
 
-        return run_benchmark(plan, jobs, tick)
+        return run_benchmark(plan, jobs, tick, finished, on_finished)
 
 
 def _span(seeds: Sequence[int]) -> str:

@@ -28,6 +28,7 @@ __all__ = [
     "parse_synthetic_name",
     "resolve_trace",
     "synthetic_name",
+    "trace_file",
     "trace_path",
 ]
 
@@ -90,7 +91,7 @@ def resolve_trace(name_or_path: str | os.PathLike[str]) -> ExitTrace:
     if synthetic is not None:
         key = ("synthetic", tuple(sorted(synthetic.items())))
         return _cached(key, lambda: synthetic_trace(**synthetic))
-    path = _locate(name_or_path)
+    path = trace_file(name_or_path)
     data = read_trace_bytes(path)
     digest = hashlib.sha256(data).hexdigest()
     # Nothing is parsed before this: a shipped file must be listed in MANIFEST with a sha256 that
@@ -154,8 +155,9 @@ def synthetic_name(kwargs: dict[str, Any]) -> str:
     return f"synthetic:{items}" if items else "synthetic"
 
 
-def _locate(name: str) -> Path:
-    """The file of a path or a bare name; a missing shipped file names the script that makes it."""
+def trace_file(name: str) -> Path:
+    """The file of a trace path or a bare name (not a synthetic one); a missing shipped file
+    names the script that makes it."""
     if name.endswith(".npz") or "/" in name or os.sep in name:
         return Path(name).expanduser()
     if not _NAME.fullmatch(name):

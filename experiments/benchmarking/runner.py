@@ -16,6 +16,7 @@ arrivals and resource paths are held out too) gives every reported number.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -250,13 +251,12 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _run_parallel(
-    plan: BenchmarkPlan, jobs: int, tick: Progress
-) -> dict[str, tuple[list[dict[str, Any]], dict]]:
+    plan: BenchmarkPlan, jobs: int, done: Callable[[str, tuple[list, dict]], None]
+) -> None:
     """Every scenario in worker processes, in two tasks each (its val half, then its test half
     once the val half is done), so that the workers stay busy to the end instead of one of
     them finishing the last scenario alone."""
     context = multiprocessing.get_context("spawn")  # no forked torch or thread state
-    results: dict[str, tuple[list[dict[str, Any]], dict]] = {}
     with ProcessPoolExecutor(
         min(jobs, len(plan.scenarios)),
         mp_context=context,
@@ -264,23 +264,19 @@ def _run_parallel(
         initargs=(os.getpid(),),
     ) as pool:
         try:
-            _collect(plan, pool, results, tick)
+            _collect(plan, pool, done)
         except BaseException:  # Ctrl-C, SIGTERM: end the workers now, not after their scenario
             for process in list((getattr(pool, "_processes", None) or {}).values()):
                 process.terminate()  # (no public way before Python 3.14's terminate_workers)
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    return results
 
 
 def _collect(
-    plan: BenchmarkPlan,
-    pool: ProcessPoolExecutor,
-    results: dict[str, tuple[list[dict[str, Any]], dict]],
-    tick: Progress,
+    plan: BenchmarkPlan, pool: ProcessPoolExecutor, finish: Callable[[str, tuple[list, dict]], None]
 ) -> None:
-    """Submit each scenario's val half, then its test half once the val half is done, into
-    ``results`` as they finish."""
+    """Submit each scenario's val half, then its test half once the val half is done; ``finish``
+    gets each scenario's result as it finishes."""
     pending = {pool.submit(choose_on_val, plan, s): ("val", s) for s in plan.scenarios}
     val: dict[str, tuple[list[dict[str, Any]], dict[str, BaselineFit]]] = {}
     while pending:
@@ -293,22 +289,39 @@ def _collect(
                 pending[pool.submit(measure_on_test, plan, scenario, fits)] = ("test", scenario)
             else:
                 rows, fits = val[scenario]
-                results[scenario] = (rows + future.result(), calibrated_params(fits))
-                tick(scenario)
+                finish(scenario, (rows + future.result(), calibrated_params(fits)))
 
 
 def run_benchmark(
-    plan: BenchmarkPlan, jobs: int = 1, progress: Progress | None = None
+    plan: BenchmarkPlan,
+    jobs: int = 1,
+    progress: Progress | None = None,
+    finished: dict[str, tuple[list, dict]] | None = None,
+    on_finished: Callable[[str, tuple[list, dict]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every scenario (``jobs`` at once, in worker processes), rows in scenario order whatever
-    the order they finish in; returns the rows and the calibrated baselines per scenario."""
+    the order they finish in; returns the rows and the calibrated baselines per scenario.
+
+    :param finished: scenarios already done (a resumed run's): their results are taken as they
+        are, the others computed.
+    :param on_finished: called with each scenario computed here and its result, as it finishes.
+    """
     tick = progress or (lambda _label: None)
-    results: dict[str, tuple[list, dict]] = {}
-    if jobs <= 1 or len(plan.scenarios) == 1:
-        for scenario in plan.scenarios:
-            results[scenario] = run_scenario(plan, scenario)
-            tick(scenario)
-    else:
-        results = _run_parallel(plan, jobs, tick)
+    results: dict[str, tuple[list, dict]] = dict(finished or {})
+    for scenario in results:
+        tick(scenario)
+
+    def done(scenario: str, result: tuple[list, dict]) -> None:
+        results[scenario] = result
+        if on_finished is not None:
+            on_finished(scenario, result)
+        tick(scenario)
+
+    todo = dataclasses.replace(plan, scenarios=tuple(s for s in plan.scenarios if s not in results))
+    if jobs <= 1 or len(todo.scenarios) <= 1:
+        for scenario in todo.scenarios:
+            done(scenario, run_scenario(todo, scenario))
+    elif todo.scenarios:
+        _run_parallel(todo, jobs, done)
     rows = [row for s in plan.scenarios for row in results[s][0]]
     return rows, {s: results[s][1] for s in plan.scenarios}

@@ -109,7 +109,51 @@ def test_a_run_stopped_while_rendering_leaves_the_previous_results_whole(
             "--out", str(out)]  # fmt: skip
     with pytest.raises(SystemExit):
         benchmark.main(argv)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before and (out / benchmark.FINISHED_DIR / "isolated.json").is_file()
+
+
+def test_a_stopped_run_resumes_from_the_scenarios_it_finished(
+    quick_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Stopped while on its second scenario, a run keeps the first one's results; ``--resume``
+    takes them (the first scenario is not computed again) and ends with the same figures as a
+    run never stopped; without ``--resume`` they are computed afresh."""
+    from experiments.benchmarking import runner
+
+    out = tmp_path / "results"
+    argv = ["--quick", *TINY, "--scenarios", *SCENARIOS, "--agents", "none", "--jobs", "1",
+            "--out", str(out)]  # fmt: skip
+    real = runner.run_scenario
+
+    def stopped_at(scenario):
+        def run(plan, name):
+            if name == scenario:
+                raise KeyboardInterrupt
+            return real(plan, name)
+
+        return run
+
+    monkeypatch.setattr(runner, "run_scenario", stopped_at(SCENARIOS[1]))
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main(argv)
+    assert stop.value.code == 130
+    kept = out / benchmark.FINISHED_DIR
+    assert [p.stem for p in kept.iterdir()] == [SCENARIOS[0]]
+    monkeypatch.setattr(runner, "run_scenario", stopped_at(SCENARIOS[0]))  # must not run again
+    assert benchmark.main([*argv, "--resume"]) == 0
+    for name in ("benchmark_points.csv", "benchmark_summary.csv"):
+        assert (out / name).read_bytes() == (quick_run / "results" / name).read_bytes(), name
+    assert not kept.exists()  # the outputs hold every scenario
+    # another plan's finished scenario is not taken, and without --resume none is
+    kept.mkdir()
+    stale = json.dumps({"key": "another plan", "rows": [], "calibrated": {}})
+    (kept / f"{SCENARIOS[0]}.json").write_text(stale)
+    monkeypatch.setattr(runner, "run_scenario", real)
+    assert benchmark.main([*argv, "--resume"]) == 0
+    assert (out / "benchmark_points.csv").read_bytes() == (
+        quick_run / "results" / "benchmark_points.csv"
+    ).read_bytes()
 
 
 def test_readme_block_is_replaced_and_nothing_else(quick_run: Path) -> None:
