@@ -15,6 +15,7 @@ from distree_env.config import EnvConfig
 from distree_env.traces import parse_synthetic_name, resolve_trace, synthetic_name
 
 __all__ = [
+    "AGENT_VAL_SEED",
     "CALIBRATION_SEED_BASE",
     "TEST_SEED_BASE",
     "calibration_seeds",
@@ -31,9 +32,11 @@ __all__ = [
 
 #: Held-out (test) evaluations use the seeds from here on. Tuning, training and validation use
 #: small seeds (calibration and the benchmark's val split 0 to N-1, a learner's environments
-#: its seed plus their index, an agent's validation 10,000), so the resource paths and arrivals
-#: that test measures are ones no choice saw.
+#: its seed plus their index, an agent's validation :data:`AGENT_VAL_SEED`), so the resource
+#: paths and arrivals that test measures are ones no choice saw.
 TEST_SEED_BASE = 1_000_000
+#: The seed of a training run's val evaluations (its best-on-val choice, ``train_agent``).
+AGENT_VAL_SEED = 10_000
 
 
 #: The benchmark calibrates its baselines on the seeds from here on (stall, arrival and resource

@@ -50,7 +50,7 @@ from experiments.benchmarking.policies import (
     check_distinct_names,
     discover_agents,
 )
-from experiments.benchmarking.runner import BenchmarkPlan, Calibration, run_benchmark
+from experiments.benchmarking.runner import BenchmarkPlan, CalibrationSizes, run_benchmark
 from experiments.cli import fail, one_line_errors, parse_args
 
 #: DistrEE (Peng et al., GLOBECOM 2024): 27.6% less computation at accuracy comparable to
@@ -60,7 +60,7 @@ PAPER_COMPUTE_SAVING = 0.276
 QUICK = (2, 2048, 4)
 FULL = (5, 4096, 16)
 #: Baseline calibration of --quick and of the full run.
-QUICK_CALIBRATION = Calibration(
+QUICK_CALIBRATION = CalibrationSizes(
     n_requests=1024, points=4, rounds=1, data_steps=16_384, features=("max_prob", "entropy")
 )
 #: Requests each stream answers before an evaluation counts, in the full run and --quick: a
@@ -76,7 +76,7 @@ QUICK_NOTE = (
 )
 #: Where the full and the quick run write their results by default.
 FULL_OUT, QUICK_OUT = "results", "results/quick"
-FULL_CALIBRATION = Calibration(n_requests=2048, points=8, rounds=2, data_steps=32_768)
+FULL_CALIBRATION = CalibrationSizes()
 REPO = Path(__file__).resolve().parents[1]
 #: The files a run writes into ``--out``, by name (the tests check each one).
 OUTPUT_FILES = (
@@ -245,7 +245,7 @@ class BenchmarkArgs:
             return self.warmup
         return QUICK_WARMUP if self.quick else FULL_WARMUP
 
-    def calibration(self) -> Calibration:
+    def calibration(self) -> CalibrationSizes:
         """Calibration sizes after the --quick defaults."""
         base = QUICK_CALIBRATION if self.quick else FULL_CALIBRATION
         return dataclasses.replace(

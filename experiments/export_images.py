@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from distree_env.model.data import MAX_SAMPLE_IMAGES
+from distree_env.model.data import MAX_SAMPLE_IMAGES, TEST_SAMPLE_FILE
 from experiments.cli import MAX_SEED, fail, one_line_errors, parse_args
 from experiments.train_backbone import DEFAULT_DATA
 
@@ -33,7 +33,7 @@ class Args:
     )
     seed: int = field(default=0, metadata={"help": f"seed of the draw (0 to {MAX_SEED})"})
     output: str = field(
-        default="checkpoints/cifar10-test-sample.npz",
+        default=f"checkpoints/{TEST_SAMPLE_FILE}",
         metadata={
             "help": "where to write; the default is the shipped sample the live runtime reads "
             "(overwritten; a file under checkpoints/ is recorded in checkpoints/MANIFEST.json)"

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distree_env.model.data import TEST_SAMPLE_FILE
 from distree_env.runtime.records import FLUSH_EVERY
 from experiments.cli import fail, one_line_errors, parse_args, read_config_overrides
 
@@ -59,7 +60,7 @@ class Args:
                   "scenario's topology, checkpoints/backbone-TOPOLOGY.pt)"},
     )  # fmt: skip
     images: str = field(
-        default="checkpoints/cifar10-test-sample.npz",
+        default=f"checkpoints/{TEST_SAMPLE_FILE}",
         metadata={"help": "uint8 image sample (.npz: images, labels, indices)"},
     )
     data: str | None = field(

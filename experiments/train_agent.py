@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.hyperparams import MAX_ENVS, MAX_FILE_BYTES, MAX_TIMESTEPS
-from agents.splits import TEST_SEED_BASE
+from agents.splits import AGENT_VAL_SEED, TEST_SEED_BASE
 from agents.training import ALGOS
 from distree_env.config import SCENARIOS, check_drain_weight
 from distree_env.io import (
@@ -510,7 +510,7 @@ def _callbacks(
     )
     val = ValEvalCallback(
         config, max(args.eval_freq // n_envs, 1) if args.eval_freq else 0, args.val_requests,
-        seed=10_000, best_path=run_dir / "best_model.zip",
+        seed=AGENT_VAL_SEED, best_path=run_dir / "best_model.zip",
         history_path=run_dir / "val_history.json",
     )  # fmt: skip
     callbacks = [RunTextCallback(hyperparameters, config.to_dict()), DistrEEMetricsCallback(),

@@ -32,21 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from distree_env.children import die_with, stop_on_signals
-from distree_env.config import check_drain_weight
+from distree_env.config import SCENARIOS, check_drain_weight
+from distree_env.registration import STREAMS
 from experiments.cli import fail, one_line_errors, parse_args
 
-#: Scenarios whose requests are coupled through a queue (issue 9), and the isolated one for
-#: the parity result.
-SCENARIOS = (
-    "steady-stream",
-    "bursty-stream",
-    "wifi-contention",
-    "cellular",
-    "azure-code",
-    "pipeline",
-    "pipelined-stream",
-    "isolated",
-)
+#: The scenarios agents are shipped for: every stream a registered id names (their requests
+#: are coupled through a queue, issue 9), and the isolated one for the parity result.
+TRAINED_SCENARIOS = (*STREAMS.values(), "isolated")
 ALGOS = ("ppo", "dqn", "recurrent_ppo")
 #: Share of a run's time left for evaluation along the run and the held-out evaluation.
 MARGIN = 0.25
@@ -60,7 +52,7 @@ class Args:
     """Train PPO, DQN and a recurrent PPO per scenario into ``--out`` (``checkpoints/agents``:
     replace the shipped set)."""
 
-    scenarios: tuple[str, ...] = field(default=SCENARIOS, metadata={"help": "scenarios"})
+    scenarios: tuple[str, ...] = field(default=TRAINED_SCENARIOS, metadata={"help": "scenarios"})
     algos: tuple[str, ...] = field(default=ALGOS, metadata={"help": "algorithms"})
     budget_minutes: float = field(
         default=25.0,
@@ -89,11 +81,9 @@ class Args:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        from distree_env.config import SCENARIOS as KNOWN
-
         for s in self.scenarios:
-            if s not in KNOWN:
-                raise ValueError(f"--scenarios {s!r} is not allowed: one of {', '.join(KNOWN)}")
+            if s not in SCENARIOS:
+                raise ValueError(f"--scenarios {s!r} is not allowed: one of {', '.join(SCENARIOS)}")
         for a in self.algos:
             if a not in ALGOS:
                 raise ValueError(f"--algos {a!r} is not allowed: one of {', '.join(ALGOS)}")

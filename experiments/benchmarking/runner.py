@@ -47,7 +47,7 @@ from experiments.benchmarking.policies import (
 
 __all__ = [
     "BenchmarkPlan",
-    "Calibration",
+    "CalibrationSizes",
     "choose_on_val",
     "evaluate_point",
     "measure_on_test",
@@ -62,13 +62,14 @@ _WATCH_S = 1.0
 
 
 @dataclass(frozen=True)
-class Calibration:
-    """Sizes of the val calibration of the baselines (see ``agents.calibrate_baselines``)."""
+class CalibrationSizes:
+    """Sizes of the val calibration of the baselines (see ``agents.calibrate_baselines``); the
+    defaults are the full benchmark's."""
 
-    n_requests: int = 4096
-    points: int = 10
+    n_requests: int = 2048
+    points: int = 8
     rounds: int = 2
-    data_steps: int = 65_536
+    data_steps: int = 32_768
     features: Sequence[str] = tuple(CONFIDENCE_FEATURES)
 
 
@@ -86,7 +87,7 @@ class BenchmarkPlan:
     test_trace: str
     val_trace: str
     thresholds: int
-    calibration: Calibration
+    calibration: CalibrationSizes
     agents: tuple[AgentFile, ...] = ()
     trust: bool = False
     warmup: int = 0
@@ -146,7 +147,7 @@ def _load(trust: bool) -> Callable[[str], Any]:
 
 
 def calibrate_scenario(
-    plan: BenchmarkPlan, scenario: str, configs: dict[str, EnvConfig], target_accuracy: float | None
+    plan: BenchmarkPlan, configs: dict[str, EnvConfig], target_accuracy: float | None
 ) -> dict[str, BaselineFit]:
     """The baselines of one scenario, calibrated on val with the calibration seeds.
 
@@ -206,7 +207,7 @@ def choose_on_val(
     configs = split_configs(plan, scenario)
     learned_val = _rows(plan, scenario, _learned(plan, scenario), "val", configs["val"])
     best = best_agent_on_val(summarize(learned_val))
-    fits = calibrate_scenario(plan, scenario, configs, None if best is None else best["accuracy"])
+    fits = calibrate_scenario(plan, configs, None if best is None else best["accuracy"])
     specs = scenario_specs(plan, fits)
     return _rows(plan, scenario, specs, "val", configs["val"]) + learned_val, fits
 

@@ -182,7 +182,7 @@ def test_each_split_replays_its_own_link_and_arrival_traces() -> None:
     plan = benchmark.BenchmarkPlan(
         scenarios=("cellular", "azure-code"), seeds=(0,), n_requests=256,
         config=benchmark.EnvConfig(), test_trace="synthetic:seed=1", val_trace="synthetic",
-        thresholds=3, calibration=benchmark.Calibration(),
+        thresholds=3, calibration=benchmark.CalibrationSizes(),
     )  # fmt: skip
     for split in ("val", "test"):
         cellular = split_configs(plan, "cellular")[split]
@@ -205,7 +205,7 @@ def test_table_equals_agents_evaluate(quick_run: Path) -> None:
         test_trace="synthetic:seed=1",
         val_trace="synthetic",
         thresholds=3,
-        calibration=benchmark.Calibration(),
+        calibration=benchmark.CalibrationSizes(),
     )
     config = split_configs(plan, "steady-stream")["test"]
     seeds = held_out_seeds(2)  # test's own seeds: other arrivals and resource paths than val's
@@ -643,7 +643,7 @@ def test_the_choices_on_val_never_see_the_test_split(monkeypatch) -> None:
     plan = benchmark.BenchmarkPlan(
         scenarios=("cellular",), seeds=(0, 1), n_requests=256, config=benchmark.EnvConfig(),
         test_trace="synthetic:seed=1", val_trace="synthetic", thresholds=3,
-        calibration=benchmark.Calibration(),
+        calibration=benchmark.CalibrationSizes(),
     )  # fmt: skip
     runner.choose_on_val(plan, "cellular")
     val = split_configs(plan, "cellular")["val"]
