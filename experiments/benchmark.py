@@ -51,7 +51,7 @@ from experiments.benchmarking.policies import (
     discover_agents,
 )
 from experiments.benchmarking.runner import BenchmarkPlan, CalibrationSizes, run_benchmark
-from experiments.cli import fail, one_line_errors, parse_args
+from experiments.cli import FALSE_WORDS, TRUE_WORDS, fail, one_line_errors, parse_args
 
 #: DistrEE (Peng et al., GLOBECOM 2024): 27.6% less computation at accuracy comparable to
 #: running every stage.
@@ -426,6 +426,20 @@ def _run(
         return run_benchmark(plan, jobs, tick, finished, on_finished)
 
 
+def _without_resume(argv: Sequence[str]) -> list[str]:
+    """``argv`` less ``--resume`` (and its value, if given): how a run was continued is not
+    part of the command that made its figures."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = i + 1 < len(argv) and argv[i + 1].lower() in (*TRUE_WORDS, *FALSE_WORDS)
+        elif not arg.startswith("--resume="):
+            out.append(arg)
+    return out
+
+
 def _span(seeds: Sequence[int]) -> str:
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
 
@@ -462,7 +476,7 @@ def _write(
 ) -> dict[str, Path]:
     out = Path(args.out)
     paths = {name: out / name for name in OUTPUT_FILES}
-    command = shlex.join(["python", "-m", "experiments.benchmark", *argv])
+    command = shlex.join(["python", "-m", "experiments.benchmark", *_without_resume(argv)])
     table = report.markdown_table(summary, args.scenarios)
     lines = report.headline_lines(headlines)
     glance = report.glance_table(headlines)

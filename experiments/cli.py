@@ -30,11 +30,15 @@ MAX_REQUESTS = 10**7
 EXPECTED_FAILURES = (ValueError, OSError, MemoryError, RecursionError, OverflowError)
 
 
+#: The words a boolean option takes (``--progress false``), true ones first.
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _parse_bool(text: str) -> bool:
     lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
+    if lowered in TRUE_WORDS:
         return True
-    if lowered in ("0", "false", "no", "off"):
+    if lowered in FALSE_WORDS:
         return False
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true or false")
 

@@ -338,22 +338,10 @@ def test_recurrent_agent_loads_without_unpickling_and_keeps_its_memory(tmp_path,
 
 
 def test_damaged_normalisation_statistics_are_one_line_naming_the_key(tmp_path):
-    from agents.policy import read_obs_normalizer
+    from agents.policy import _NORM_KEYS, _NORM_VECTORS, read_obs_normalizer
 
-    good = {"obs_mean": np.zeros(3), "obs_var": np.ones(3)} | {
-        key: np.float64(1.0)
-        for key in (
-            "obs_count",
-            "ret_mean",
-            "ret_var",
-            "ret_count",
-            "clip_obs",
-            "clip_reward",
-            "epsilon",
-            "gamma",
-            "norm_obs",
-        )  # fmt: skip
-    }
+    good = {key: np.float64(1.0) for key in _NORM_KEYS if key not in _NORM_VECTORS}
+    good |= {"obs_mean": np.zeros(3), "obs_var": np.ones(3)}
     path = tmp_path / "a.vecnormalize.npz"
     np.savez(path, **good)
     assert read_obs_normalizer(path) is not None

@@ -144,6 +144,7 @@ def test_a_stopped_run_resumes_from_the_scenarios_it_finished(
     assert benchmark.main([*argv, "--resume"]) == 0
     for name in ("benchmark_points.csv", "benchmark_summary.csv"):
         assert (out / name).read_bytes() == (quick_run / "results" / name).read_bytes(), name
+    assert "--resume" not in json.loads((out / "benchmark.json").read_text())["command"]
     assert not kept.exists()  # the outputs hold every scenario
     # another plan's finished scenario is not taken, and without --resume none is
     kept.mkdir()
