@@ -4,6 +4,7 @@ rows: choices on val, figures on test."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -100,6 +101,9 @@ def test_a_run_stopped_while_rendering_leaves_the_previous_results_whole(
     out = tmp_path / "results"
     shutil.copytree(quick_run / "results", out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
+    stale = out / benchmark.FINISHED_DIR / "steady-stream.json"  # a run without --resume
+    stale.parent.mkdir()
+    stale.write_text("{}")
 
     def stopped(*_args, **_kwargs):
         raise KeyboardInterrupt
@@ -111,6 +115,7 @@ def test_a_run_stopped_while_rendering_leaves_the_previous_results_whole(
         benchmark.main(argv)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before and (out / benchmark.FINISHED_DIR / "isolated.json").is_file()
+    assert not stale.exists()  # without --resume nothing of an earlier run is taken
 
 
 def test_a_stopped_run_resumes_from_the_scenarios_it_finished(
@@ -118,7 +123,9 @@ def test_a_stopped_run_resumes_from_the_scenarios_it_finished(
 ) -> None:
     """Stopped while on its second scenario, a run keeps the first one's results; ``--resume``
     takes them (the first scenario is not computed again) and ends with the same figures as a
-    run never stopped; without ``--resume`` they are computed afresh."""
+    run never stopped. That run is ``quick_run``'s, with ``--jobs 2`` (each scenario's val and
+    test halves tasks of their own, in any order), these with ``--jobs 1`` (every scenario whole
+    in one process): the rows do not depend on the worker processes either."""
     from experiments.benchmarking import runner
 
     out = tmp_path / "results"
@@ -146,15 +153,20 @@ def test_a_stopped_run_resumes_from_the_scenarios_it_finished(
         assert (out / name).read_bytes() == (quick_run / "results" / name).read_bytes(), name
     assert "--resume" not in json.loads((out / "benchmark.json").read_text())["command"]
     assert not kept.exists()  # the outputs hold every scenario
-    # another plan's finished scenario is not taken, and without --resume none is
-    kept.mkdir()
-    stale = json.dumps({"key": "another plan", "rows": [], "calibrated": {}})
-    (kept / f"{SCENARIOS[0]}.json").write_text(stale)
-    monkeypatch.setattr(runner, "run_scenario", real)
-    assert benchmark.main([*argv, "--resume"]) == 0
-    assert (out / "benchmark_points.csv").read_bytes() == (
-        quick_run / "results" / "benchmark_points.csv"
-    ).read_bytes()
+    # another plan's (or a damaged) finished scenario is not taken: it is computed again
+    from experiments.benchmarking.finished import Finished
+
+    plan = runner.BenchmarkPlan(
+        scenarios=tuple(SCENARIOS), seeds=(0,), n_requests=256, config=benchmark.EnvConfig(),
+        test_trace="synthetic:seed=1", val_trace="synthetic", thresholds=3,
+        calibration=benchmark.CalibrationSizes(),
+    )  # fmt: skip
+    store = Finished(kept, plan)
+    store.save(SCENARIOS[0], ([{"a": np.float64(0.5), "n": np.int64(3)}], {}))
+    assert store.load(tuple(SCENARIOS)) == {SCENARIOS[0]: ([{"a": 0.5, "n": 3}], {})}
+    other = Finished(kept, dataclasses.replace(plan, n_requests=512))
+    (kept / f"{SCENARIOS[1]}.json").write_text("{not json")
+    assert other.load(tuple(SCENARIOS)) == {}
 
 
 def test_readme_block_is_replaced_and_nothing_else(quick_run: Path) -> None:
@@ -165,16 +177,6 @@ def test_readme_block_is_replaced_and_nothing_else(quick_run: Path) -> None:
     assert "old text" not in block and "| LastExit |" in block and "| Planner |" in block
     assert "best non-learned policy (chosen on val)" in block
     assert (quick_run / "docs" / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_rows_do_not_depend_on_the_worker_processes(quick_run: Path, tmp_path: Path) -> None:
-    """In one process every scenario runs whole; with --jobs 2 its val and test halves are
-    tasks of their own, in any order: the CSV of every point is the same."""
-    out = tmp_path / "serial"
-    argv = ["--quick", *TINY, "--scenarios", *SCENARIOS, "--agents", "none", "--jobs", "1"]
-    assert benchmark.main([*argv, "--out", str(out)]) == 0
-    name = "benchmark_points.csv"
-    assert (out / name).read_bytes() == (quick_run / "results" / name).read_bytes()
 
 
 def test_each_split_replays_its_own_link_and_arrival_traces() -> None:
