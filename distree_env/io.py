@@ -14,6 +14,7 @@ import csv
 import errno
 import fcntl
 import io
+import json
 import math
 import os
 import re
@@ -43,6 +44,7 @@ __all__ = [
     "require_input_file",
     "require_output_dir",
     "require_output_file",
+    "strict_json",
 ]
 
 #: What reading a damaged or hostile zip archive (an ``.npz``, a ``.pt``, an agent's ``.zip``)
@@ -235,6 +237,24 @@ def csv_rows(
         raise ValueError(f"{field}: {p}: not UTF-8 text ({exc.reason})") from None
     except csv.Error as exc:  # e.g. a cell over the csv module's field limit
         raise ValueError(f"{field}: {p}:{line_no + 1}: not a CSV row ({exc})") from None
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities (which strict JSON has no word for) as None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def strict_json(data: Any, **dumps_kwargs: Any) -> str:
+    """``data`` as strict JSON (RFC 8259: NaN and infinities written as null, which every
+    parser reads; Python's default ``NaN`` is not JSON). Keyword arguments go to
+    ``json.dumps``."""
+    return json.dumps(_finite(data), allow_nan=False, **dumps_kwargs)
 
 
 def read_npz(path: str | os.PathLike, what: str, limit: int = 64 << 20) -> dict[str, np.ndarray]:

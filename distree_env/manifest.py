@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from distree_env.io import atomic_write_text, error_line, read_text_capped
+from distree_env.io import atomic_write_text, error_line, read_text_capped, strict_json
 
 
 def checkpoints_dir() -> Path:
@@ -239,5 +239,5 @@ def record(
             manifest["files"].pop(side, None)  # listed once: inside its owner's entry
         manifest["files"][rel] = entry
         manifest["files"] = dict(sorted(manifest["files"].items()))
-        atomic_write_text(root / "MANIFEST.json", json.dumps(manifest, indent=2) + "\n")
+        atomic_write_text(root / "MANIFEST.json", strict_json(manifest, indent=2) + "\n")
     return entry

@@ -790,7 +790,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the profile and table."""
     argv = records_positional(list(sys.argv[1:] if argv is None else argv))
     args = parse_args(Args, argv)
-    from distree_env.io import atomic_write_text, require_output_file
+    from distree_env.io import atomic_write_text, require_output_file, strict_json
     from distree_env.runtime.calibration import (
         STALL_MIN_MS,
         fit_cluster,
@@ -840,7 +840,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gaps = handover_gaps(runs)
     fit = dataclasses.replace(fit, **fit_handover(gaps))
     profile = fit.overrides()
-    atomic_write_text(out, json.dumps(profile, indent=2) + "\n")
+    atomic_write_text(out, strict_json(profile, indent=2) + "\n")
     print(f"cluster profile {args.name!r} -> {out}")
     print(json.dumps(profile["cluster"]))
     print(

@@ -68,3 +68,25 @@ def test_atomic_write_text_and_mode_check(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         with atomic_open(path, "a"):
             pass
+
+
+def test_json_files_are_strict_json_with_nan_as_null(tmp_path, monkeypatch):
+    """RFC 8259 has no NaN: what the project writes as JSON (the manifest here) says null, so
+    that any parser reads it."""
+    import json
+
+    from distree_env.io import strict_json
+    from distree_env.manifest import record
+
+    assert strict_json({"a": float("nan"), "b": [1.5, float("-inf")], "c": (2,)}) == (
+        '{"a": null, "b": [1.5, null], "c": [2]}'
+    )
+    monkeypatch.setenv("DISTREE_CHECKPOINTS", str(tmp_path))
+    (tmp_path / "w.bin").write_bytes(b"weights")
+    record(tmp_path / "w.bin", "test", {"std": float("nan"), "mean": 0.5})
+
+    def refuse(word: str) -> None:
+        raise ValueError(f"not JSON: {word}")
+
+    manifest = json.loads((tmp_path / "MANIFEST.json").read_text(), parse_constant=refuse)
+    assert manifest["files"]["w.bin"]["metrics"] == {"std": None, "mean": 0.5}

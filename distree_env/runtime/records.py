@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from distree_env.io import atomic_write_text, read_text_capped
+from distree_env.io import atomic_write_text, read_text_capped, strict_json
 
 __all__ = [
     "FLUSH_EVERY",
@@ -89,7 +89,7 @@ class RunRecord:
 
 def write_run(path: str | Path, run: RunRecord) -> None:
     """Write ``run`` as JSON; a reader never sees half a file (NaN is written as null)."""
-    text = json.dumps(_nan_to_none(run.to_dict()), separators=(",", ":"), allow_nan=False)
+    text = strict_json(run.to_dict(), separators=(",", ":"))
     atomic_write_text(path, text + "\n")
 
 
@@ -123,10 +123,7 @@ def append_journal(path: str | Path, requests: list[RequestRecord]) -> None:
     and, done while requests wait, adds that to their latency; an append costs what it adds.
     The run's record itself is written whole at the start, at the end and if the run fails; if
     the aggregator is killed, :func:`load_journal` reads back what was served."""
-    lines = "".join(
-        json.dumps(_nan_to_none(asdict(r)), separators=(",", ":"), allow_nan=False) + "\n"
-        for r in requests
-    )
+    lines = "".join(strict_json(asdict(r), separators=(",", ":")) + "\n" for r in requests)
     with open(journal_path(path), "a", encoding="utf-8") as f:
         f.write(lines)
         f.flush()
@@ -259,14 +256,4 @@ def _none_to_nan(obj: Any) -> Any:
         return math.nan
     if isinstance(obj, list):
         return [_none_to_nan(v) for v in obj]
-    return obj
-
-
-def _nan_to_none(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_nan_to_none(v) for v in obj]
     return obj

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 from collections.abc import Sequence
 from typing import Any
 
+from distree_env.io import strict_json
 from experiments.benchmarking.analysis import (
     GAP_TARGET,
     KEPT_TARGET,
@@ -65,19 +64,9 @@ def csv_text(rows: Sequence[Row]) -> str:
     return handle.getvalue()
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def json_text(data: Any) -> str:
     """Strict JSON (NaN and infinities become null)."""
-    return json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"
+    return strict_json(data, indent=2) + "\n"
 
 
 def _mean_std(row: Row, metric: str, scale: float, decimals: int) -> str:
