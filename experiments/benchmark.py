@@ -51,7 +51,15 @@ from experiments.benchmarking.policies import (
     discover_agents,
 )
 from experiments.benchmarking.runner import BenchmarkPlan, CalibrationSizes, run_benchmark
-from experiments.cli import FALSE_WORDS, TRUE_WORDS, fail, one_line_errors, parse_args
+from experiments.cli import (
+    FALSE_WORDS,
+    MAX_JOBS,
+    MAX_REQUESTS,
+    TRUE_WORDS,
+    fail,
+    one_line_errors,
+    parse_args,
+)
 
 #: DistrEE (Peng et al., GLOBECOM 2024): 27.6% less computation at accuracy comparable to
 #: running every stage.
@@ -208,9 +216,9 @@ class BenchmarkArgs:
             raise ValueError(f"--scenarios {' '.join(self.scenarios)}: give each scenario once")
         for name, value, high in (
             ("seeds", self.seeds, 1000),
-            ("requests", self.requests, 10**7),
+            ("requests", self.requests, MAX_REQUESTS),
             ("thresholds", self.thresholds, 1000),
-            ("calibration_requests", self.calibration_requests, 10**7),
+            ("calibration_requests", self.calibration_requests, MAX_REQUESTS),
             ("calibration_steps", self.calibration_steps, 10**8),
             ("warmup", self.warmup, 10**6),
         ):
@@ -218,8 +226,8 @@ class BenchmarkArgs:
             if value is not None and not low <= value <= high:
                 flag = name.replace("_", "-")
                 raise ValueError(f"--{flag} {value}: must be an integer in [{low}, {high}]")
-        if not 1 <= self.jobs <= 64:
-            raise ValueError(f"--jobs {self.jobs}: must be an integer in [1, 64]")
+        if not 1 <= self.jobs <= MAX_JOBS:
+            raise ValueError(f"--jobs {self.jobs}: must be an integer in [1, {MAX_JOBS}]")
         if self.out is None:
             object.__setattr__(self, "out", QUICK_OUT if self.quick else FULL_OUT)
         if not self.out.strip():

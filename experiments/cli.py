@@ -25,6 +25,8 @@ P = ParamSpec("P")
 #: one evaluation may ask for (a cap keeps a typo like 10**13 from running for ever).
 MAX_SEED = 2**32 - 1
 MAX_REQUESTS = 10**7
+#: Most worker processes a script starts at once (``--jobs``).
+MAX_JOBS = 64
 #: Failures a script reports in one line (bad input, a file problem, a size past the machine's):
 #: anything else is a bug and keeps its traceback.
 EXPECTED_FAILURES = (ValueError, OSError, MemoryError, RecursionError, OverflowError)

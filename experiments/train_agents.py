@@ -34,7 +34,7 @@ from typing import Any
 from distree_env.children import die_with, stop_on_signals
 from distree_env.config import SCENARIOS, check_drain_weight
 from distree_env.registration import STREAMS
-from experiments.cli import fail, one_line_errors, parse_args
+from experiments.cli import MAX_JOBS, fail, one_line_errors, parse_args
 
 #: The scenarios agents are shipped for: every stream a registered id names (their requests
 #: are coupled through a queue, issue 9), and the isolated one for the parity result.
@@ -89,8 +89,8 @@ class Args:
                 raise ValueError(f"--algos {a!r} is not allowed: one of {', '.join(ALGOS)}")
         if not 0 < self.budget_minutes <= 24 * 60:
             raise ValueError(f"--budget-minutes {self.budget_minutes!r}: must be in (0, 1440]")
-        if not 1 <= self.jobs <= 64:
-            raise ValueError(f"--jobs {self.jobs!r}: must be an integer in [1, 64]")
+        if not 1 <= self.jobs <= MAX_JOBS:
+            raise ValueError(f"--jobs {self.jobs!r}: must be an integer in [1, {MAX_JOBS}]")
         if self.drain_weight is not None:
             check_drain_weight(self.drain_weight, "--drain-weight")
         for name in ("ppo_timesteps", "dqn_timesteps", "recurrent_ppo_timesteps"):
