@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logs = Path(args.runs_dir) / "train_agents_logs"
     logs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results = run_all(commands, args.jobs, logs)
+    results = run_all(commands, args.jobs, logs, append=args.resume)
     total = (time.perf_counter() - started) / 60
     print(f"all runs finished in {total:.1f} min (budget {args.budget_minutes:g})")
     print(json.dumps(results, indent=2))
@@ -273,10 +273,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def run_all(
-    commands: list[tuple[str, str, list[str]]], jobs: int, logs: Path
+    commands: list[tuple[str, str, list[str]]], jobs: int, logs: Path, append: bool = False
 ) -> dict[str, dict[str, Any]]:
     """Run ``(algo, scenario, command)``s, ``jobs`` at once, each logging to
-    ``logs/<algo>-<scenario>.log`` (appended to: a resumed run's log keeps its first part);
+    ``logs/<algo>-<scenario>.log`` (``append``: after the log of the run it resumes);
     returns each run's return code and minutes. Stopped (Ctrl-C, SIGTERM, SIGHUP) or failed, it
     stops the runs still going; killed (SIGKILL), its runs die with it: none trains on without
     it."""
@@ -287,7 +287,8 @@ def run_all(
         while pending or running:
             while pending and len(running) < jobs:
                 algo, scenario, cmd = pending.pop(0)
-                log = open(logs / f"{algo}-{scenario}.log", "a", encoding="utf-8")  # noqa: SIM115
+                mode = "a" if append else "w"
+                log = open(logs / f"{algo}-{scenario}.log", mode, encoding="utf-8")  # noqa: SIM115
                 proc = subprocess.Popen(
                     cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                     preexec_fn=die_with(os.getpid()),
