@@ -15,6 +15,7 @@ source of the README's results block.
 
     python -m experiments.benchmark --quick                  # `make demo`: small, < 90 s
     python -m experiments.benchmark --update-readme          # the full run behind the README
+    python -m experiments.benchmark --update-readme --resume # continue it after a stop
     python -m experiments.benchmark --trace synthetic:seed=1 # no network trace needed
 """
 
