@@ -440,11 +440,13 @@ def _without_resume(argv: Sequence[str]) -> list[str]:
     part of the command that made its figures."""
     out, skip = [], False
     for i, arg in enumerate(argv):
+        name, given = arg.partition("=")[::2]
+        resume = len(name) > 4 and "--resume".startswith(name)  # argparse takes --resu too
         if skip:
             skip = False
-        elif arg == "--resume":
+        elif resume and not given and "=" not in arg:
             skip = i + 1 < len(argv) and argv[i + 1].lower() in (*TRUE_WORDS, *FALSE_WORDS)
-        elif not arg.startswith("--resume="):
+        elif not resume:
             out.append(arg)
     return out
 

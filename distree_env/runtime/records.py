@@ -198,6 +198,9 @@ _STAGE_FIELDS = ("stage_ms", "exit_ms", "decision_ms", "compute_ms", "busy_ms", 
 _ANSWER_TIMES = ("arrival_ms", "start_ms", "end_ms", "queue_wait_ms", "latency_ms")
 #: The largest time a record may hold: about 11.6 days of run time, in milliseconds.
 MAX_RECORD_MS = 1e9
+#: How far below 0 a time may come out: ``transfer_ms`` is a round trip less the device's
+#: float32 compute time, which can round a hair past it.
+ROUNDING_MS = 1e-3
 
 
 def _check_answered(rec: RequestRecord, where: str) -> None:
@@ -227,7 +230,7 @@ def _check_answered(rec: RequestRecord, where: str) -> None:
             raise ValueError(f"{where}: {name}={getattr(rec, name)}; times are {allowed}")
     for name in ("compute_ms", "busy_ms", "transfer_ms", "compute_level", "bandwidth_level"):
         # null (NaN): a device without a part in the stage (pipeline)
-        if any(v < 0 or v > MAX_RECORD_MS for row in getattr(rec, name) for v in row):
+        if any(v < -ROUNDING_MS or v > MAX_RECORD_MS for row in getattr(rec, name) for v in row):
             raise ValueError(f"{where}: {name}={getattr(rec, name)}; entries are {allowed} or null")
 
 

@@ -656,3 +656,13 @@ def test_the_choices_on_val_never_see_the_test_split(monkeypatch) -> None:
     assert not set(calibrated["target_seeds"]) & set(plan.seeds)
     assert max(plan.seeds) < TEST_SEED_BASE and max(calibrated["target_seeds"]) < TEST_SEED_BASE
     assert placed_on and all(t is resolve_trace(plan.val_trace) for t in placed_on)
+
+
+def test_the_recorded_command_leaves_out_resume_in_every_spelling() -> None:
+    strip = benchmark._without_resume
+    assert strip(["--quick", "--resume"]) == ["--quick"]
+    assert strip(["--resume", "yes", "--out", "r"]) == ["--out", "r"]
+    assert strip(["--resume=false", "--quick"]) == ["--quick"]
+    assert strip(["--resu", "--requests", "5", "--readme", "R"]) == [
+        "--requests", "5", "--readme", "R"
+    ]  # fmt: skip
