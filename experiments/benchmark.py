@@ -393,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = Finished(Path(args.out) / FINISHED_DIR, plan)
     if not args.resume:
         store.clear()
-    finished = store.load(plan.scenarios)
+    finished = store.load(plan.scenarios) if args.resume else {}
     if finished:
         print(f"resuming: {', '.join(finished)} taken from {store.folder}", file=sys.stderr)
     try:
