@@ -513,7 +513,7 @@ def _normalizer(path: Path, listed: bool) -> Any:
             )
         return None
     verify(norm_path, required=listed)
-    return read_obs_normalizer(norm_path)
+    return read_obs_normalizer(norm_path, path)
 
 
 def _pickled_normalization(path: Path) -> Path | None:

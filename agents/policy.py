@@ -9,6 +9,7 @@ them can never run code.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -19,6 +20,7 @@ from distree_env.io import atomic_write, read_npz
 
 __all__ = [
     "BindablePolicy",
+    "MismatchedStatistics",
     "ObsNormalizer",
     "Policy",
     "SB3Policy",
@@ -72,6 +74,14 @@ _NORM_KEYS = (
 )
 #: The statistics that are vectors (one entry per observation column); the others are numbers.
 _NORM_VECTORS = ("obs_mean", "obs_var")
+#: The key under which statistics name the sha256 of the archive they were saved with.
+_MODEL_SHA256 = "model_sha256"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class MismatchedStatistics(ValueError):
+    """Normalisation statistics saved with another archive than the one beside them (a save
+    stopped between writing the two files): the model would see observations scaled wrongly."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +99,11 @@ class ObsNormalizer:
         return np.clip(scaled, -self.clip_obs, self.clip_obs).astype(np.float32)
 
 
-def save_vecnormalize(path: str | os.PathLike, venv: Any) -> None:
-    """Write a ``VecNormalize``'s statistics to ``path`` (``.npz``) atomically."""
+def save_vecnormalize(path: str | os.PathLike, venv: Any, model_sha256: str | None = None) -> None:
+    """Write a ``VecNormalize``'s statistics to ``path`` (``.npz``) atomically.
+
+    :param model_sha256: the sha256 of the archive saved with them, which loading then checks.
+    """
     arrays = {
         "obs_mean": venv.obs_rms.mean, "obs_var": venv.obs_rms.var,
         "obs_count": np.float64(venv.obs_rms.count),
@@ -100,11 +113,38 @@ def save_vecnormalize(path: str | os.PathLike, venv: Any) -> None:
         "epsilon": np.float64(venv.epsilon), "gamma": np.float64(venv.gamma),
         "norm_obs": np.float64(venv.norm_obs),
     }  # fmt: skip
+    if model_sha256 is not None:
+        arrays[_MODEL_SHA256] = np.array(model_sha256)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def _read_norm(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def _check_model(path: str | os.PathLike, arrays: dict, model_path: str | os.PathLike) -> None:
+    """Refuse statistics that name another archive than ``model_path`` (statistics without a
+    name, from :func:`save_vecnormalize` called by hand, are taken as they are)."""
+    if _MODEL_SHA256 not in arrays:
+        return
+    named = arrays[_MODEL_SHA256]
+    if named.shape != () or named.dtype.kind != "U" or not _HEX64.fullmatch(str(named)):
+        raise ValueError(
+            f"normalisation statistics {str(path)!r}: {_MODEL_SHA256} must be one sha256 "
+            "(64 lowercase hex digits)"
+        )
+    from distree_env.manifest import sha256_of
+
+    if sha256_of(model_path) != str(named):
+        raise MismatchedStatistics(
+            f"normalisation statistics {str(path)!r} were saved with another model than "
+            f"{str(model_path)!r} (a save stopped between the two files); the model would see "
+            "wrongly scaled observations"
+        )
+
+
+def _read_norm(
+    path: str | os.PathLike, model_path: str | os.PathLike | None = None
+) -> dict[str, np.ndarray]:
     arrays = read_npz(path, "normalisation statistics", 1 << 20)  # sizes checked, no pickles
+    if model_path is not None:
+        _check_model(path, arrays, model_path)
     missing = [key for key in _NORM_KEYS if key not in arrays]
     if missing:
         raise ValueError(f"normalisation statistics {str(path)!r}: incomplete, missing {missing}")
@@ -127,9 +167,15 @@ def _read_norm(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return values
 
 
-def load_vecnormalize(path: str | os.PathLike, venv: Any) -> None:
-    """Restore statistics saved by :func:`save_vecnormalize` into a ``VecNormalize``."""
-    v = _read_norm(path)
+def load_vecnormalize(
+    path: str | os.PathLike, venv: Any, model_path: str | os.PathLike | None = None
+) -> None:
+    """Restore statistics saved by :func:`save_vecnormalize` into a ``VecNormalize``.
+
+    :param model_path: the archive they belong to; raises :class:`MismatchedStatistics` where
+        they name another one.
+    """
+    v = _read_norm(path, model_path)
     if v["obs_mean"].shape != venv.obs_rms.mean.shape:
         raise ValueError(
             f"normalisation statistics {str(path)!r}: shape {v['obs_mean'].shape} does not match "
@@ -141,9 +187,15 @@ def load_vecnormalize(path: str | os.PathLike, venv: Any) -> None:
     venv.ret_rms.count = float(v["ret_count"])
 
 
-def read_obs_normalizer(path: str | os.PathLike) -> ObsNormalizer | None:
-    """The inference-time observation transform stored at ``path`` (None: obs not normalised)."""
-    v = _read_norm(path)
+def read_obs_normalizer(
+    path: str | os.PathLike, model_path: str | os.PathLike | None = None
+) -> ObsNormalizer | None:
+    """The inference-time observation transform stored at ``path`` (None: obs not normalised).
+
+    :param model_path: the archive they belong to; raises :class:`MismatchedStatistics` where
+        they name another one.
+    """
+    v = _read_norm(path, model_path)
     if not v["norm_obs"]:
         return None
     return ObsNormalizer(v["obs_mean"], v["obs_var"], float(v["clip_obs"]), float(v["epsilon"]))

@@ -11,7 +11,9 @@ Replay buffers and normalisation statistics are plain ``.npz`` (no pickle).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import io
 import json
 import re
 import warnings
@@ -22,7 +24,13 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 
 from agents.evaluate import METRICS, evaluate
-from agents.policy import as_policy, find_vecnormalize, save_vecnormalize, sidecar
+from agents.policy import (
+    MismatchedStatistics,
+    as_policy,
+    find_vecnormalize,
+    save_vecnormalize,
+    sidecar,
+)
 from distree_env.io import atomic_write, atomic_write_text, read_npz, read_text_capped
 from distree_env.manifest import sha256_of
 
@@ -62,13 +70,21 @@ def algo_class(name: str) -> type:
 
 
 def save_model(model: Any, path: str | Path) -> None:
-    """Save ``model`` (and its normalisation statistics, if any, beside it) atomically."""
+    """Save ``model`` and its normalisation statistics (if any) beside it, each atomically.
+
+    The statistics name the sha256 of the archive, and go first (where the model has none, an
+    earlier model's go last), so a save stopped between the two files leaves a pair that
+    loading refuses (:class:`~agents.policy.MismatchedStatistics`), never one it would use.
+    """
+    buffer = io.BytesIO()
+    model.save(buffer)
+    archive = buffer.getvalue()
     norm = find_vecnormalize(model)
     if norm is not None:
-        save_vecnormalize(sidecar(path), norm)
-    else:  # statistics of an earlier model saved at this path must not apply to this one
+        save_vecnormalize(sidecar(path), norm, hashlib.sha256(archive).hexdigest())
+    atomic_write(path, lambda f: f.write(archive))
+    if norm is None:  # statistics of an earlier model saved at this path must not apply to this
         sidecar(path).unlink(missing_ok=True)
-    atomic_write(path, lambda f: model.save(f))
 
 
 def _replay_path(zip_path: Path) -> Path:
@@ -316,6 +332,13 @@ class ValEvalCallback(BaseCallback):
         assert self.best_path is not None
         try:
             policy = load_agent(self.best_path, trust=True)
+        except MismatchedStatistics as e:
+            warnings.warn(
+                f"{str(self.best_path)!r} {why}, and {e}: the best-on-val choice starts afresh "
+                "(the next evaluation writes a new best model)",
+                stacklevel=2,
+            )
+            return -np.inf
         except ValueError as e:
             raise ValueError(
                 f"{str(self.best_path)!r} {why} and cannot be evaluated again ({e}); delete it "

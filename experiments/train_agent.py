@@ -469,7 +469,7 @@ def _model(
         ) from None
     try:
         if isinstance(env, VecNormalize):
-            load_vecnormalize(sidecar(found[1]), env)
+            load_vecnormalize(sidecar(found[1]), env, found[1])
         off_policy = getattr(model, "replay_buffer", None) is not None
         if not load_replay_buffer(model, found[1]) and off_policy:
             raise ValueError(

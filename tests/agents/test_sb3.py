@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,9 +19,19 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
     EventAccumulator,
 )
 
-from agents import evaluate, load_agent  # noqa: E402
+from agents import (  # noqa: E402
+    evaluate,
+    load_agent,
+    training,
+)
 from agents.loading import restore_model  # noqa: E402
-from agents.policy import SB3Policy, as_policy, save_vecnormalize, sidecar  # noqa: E402
+from agents.policy import (  # noqa: E402
+    MismatchedStatistics,
+    SB3Policy,
+    as_policy,
+    save_vecnormalize,
+    sidecar,
+)
 from agents.sb3 import (  # noqa: E402
     REQUEST_LATENCY,
     DistrEEMetricsCallback,
@@ -29,6 +40,7 @@ from agents.sb3 import (  # noqa: E402
 )
 from agents.training import (  # noqa: E402
     AtomicCheckpointCallback,
+    ValEvalCallback,
     latest_checkpoint,
     load_replay_buffer,
     save_model,
@@ -260,6 +272,55 @@ def test_bare_model_with_vecnormalize_is_evaluated_with_its_statistics():
     obs = np.random.default_rng(1).random((20, env.observation_space.shape[0]))
     expected, _ = model.predict(env.normalize_obs(obs.astype(np.float32)), deterministic=True)
     assert np.array_equal(policy.predict(obs)[0], expected)
+
+
+def _normalised_ppo(seed: int) -> PPO:
+    env = VecNormalize(make_sb3_env(SYNTH, 2, seed=seed), norm_reward=False)
+    model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, seed=seed, device="cpu")
+    env.obs_rms.mean += seed  # statistics of their own, as after training
+    return model
+
+
+def test_a_save_stopped_between_statistics_and_model_leaves_a_pair_that_is_refused(
+    tmp_path, monkeypatch
+):
+    """The statistics name their archive's sha256: an old archive beside new statistics (or, for
+    a model without normalisation, a new archive beside old statistics) is refused, not used."""
+    path = tmp_path / "best_model.zip"
+    save_model(_normalised_ppo(0), path)
+    assert load_agent(str(path), trust=True).normalizer is not None
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(training, "atomic_write", stopped)  # statistics written, archive not yet
+        with pytest.raises(KeyboardInterrupt):
+            save_model(_normalised_ppo(1), path)
+    with pytest.raises(MismatchedStatistics, match="saved with another model than .*best_model"):
+        load_agent(str(path), trust=True)
+    with pytest.warns(UserWarning, match="has no record, and .* starts afresh"):
+        assert ValEvalCallback(SYNTH, 1, best_path=path).best_reward == -np.inf
+
+    plain = PPO("MlpPolicy", make_sb3_env(SYNTH, 2, seed=0), n_steps=32, device="cpu")
+    save_model(_normalised_ppo(0), path)  # a whole pair again
+    assert load_agent(str(path), trust=True).normalizer is not None
+    with monkeypatch.context() as m:
+        m.setattr(Path, "unlink", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            save_model(plain, path)  # archive written, the earlier statistics not yet removed
+    with pytest.raises(MismatchedStatistics):
+        load_agent(str(path), trust=True)
+    save_model(plain, path)
+    assert not sidecar(path).exists() and load_agent(str(path), trust=True).normalizer is None
+    # statistics written by hand name no archive and are taken as they are; a malformed name
+    # is refused
+    save_vecnormalize(sidecar(path), _normalised_ppo(2).get_env())
+    assert load_agent(str(path), trust=True).normalizer is not None
+    arrays = dict(np.load(sidecar(path)))
+    np.savez(sidecar(path), **arrays, model_sha256=np.array("not a sha"))
+    with pytest.raises(ValueError, match="model_sha256 must be one sha256"):
+        load_agent(str(path), trust=True)
 
 
 @pytest.mark.parametrize("layout", ["sb3", "rl-zoo3"])
