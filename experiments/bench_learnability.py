@@ -11,14 +11,18 @@ Each trained policy and the project's tuned agent for the same scenario
 (``checkpoints/agents/ppo-<scenario>.zip``) are evaluated with ``agents.evaluate`` on the
 held-out split (test exit trace, test link and arrival traces) with the held-out seeds
 (``agents.splits.held_out_seeds``, apart from the learners' own); the script prints reward per
-request and the gap to the tuned agent (issue 9's target: within 0.01).
+request and the gap to the tuned agent (issue 9's target: within 0.01), and writes them to
+``--out`` (JSON) after each learner, so that ``--resume`` continues a stopped run from the
+learners it finished (a learner stopped mid-training trains again from its start).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +54,16 @@ class Args:
     eval_requests: int = field(default=4096, metadata={"help": "requests per held-out seed"})
     threads: int = field(default=1, metadata={"help": "torch threads"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
+    out: str = field(
+        default="",
+        metadata={"help": "the results (JSON), written after each learner "
+                          "(default: runs/learnability/<env-id>.json)"},
+    )  # fmt: skip
+    resume: bool = field(
+        default=False,
+        metadata={"help": "continue a stopped run: take the learners --out holds for the same "
+                          "arguments and tuned agent, train the others"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         for name in ("timesteps", "eval_seeds", "eval_requests", "threads"):
@@ -57,6 +71,16 @@ class Args:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)!r}: >= 1")
         if self.seed < 0:
             raise ValueError(f"--seed={self.seed!r}: >= 0")
+
+    @property
+    def out_path(self) -> str:
+        """Where the results go."""
+        return self.out or f"runs/learnability/{self.env_id}.json"
+
+    def measured(self) -> dict[str, Any]:
+        """The arguments a learner's figures depend on (what a resumed run must share)."""
+        kept = ("env_id", "timesteps", "seed", "eval_seeds", "eval_requests", "tuned", "trust")
+        return {name: value for name, value in asdict(self).items() if name in kept}
 
 
 class TorchActor:
@@ -190,6 +214,54 @@ def held_out_config(env_id: str) -> tuple[Any, str]:
     return test, scenario
 
 
+def tuned_sha256(ref: str) -> str | None:
+    """The sha256 of the tuned agent's archive and statistics (None: no such file)."""
+    from agents.loading import agent_path
+    from agents.policy import sidecar
+    from distree_env.manifest import sha256_of
+
+    path = agent_path(ref)
+    if not path.is_file():
+        return None
+    stats = sidecar(path)
+    return sha256_of(path) + (sha256_of(stats) if stats.is_file() else "")
+
+
+def earlier_results(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
+    """The results of a stopped run at ``path`` for the same arguments (``expected``): its
+    learners are taken as they are. Refused, naming what differs, when they were measured
+    otherwise; nothing when there is no file."""
+    from distree_env.io import read_text_capped
+
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(read_text_capped(path, "--out"))
+        if not isinstance(data, dict) or not isinstance(data.get("arguments"), dict):
+            raise TypeError
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"--resume: {str(path)!r} is not a bench_learnability result (JSON with "
+            "'arguments'); leave out --resume to start afresh"
+        ) from None
+    given = data["arguments"]
+    differ = [f"{k} {given.get(k)!r} (now {v!r})" for k, v in expected.items() if given.get(k) != v]
+    if differ:
+        raise ValueError(
+            f"--resume: {str(path)!r} was measured with {', '.join(differ)}; resume with its "
+            "arguments, or leave out --resume to start afresh"
+        )
+    return {name: entry for name, entry in data.items() if _is_learner_result(entry)}
+
+
+def _is_learner_result(entry: Any) -> bool:
+    """Whether ``entry`` is a finished learner's figures (a damaged one is trained again)."""
+    return isinstance(entry, dict) and all(
+        isinstance(entry.get(k), (int, float)) and not isinstance(entry.get(k), bool)
+        for k in ("mean", "std", "train_minutes")
+    )
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run from command-line ``argv`` (default: ``sys.argv``); returns the figures printed."""
@@ -211,8 +283,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         values = [evaluate(policy, config, args.eval_requests, s)["mean_reward"] for s in seeds]
         return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
-    result: dict[str, Any] = {"env_id": args.env_id, "timesteps": args.timesteps}
+    from distree_env.io import atomic_write_text, require_output_file, strict_json
+
+    out = require_output_file(args.out_path, "--out")
     tuned_ref = f"ppo-{scenario}" if args.tuned == "auto" else args.tuned
+    tuned_files = None if args.tuned == "none" else tuned_sha256(tuned_ref)
+    arguments = {**args.measured(), "tuned_sha256": tuned_files}
+    result: dict[str, Any] = {"env_id": args.env_id, "timesteps": args.timesteps}
+    earlier = earlier_results(out, arguments) if args.resume else {}
     if args.tuned != "none":
         try:
             result["tuned"] = {"agent": tuned_ref, **score(load_agent(tuned_ref, args.trust))}
@@ -222,10 +300,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"note: no tuned agent to compare with ({exc})")
     trainers = {"sb3": train_sb3, "cleanrl": train_cleanrl}
     for learner in args.learners:
-        start = time.perf_counter()
-        policy = trainers[learner](args)
-        minutes = (time.perf_counter() - start) / 60
-        result[learner] = {**score(policy), "train_minutes": minutes}
+        if learner in earlier:
+            result[learner] = earlier[learner]
+            print(f"resuming: {learner} taken from {out}", file=sys.stderr)
+        else:
+            start = time.perf_counter()
+            policy = trainers[learner](args)
+            minutes = (time.perf_counter() - start) / 60
+            result[learner] = {**score(policy), "train_minutes": minutes}
+            record = {"arguments": arguments, **result}
+            atomic_write_text(out, strict_json(record, indent=2) + "\n")
         line = (
             f"{learner} defaults, {args.timesteps} steps: {result[learner]['mean']:.3f} per request"
         )
@@ -237,7 +321,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{gap:+.3f} ({verdict} the {TARGET_GAP:g} target)"
             )
         print(line, flush=True)
+    atomic_write_text(out, strict_json({"arguments": arguments, **result}, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    print(f"results -> {out}")
     return result
 
 

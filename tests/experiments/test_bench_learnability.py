@@ -3,6 +3,8 @@ and prints the figure (the real 300k-step run is a benchmark, not a test)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip("torch")
@@ -10,11 +12,46 @@ pytest.importorskip("torch")
 from experiments import bench_learnability  # noqa: E402
 
 
-def test_tiny_cleanrl_run_prints_reward_per_request(capsys):
+def test_tiny_cleanrl_run_prints_reward_per_request(capsys, tmp_path):
     argv = ["--learners", "cleanrl", "--timesteps", "512", "--eval-seeds", "1"]
-    result = bench_learnability.main([*argv, "--eval-requests", "256", "--tuned", "none"])
+    out = tmp_path / "learn.json"
+    result = bench_learnability.main(
+        [*argv, "--eval-requests", "256", "--tuned", "none", "--out", str(out)]
+    )
     assert -2.0 < result["cleanrl"]["mean"] < 1.0  # a reward per request (at most the bonus)
     assert "cleanrl defaults, 512 steps:" in capsys.readouterr().out
+    assert json.loads(out.read_text())["cleanrl"] == result["cleanrl"]
+
+
+def test_a_stopped_run_resumes_from_the_learners_it_finished(tmp_path, monkeypatch, capsys):
+    """Each learner's figures are written as it finishes; ``--resume`` takes them (for the same
+    arguments only) and trains the others."""
+    from agents.rules import LastExit
+
+    out = tmp_path / "learn.json"
+    argv = ["--learners", "cleanrl", "sb3", "--timesteps", "512", "--eval-seeds", "1",
+            "--eval-requests", "128", "--tuned", "none", "--out", str(out)]  # fmt: skip
+
+    def stopped(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_learnability, "train_sb3", stopped)
+    with pytest.raises(SystemExit, match="130"):
+        bench_learnability.main(argv)  # stopped while training its second learner
+    first = json.loads(out.read_text())["cleanrl"]
+    monkeypatch.setattr(bench_learnability, "train_cleanrl", stopped)  # must not train again
+    monkeypatch.setattr(bench_learnability, "train_sb3", lambda args: LastExit())
+    result = bench_learnability.main([*argv, "--resume"])
+    assert result["cleanrl"] == first and "sb3" in json.loads(out.read_text())
+    assert "resuming: cleanrl taken from" in capsys.readouterr().err
+    # measured otherwise: refused, naming what differs
+    with pytest.raises(SystemExit):
+        bench_learnability.main([*argv, "--resume", "--seed", "2"])
+    assert "was measured with seed 1 (now 2)" in capsys.readouterr().err
+    out.write_text("[]")
+    with pytest.raises(SystemExit):
+        bench_learnability.main([*argv, "--resume"])
+    assert "is not a bench_learnability result" in capsys.readouterr().err
 
 
 def test_held_out_config_uses_test_traces():
@@ -29,7 +66,9 @@ def test_held_out_config_uses_test_traces():
     [(["--env-id", "CartPole-v1"], "not a DistrEE environment"),
      (["--tuned", "nosuch"], "--tuned 'nosuch'")],
 )  # fmt: skip
-def test_a_foreign_id_or_a_missing_tuned_agent_is_one_line(argv, needle, capsys):
+def test_a_foreign_id_or_a_missing_tuned_agent_is_one_line(argv, needle, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
-        bench_learnability.main([*argv, "--timesteps", "64", "--eval-seeds", "1"])
+        bench_learnability.main(
+            [*argv, "--timesteps", "64", "--eval-seeds", "1", "--out", str(tmp_path / "o.json")]
+        )
     assert exc.value.code == 2 and needle in capsys.readouterr().err
