@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from experiments.cli import fail, one_line_errors, parse_args
+from experiments.cli import (
+    MAX_SEED,
+    MAX_THREADS,
+    fail,
+    one_line_errors,
+    parse_args,
+    require_int,
+)
 
 #: Issue 9: a default learner should come within this much reward per request of the tuned one.
 TARGET_GAP = 0.01
@@ -67,10 +74,8 @@ class Args:
 
     def __post_init__(self) -> None:
         for name in ("timesteps", "eval_seeds", "eval_requests", "threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)!r}: >= 1")
-        if self.seed < 0:
-            raise ValueError(f"--seed={self.seed!r}: >= 0")
+            require_int(name, getattr(self, name), 1, MAX_THREADS if name == "threads" else None)
+        require_int("seed", self.seed, 0, MAX_SEED)
 
     @property
     def out_path(self) -> str:

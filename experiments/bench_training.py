@@ -18,7 +18,14 @@ from typing import Any
 
 from agents.hyperparams import MAX_ENVS, MAX_TIMESTEPS
 from agents.training import ALGOS
-from experiments.cli import fail, one_line_errors, parse_args
+from experiments.cli import (
+    MAX_SEED,
+    MAX_THREADS,
+    fail,
+    one_line_errors,
+    parse_args,
+    require_int,
+)
 
 
 @dataclass(frozen=True)
@@ -33,16 +40,10 @@ class Args:
     readme: bool = field(default=False, metadata={"help": "update README.md (bench-training)"})
 
     def __post_init__(self) -> None:
-        for name, high in (("timesteps", MAX_TIMESTEPS), ("threads", 256)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not 1 <= value <= high:
-                raise ValueError(f"--{name}={value!r} is not allowed: an integer in [1, {high}]")
-        if not 0 <= self.n_envs <= MAX_ENVS:
-            raise ValueError(
-                f"--n-envs={self.n_envs!r} is not allowed: an integer in [0, {MAX_ENVS}]"
-            )
-        if self.seed < 0:
-            raise ValueError(f"--seed={self.seed!r} is not allowed: an integer >= 0")
+        require_int("timesteps", self.timesteps, 1, MAX_TIMESTEPS)
+        require_int("threads", self.threads, 1, MAX_THREADS)
+        require_int("n_envs", self.n_envs, 0, MAX_ENVS)
+        require_int("seed", self.seed, 0, MAX_SEED)
 
 
 @one_line_errors

@@ -60,6 +60,7 @@ from experiments.cli import (
     fail,
     one_line_errors,
     parse_args,
+    require_int,
 )
 
 #: DistrEE (Peng et al., GLOBECOM 2024): 27.6% less computation at accuracy comparable to
@@ -223,12 +224,9 @@ class BenchmarkArgs:
             ("calibration_steps", self.calibration_steps, 10**8),
             ("warmup", self.warmup, 10**6),
         ):
-            low = {"thresholds": 2, "warmup": 0}.get(name, 1)
-            if value is not None and not low <= value <= high:
-                flag = name.replace("_", "-")
-                raise ValueError(f"--{flag} {value}: must be an integer in [{low}, {high}]")
-        if not 1 <= self.jobs <= MAX_JOBS:
-            raise ValueError(f"--jobs {self.jobs}: must be an integer in [1, {MAX_JOBS}]")
+            if value is not None:
+                require_int(name, value, {"thresholds": 2, "warmup": 0}.get(name, 1), high)
+        require_int("jobs", self.jobs, 1, MAX_JOBS)
         if self.out is None:
             object.__setattr__(self, "out", QUICK_OUT if self.quick else FULL_OUT)
         if not self.out.strip():

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 
 from agents.calibrate import calibrate_all
 from distree_env.config import SCENARIOS, build_config
-from experiments.cli import MAX_REQUESTS, one_line_errors, parse_args, read_config_overrides
+from experiments.cli import (
+    MAX_REQUESTS,
+    one_line_errors,
+    parse_args,
+    read_config_overrides,
+    require_int,
+)
 from experiments.run_live import RULE_SPECS
 
 
@@ -33,10 +39,7 @@ class Args:
     )
 
     def __post_init__(self) -> None:
-        if not 1 <= self.requests <= MAX_REQUESTS:
-            raise ValueError(
-                f"--requests={self.requests} is not allowed: an integer in [1, {MAX_REQUESTS}]"
-            )
+        require_int("requests", self.requests, 1, MAX_REQUESTS)
 
 
 @one_line_errors

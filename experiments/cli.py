@@ -25,8 +25,9 @@ P = ParamSpec("P")
 #: one evaluation may ask for (a cap keeps a typo like 10**13 from running for ever).
 MAX_SEED = 2**32 - 1
 MAX_REQUESTS = 10**7
-#: Most worker processes a script starts at once (``--jobs``).
+#: Most worker processes a script starts at once (``--jobs``), and most torch threads.
 MAX_JOBS = 64
+MAX_THREADS = 256
 #: Failures a script reports in one line (bad input, a file problem, a size past the machine's):
 #: anything else is a bug and keeps its traceback.
 EXPECTED_FAILURES = (ValueError, OSError, MemoryError, RecursionError, OverflowError)
@@ -97,6 +98,19 @@ def parse_args(
     except ValueError as e:
         parser.error(error_line(e))  # exit code 2, one line
         raise  # unreachable: parser.error exits
+
+
+def require_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    """Refuse ``value`` of the option ``name`` (a field name) unless it is an integer in
+    ``[low, high]`` (``>= low`` without ``high``), in the one message style of every script."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise ValueError(f"--{name.replace('_', '-')}={value!r} is not allowed: {allowed}")
 
 
 def records_positional(argv: list[str]) -> list[str]:

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 
 from distree_env.config import SCENARIOS
 from distree_env.registration import ENV_IDS
-from experiments.cli import MAX_REQUESTS, MAX_SEED, one_line_errors, parse_args
+from experiments.cli import (
+    MAX_REQUESTS,
+    MAX_SEED,
+    one_line_errors,
+    parse_args,
+    require_int,
+)
 
 #: The scenario of the default environment, ``DistrEE-v3``.
 DEFAULT_SCENARIO = ENV_IDS["DistrEE-v3"]["scenario"]
@@ -32,12 +38,8 @@ class Args:
     )
 
     def __post_init__(self) -> None:
-        if not 1 <= self.requests <= MAX_REQUESTS:
-            raise ValueError(
-                f"--requests={self.requests} is not allowed: an integer in [1, {MAX_REQUESTS}]"
-            )
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"--seed={self.seed} is not allowed: an integer in [0, {MAX_SEED}]")
+        require_int("requests", self.requests, 1, MAX_REQUESTS)
+        require_int("seed", self.seed, 0, MAX_SEED)
 
 
 @one_line_errors

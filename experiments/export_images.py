@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from distree_env.model.data import MAX_SAMPLE_IMAGES, TEST_SAMPLE_FILE
-from experiments.cli import MAX_SEED, fail, one_line_errors, parse_args
+from experiments.cli import (
+    MAX_SEED,
+    fail,
+    one_line_errors,
+    parse_args,
+    require_int,
+)
 from experiments.train_backbone import DEFAULT_DATA
 
 
@@ -41,8 +47,7 @@ class Args:
     )
 
     def __post_init__(self) -> None:
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"--seed={self.seed} is not allowed: an integer in [0, {MAX_SEED}]")
+        require_int("seed", self.seed, 0, MAX_SEED)
         if not 10 <= self.n <= MAX_SAMPLE_IMAGES or self.n % 10:
             raise ValueError(
                 f"--n={self.n} is not allowed: a multiple of 10 in [10, {MAX_SAMPLE_IMAGES}] "

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from distree_env.model.data import VAL_SIZE
-from experiments.cli import fail, one_line_errors, parse_args
+from experiments.cli import (
+    MAX_THREADS,
+    fail,
+    one_line_errors,
+    parse_args,
+    require_int,
+)
 from experiments.train_backbone import DEFAULT_DATA
 
 PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -74,12 +80,9 @@ class Args:
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
 
     def __post_init__(self) -> None:
-        if self.threads < 1:
-            raise ValueError(f"--threads {self.threads} is not allowed; it must be >= 1")
-        if self.val_size < 0:
-            raise ValueError(f"--val-size {self.val_size} is not allowed; it must be >= 0")
-        if self.max_images < 0:
-            raise ValueError(f"--max-images {self.max_images} is not allowed; it must be >= 0")
+        require_int("threads", self.threads, 1, MAX_THREADS)
+        require_int("val_size", self.val_size, 0)
+        require_int("max_images", self.max_images, 0)
         if self.prefix and not PREFIX_PATTERN.fullmatch(self.prefix):
             raise ValueError(
                 f"--prefix {self.prefix!r} is not allowed; use letters, digits, '.', '_' and '-' "

@@ -13,7 +13,12 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.cli import MAX_SEED, one_line_errors, parse_args
+from experiments.cli import (
+    MAX_SEED,
+    one_line_errors,
+    parse_args,
+    require_int,
+)
 
 #: Most frames a GIF may hold (a typo must not write a huge file).
 MAX_STEPS = 1000
@@ -32,10 +37,8 @@ class Args:
     def __post_init__(self) -> None:
         from distree_env.io import require_output_file
 
-        if not 1 <= self.steps <= MAX_STEPS:
-            raise ValueError(f"--steps={self.steps} is not allowed: an integer in [1, {MAX_STEPS}]")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"--seed={self.seed} is not allowed: an integer in [0, {MAX_SEED}]")
+        require_int("steps", self.steps, 1, MAX_STEPS)
+        require_int("seed", self.seed, 0, MAX_SEED)
         if not 0 <= self.threshold <= 1:
             raise ValueError(
                 f"--threshold={self.threshold} is not allowed: a probability in [0, 1]"

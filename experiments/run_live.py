@@ -25,7 +25,15 @@ import numpy as np
 
 from distree_env.model.data import TEST_SAMPLE_FILE
 from distree_env.runtime.records import FLUSH_EVERY
-from experiments.cli import fail, one_line_errors, parse_args, read_config_overrides
+from experiments.cli import (
+    MAX_REQUESTS,
+    MAX_THREADS,
+    fail,
+    one_line_errors,
+    parse_args,
+    read_config_overrides,
+    require_int,
+)
 
 if TYPE_CHECKING:
     from distree_env.runtime.schedule import LiveScenario
@@ -105,16 +113,15 @@ class Args:
     )
 
     def __post_init__(self) -> None:
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"--seed={self.seed}: must be an integer in [0, 2**63)")
-        for name in ("requests", "threads", "flush_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)}: must be >= 1")
+        require_int("seed", self.seed, 0, 2**63 - 1)
+        require_int("requests", self.requests, 1, MAX_REQUESTS)
+        require_int("threads", self.threads, 1, MAX_THREADS)
+        require_int("flush_every", self.flush_every, 1)
         for name in ("timeout", "idle_timeout", "rendezvous_timeout"):
             if not 0 < getattr(self, name) <= MAX_TIMEOUT_S:
                 raise ValueError(
-                    f"--{name.replace('_', '-')}={getattr(self, name)}: must be in "
-                    f"(0, {MAX_TIMEOUT_S:g}] seconds"
+                    f"--{name.replace('_', '-')}={getattr(self, name)!r} is not allowed: a "
+                    f"number of seconds in (0, {MAX_TIMEOUT_S:g}]"
                 )
 
 

@@ -51,21 +51,14 @@ from distree_env.io import (
 from experiments.cli import (
     MAX_REQUESTS,
     MAX_SEED,
+    MAX_THREADS,
     fail,
     one_line_errors,
     parse_args,
     read_config_overrides,
+    require_int,
     run_name,
 )
-
-#: Most torch threads accepted.
-MAX_THREADS = 256
-
-
-def _bounded(name: str, value: int, low: int = 1, high: int = MAX_TIMESTEPS) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        flag = "--" + name.replace("_", "-")
-        raise ValueError(f"{flag}={value!r} is not allowed: an integer in [{low}, {high}]")
 
 
 @dataclass(frozen=True)
@@ -126,17 +119,17 @@ class Args:
     verbose: int = field(default=0, metadata={"help": "SB3's verbosity: 0, 1 or 2"})
 
     def __post_init__(self) -> None:
-        _bounded("timesteps", self.timesteps, 0)
+        require_int("timesteps", self.timesteps, 0, MAX_TIMESTEPS)
         # from TEST_SEED_BASE on, seeds draw the held-out evaluations' streams
-        _bounded("seed", self.seed, 0, min(MAX_SEED, TEST_SEED_BASE - 1))
-        _bounded("n_envs", self.n_envs, 0, MAX_ENVS)
-        _bounded("eval_freq", self.eval_freq, 0)
-        _bounded("val_requests", self.val_requests, 1, MAX_REQUESTS)
-        _bounded("checkpoint_freq", self.checkpoint_freq)
-        _bounded("eval_seeds", self.eval_seeds, 1, 1000)
-        _bounded("eval_requests", self.eval_requests, 1, MAX_REQUESTS)
-        _bounded("threads", self.threads, 1, MAX_THREADS)
-        _bounded("verbose", self.verbose, 0, 2)
+        require_int("seed", self.seed, 0, min(MAX_SEED, TEST_SEED_BASE - 1))
+        require_int("n_envs", self.n_envs, 0, MAX_ENVS)
+        require_int("eval_freq", self.eval_freq, 0, MAX_TIMESTEPS)
+        require_int("val_requests", self.val_requests, 1, MAX_REQUESTS)
+        require_int("checkpoint_freq", self.checkpoint_freq, 1, MAX_TIMESTEPS)
+        require_int("eval_seeds", self.eval_seeds, 1, 1000)
+        require_int("eval_requests", self.eval_requests, 1, MAX_REQUESTS)
+        require_int("threads", self.threads, 1, MAX_THREADS)
+        require_int("verbose", self.verbose, 0, 2)
         if self.drain_weight is not None:
             check_drain_weight(self.drain_weight, "--drain-weight")
         if self.config is not None:

@@ -34,7 +34,13 @@ from typing import Any
 from distree_env.children import die_with, stop_on_signals
 from distree_env.config import SCENARIOS, check_drain_weight
 from distree_env.registration import STREAMS
-from experiments.cli import MAX_JOBS, fail, one_line_errors, parse_args
+from experiments.cli import (
+    MAX_JOBS,
+    fail,
+    one_line_errors,
+    parse_args,
+    require_int,
+)
 
 #: The scenarios agents are shipped for: every stream a registered id names (their requests
 #: are coupled through a queue, issue 9), and the isolated one for the parity result.
@@ -88,14 +94,14 @@ class Args:
             if a not in ALGOS:
                 raise ValueError(f"--algos {a!r} is not allowed: one of {', '.join(ALGOS)}")
         if not 0 < self.budget_minutes <= 24 * 60:
-            raise ValueError(f"--budget-minutes {self.budget_minutes!r}: must be in (0, 1440]")
-        if not 1 <= self.jobs <= MAX_JOBS:
-            raise ValueError(f"--jobs {self.jobs!r}: must be an integer in [1, {MAX_JOBS}]")
+            raise ValueError(
+                f"--budget-minutes={self.budget_minutes!r} is not allowed: a number in (0, 1440]"
+            )
+        require_int("jobs", self.jobs, 1, MAX_JOBS)
         if self.drain_weight is not None:
             check_drain_weight(self.drain_weight, "--drain-weight")
         for name in ("ppo_timesteps", "dqn_timesteps", "recurrent_ppo_timesteps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+            require_int(name, getattr(self, name), 0)
 
 
 def delayed_measurement(scenario: str) -> bool:

@@ -24,7 +24,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from experiments.cli import fail, one_line_errors, parse_args
+from experiments.cli import (
+    MAX_THREADS,
+    fail,
+    one_line_errors,
+    parse_args,
+    require_int,
+)
 
 DEFAULT_DATA = "../shared/data/cifar10-jpeg.tar.gz"
 
@@ -95,13 +101,9 @@ class Args:
     progress: bool = field(default=True, metadata={"help": "progress bars"})
 
     def __post_init__(self) -> None:
-        for name, low in (("threads", 1), ("max_train_images", 0), ("widen", 0), ("epochs", 0),
-                          ("batch_size", 0)):  # fmt: skip
-            if getattr(self, name) < low:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} {getattr(self, name)} is not allowed; "
-                    f"it must be >= {low}"
-                )
+        require_int("threads", self.threads, 1, MAX_THREADS)
+        for name in ("max_train_images", "widen", "epochs", "batch_size"):
+            require_int(name, getattr(self, name), 0)
 
 
 def parse_exits(text: str, num_blocks: int) -> tuple[int, ...]:

@@ -1,5 +1,6 @@
 """The command lines' shared parser: every option of every script's ``Args`` says its default in
-``--help`` (argparse drops it after an empty help text)."""
+``--help`` (argparse drops it after an empty help text); integer options are refused in one
+message style."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cli import parse_args
+from experiments.cli import parse_args, require_int
 
 SCRIPTS = sorted(
     p.stem
@@ -48,3 +49,15 @@ def test_ctrl_c_ends_a_script_in_one_line_with_exit_code_130(capsys):
         main()
     assert exc.value.code == 130
     assert capsys.readouterr().err == f"error: {INTERRUPTED}\n"
+
+
+def test_integer_options_are_refused_in_one_style():
+    require_int("eval_seeds", 1, 1, 5)
+    require_int("eval_seeds", 5, 1, 5)
+    require_int("warmup", 10**12, 0)
+    for value in (0, 6, True, 2.0):
+        with pytest.raises(ValueError) as exc:
+            require_int("eval_seeds", value, 1, 5)
+        assert str(exc.value) == f"--eval-seeds={value!r} is not allowed: an integer in [1, 5]"
+    with pytest.raises(ValueError, match=r"^--warmup=-1 is not allowed: an integer >= 0$"):
+        require_int("warmup", -1, 0)

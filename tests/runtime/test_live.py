@@ -277,8 +277,12 @@ def test_bad_timeouts_and_config_files_are_one_line_and_leave_no_file(tmp_path, 
     done = run([sys.executable, "-m", "experiments.run_live", "--requests", "5",
                 "--out", str(tmp_path / "r.json"), *extra])  # fmt: skip
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
-    needle = {"timeout": "--timeout=inf: must be in (0, 86400]", "fifo": "FIFO",
-              "deep": "cannot parse", "yaml-list": "expected a mapping"}[bad]  # fmt: skip
+    needle = {
+        "timeout": "--timeout=inf is not allowed: a number of seconds in (0, 86400]",
+        "fifo": "FIFO",
+        "deep": "cannot parse",
+        "yaml-list": "expected a mapping",
+    }[bad]
     assert needle in done.stderr, done.stderr
     assert [p.name for p in tmp_path.iterdir()] == [config.name] * (bad != "timeout")
 
