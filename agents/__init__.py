@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.baselines import DeadlineAware, LoadAware, PerExitThreshold, Planner
-from agents.calibrate import (
+from agents.calibration import (
     BASELINES,
     CALIBRATED_RULES,
     BaselineFit,
@@ -18,7 +18,7 @@ from agents.calibrate import (
     calibrate_all,
     calibrate_baselines,
 )
-from agents.evaluate import METRICS, EvalResult, evaluate
+from agents.evaluation import METRICS, EvalResult, evaluate
 from agents.oracle import Oracle
 from agents.policy import Policy
 from agents.rules import (

@@ -370,7 +370,7 @@ class Planner(RulePolicy):
 
     ``exit_table[s]`` says whether to exit in state ``s`` (see :class:`StateBins`); states
     not ``seen`` on val use ``fallback[(exit, confidence bin)]``, the visit-weighted majority of
-    the seen states in their group. Built by ``agents.calibrate.fit_planner``.
+    the seen states in their group. Built by ``agents.calibration.fit_planner``.
 
     :param bins: the state discretisation.
     :param exit_table: ``[bins.size]`` booleans.

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.evaluate import make_eval_env, prepare_policy
+from agents.evaluation import make_eval_env, prepare_policy
 from agents.splits import check_not_test, trace_split
 from distree_env.config import EnvConfig, build_config
 
@@ -62,7 +62,7 @@ def collect(
 ) -> Transitions:
     """At least ``n_steps`` transitions of ``policy`` on ``config`` (refused on a test trace).
 
-    :param policy: the behaviour policy (anything :func:`agents.evaluate.evaluate` accepts).
+    :param policy: the behaviour policy (anything :func:`agents.evaluation.evaluate` accepts).
     :param config: the environment; its trace must not be a test split.
     :param n_steps: number of transitions (rounded up to a multiple of ``num_envs``).
     :param seed: environment (and stochastic policy) seed.

@@ -18,7 +18,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
-from agents.evaluate import step_values
+from agents.evaluation import step_values
 from distree_env.config import EnvConfig
 from distree_env.vector_env import DistrEEVecEnv
 

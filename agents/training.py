@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 
-from agents.evaluate import METRICS, evaluate
+from agents.evaluation import METRICS, evaluate
 from agents.policy import (
     MismatchedStatistics,
     as_policy,

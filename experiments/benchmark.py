@@ -280,7 +280,7 @@ def _agents(
     scenario) and notes on those skipped. An agent of another scenario is not loaded (a named
     one is noted); two agents of one row name are an error."""
     from agents import load_agent
-    from agents.evaluate import observation_mismatch
+    from agents.evaluation import observation_mismatch
 
     notes: list[str] = []
     if args.agents == ("none",):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from agents.calibrate import calibrate_all
+from agents.calibration import calibrate_all
 from distree_env.config import SCENARIOS, build_config
 from experiments.cli import (
     MAX_REQUESTS,

@@ -521,7 +521,7 @@ def ship(
     are listed in its entry; a sidecar left by an earlier agent at that path is removed."""
     import numpy as np
 
-    from agents.evaluate import METRICS, evaluate
+    from agents.evaluation import METRICS, evaluate
     from agents.loading import load_agent
     from agents.policy import sidecar
     from agents.splits import held_out_seeds

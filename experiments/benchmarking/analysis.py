@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.evaluate import METRICS
+from agents.evaluation import METRICS
 from experiments.benchmarking.policies import BASELINE, LEARNED, NON_LEARNED, RULE
 
 __all__ = [

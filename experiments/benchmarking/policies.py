@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.calibrate import BaselineFit
+from agents.calibration import BaselineFit
 from agents.oracle import Oracle
 from agents.rules import (
     ConfidenceThreshold,

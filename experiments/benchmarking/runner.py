@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from agents.baselines import CONFIDENCE_FEATURES
-from agents.calibrate import BaselineFit, calibrate_baselines
-from agents.evaluate import evaluate
+from agents.calibration import BaselineFit, calibrate_baselines
+from agents.evaluation import evaluate
 from agents.splits import calibration_seeds, held_out_seeds, on_split
 from distree_env.config import EnvConfig
 from distree_env.traces import resolve_trace

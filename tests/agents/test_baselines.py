@@ -4,7 +4,6 @@ calibration on val only."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from agents import (
     evaluate,
 )
 from agents.baselines import StageTimeTable, StateBins, solve_planner
-from agents.calibrate import fit_planner, stage_time_table
+from agents.calibration import fit_planner, stage_time_table
 from agents.rollouts import collect
 from distree_env.config import EnvConfig, RewardConfig
 from distree_env.dynamics import describe
@@ -248,11 +247,11 @@ class Spy:
     with its own arithmetic (not the calibration's scoring function)."""
 
     def __init__(self, monkeypatch) -> None:
-        calibrate = importlib.import_module("agents.calibrate")  # `agents.calibrate` is a function
+        from agents import calibration
 
         self.evaluations: list[tuple[object, int, dict]] = []
         self.trials: dict[str, list[tuple]] = {}
-        real_evaluate, real_descend = calibrate.evaluate, calibrate._descend
+        real_evaluate, real_descend = calibration.evaluate, calibration._descend
 
         def evaluate_spy(policy, **run):
             result = real_evaluate(policy, **run)
@@ -268,8 +267,8 @@ class Spy:
 
             return real_descend(start, grids, recorded, rounds)
 
-        monkeypatch.setattr(calibrate, "evaluate", evaluate_spy)
-        monkeypatch.setattr(calibrate, "_descend", descend_spy)
+        monkeypatch.setattr(calibration, "evaluate", evaluate_spy)
+        monkeypatch.setattr(calibration, "_descend", descend_spy)
 
     def results(self, kind: type, **attrs) -> dict[tuple, dict[int, dict]]:
         """Metrics per seed of each evaluated ``kind`` (exactly) with these attributes, by

@@ -86,7 +86,7 @@ def test_recurrent_state_is_handed_back_every_step():
 def test_latency_figures_are_those_of_the_requests_answered():
     """``latency_mean_ms`` and ``latency_p95_ms`` are the mean and 95th percentile of the
     latencies of the requests the evaluation counted (one stream, rolled out here by hand)."""
-    from agents.evaluate import make_eval_env, step_values
+    from agents.evaluation import make_eval_env, step_values
 
     policy, n = ConfidenceThreshold(0.7), 600
     m = evaluate(policy, SYNTH, n_requests=n, seed=5, num_envs=1)
@@ -179,7 +179,7 @@ def test_standard_error_needs_two_streams_and_is_zero_without_spread():
 def test_a_stream_counts_its_drops_only_until_it_has_answered_its_share():
     """Under overload the streams reach their share at different steps; a stream that is done
     keeps stepping (the batch moves together) but its later drops are not counted."""
-    from agents.evaluate import make_eval_env, step_values
+    from agents.evaluation import make_eval_env, step_values
 
     config = EnvConfig.scenario("bursty-stream").replace(
         {"arrivals.utilisation": 1.6, "queue.capacity": 4}
@@ -217,7 +217,7 @@ def test_a_test_split_with_a_tuning_seed_is_warned_about(recwarn):
 def test_a_warmup_leaves_out_each_streams_first_requests():
     """With ``warmup=W`` each stream's counted requests are its requests W+1 to W+M, as a plain
     rollout of the same seed gives them (and ``warmup=0`` is the default)."""
-    from agents.evaluate import make_eval_env, step_values
+    from agents.evaluation import make_eval_env, step_values
 
     config = EnvConfig.scenario("bursty-stream").replace(SYNTH)
     policy, envs, warm, count = ConfidenceThreshold(0.8), 2, 40, 128

@@ -75,7 +75,7 @@ def test_unknown_rule_raises():
 
 def test_default_grids_drop_degenerate_thresholds():
     """A threshold equal to FixedExit(0), FixedExit(1) or (nearly) LastExit is no calibration."""
-    from agents.calibrate import CALIBRATED_RULES
+    from agents.calibration import CALIBRATED_RULES
 
     trace = synthetic_trace(n=50, num_classes=10)
     for rule in ("RandomExit", "ConfidenceThreshold", "EntropyThreshold", "FeatureDifference"):
@@ -91,7 +91,7 @@ def test_threshold_grids_hold_no_fixed_exit_in_disguise(trace_name):
     """On the trace, no grid point exits every request at the rule's first exit (the shipped
     network's feature difference never exceeds about 0.6, so 0.65-0.975 were FixedExit(1)), and
     every grid point lets some request out early."""
-    from agents.calibrate import CALIBRATED_RULES
+    from agents.calibration import CALIBRATED_RULES
     from distree_env.dynamics import EXIT_FEATURES, exit_features
 
     trace = resolve_trace(trace_name)
@@ -113,7 +113,7 @@ def test_threshold_grids_hold_no_fixed_exit_in_disguise(trace_name):
 def test_coordinate_descent_takes_another_pass_while_one_changes_something():
     """From (0, 0) the best point (1, 1) needs two passes: the first coordinate pays only once
     the second has moved. A pass that changes nothing ends the descent early."""
-    from agents.calibrate import _descend
+    from agents.calibration import _descend
 
     table = {(0, 0): 0.0, (1, 0): -1.0, (0, 1): 1.0, (1, 1): 2.0}
     calls = []

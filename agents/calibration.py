@@ -29,7 +29,7 @@ from agents.baselines import (
     slowest_levels,
     solve_planner,
 )
-from agents.evaluate import EvalResult, evaluate
+from agents.evaluation import EvalResult, evaluate
 from agents.rollouts import Transitions, collect, require_val
 from agents.rules import (
     ConfidenceThreshold,
