@@ -338,8 +338,9 @@ class ClusterConfig:
     ``pipelining`` (pipeline topology only): devices work on different requests at once, as in
     MDI-Exit's pipeline: device 0 takes the next waiting request as soon as it has finished stage
     0 of the previous one, and stage k of a request starts when stage k-1 has ended and device k
-    has finished the requests ahead of it (FIFO; unbounded buffers between devices; the queue
-    and its capacity are the waiting requests that device 0 has not started). False (the
+    has finished the requests ahead of it (FIFO; buffers between devices unbounded up to
+    ``QUEUE_HARD_CAP`` requests in a stream's system, beyond which arrivals are dropped; the
+    queue and its capacity are the waiting requests that device 0 has not started). False (the
     default): one request in service at a time. It needs a request stream (not ``isolated``),
     ``clock="time"`` and a per-request reward timing (``request`` or ``stage``).
     ``clock``: ``time`` (processes run in wall-clock time on a ``tick_ms`` grid) or ``request``
@@ -777,7 +778,8 @@ SCENARIO_SOURCES: dict[str, str] = {
     "changing every ~100-250 ms.",
     "cellular": "Devices on 3G/HSDPA uplinks: every link replays measured commute throughput "
     "(Riiser et al., MMSys 2013, the traces used by Pensieve), val files to train, test files to "
-    "measure; 50 ms per message (assumed), 1 s deadline, levels on a 50 ms grid.",
+    "measure; 50 ms per message (assumed), 1 s deadline, levels on a 50 ms grid (the traces are "
+    "sampled every 100 ms: each value holds for two ticks).",
     "azure-code": "Requests arriving as at a production inference service: the measured arrival "
     "times of Azure's code-completion LLM service (2023-11-16; Patel et al., Splitwise, ISCA "
     "2024), on/off bursts with minutes of silence between minutes of hundreds of requests, "

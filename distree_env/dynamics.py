@@ -104,7 +104,9 @@ class EpisodeMetrics(TypedDict):
     episode_latency_p95_ms: np.ndarray
     episode_qos_rate: np.ndarray  # answered in time / (answered + dropped)
     episode_drop_rate: np.ndarray  # dropped / (answered + dropped)
-    episode_overflow_rate: np.ndarray  # admitted beyond the queue's capacity / (answered + dropped)
+    # admitted beyond the queue's capacity in the episode's steps / (answered + dropped): can
+    # exceed 1 (a request admitted now may be answered in a later episode)
+    episode_overflow_rate: np.ndarray
     episode_wait_mean_ms: np.ndarray  # in the queue, answered requests
     # share of the episode's time (from the previous answer to its last) that a request was in
     # service; with pipelining the overlapping requests' service times add up, clipped at 1

@@ -198,12 +198,20 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     ``request_exit`` (-1 if none), ``request_correct``, ``request_latency_ms`` (from arrival)
     and ``request_wait_ms`` (from arrival to the start of stage 0; with pipelining the waits
     between devices are in the latency, not here; 0 if none), ``dropped`` (requests refused
-    this step), ``queue_len`` (waiting for device 0 now), ``episode_done`` (this step ends an
-    episode) and the episode metrics ``episode_*`` (``distree_env.dynamics.EPISODE_METRICS``; 0
-    except when ``episode_done``): accuracy over
+    this step: the arrivals up to the end of the stage the decision starts, with pipelining up
+    to the latest time a request has reached; so the step that answers a request also counts
+    those arriving during the next request's stage 0, and the first step of a stream those
+    during its first stage 0), ``queue_len`` (waiting for device 0 now), ``episode_done`` (this
+    step ends an episode) and the episode metrics ``episode_*``
+    (``distree_env.dynamics.EPISODE_METRICS``; 0 except when ``episode_done``): accuracy over
     answered requests, compute saving against last-exit, mean and p95 latency, QoS rate
-    (answered in time over answered plus dropped), drop and overflow rates, mean wait,
-    utilisation, reward sums, return, reward per request, exit fractions.
+    (answered in time over answered plus dropped), drop rate, overflow rate (admissions beyond
+    the capacity in the episode's steps over its answered plus dropped requests: it can exceed
+    1, as requests admitted now may be answered in a later episode), mean wait, utilisation,
+    reward sums, return, reward per request, exit fractions. An episode's drops are those of its
+    steps: with one request per episode, the arrivals refused from the end of its stage 0 to
+    the end of the next request's, one stage later than the latency it pays; over a stream
+    every drop is counted once.
 
     ## Arguments
     ``gym.make("DistrEE-v3", render_mode=None, **overrides)`` or

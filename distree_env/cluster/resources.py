@@ -20,10 +20,10 @@ A path is drawn once per seed as a pool of grid steps (uint8 codes into a level 
 cyclically from a random offset per environment, so a step needs two array look-ups. Two
 approximations follow. A Markov or iid path is drawn in independent pieces of
 ``SEGMENT_STEPS`` grid steps, each started from the stationary distribution, so dwell times
-much longer than a piece (2,048 ticks: 20.48 s at the default 10 ms tick) come out shorter than
-configured. The pool's length is a power of two, so a replayed trace fills it with whole copies
-and then its first rows once more: unless its length divides the pool's, those rows weigh a
-little more, and a stream that wraps around the pool jumps back to the trace's first row.
+comparable to a piece or longer (2,048 ticks: 20.48 s at the default 10 ms tick) come out
+shorter than configured. The pool's length is a power of two, so a replayed trace fills it with
+whole copies and then its first rows once more: unless its length divides the pool's, those rows
+weigh a little more, and a stream that wraps around the pool jumps back to the trace's first row.
 """
 
 from __future__ import annotations
