@@ -333,9 +333,17 @@ class ValEvalCallback(BaseCallback):
         try:
             policy = load_agent(self.best_path, trust=True)
         except MismatchedStatistics as e:
+            # the model's own statistics are gone: it cannot be used, so it is removed (the
+            # run's final model stands in until an evaluation writes a new best one)
+            for stale in (
+                self.best_path,
+                sidecar(self.best_path),
+                self.best_path.with_suffix(".json"),
+            ):
+                stale.unlink(missing_ok=True)
             warnings.warn(
-                f"{str(self.best_path)!r} {why}, and {e}: the best-on-val choice starts afresh "
-                "(the next evaluation writes a new best model)",
+                f"{str(self.best_path)!r} {why}, and {e}: removed, and the best-on-val choice "
+                "starts afresh",
                 stacklevel=2,
             )
             return -np.inf
@@ -376,6 +384,8 @@ class ValEvalCallback(BaseCallback):
             self.logger.record(f"distree_val/per_request/exit_{k}_share", float(share))
         self.logger.dump(self.num_timesteps)
         reward = float(metrics["mean_reward"])
+        if self.history and self.history[-1][0] == self.num_timesteps:
+            self.history.pop()  # evaluated again at this step: the same model, one entry
         self.history.append((int(self.num_timesteps), reward))
         if self.history_path is not None:
             atomic_write_text(self.history_path, json.dumps(self.history) + "\n")

@@ -19,6 +19,7 @@ learners it finished (a learner stopped mid-training trains again from its start
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from agents.hyperparams import MAX_TIMESTEPS
 from experiments.cli import (
+    MAX_REQUESTS,
     MAX_SEED,
     MAX_THREADS,
     fail,
@@ -63,8 +66,8 @@ class Args:
     progress: bool = field(default=True, metadata={"help": "progress bars"})
     out: str = field(
         default="",
-        metadata={"help": "the results (JSON), written after each learner "
-                          "(default: runs/learnability/<env-id>.json)"},
+        metadata={"help": "the results (JSON), written after each learner; empty: "
+                          "runs/learnability/<env-id>.json"},
     )  # fmt: skip
     resume: bool = field(
         default=False,
@@ -73,8 +76,10 @@ class Args:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        for name in ("timesteps", "eval_seeds", "eval_requests", "threads"):
-            require_int(name, getattr(self, name), 1, MAX_THREADS if name == "threads" else None)
+        require_int("timesteps", self.timesteps, 1, MAX_TIMESTEPS)
+        require_int("eval_seeds", self.eval_seeds, 1, 1000)
+        require_int("eval_requests", self.eval_requests, 1, MAX_REQUESTS)
+        require_int("threads", self.threads, 1, MAX_THREADS)
         require_int("seed", self.seed, 0, MAX_SEED)
 
     @property
@@ -240,8 +245,9 @@ def earlier_results(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
 
     if not path.is_file():
         return {}
+    text = read_text_capped(path, "--resume: --out")  # its own message for a file too large
     try:
-        data = json.loads(read_text_capped(path, "--out"))
+        data = json.loads(text)
         if not isinstance(data, dict) or not isinstance(data.get("arguments"), dict):
             raise TypeError
     except (ValueError, TypeError):
@@ -262,7 +268,9 @@ def earlier_results(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
 def _is_learner_result(entry: Any) -> bool:
     """Whether ``entry`` is a finished learner's figures (a damaged one is trained again)."""
     return isinstance(entry, dict) and all(
-        isinstance(entry.get(k), (int, float)) and not isinstance(entry.get(k), bool)
+        isinstance(entry.get(k), (int, float))
+        and not isinstance(entry.get(k), bool)
+        and math.isfinite(entry[k])
         for k in ("mean", "std", "train_minutes")
     )
 
@@ -313,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             policy = trainers[learner](args)
             minutes = (time.perf_counter() - start) / 60
             result[learner] = {**score(policy), "train_minutes": minutes}
-            record = {"arguments": arguments, **result}
+            record = {"arguments": arguments, **earlier, **result}  # learners not asked for stay
             atomic_write_text(out, strict_json(record, indent=2) + "\n")
         line = (
             f"{learner} defaults, {args.timesteps} steps: {result[learner]['mean']:.3f} per request"
@@ -326,7 +334,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{gap:+.3f} ({verdict} the {TARGET_GAP:g} target)"
             )
         print(line, flush=True)
-    atomic_write_text(out, strict_json({"arguments": arguments, **result}, indent=2) + "\n")
+    record = {"arguments": arguments, **earlier, **result}
+    atomic_write_text(out, strict_json(record, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"results -> {out}")
     return result

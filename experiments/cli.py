@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import numbers
 import sys
 import time
 import typing
@@ -105,7 +106,7 @@ def require_int(name: str, value: Any, low: int, high: int | None = None) -> Non
     ``[low, high]`` (``>= low`` without ``high``), in the one message style of every script."""
     if (
         isinstance(value, bool)
-        or not isinstance(value, int)
+        or not isinstance(value, numbers.Integral)  # numpy's integers too
         or value < low
         or (high is not None and value > high)
     ):

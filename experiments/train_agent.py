@@ -414,8 +414,11 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
         val.init_callback(model)
     final = run_dir / "final_model.zip"
     save_model(model, final)
-    if args.eval_freq and not (val.history and val.history[-1][0] == model.num_timesteps):
-        val.evaluate_now()  # the final model competes for "best on val" too (once per step)
+    evaluated = bool(val.history) and val.history[-1][0] == model.num_timesteps
+    if args.eval_freq and (not evaluated or not math.isfinite(val.best_reward)):
+        # the final model competes for "best on val" too (once per step), and stands for it
+        # where the best model on disk was dropped (its statistics were another model's)
+        val.evaluate_now()
     best = run_dir / "best_model.zip"
     chosen = best if args.eval_freq and best.is_file() else final
     result: dict[str, Any] = {

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.hyperparams import MAX_TIMESTEPS
 from distree_env.children import die_with, stop_on_signals
 from distree_env.config import SCENARIOS, check_drain_weight
 from distree_env.registration import STREAMS
@@ -101,7 +102,7 @@ class Args:
         if self.drain_weight is not None:
             check_drain_weight(self.drain_weight, "--drain-weight")
         for name in ("ppo_timesteps", "dqn_timesteps", "recurrent_ppo_timesteps"):
-            require_int(name, getattr(self, name), 0)
+            require_int(name, getattr(self, name), 0, MAX_TIMESTEPS)
 
 
 def delayed_measurement(scenario: str) -> bool:

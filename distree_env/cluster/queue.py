@@ -16,7 +16,8 @@ __all__ = ["OVERFLOW_POLICIES", "QUEUE_HARD_CAP", "WaitingQueue"]
 #: ``admit`` (admitted beyond the bound and counted as an overflow).
 OVERFLOW_POLICIES = ("drop", "admit")
 #: Most requests that can wait in one environment (also the cap on ``queue.capacity``); with
-#: ``overflow="admit"`` an arrival beyond it is dropped.
+#: ``overflow="admit"``, or with pipelining (whose ring holds every request in the system), an
+#: arrival beyond it is dropped.
 QUEUE_HARD_CAP = 1024
 
 

@@ -299,8 +299,9 @@ def test_a_save_stopped_between_statistics_and_model_leaves_a_pair_that_is_refus
             save_model(_normalised_ppo(1), path)
     with pytest.raises(MismatchedStatistics, match="saved with another model than .*best_model"):
         load_agent(str(path), trust=True)
-    with pytest.warns(UserWarning, match="has no record, and .* starts afresh"):
+    with pytest.warns(UserWarning, match="has no record, and .* removed, and .* starts afresh"):
         assert ValEvalCallback(SYNTH, 1, best_path=path).best_reward == -np.inf
+    assert not path.exists() and not sidecar(path).exists()  # a pair no one can use
 
     plain = PPO("MlpPolicy", make_sb3_env(SYNTH, 2, seed=0), n_steps=32, device="cpu")
     save_model(_normalised_ppo(0), path)  # a whole pair again

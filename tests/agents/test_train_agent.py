@@ -303,6 +303,31 @@ def test_a_kill_between_the_best_model_and_its_record_is_measured_again(tmp_path
     assert "cannot be evaluated again" in capsys.readouterr().err
 
 
+def test_a_best_model_saved_with_another_models_statistics_is_dropped(tmp_path, tiny):
+    """A run stopped between a best model's statistics and its archive (at its last evaluation)
+    resumes without that pair: it is removed, and the final model is evaluated and chosen."""
+    from agents.loading import load_agent
+    from agents.policy import sidecar
+
+    hyperparams = tmp_path / "normalised.yml"
+    hyperparams.write_text(
+        TINY_PPO.replace("  n_epochs: 1\n", "  n_epochs: 1\n  normalize: true\n")
+    )
+    argv = [*_common(tmp_path, tiny), "--hyperparams", str(hyperparams), "--timesteps", "512",
+            "--eval-freq", "256", "--run-name", "r"]  # fmt: skip
+    train_agent.main(argv)
+    run = tmp_path / "runs" / "r"
+    best = run / "best_model.zip"
+    stats = dict(np.load(sidecar(best)))
+    np.savez(sidecar(best), **{**stats, "model_sha256": np.array("0" * 64)})  # another model's
+    with pytest.warns(UserWarning, match="saved with another model .* removed"):
+        again = train_agent.main([*argv, "--resume"])
+    assert again["val_reward"] is not None and again["model"] == str(best)
+    assert load_agent(best, trust=True).normalizer is not None  # a pair that loads
+    steps = [s for s, _ in again["val_history"]]
+    assert len(steps) == len(set(steps))  # one evaluation per step
+
+
 def test_tensorboard_names_say_per_request_or_per_episode(tmp_path, tiny):
     """The val evaluation logs the benchmark's metrics; totals and per-request figures have
     different names; hyperparameters and config are logged as text."""

@@ -44,6 +44,17 @@ def test_a_stopped_run_resumes_from_the_learners_it_finished(tmp_path, monkeypat
     result = bench_learnability.main([*argv, "--resume"])
     assert result["cleanrl"] == first and "sb3" in json.loads(out.read_text())
     assert "resuming: cleanrl taken from" in capsys.readouterr().err
+    # a resume asking for fewer learners keeps the others' figures in the file
+    only_sb3 = [*argv[:1], "sb3", *argv[3:]]
+    assert "cleanrl" not in bench_learnability.main([*only_sb3, "--resume"])
+    assert json.loads(out.read_text())["cleanrl"] == first
+    # a damaged figure (not finite) is measured again, not taken
+    data = json.loads(out.read_text())
+    out.write_text(json.dumps({**data, "sb3": {**data["sb3"], "mean": float("inf")}}))
+    monkeypatch.setattr(bench_learnability, "train_sb3", stopped)
+    with pytest.raises(SystemExit, match="130"):
+        bench_learnability.main([*argv, "--resume"])
+    monkeypatch.setattr(bench_learnability, "train_sb3", lambda args: LastExit())
     # measured otherwise: refused, naming what differs
     with pytest.raises(SystemExit):
         bench_learnability.main([*argv, "--resume", "--seed", "2"])

@@ -8,6 +8,7 @@ import dataclasses
 import importlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from experiments.cli import parse_args, require_int
@@ -55,6 +56,7 @@ def test_integer_options_are_refused_in_one_style():
     require_int("eval_seeds", 1, 1, 5)
     require_int("eval_seeds", 5, 1, 5)
     require_int("warmup", 10**12, 0)
+    require_int("eval_seeds", np.int64(3), 1, 5)  # numpy's integers are integers
     for value in (0, 6, True, 2.0):
         with pytest.raises(ValueError) as exc:
             require_int("eval_seeds", value, 1, 5)

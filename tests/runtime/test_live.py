@@ -314,7 +314,7 @@ def test_unreachable_master_is_one_line_and_exit_2(tiny, tmp_path):
     assert time.monotonic() - started < 120  # bounded: process start-up plus the 2 s
 
 
-def test_kernel_shaping_run(tiny, tmp_path):
+def test_kernel_shaping_run(tiny, tmp_path, host_network):
     """The same run with links shaped by tc tbf between network namespaces (root only)."""
     why = kernel_shaping_unavailable()
     if why is not None:

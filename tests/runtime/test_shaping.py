@@ -124,7 +124,7 @@ def test_token_bucket_release_is_met_by_sleep():
     assert _overshoot_ms(shaped, plain) <= 3.0
 
 
-def test_kernel_shaping_sets_up_and_removes_namespaces():
+def test_kernel_shaping_sets_up_and_removes_namespaces(host_network):
     why = kernel_shaping_unavailable()
     if why is not None:
         pytest.skip(why)
