@@ -266,6 +266,8 @@ class ValEvalCallback(BaseCallback):
         self.n_requests, self.seed = n_requests, seed
         self.best_path = None if best_path is None else Path(best_path)
         self.history_path = None if history_path is None else Path(history_path)
+        #: Whether the best model on disk was removed (saved with another model's statistics).
+        self.dropped_best = False
         self.best_reward = self._recorded_best()
         self.history: list[tuple[int, float]] = []
         self._due = _AfterUpdate(eval_freq)
@@ -341,6 +343,7 @@ class ValEvalCallback(BaseCallback):
                 self.best_path.with_suffix(".json"),
             ):
                 stale.unlink(missing_ok=True)
+            self.dropped_best = True
             warnings.warn(
                 f"{str(self.best_path)!r} {why}, and {e}: removed, and the best-on-val choice "
                 "starts afresh",
@@ -377,6 +380,7 @@ class ValEvalCallback(BaseCallback):
 
     def evaluate_now(self) -> dict[str, Any]:
         """Evaluate, log and keep the best; returns the metrics."""
+        self.num_timesteps = self.model.num_timesteps  # also outside learn (a resumed run)
         metrics = evaluate(as_policy(self.model), self.config, self.n_requests, self.seed)
         for key in METRICS:
             self.logger.record(f"distree_val/per_request/{key}", float(metrics[key]))

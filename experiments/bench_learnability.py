@@ -268,11 +268,17 @@ def earlier_results(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
 def _is_learner_result(entry: Any) -> bool:
     """Whether ``entry`` is a finished learner's figures (a damaged one is trained again)."""
     return isinstance(entry, dict) and all(
-        isinstance(entry.get(k), (int, float))
-        and not isinstance(entry.get(k), bool)
-        and math.isfinite(entry[k])
-        for k in ("mean", "std", "train_minutes")
+        _finite_number(entry.get(k)) for k in ("mean", "std", "train_minutes")
     )
+
+
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
 @one_line_errors

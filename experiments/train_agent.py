@@ -401,6 +401,11 @@ def _train(args: Args, config: Any, hp: Any, run_dir: Path) -> dict[str, Any]:
     if found:
         val.resume_history(done_steps)
     remaining = max(timesteps - model.num_timesteps, 0)
+    if remaining and val.dropped_best and args.eval_freq:
+        # the best model was removed: the checkpoint resumed from competes again (its
+        # evaluation, if the stopped run made one, is replaced), as later ones will
+        val.init_callback(model)
+        val.evaluate_now()
     if remaining:
         model.learn(
             remaining,

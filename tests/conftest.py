@@ -23,7 +23,8 @@ def host_network():
     """Held while a test shapes links in the kernel: its namespaces share one fixed subnet and
     are checked by name in the host-wide ``ip netns list``, so two such tests on two workers
     would collide."""
-    with open(Path(tempfile.gettempdir()) / "distree-env-host-network.lock", "w") as lock:
+    name = f"distree-env-host-network-{os.getuid()}.lock"  # another user's file is not ours
+    with open(Path(tempfile.gettempdir()) / name, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 

@@ -303,9 +303,10 @@ def test_a_kill_between_the_best_model_and_its_record_is_measured_again(tmp_path
     assert "cannot be evaluated again" in capsys.readouterr().err
 
 
-def test_a_best_model_saved_with_another_models_statistics_is_dropped(tmp_path, tiny):
+def test_a_best_model_saved_with_another_models_statistics_is_dropped(tmp_path, tiny, monkeypatch):
     """A run stopped between a best model's statistics and its archive (at its last evaluation)
     resumes without that pair: it is removed, and the final model is evaluated and chosen."""
+    from agents import training
     from agents.loading import load_agent
     from agents.policy import sidecar
 
@@ -325,7 +326,27 @@ def test_a_best_model_saved_with_another_models_statistics_is_dropped(tmp_path, 
     assert again["val_reward"] is not None and again["model"] == str(best)
     assert load_agent(best, trust=True).normalizer is not None  # a pair that loads
     steps = [s for s, _ in again["val_history"]]
-    assert len(steps) == len(set(steps))  # one evaluation per step
+    assert steps == [256, 512]  # the final model evaluated again at its own step, once
+    # stopped so at 256 of 512 steps: the checkpoint resumed from competes again
+    short = [*argv[:-1], "r2", "--checkpoint-freq", "256"]
+    short[short.index("--timesteps") + 1] = "256"
+    train_agent.main(short)
+    best = tmp_path / "runs" / "r2" / "best_model.zip"
+    stats = dict(np.load(sidecar(best)))
+    np.savez(sidecar(best), **{**stats, "model_sha256": np.array("0" * 64)})
+    short[short.index("--timesteps") + 1] = "512"
+    real = training.evaluate
+
+    def worse_later(policy, *args):  # the model at 256 must win, if it competes
+        metrics = dict(real(policy, *args))
+        metrics["mean_reward"] -= 1.0 * (policy.model.num_timesteps > 256)
+        return metrics
+
+    monkeypatch.setattr(training, "evaluate", worse_later)
+    with pytest.warns(UserWarning, match="removed"):
+        resumed = train_agent.main([*short, "--resume"])
+    history = resumed["val_history"]
+    assert [s for s, _ in history] == [256, 512] and resumed["val_reward"] == history[0][1]
 
 
 def test_tensorboard_names_say_per_request_or_per_episode(tmp_path, tiny):
