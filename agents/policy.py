@@ -25,6 +25,7 @@ __all__ = [
     "Policy",
     "SB3Policy",
     "as_policy",
+    "files_sha256",
     "find_vecnormalize",
     "load_vecnormalize",
     "read_obs_normalizer",
@@ -265,3 +266,12 @@ def sidecar(path: str | os.PathLike) -> Path:
     """Where an agent's normalisation statistics live: ``NAME.vecnormalize.npz`` beside it."""
     p = Path(path)
     return p.with_name(p.stem + ".vecnormalize.npz")
+
+
+def files_sha256(path: str | os.PathLike) -> tuple[str, str | None]:
+    """The sha256 of an agent's archive and of its normalisation statistics (None where it has
+    none): what its figures depend on."""
+    from distree_env.manifest import sha256_of
+
+    stats = sidecar(path)
+    return sha256_of(path), sha256_of(stats) if stats.is_file() else None

@@ -27,12 +27,12 @@ from agents.evaluation import METRICS, evaluate
 from agents.policy import (
     MismatchedStatistics,
     as_policy,
+    files_sha256,
     find_vecnormalize,
     save_vecnormalize,
     sidecar,
 )
 from distree_env.io import atomic_write, atomic_write_text, read_npz, read_text_capped
-from distree_env.manifest import sha256_of
 
 __all__ = [
     "ALGOS",
@@ -297,11 +297,8 @@ class ValEvalCallback(BaseCallback):
         """The sha256 of the best model's files as they are on disk (the ``.zip`` and its
         normalisation statistics, None where there are none)."""
         assert self.best_path is not None
-        stats = sidecar(self.best_path)
-        return {
-            "sha256": sha256_of(self.best_path),
-            "normalization_sha256": sha256_of(stats) if stats.is_file() else None,
-        }
+        archive, stats = files_sha256(self.best_path)
+        return {"sha256": archive, "normalization_sha256": stats}
 
     def _recorded_best(self) -> float:
         """The val reward of the best model on disk: its record's, or measured again where the

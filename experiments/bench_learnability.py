@@ -224,17 +224,14 @@ def held_out_config(env_id: str) -> tuple[Any, str]:
     return test, scenario
 
 
-def tuned_sha256(ref: str) -> str | None:
-    """The sha256 of the tuned agent's archive and statistics (None: no such file)."""
+def tuned_sha256(ref: str) -> list[str | None] | None:
+    """The sha256 of the tuned agent's archive and statistics, as JSON keeps them (None: no
+    such file)."""
     from agents.loading import agent_path
-    from agents.policy import sidecar
-    from distree_env.manifest import sha256_of
+    from agents.policy import files_sha256
 
     path = agent_path(ref)
-    if not path.is_file():
-        return None
-    stats = sidecar(path)
-    return sha256_of(path) + (sha256_of(stats) if stats.is_file() else "")
+    return list(files_sha256(path)) if path.is_file() else None
 
 
 def earlier_results(path: Path, expected: dict[str, Any]) -> dict[str, Any]:

@@ -46,11 +46,7 @@ def plan_key(plan: BenchmarkPlan) -> str:
     """sha256 of what a scenario's figures depend on: the plan without its scenario list, the
     traces' and the agents' file contents (with their normalisation statistics)."""
     from agents.loading import agent_path
-    from agents.policy import sidecar
-
-    def agent_files(ref: str) -> list[str | None]:
-        path, stats = agent_path(ref), sidecar(agent_path(ref))
-        return [sha256_of(path), sha256_of(stats) if stats.is_file() else None]
+    from agents.policy import files_sha256
 
     described = {
         "seeds": plan.seeds,
@@ -59,7 +55,9 @@ def plan_key(plan: BenchmarkPlan) -> str:
         "traces": [_trace_identity(plan.test_trace), _trace_identity(plan.val_trace)],
         "thresholds": plan.thresholds,
         "calibration": dataclasses.asdict(plan.calibration),
-        "agents": [[a.algo, a.scenario, a.ref, *agent_files(a.ref)] for a in plan.agents],
+        "agents": [
+            [a.algo, a.scenario, a.ref, *files_sha256(agent_path(a.ref))] for a in plan.agents
+        ],
         "trust": plan.trust,
         "warmup": plan.warmup,
     }

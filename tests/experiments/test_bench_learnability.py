@@ -83,3 +83,21 @@ def test_a_foreign_id_or_a_missing_tuned_agent_is_one_line(argv, needle, capsys,
             [*argv, "--timesteps", "64", "--eval-seeds", "1", "--out", str(tmp_path / "o.json")]
         )
     assert exc.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_a_resume_beside_a_shipped_tuned_agent_takes_its_learners(tmp_path, monkeypatch):
+    """The tuned agent's files are part of what a resume must share, as JSON keeps them."""
+    from agents.rules import LastExit
+
+    out = tmp_path / "learn.json"
+    argv = ["--learners", "cleanrl", "--eval-seeds", "1", "--eval-requests", "128",
+            "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr(bench_learnability, "train_cleanrl", lambda args: LastExit())
+    first = bench_learnability.main(argv)
+    assert json.loads(out.read_text())["arguments"]["tuned_sha256"][0]  # the shipped PPO's
+
+    def stopped(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_learnability, "train_cleanrl", stopped)  # must not train again
+    assert bench_learnability.main([*argv, "--resume"])["cleanrl"] == first["cleanrl"]
