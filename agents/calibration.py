@@ -39,6 +39,7 @@ from agents.rules import (
     LastExit,
     RandomExit,
     RulePolicy,
+    check_integer,
     check_number,
 )
 from distree_env.config import EnvConfig, build_config
@@ -587,8 +588,7 @@ def _check_baseline_args(
         ("rounds", rounds, 1),
         ("data_steps", data_steps, 1),
     ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"calibrate_baselines: {name}={value!r}; expected an integer >= {low}")
+        check_integer(f"calibrate_baselines: {name}", value, low)
     for f in features:
         if f not in CONFIDENCE_FEATURES:
             raise ValueError(

@@ -18,6 +18,7 @@ from typing import Any, TypedDict
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from agents.rules import check_integer
 from agents.splits import TEST_SEED_BASE, test_parts
 from distree_env.config import EnvConfig, build_config
 from distree_env.traces import resolve_trace
@@ -154,11 +155,9 @@ def evaluate(
         ("n_requests", n_requests, 1),
         ("num_envs", num_envs, 1),
         ("warmup", warmup, 0),
+        ("seed", seed, 0),
     ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"evaluate: {name}={value!r}; expected an integer >= {low}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"evaluate: seed={seed!r}; expected an integer >= 0")
+        check_integer(f"evaluate: {name}", value, low)
     config = build_config(config)
     if seed < TEST_SEED_BASE and test_parts(config):
         warnings.warn(

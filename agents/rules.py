@@ -42,6 +42,14 @@ def check_number(name: str, value: Any, low: float = 0.0, high: float = 1.0) -> 
     return float(value)
 
 
+def check_integer(name: str, value: Any, low: int) -> int:
+    """``value`` as an int if it is an integer >= ``low`` (numpy's too; bools refused), else a
+    ValueError naming ``name`` (``"evaluate: n_requests"``: the function and its argument)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name}={value!r}; expected an integer >= {low}")
+    return int(value)
+
+
 class RulePolicy:
     """Base of the rules: feature look-up by name and SB3's ``predict`` signature."""
 
