@@ -128,10 +128,13 @@ def evaluate(
 
     Every sub-env counts its first ``ceil(n_requests / num_envs)`` answered requests after its
     ``warmup`` (at least one episode's and, for request streams, ``MIN_STREAM_REQUESTS``' worth,
-    so a queue has time to build up) and the requests dropped meanwhile: a policy that answers
-    quickly gets no more requests counted. The reward is each request's own (correctness,
-    latency from arrival, deadline; a drop costs ``wrong_penalty + deadline_penalty``), whatever
-    ``reward.timing`` says about when the learner is paid it.
+    so a queue has time to build up) and the arrivals dropped before each of them (the info's
+    ``request_drops_before``: those refused since the request admitted before it), so the drops
+    counted are those among the counted requests' arrivals, in whatever order a pipeline
+    answers them: a policy that answers quickly gets no more requests counted. The reward is
+    each request's own (correctness, latency from arrival, deadline; a drop costs
+    ``wrong_penalty + deadline_penalty``), whatever ``reward.timing`` says about when the
+    learner is paid it.
 
     :param policy: anything with SB3's ``predict`` (a rule, a baseline, ``Oracle``, an SB3
         model or ``agents.load_agent``'s result).
@@ -141,7 +144,7 @@ def evaluate(
         numbers in any process.
     :param num_envs: largest number of sub-environments stepped together.
     :param warmup: requests each sub-env's stream answers first without counting them (nor
-        its drops until then): its queue starts empty, and under bursty load it takes a few
+        the drops before them): its queue starts empty, and under bursty load it takes a few
         hundred requests to reach its steady state. 0 counts from the idle start.
     :returns: :class:`EvalResult`. ``mean_reward`` is the reward per request (answered or
         dropped), ``qos_rate`` the share of them answered within the deadline.
@@ -193,7 +196,6 @@ def evaluate(
         actions = np.asarray(actions, dtype=np.int64).reshape(num_envs)
         active = (answered < per_env) & (served >= warmup)
         obs, _, terminated, truncated, infos = venv.step(actions)
-        dropped += np.where(active, step_values(infos, "dropped"), 0)
         answered_now = step_values(infos, "request_done").astype(bool)
         served += answered_now
         done = active & answered_now
@@ -202,6 +204,7 @@ def evaluate(
             streams.append(np.flatnonzero(done))
             latency.append(step_values(infos, "request_latency_ms")[done])
             correct.append(step_values(infos, "request_correct")[done])
+            dropped += np.where(done, step_values(infos, "request_drops_before"), 0)
             answered += done
         episode_start = terminated | truncated
     exits_a = np.concatenate(exits).astype(np.int64)

@@ -86,6 +86,7 @@ STEP_INFO: dict[str, type] = {
     "request_correct": np.bool_,
     "request_latency_ms": np.float64,
     "request_wait_ms": np.float64,
+    "request_drops_before": np.int64,
     "dropped": np.int64,
     "queue_len": np.int64,
 }
@@ -374,6 +375,9 @@ class Dynamics:
         self.late_held = np.zeros(b, dtype=np.int64)
         self.late_queued = np.zeros(b, dtype=np.int64)
         self.sample = np.zeros(b, dtype=np.int64)
+        #: Arrivals refused between the request admitted before the one in service and its
+        #: arrival (reported when it is answered: ``request_drops_before``).
+        self.drops_before = np.zeros(b, dtype=np.int64)
         self.request = np.zeros(b, dtype=np.int64)
         self.offset = np.zeros(b, dtype=np.int64)
         self.queue = WaitingQueue(b, self.slots)
@@ -661,6 +665,7 @@ class Dynamics:
             "request_correct": correct,
             "request_latency_ms": latency,
             "request_wait_ms": wait,
+            "request_drops_before": self.drops_before * ex,
             "dropped": None,
             "queue_len": None,
         }
@@ -692,11 +697,15 @@ class Dynamics:
             arrival, sample = t, self._take(rng, ex)[1]
         else:
             waiting = self.queue.size > 0
-            queued_at, queued = self.queue.pop(ex & waiting)
+            queued_at, queued, queued_drops = self.queue.pop(ex & waiting)
             self.late_queued -= ex & waiting & (self.late_queued > 0)  # the head was the oldest
             arrives_at, arriving = self._take(rng, ex & ~waiting)
+            arriving_drops = self.queue.admit_direct(ex & ~waiting)
             arrival = np.where(waiting, queued_at, arrives_at)
             sample = np.where(waiting, queued, arriving)
+            self.drops_before = np.where(
+                ex, np.where(waiting, queued_drops, arriving_drops), self.drops_before
+            )
         start = np.maximum(t, arrival)
         if self.handover or self.stall_p:
             busy = np.zeros(self.num_envs, dtype=bool) if self.isolated else waiting
@@ -783,6 +792,7 @@ class Dynamics:
             else:
                 queue.push(active[room], time[room], sample[room])
                 full = active[~room]
+                queue.refuse(full)
                 dropped[full] += 1
                 self.ep_dropped[full] += 1
             if counting:  # overflow="admit": count admissions beyond the capacity
@@ -857,7 +867,8 @@ class Dynamics:
             self._admit(m, time[m], sample[m])
         head = q.base + q.head
         start, end = self.q_start.take(head), self.q_end0.take(head)
-        arrival, sample = q.pop(ex)
+        arrival, sample, drops_before = q.pop(ex)
+        self.drops_before = np.where(ex, drops_before, self.drops_before)
         self.started = np.where(ex, np.maximum(self.started - 1, 0), self.started)
         self.arrival = np.where(ex, arrival, self.arrival)
         self.sample = np.where(ex, sample, self.sample)
@@ -912,6 +923,7 @@ class Dynamics:
             if room.any():
                 self._admit(active[room], time[room], sample[room])
             full = active[~room]
+            q.refuse(full)
             dropped[full] += 1
             self.ep_dropped[full] += 1
 
@@ -1117,6 +1129,9 @@ class Dynamics:
         info["request_correct"][()] = correct
         info["request_latency_ms"] = np.float64(latency)
         info["request_wait_ms"] = np.float64(wait)
+        drops_before = self.drops_before.item()
+        if drops_before:  # fresh_info holds 0
+            info["request_drops_before"] = np.int64(drops_before)
         return r_correct, r_latency, r_deadline
 
     def _start_one(self, rng: np.random.Generator, t: float) -> None:
@@ -1131,11 +1146,15 @@ class Dynamics:
             queue.time_sum[0] = queue.time_sum.item() - arrival if queue.size.item() else 0.0
             if self.late_queued.item() > 0:  # the head was the oldest
                 self.late_queued[0] -= 1
+            drops_before = queue.drops_before.item(head)
         else:
             slot = self.a_next.item() & (2 * ARRIVAL_BLOCK - 1)
             arrival = t if self.isolated else self.a_time.item(slot)
             sample = self.a_sample.item(slot)
             self._consume_one(rng)
+            drops_before = queue.refused.item()
+            if drops_before:
+                queue.refused[0] = 0
         start = max(t, arrival)
         if self.handover or self.stall_p:
             start = start + self._handover_ms(np.array([busy])).item()
@@ -1143,6 +1162,7 @@ class Dynamics:
             self.coldness[0] = coldness(start - t, self.cold_tau_ms)
         self.arrival[0] = arrival
         self.sample[0] = sample
+        self.drops_before[0] = drops_before
         self.service_start[0] = start
         self.last_decision[0] = arrival
         self.t[0] = start
@@ -1182,11 +1202,16 @@ class Dynamics:
                 flat = (queue.head.item() + size) % self.slots
                 queue.time[flat] = time
                 queue.sample[flat] = sample
+                refused = queue.refused.item()
+                queue.drops_before[flat] = refused
+                if refused:
+                    queue.refused[0] = 0
                 queue.size[0] = size + 1
                 queue.time_sum[0] += time
                 if size >= self.capacity:
                     self.ep_overflow[0] += 1
             else:
+                queue.refused[0] += 1
                 dropped += 1
                 self.ep_dropped[0] += 1
 

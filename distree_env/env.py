@@ -197,7 +197,11 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     reward parts; they sum to the reward), ``request_done`` (a request was answered this step),
     ``request_exit`` (-1 if none), ``request_correct``, ``request_latency_ms`` (from arrival)
     and ``request_wait_ms`` (from arrival to the start of stage 0; with pipelining the waits
-    between devices are in the latency, not here; 0 if none), ``dropped`` (requests refused
+    between devices are in the latency, not here; 0 if none), ``request_drops_before`` (the
+    arrivals refused between the request admitted before the answered one and its own arrival:
+    every drop belongs to the next request admitted, so summing it over a set of answered
+    requests counts the drops among their arrivals, as ``agents.evaluate`` does; 0 if none),
+    ``dropped`` (requests refused
     this step: the arrivals up to the end of the stage the decision starts, with pipelining up
     to the latest time a request has reached; so the step that answers a request also counts
     those arriving during the next request's stage 0, and the first step of a stream those
@@ -224,6 +228,10 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     in service, true future resource levels) and ``oracle_actions()``.
 
     ## Version History
+    * Every id, later addition (the dynamics unchanged): the info's ``request_drops_before``,
+      with which ``agents.evaluate`` counts the drops among the counted requests' arrivals (it
+      counted the drops of the steps that answered them, which with pipelining reach as far as
+      the latest request and overstated a saturated device 0's drop rate up to threefold).
     * v3: v2 with ``reward.drain_weight = 1``: each episode's end also pays the change in the
       queue's drain cost (``reward_queue``); the dynamics and ``EnvConfig()``'s defaults are
       v2's. Why: under bursty load SB3's and CleanRL's default PPO, seeing one request per

@@ -624,3 +624,45 @@ def test_admissions_beyond_the_capacity_are_counted_one_by_one():
         starts.append(max(a, starts[-1] + service))
     by_hand = sum(any(start > a for start in starts[:j]) for j, a in enumerate(arrivals))
     assert by_hand > 20 and round(info["episode_overflow_rate"] * 40) == by_hand
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_every_drop_belongs_to_the_next_admitted_request(pipelining):
+    """Periodic arrivals numbered i = 0, 1, ...: an admitted request's ``request_drops_before``
+    is the number of arrivals between it and the request admitted before it (all of them were
+    refused), in whatever order the requests are answered; and every drop is counted once:
+    by an answered request, a request still in the system, or the queue's count of refusals
+    since its last admission."""
+    cluster = {**CONSTANT["cluster"], "pipelining": pipelining}
+    cfg = EnvConfig.from_dict(
+        {**CONSTANT, "cluster": cluster, "queue": {"capacity": 2}, "requests_per_episode": 1000,
+         "arrivals": {"kind": "periodic", "utilisation": 6.0 if pipelining else 2.0}}
+        | ({"trace": "synthetic:n=200,topology=pipeline,exits=3,devices=3",
+            "reward": {"timing": "stage"}} if pipelining else {})
+    )  # fmt: skip
+    gap = 1e3 / describe(cfg)["rate_per_s"]
+    env = DistrEEEnv(cfg)
+    env.reset(seed=3)
+    dyn = env.unwrapped._dyn
+    first = dyn.arrival[0]
+    index = lambda at: int(np.rint((at - first) / gap))  # noqa: E731
+    drops_before, dropped = {}, 0
+    rng = np.random.default_rng(0)
+    for _ in range(600):
+        serving = index(dyn.arrival[0])
+        *_, info = env.step(int(rng.random() < 0.3))
+        dropped += int(info["dropped"])
+        if info["request_done"]:
+            drops_before[serving] = int(info["request_drops_before"])
+    q = dyn.queue
+    ring = (q.head[0] + np.arange(q.size[0])) % q.slots
+    waiting = zip(q.time[ring], q.drops_before[ring], strict=True)
+    in_system = {index(at): int(n) for at, n in waiting}
+    in_system[index(dyn.arrival[0])] = int(dyn.drops_before[0])
+    admitted = sorted(drops_before | in_system)
+    assert admitted[0] == 0 and drops_before.get(0, 0) == 0
+    for before, request in zip(admitted, admitted[1:], strict=False):
+        if request in drops_before:
+            assert drops_before[request] == request - before - 1, request
+    assert sum(drops_before.values()) > 50
+    assert dropped == sum(drops_before.values()) + sum(in_system.values()) + q.refused[0]

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from agents import METRICS, ConfidenceThreshold, RandomExit, evaluate
+from agents import METRICS, ConfidenceThreshold, FixedExit, LastExit, RandomExit, evaluate
 from distree_env.config import REWARD_TIMINGS, EnvConfig
 from tests.agents import SYNTH
 
@@ -176,9 +176,11 @@ def test_standard_error_needs_two_streams_and_is_zero_without_spread():
     assert m["mean_reward_se"] > 0
 
 
-def test_a_stream_counts_its_drops_only_until_it_has_answered_its_share():
+def test_a_stream_counts_the_drops_before_its_counted_requests_only():
     """Under overload the streams reach their share at different steps; a stream that is done
-    keeps stepping (the batch moves together) but its later drops are not counted."""
+    keeps stepping (the batch moves together) but the drops before its later requests are not
+    counted: each counted request brings the arrivals refused since the one admitted before it
+    (``request_drops_before``)."""
     from agents.evaluation import make_eval_env, step_values
 
     config = EnvConfig.scenario("bursty-stream").replace(
@@ -188,16 +190,33 @@ def test_a_stream_counts_its_drops_only_until_it_has_answered_its_share():
     venv = make_eval_env(config, 2)  # the same run, counted by hand
     obs, _ = venv.reset(seed=3)
     answered, dropped, extra = np.zeros(2, int), np.zeros(2, int), 0
-    while (answered < 128).any():
+    while (answered < 192).any():  # on past the share of 128
         actions, _ = ConfidenceThreshold(0.8).predict(obs, deterministic=True)
         before = answered < 128
         obs, _, _, _, info = venv.step(actions)
-        drops = step_values(info, "dropped")  # an ended episode's values are in final_info
+        done = step_values(info, "request_done").astype(bool)  # ended episodes: final_info
+        drops = np.where(done, step_values(info, "request_drops_before"), 0)
         dropped += np.where(before, drops, 0)
         extra += int(np.where(before, 0, drops).sum())
-        answered += before & step_values(info, "request_done")
+        answered += done
+    assert dropped.sum() > 0
     assert m["n_requests"] == 256 + dropped.sum()
+    assert np.isclose(m["drop_rate"], dropped.sum() / (256 + dropped.sum()))
     assert extra > 0  # the finished stream did drop more, uncounted
+
+
+def test_a_pipeline_saturated_at_device_0_drops_alike_whatever_the_exits():
+    """With pipelining device 0 serves the arrivals in order whatever the decisions of the
+    requests ahead, so where it is the bottleneck the share of arrivals refused does not depend
+    on the policy. Counting the drops up to the latest time any request reached (as evaluate
+    did) tripled it for a policy whose requests run far ahead of the counted ones."""
+    config = EnvConfig.scenario("pipelined-stream").replace({"arrivals.utilisation": 3.5})
+    rates = [
+        evaluate(policy, config, n_requests=1024, seed=0, num_envs=8, warmup=128)["drop_rate"]
+        for policy in (FixedExit(0), LastExit())
+    ]
+    assert rates[0] > 0.03
+    assert abs(rates[0] - rates[1]) < 0.02, rates
 
 
 def test_a_test_split_with_a_tuning_seed_is_warned_about(recwarn):
