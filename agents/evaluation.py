@@ -145,7 +145,10 @@ def evaluate(
     :param num_envs: largest number of sub-environments stepped together.
     :param warmup: requests each sub-env's stream answers first without counting them (nor
         the drops before them): its queue starts empty, and under bursty load it takes a few
-        hundred requests to reach its steady state. 0 counts from the idle start.
+        hundred requests to reach its steady state. 0 counts from the idle start. The counted
+        requests are a window of arrivals: where a long backlog builds (``overflow="admit"`` up
+        to ``QUEUE_HARD_CAP``, a pipelined backlog), the drops among later arrivals belong to
+        requests answered a backlog later, so a window that ends before them counts none.
     :returns: :class:`EvalResult`. ``mean_reward`` is the reward per request (answered or
         dropped), ``qos_rate`` the share of them answered within the deadline.
         ``mean_reward_se`` is its standard error estimated between the sub-envs, whose streams
@@ -162,6 +165,14 @@ def evaluate(
     ):
         check_integer(f"evaluate: {name}", value, low)
     config = build_config(config)
+    if config.episode_end == "terminate" and config.arrivals.kind != "isolated":
+        warnings.warn(
+            "evaluate: episode_end='terminate' starts a fresh stream at every episode end, "
+            "discarding the requests still waiting or in service (neither answered nor "
+            "dropped) and the drops before them; only the answered requests are counted "
+            "('terminate-continue' or 'truncate' keep the stream going)",
+            stacklevel=2,
+        )
     if seed < TEST_SEED_BASE and test_parts(config):
         warnings.warn(
             f"evaluate: seed={seed} on the test split draws the resource paths and arrivals of "

@@ -187,7 +187,8 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     better than answering well.
     ``"truncate"`` (v1) truncates and the stream goes on (the observation returned is the next
     decision's, so value bootstrapping is exact); ``"terminate"`` (v0) terminates and
-    ``reset()`` starts a fresh stream.
+    ``reset()`` starts a fresh stream (with a request stream, the requests still waiting or in
+    service are discarded, neither answered nor dropped, with the drops before them).
 
     ## Info
     Every step and ``reset`` return the same keys (numpy scalars; flags as fresh 0-d bool
@@ -231,7 +232,8 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     * Every id, later addition (the dynamics unchanged): the info's ``request_drops_before``,
       with which ``agents.evaluate`` counts the drops among the counted requests' arrivals (it
       counted the drops of the steps that answered them, which with pipelining reach as far as
-      the latest request and overstated a saturated device 0's drop rate up to threefold).
+      the latest request and overstated a saturated device 0's drop rate several-fold, the
+      more the longer the stream).
     * v3: v2 with ``reward.drain_weight = 1``: each episode's end also pays the change in the
       queue's drain cost (``reward_queue``); the dynamics and ``EnvConfig()``'s defaults are
       v2's. Why: under bursty load SB3's and CleanRL's default PPO, seeing one request per

@@ -356,6 +356,8 @@ def _simulate_once(
             times.append(time.perf_counter() - t0)
         start = False
         obs, _, terminated, truncated, info = env.step(int(np.asarray(action).reshape(-1)[0]))
+        # every drop of the run, as the live run records them (not agents.evaluate's count of
+        # the drops before a window of requests: here the whole run is the window)
         dropped += int(info.get("dropped", 0))
         if info.get("request_done", False):
             exits.append(int(info["request_exit"]))

@@ -266,3 +266,14 @@ def test_a_warmup_leaves_out_each_streams_first_requests():
 def test_bad_arguments_are_named(kwargs, named):
     with pytest.raises(ValueError, match=named):
         evaluate(RandomExit(0.4), SYNTH, **{"n_requests": 64, **kwargs})
+
+
+def test_a_terminating_stream_is_warned_about(recwarn):
+    """``episode_end="terminate"`` discards the requests waiting at each episode end: said, as
+    evaluate counts only the answered ones; a stream that goes on is not warned about."""
+    config = EnvConfig.scenario("bursty-stream").replace(SYNTH)
+    with pytest.warns(UserWarning, match="episode_end='terminate'"):
+        evaluate(RandomExit(0.4), config.replace({"episode_end": "terminate"}), n_requests=64)
+    recwarn.clear()
+    evaluate(RandomExit(0.4), config, n_requests=64)
+    assert not [w for w in recwarn if "terminate" in str(w.message)]
