@@ -41,6 +41,8 @@ from experiments.cli import (
 
 #: Issue 9: a default learner should come within this much reward per request of the tuned one.
 TARGET_GAP = 0.01
+#: The plain learners this script can train.
+LEARNERS = ("sb3", "cleanrl")
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,8 @@ class Args:
     env_id: str = field(default="DistrEE-v3", metadata={"help": "a registered DistrEE id"})
     timesteps: int = field(default=300_000, metadata={"help": "environment steps per learner"})
     learners: tuple[str, ...] = field(
-        default=("sb3", "cleanrl"),
-        metadata={"help": "the plain learners to run", "choices": ["sb3", "cleanrl"]},
+        default=LEARNERS,
+        metadata={"help": "the plain learners to run", "choices": list(LEARNERS)},
     )
     tuned: str = field(
         default="auto",
@@ -259,6 +261,13 @@ def earlier_results(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
             f"--resume: {str(path)!r} was measured with {', '.join(differ)}; resume with its "
             "arguments, or leave out --resume to start afresh"
         )
+    for name in LEARNERS:
+        if name in data and not _is_learner_result(data[name]):
+            print(
+                f"--resume: {name}'s figures in {str(path)!r} are damaged (not finite numbers): "
+                "measured again if asked for, else left out of the file",
+                file=sys.stderr,
+            )
     return {name: entry for name, entry in data.items() if _is_learner_result(entry)}
 
 

@@ -54,6 +54,7 @@ def test_a_stopped_run_resumes_from_the_learners_it_finished(tmp_path, monkeypat
     monkeypatch.setattr(bench_learnability, "train_sb3", stopped)
     with pytest.raises(SystemExit, match="130"):
         bench_learnability.main([*argv, "--resume"])
+    assert "sb3's figures in" in capsys.readouterr().err  # said, not dropped silently
     monkeypatch.setattr(bench_learnability, "train_sb3", lambda args: LastExit())
     # measured otherwise: refused, naming what differs
     with pytest.raises(SystemExit):
