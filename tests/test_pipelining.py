@@ -248,3 +248,26 @@ def test_queue_prefix_search_equals_a_walk_on_growing_values():
         while walk[i] < size[i] and values[base[i] + (head[i] + walk[i]) % slots] <= bound[i]:
             walk[i] += 1
     assert np.array_equal(dyn._queue_prefix(values, base, head, lo, size, bound), walk)
+
+
+def test_a_saturated_device_0_refuses_the_same_arrivals_whatever_the_exits():
+    """Device 0 serves the arrivals in order whatever the requests ahead decide, so where it is
+    the bottleneck one stream refuses the same arrivals under any policy, and each admitted
+    request reports the same drops before it (``request_drops_before``) once answered."""
+    config = EnvConfig.scenario("pipelined-stream").replace({"arrivals.utilisation": 3.5})
+    seen = []
+    for action in (1, 0):  # exit at once; continue to the last exit
+        env = DistrEEEnv(config)
+        env.reset(seed=5)
+        dyn, drops = env.unwrapped._dyn, {}
+        while len(drops) < 1500:
+            arrival = float(dyn.arrival[0])
+            *_, terminated, truncated, info = env.step(action)
+            if info["request_done"]:
+                drops[arrival] = int(info["request_drops_before"])
+            if terminated or truncated:
+                env.reset()  # without a seed: the same stream goes on
+        seen.append(drops)
+    both = seen[0].keys() & seen[1].keys()
+    assert len(both) > 1000 and sum(seen[0][a] for a in both) > 50
+    assert all(seen[0][a] == seen[1][a] for a in both)
