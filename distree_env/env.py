@@ -216,7 +216,8 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     reward sums, return, reward per request, exit fractions. An episode's drops are those of its
     steps: with one request per episode, the arrivals refused from the end of its stage 0 to
     the end of the next request's, one stage later than the latency it pays; over a stream
-    every drop is counted once.
+    every drop is counted once. (``agents.evaluate`` counts ``request_drops_before`` instead:
+    with pipelining the two differ, as a step's drops reach as far as the latest request.)
 
     ## Arguments
     ``gym.make("DistrEE-v3", render_mode=None, **overrides)`` or

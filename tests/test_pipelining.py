@@ -253,7 +253,9 @@ def test_queue_prefix_search_equals_a_walk_on_growing_values():
 def test_a_saturated_device_0_refuses_the_same_arrivals_whatever_the_exits():
     """Device 0 serves the arrivals in order whatever the requests ahead decide, so where it is
     the bottleneck one stream refuses the same arrivals under any policy, and each admitted
-    request reports the same drops before it (``request_drops_before``) once answered."""
+    request reports the same drops before it (``request_drops_before``) once answered; until
+    a policy that sends requests on to slower devices fills the stream's system to
+    ``QUEUE_HARD_CAP`` (after some 1,000 requests here), which this stream stops short of."""
     config = EnvConfig.scenario("pipelined-stream").replace({"arrivals.utilisation": 3.5})
     seen = []
     for action in (1, 0):  # exit at once; continue to the last exit

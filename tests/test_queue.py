@@ -626,34 +626,44 @@ def test_admissions_beyond_the_capacity_are_counted_one_by_one():
     assert by_hand > 20 and round(info["episode_overflow_rate"] * 40) == by_hand
 
 
-@pytest.mark.parametrize("pipelining", [False, True])
-def test_every_drop_belongs_to_the_next_admitted_request(pipelining):
+@pytest.mark.parametrize("path", ["single", "vector", "pipelined"])
+def test_every_drop_belongs_to_the_next_admitted_request(path):
     """Periodic arrivals numbered i = 0, 1, ...: an admitted request's ``request_drops_before``
     is the number of arrivals between it and the request admitted before it (all of them were
-    refused), in whatever order the requests are answered; and every drop is counted once:
-    by an answered request, a request still in the system, or the queue's count of refusals
-    since its last admission."""
+    refused), whether it waited in the queue or went straight to idle devices, in whatever
+    order the requests are answered; and every drop is counted once: by an answered request, a
+    request still in the system, or the queue's count of refusals since its last admission.
+    The single env's scalar path and the vector env's are both checked (one sub-env)."""
+    pipelining = path == "pipelined"
     cluster = {**CONSTANT["cluster"], "pipelining": pipelining}
     cfg = EnvConfig.from_dict(
-        {**CONSTANT, "cluster": cluster, "queue": {"capacity": 2}, "requests_per_episode": 1000,
-         "arrivals": {"kind": "periodic", "utilisation": 6.0 if pipelining else 2.0}}
+        {**CONSTANT, "cluster": cluster, "queue": {"capacity": 1}, "requests_per_episode": 1000,
+         "arrivals": {"kind": "periodic", "utilisation": 6.0 if pipelining else 2.5}}
         | ({"trace": "synthetic:n=200,topology=pipeline,exits=3,devices=3",
             "reward": {"timing": "stage"}} if pipelining else {})
     )  # fmt: skip
     gap = 1e3 / describe(cfg)["rate_per_s"]
-    env = DistrEEEnv(cfg)
-    env.reset(seed=3)
-    dyn = env.unwrapped._dyn
+    if path == "vector":
+        env = DistrEEVecEnv(1, cfg)
+        env.reset(seed=3)
+        dyn = env._dyn
+    else:
+        env = DistrEEEnv(cfg)
+        env.reset(seed=3)
+        dyn = env.unwrapped._dyn
     first = dyn.arrival[0]
     index = lambda at: int(np.rint((at - first) / gap))  # noqa: E731
-    drops_before, dropped = {}, 0
+    drops_before, dropped, straight = {}, 0, 0
     rng = np.random.default_rng(0)
-    for _ in range(600):
+    for _ in range(800):
         serving = index(dyn.arrival[0])
-        *_, info = env.step(int(rng.random() < 0.3))
+        action = int(rng.random() < 0.5)
+        *_, info = env.step(np.array([action]) if path == "vector" else action)
+        info = {key: np.asarray(value).reshape(-1)[0] for key, value in info.items()}
         dropped += int(info["dropped"])
         if info["request_done"]:
             drops_before[serving] = int(info["request_drops_before"])
+            straight += drops_before[serving] > 0 and info["request_wait_ms"] < 1e-9
     q = dyn.queue
     ring = (q.head[0] + np.arange(q.size[0])) % q.slots
     waiting = zip(q.time[ring], q.drops_before[ring], strict=True)
@@ -665,4 +675,6 @@ def test_every_drop_belongs_to_the_next_admitted_request(pipelining):
         if request in drops_before:
             assert drops_before[request] == request - before - 1, request
     assert sum(drops_before.values()) > 50
+    if not pipelining:  # refusals, then an idle device: the next arrival goes straight in
+        assert straight > 5
     assert dropped == sum(drops_before.values()) + sum(in_system.values()) + q.refused[0]

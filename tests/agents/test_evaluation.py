@@ -208,15 +208,16 @@ def test_a_stream_counts_the_drops_before_its_counted_requests_only():
 def test_a_pipeline_saturated_at_device_0_drops_alike_whatever_the_exits():
     """With pipelining device 0 serves the arrivals in order whatever the decisions of the
     requests ahead, so where it is the bottleneck the share of arrivals refused does not depend
-    on the policy. Counting the drops up to the latest time any request reached (as evaluate
-    did) tripled it for a policy whose requests run far ahead of the counted ones."""
+    on the policy (up to the arrival draws the sub-envs share; streams of 512 requests stay
+    below ``QUEUE_HARD_CAP``). Counting the drops up to the latest time any request reached (as
+    evaluate did) gave LastExit five times FixedExit(0)'s rate here (0.321 against 0.064)."""
     config = EnvConfig.scenario("pipelined-stream").replace({"arrivals.utilisation": 3.5})
     rates = [
-        evaluate(policy, config, n_requests=1024, seed=0, num_envs=8, warmup=128)["drop_rate"]
+        evaluate(policy, config, n_requests=4096, seed=0, num_envs=8, warmup=128)["drop_rate"]
         for policy in (FixedExit(0), LastExit())
     ]
     assert rates[0] > 0.03
-    assert abs(rates[0] - rates[1]) < 0.02, rates
+    assert max(rates) < 1.3 * min(rates), rates
 
 
 def test_a_test_split_with_a_tuning_seed_is_warned_about(recwarn):
@@ -276,4 +277,6 @@ def test_a_terminating_stream_is_warned_about(recwarn):
         evaluate(RandomExit(0.4), config.replace({"episode_end": "terminate"}), n_requests=64)
     recwarn.clear()
     evaluate(RandomExit(0.4), config, n_requests=64)
+    isolated = EnvConfig.scenario("isolated").replace(SYNTH).replace({"episode_end": "terminate"})
+    evaluate(RandomExit(0.4), isolated, n_requests=64)  # the v0 ids: nothing waits
     assert not [w for w in recwarn if "terminate" in str(w.message)]
