@@ -66,13 +66,19 @@ class EvalResult(TypedDict):
     mean_reward_se: float  # standard error of mean_reward between the sub-envs' streams
 
 
-def make_eval_env(config: EnvConfig, num_envs: int) -> DistrEEVecEnv:
+def make_eval_env(
+    config: EnvConfig, num_envs: int, independent_streams: bool = False
+) -> DistrEEVecEnv:
     """The batched environment every evaluation and calibration rollout runs on (SAME_STEP
     autoreset: every step is a decision, the observation after an episode end is the first of
     the next episode, which continues the same request stream; no episode metrics: the
     figures are computed from the requests)."""
     return DistrEEVecEnv(
-        num_envs, config, autoreset_mode=AutoresetMode.SAME_STEP, episode_metrics=False
+        num_envs,
+        config,
+        autoreset_mode=AutoresetMode.SAME_STEP,
+        episode_metrics=False,
+        independent_streams=independent_streams,
     )
 
 
@@ -123,6 +129,7 @@ def evaluate(
     seed: int = 0,
     num_envs: int = 256,
     warmup: int = 0,
+    independent_streams: bool = False,
 ) -> EvalResult:
     """Run ``policy`` until at least ``n_requests`` requests are answered; pooled metrics.
 
@@ -149,13 +156,18 @@ def evaluate(
         requests are a window of arrivals: where a long backlog builds (``overflow="admit"`` up
         to ``QUEUE_HARD_CAP``, a pipelined backlog), the drops among later arrivals belong to
         requests answered a backlog later, so a window that ends before them counts none.
+    :param independent_streams: True draws every sub-env's arrivals and images from a
+        generator of its own, so that policies evaluated with one seed meet the same streams
+        (a paired comparison); False (the default, what the benchmark's figures use) draws
+        them from one generator, in an order that depends on the policy, so two policies share
+        the resource paths and each stream's first 64 arrivals, not the rest.
     :returns: :class:`EvalResult`. ``mean_reward`` is the reward per request (answered or
         dropped), ``qos_rate`` the share of them answered within the deadline.
         ``mean_reward_se`` is its standard error estimated between the sub-envs, whose streams
         are independent (NaN with one sub-env): the requests of one stream share its queue and
         its bursts, so their own spread would understate it. Compare policies on the same
-        seeds (the same streams, as the benchmark does), not one policy's figure with
-        another's of another seed.
+        seeds (as the benchmark does; with ``independent_streams`` the same streams), not one
+        policy's figure with another's of another seed.
     """
     for name, value, low in (
         ("n_requests", n_requests, 1),
@@ -185,7 +197,7 @@ def evaluate(
         stream = max(stream, MIN_STREAM_REQUESTS)
     num_envs = max(1, min(int(num_envs), n_requests // stream))
     per_env = math.ceil(n_requests / num_envs)
-    venv = make_eval_env(config, num_envs)
+    venv = make_eval_env(config, num_envs, bool(independent_streams))
     policy = prepare_policy(policy, venv, int(seed))
     masked = bool(getattr(policy, "uses_action_masks", False))
 

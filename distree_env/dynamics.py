@@ -359,6 +359,9 @@ class Dynamics:
         self._drain_scale = self.latency_cost * tb.mean_service_ms
         self.drain_start = np.zeros(b)
         self.pool_steps = pool_steps(b)
+        #: One generator per stream for its arrival times and images (see
+        #: :meth:`own_generators`), or None: every stream draws from the caller's generator.
+        self.stream_rngs: list[np.random.Generator] | None = None
         self.pool_seed = -1
         self.pool: Pool | None = None
         self.stall_rng = np.random.default_rng(0)  # replaced by seed_pool
@@ -451,6 +454,16 @@ class Dynamics:
         self.pool_seed = int(seed)
         self.pool = self.tables.pool(self.pool_seed, self.pool_steps)
         self.stall_rng = np.random.default_rng([self.pool_seed, self.config.cluster.stall_seed])
+
+    def own_generators(self, seed: int) -> None:
+        """Give every stream a generator of its own (spawned from ``seed``, one per index) for its
+        arrival times and images. Why: with one generator for all, blocks are drawn for
+        whichever streams run low, and when that happens depends on the policy, so two
+        policies run with one seed meet the same arrivals only until the first refill; with a
+        generator each, a stream's arrivals and images depend on the seed alone. It costs a
+        Python loop over the streams at each refill (opt-in, for paired evaluations)."""
+        children = np.random.SeedSequence(int(seed)).spawn(self.num_envs)
+        self.stream_rngs = [np.random.default_rng(child) for child in children]
 
     def ensure_pool(self, seed: int | None, rng: np.random.Generator) -> None:
         """Use the pool drawn from ``seed``; without one, keep the pool or draw one from ``rng``."""
@@ -765,19 +778,38 @@ class Dynamics:
         """Draw the next block of (arrival time, trace row) for streams ``envs`` (each has room
         for a block in its ring)."""
         n, width = ARRIVAL_BLOCK, 2 * ARRIVAL_BLOCK
-        if self.isolated:
-            times = np.zeros((envs.size, n))
+        if self.stream_rngs is not None:
+            times, samples = self._draw_own(envs, n)
         else:
-            state = self.arr_state
-            sub = ArrivalState(*(getattr(state, f)[envs] for f in state.__dict__))
-            times = self.tables.arrivals.generate(rng, sub, n)
-            for name, value in sub.__dict__.items():
-                getattr(state, name)[envs] = value
-        samples = rng.integers(0, self.tables.trace.n, size=(envs.size, n))
+            times = self._draw_arrivals(rng, envs, n)
+            samples = rng.integers(0, self.tables.trace.n, size=(envs.size, n))
         flat = (envs * width)[:, None] + (self.a_end[envs][:, None] + np.arange(n)) % width
         self.a_time[flat] = times
         self.a_sample[flat] = samples
         self.a_end[envs] += n
+
+    def _draw_arrivals(self, rng: np.random.Generator, envs: np.ndarray, n: int) -> np.ndarray:
+        """The next ``n`` arrival times ``[len(envs), n]`` of streams ``envs``, drawn from
+        ``rng`` (zeros for isolated requests); advances their arrival state."""
+        if self.isolated:
+            return np.zeros((envs.size, n))
+        state = self.arr_state
+        sub = ArrivalState(*(getattr(state, f)[envs] for f in state.__dict__))
+        times = self.tables.arrivals.generate(rng, sub, n)
+        for name, value in sub.__dict__.items():
+            getattr(state, name)[envs] = value
+        return times
+
+    def _draw_own(self, envs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_refill`'s arrival times and trace rows, each stream from its own generator."""
+        assert self.stream_rngs is not None
+        times = np.empty((envs.size, n))
+        samples = np.empty((envs.size, n), dtype=np.int64)
+        for i, env in enumerate(envs.tolist()):
+            rng = self.stream_rngs[env]
+            times[i] = self._draw_arrivals(rng, np.array([env]), n)[0]
+            samples[i] = rng.integers(0, self.tables.trace.n, size=n)
+        return times, samples
 
     def _arrivals(self, rng: np.random.Generator, dropped: np.ndarray) -> None:
         """Admit (or drop, counted into ``dropped``) every arrival up to now in every stream."""

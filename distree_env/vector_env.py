@@ -71,7 +71,8 @@ class DistrEEVecEnv(VectorEnv):
       no change to any observation or reward: partial resets (``reset_mask``), ``DISABLED``
       autoreset, bool actions, ``human`` drawing in ``step`` and ``reset``; and with
       ``max_episode_steps`` a step that terminates at the limit is also truncated, as
-      ``TimeLimit`` does.
+      ``TimeLimit`` does; ``independent_streams`` (a generator per sub-env for its arrivals
+      and images, off by default: the default draws are unchanged).
     * v0: initial version.
     """
 
@@ -86,6 +87,7 @@ class DistrEEVecEnv(VectorEnv):
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         disable_env_checker: bool | None = None,
         episode_metrics: bool = True,
+        independent_streams: bool = False,
         **overrides: Any,
     ) -> None:
         """:param num_envs: sub-environments.
@@ -99,6 +101,12 @@ class DistrEEVecEnv(VectorEnv):
             ``episode_done`` still marks the ends): for rollouts that compute their own figures
             (``agents.evaluate``), where computing them at every request's end (v2, v3) was a
             fifth of the step.
+        :param independent_streams: True gives every sub-env a generator of its own for its
+            arrival times and images, seeded by ``reset``'s seed and its index, so that a
+            sub-env's stream does not depend on the policy (with one generator for all, blocks
+            are drawn for whichever sub-envs run low, which depends on the decisions): two
+            policies reset with one seed then meet the same streams. Slower at each refill;
+            off by default, where one generator drives every sub-env.
         :param overrides: config fields, applied last."""
         del disable_env_checker  # the sync mode's make() accepts it; a batched env has no checker
         if isinstance(num_envs, (bool, np.bool_)) or not isinstance(num_envs, (int, np.integer)):
@@ -136,6 +144,7 @@ class DistrEEVecEnv(VectorEnv):
         )
         self.render_mode = render_mode
         self.episode_metrics = bool(episode_metrics)
+        self.independent_streams = bool(independent_streams)
         self.num_envs = int(num_envs)
         self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
         self.metadata = {"autoreset_mode": mode, "render_modes": list(RENDER_MODES),
@@ -211,6 +220,8 @@ class DistrEEVecEnv(VectorEnv):
         dyn = self._dyn
         dyn.ensure_pool(seed, self.np_random)
         if seed is not None or not self._started:
+            if self.independent_streams:
+                dyn.own_generators(seed if seed is not None else dyn.pool_seed)
             dyn.restart(self.np_random, self._all)
         else:
             self._reset_envs(self._all)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
 
-from distree_env import DistrEEEnv, DistrEEVecEnv
+from distree_env import DistrEEEnv, DistrEEVecEnv, EnvConfig
 
 from .conftest import ENV_IDS
 
@@ -404,3 +404,28 @@ def test_without_episode_metrics_only_their_values_change():
             np.testing.assert_array_equal(fa["request_latency_ms"], fb["request_latency_ms"])
             ended += int(ta.sum())
     assert ended > 10
+
+
+@pytest.mark.parametrize("independent", [False, True])
+def test_independent_streams_meet_the_same_arrivals_whatever_the_policy(independent):
+    """With ``independent_streams`` every sub-env draws its arrivals and images from a generator
+    of its own, so two policies reset with one seed answer the same requests (arrival time and
+    image) in every stream; with one generator for all (the default) the blocks are drawn for
+    whichever streams run low, so the streams part after the first blocks."""
+    cfg = EnvConfig.scenario("bursty-stream").replace(
+        {"queue.capacity": 1024, "queue.overflow": "admit"}  # every arrival answered, in order
+    )
+
+    def answered(action: int) -> list[list[tuple[float, int]]]:
+        venv = DistrEEVecEnv(4, cfg, independent_streams=independent)
+        venv.reset(seed=7)
+        dyn, seen = venv._dyn, [[] for _ in range(4)]
+        while min(map(len, seen)) < 300:
+            arrival, sample = dyn.arrival.copy(), dyn.sample.copy()
+            *_, info = venv.step(np.full(4, action))
+            for env in np.flatnonzero(info["request_done"]):
+                seen[env].append((float(arrival[env]), int(sample[env])))
+        return [stream[:300] for stream in seen]
+
+    same = [a == b for a, b in zip(answered(1), answered(0), strict=True)]
+    assert same == [independent] * 4

@@ -77,8 +77,10 @@ class CalibrationSizes:
 class BenchmarkPlan:
     """What to run: scenarios, the val seeds (test takes as many held-out ones), requests per
     evaluation, the base config, the exit traces of each split, rule grid size, calibration
-    sizes, the learned agents (loaded with ``trust`` as the benchmark was asked) and the
-    requests each stream answers before an evaluation counts (``warmup``)."""
+    sizes, the learned agents (loaded with ``trust`` as the benchmark was asked), the
+    requests each stream answers before an evaluation counts (``warmup``) and whether each
+    point's sub-envs draw their arrivals and images from generators of their own
+    (``independent_streams``: policies then meet the same streams on a seed)."""
 
     scenarios: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -91,6 +93,7 @@ class BenchmarkPlan:
     agents: tuple[AgentFile, ...] = ()
     trust: bool = False
     warmup: int = 0
+    independent_streams: bool = False
 
     def split_seeds(self, split: str) -> tuple[int, ...]:
         """The seeds of ``split``: :attr:`seeds` on val, as many held-out seeds on test."""
@@ -116,9 +119,17 @@ def evaluate_point(
     seed: int,
     n_requests: int,
     warmup: int = 0,
+    independent_streams: bool = False,
 ) -> dict[str, Any]:
     """One row: ``agents.evaluate`` of ``spec`` on ``config`` with ``seed``."""
-    metrics = evaluate(spec.build(), config, n_requests=n_requests, seed=seed, warmup=warmup)
+    metrics = evaluate(
+        spec.build(),
+        config,
+        n_requests=n_requests,
+        seed=seed,
+        warmup=warmup,
+        independent_streams=independent_streams,
+    )
     row: dict[str, Any] = {
         "split": split,
         "scenario": scenario,
@@ -186,7 +197,16 @@ def _rows(
 ) -> list[dict[str, Any]]:
     """Every spec on ``split`` with every seed of that split."""
     return [
-        evaluate_point(spec, split, config, scenario, seed, plan.n_requests, plan.warmup)
+        evaluate_point(
+            spec,
+            split,
+            config,
+            scenario,
+            seed,
+            plan.n_requests,
+            plan.warmup,
+            plan.independent_streams,
+        )
         for spec in specs
         for seed in plan.split_seeds(split)
     ]

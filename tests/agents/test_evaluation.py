@@ -280,3 +280,20 @@ def test_a_terminating_stream_is_warned_about(recwarn):
     isolated = EnvConfig.scenario("isolated").replace(SYNTH).replace({"episode_end": "terminate"})
     evaluate(RandomExit(0.4), isolated, n_requests=64)  # the v0 ids: nothing waits
     assert not [w for w in recwarn if "terminate" in str(w.message)]
+
+
+def test_independent_streams_reach_the_evaluation_env(monkeypatch):
+    """``evaluate(..., independent_streams=True)`` runs on sub-envs with generators of their own
+    (the pairing itself is tested on the vector env) and is deterministic."""
+    import agents.evaluation as evaluation
+
+    made = []
+    make = evaluation.make_eval_env
+    monkeypatch.setattr(
+        evaluation, "make_eval_env", lambda *args: made.append(make(*args)) or made[-1]
+    )
+    config = EnvConfig.scenario("bursty-stream").replace(SYNTH)
+    runs = [evaluate(RandomExit(0.4), config, 256, independent_streams=True) for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert [venv.independent_streams for venv in made] == [True, True]
+    assert made[0]._dyn.stream_rngs is not None
