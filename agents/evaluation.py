@@ -158,7 +158,8 @@ def evaluate(
         requests answered a backlog later, so a window that ends before them counts none.
     :param independent_streams: True draws every sub-env's arrivals and images from a
         generator of its own, so that policies evaluated with one seed meet the same streams
-        (a paired comparison); False (the default, what the benchmark's figures use) draws
+        (a paired comparison; not with ``episode_end="terminate"``, see ``DistrEEVecEnv``);
+        False (the default, what the benchmark's figures use) draws
         them from one generator, in an order that depends on the policy, so two policies share
         the resource paths and each stream's first 64 arrivals, not the rest.
     :returns: :class:`EvalResult`. ``mean_reward`` is the reward per request (answered or

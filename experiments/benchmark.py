@@ -193,7 +193,8 @@ class BenchmarkArgs:
         metadata={
             "help": "evaluate every point on sub-envs that draw their arrivals and images from "
             "generators of their own, so that policies meet the same streams on a seed (a "
-            "paired comparison; the baselines are calibrated as without it)"
+            "paired comparison; the baselines are calibrated with one generator, as without "
+            "it, LoadAware[accuracy] to the best agent's val accuracy on these points)"
         },
     )
     out: str | None = field(

@@ -429,3 +429,11 @@ def test_independent_streams_meet_the_same_arrivals_whatever_the_policy(independ
 
     same = [a == b for a, b in zip(answered(1), answered(0), strict=True)]
     assert same == [independent] * 4
+
+
+def test_independent_streams_are_refused_where_episodes_start_fresh_streams():
+    """With ``episode_end="terminate"`` each episode end restarts a stream, drawing its start
+    when the others' timing says: no pairing to promise, so the option is refused."""
+    config = EnvConfig.scenario("bursty-stream").replace({"episode_end": "terminate"})
+    with pytest.raises(ValueError, match="independent_streams=True is not allowed"):
+        DistrEEVecEnv(2, config, independent_streams=True)
