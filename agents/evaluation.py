@@ -67,12 +67,13 @@ class EvalResult(TypedDict):
 
 
 def make_eval_env(
-    config: EnvConfig, num_envs: int, independent_streams: bool = False
+    config: EnvConfig, num_envs: int, independent_streams: bool = True
 ) -> DistrEEVecEnv:
     """The batched environment every evaluation and calibration rollout runs on (SAME_STEP
     autoreset: every step is a decision, the observation after an episode end is the first of
     the next episode, which continues the same request stream; no episode metrics: the
-    figures are computed from the requests)."""
+    figures are computed from the requests; independent streams: what one seed gives does not
+    depend on the policy)."""
     return DistrEEVecEnv(
         num_envs,
         config,
@@ -129,7 +130,7 @@ def evaluate(
     seed: int = 0,
     num_envs: int = 256,
     warmup: int = 0,
-    independent_streams: bool = False,
+    independent_streams: bool = True,
 ) -> EvalResult:
     """Run ``policy`` until at least ``n_requests`` requests are answered; pooled metrics.
 
@@ -156,19 +157,19 @@ def evaluate(
         requests are a window of arrivals: where a long backlog builds (``overflow="admit"`` up
         to ``QUEUE_HARD_CAP``, a pipelined backlog), the drops among later arrivals belong to
         requests answered a backlog later, so a window that ends before them counts none.
-    :param independent_streams: True draws every sub-env's arrivals and images from a
-        generator of its own, so that policies evaluated with one seed meet the same streams
-        (a paired comparison; not with ``episode_end="terminate"``, see ``DistrEEVecEnv``);
-        False (the default, what the benchmark's figures use) draws
+    :param independent_streams: True (the default) draws every sub-env's resource offset,
+        arrivals and images from a generator of its own, so that policies evaluated with one
+        seed meet the same streams (a paired comparison; see ``DistrEEVecEnv``); False draws
         them from one generator, in an order that depends on the policy, so two policies share
-        the resource paths and each stream's first 64 arrivals, not the rest.
+        the resource paths and each stream's first 64 arrivals, not the rest (faster under
+        bursts: the arrival generator then runs once for all sub-envs).
     :returns: :class:`EvalResult`. ``mean_reward`` is the reward per request (answered or
         dropped), ``qos_rate`` the share of them answered within the deadline.
         ``mean_reward_se`` is its standard error estimated between the sub-envs, whose streams
         are independent (NaN with one sub-env): the requests of one stream share its queue and
         its bursts, so their own spread would understate it. Compare policies on the same
-        seeds (as the benchmark does; with ``independent_streams`` the same streams), not one
-        policy's figure with another's of another seed.
+        seeds (as the benchmark does: then they meet the same streams), not one policy's
+        figure with another's of another seed.
     """
     for name, value, low in (
         ("n_requests", n_requests, 1),

@@ -131,6 +131,12 @@ EPISODE_METRICS = tuple(
 )
 #: Arrival times and trace rows are drawn in blocks of this many per stream (a power of two).
 ARRIVAL_BLOCK = 32
+#: The spawn key, under a seed's ``numpy.random.SeedSequence``, of the stalls' generator
+#: (followed by ``cluster.stall_seed``). Why a key of its own: the resource pool is drawn from
+#: the seed itself, and ``default_rng([seed, 0])`` is ``default_rng(seed)``, so stalls seeded
+#: by ``[seed, stall_seed]`` replayed the pool's draws at ``stall_seed=0``. Independent streams
+#: use the keys ``(stream, episode)``, below ``MAX_NUM_ENVS``; this one is above.
+STALL_SPAWN_KEY = 2**32 - 1
 #: Samples used to estimate the mean last-exit service time (fixed seed: deterministic).
 SERVICE_SAMPLES = 4096
 _REWARD_PARTS = (
@@ -362,6 +368,8 @@ class Dynamics:
         #: One generator per stream for its arrival times and images (see
         #: :meth:`own_generators`), or None: every stream draws from the caller's generator.
         self.stream_rngs: list[np.random.Generator] | None = None
+        self.stream_seed = 0
+        self.stream_restarts = np.zeros(b, dtype=np.int64)
         self.pool_seed = -1
         self.pool: Pool | None = None
         self.stall_rng = np.random.default_rng(0)  # replaced by seed_pool
@@ -450,20 +458,40 @@ class Dynamics:
     # ---- lifecycle ----------------------------------------------------------------------------
     def seed_pool(self, seed: int) -> None:
         """Use the resource pool drawn from ``seed``, and restart the stalls' own random stream
-        (seeded by ``seed`` and ``cluster.stall_seed``)."""
+        (seeded by ``seed`` and ``cluster.stall_seed``, apart from the pool's)."""
         self.pool_seed = int(seed)
         self.pool = self.tables.pool(self.pool_seed, self.pool_steps)
-        self.stall_rng = np.random.default_rng([self.pool_seed, self.config.cluster.stall_seed])
+        stalls = np.random.SeedSequence(
+            self.pool_seed, spawn_key=(STALL_SPAWN_KEY, self.config.cluster.stall_seed)
+        )
+        self.stall_rng = np.random.default_rng(stalls)
 
     def own_generators(self, seed: int) -> None:
-        """Give every stream a generator of its own (spawned from ``seed``, one per index) for its
-        arrival times and images. Why: with one generator for all, blocks are drawn for
-        whichever streams run low, and when that happens depends on the policy, so two
-        policies run with one seed meet the same arrivals only until the first refill; with a
-        generator each, a stream's arrivals and images depend on the seed alone. It costs a
-        Python loop over the streams at each refill (opt-in, for paired evaluations)."""
-        children = np.random.SeedSequence(int(seed)).spawn(self.num_envs)
-        self.stream_rngs = [np.random.default_rng(child) for child in children]
+        """From the next :meth:`restart` on, give every stream a generator of its own for its
+        resource offset, arrival process and images, one per stream and fresh stream
+        (spawn key ``(stream, n)`` under ``seed`` for its ``n``-th restart). Why: with one
+        generator for all, blocks are drawn for whichever streams run low, and when that
+        happens depends on the policy, so two policies run with one seed meet the same
+        arrivals only until the first refill; with a generator each, a stream's draws depend
+        on the seed alone, and a fresh stream's (``episode_end="terminate"``) on the seed and
+        how many it follows, not on when the others restarted. It costs a Python loop over
+        the streams at each refill (opt-in, for paired evaluations)."""
+        self.stream_seed = int(seed)
+        self.stream_restarts = np.zeros(self.num_envs, dtype=np.int64)
+        self.stream_rngs = [np.random.default_rng(0)] * self.num_envs  # replaced by restart
+
+    def _own_restart(self, envs: np.ndarray) -> None:
+        """:meth:`restart`'s draws for ``envs`` from generators of their own (see
+        :meth:`own_generators`)."""
+        assert self.stream_rngs is not None and self.pool is not None
+        for env in envs.tolist():
+            key = (env, int(self.stream_restarts[env]))
+            rng = np.random.default_rng(np.random.SeedSequence(self.stream_seed, spawn_key=key))
+            self.stream_rngs[env] = rng
+            self.stream_restarts[env] += 1
+            self.offset[env] = rng.integers(0, self.pool.levels.shape[0])
+            for name, value in self.tables.arrivals.start(rng, 1).__dict__.items():
+                getattr(self.arr_state, name)[env] = value[0]
 
     def ensure_pool(self, seed: int | None, rng: np.random.Generator) -> None:
         """Use the pool drawn from ``seed``; without one, keep the pool or draw one from ``rng``."""
@@ -474,11 +502,13 @@ class Dynamics:
         """Start fresh streams in ``envs``: time 0, empty queue, a new resource offset and
         arrival process, the first request served up to its first exit."""
         assert self.pool is not None, "seed_pool() first"
-        m = envs.size
-        self.offset[envs] = rng.integers(0, self.pool.levels.shape[0], size=m)
-        sub = self.tables.arrivals.start(rng, m)
-        for name, value in sub.__dict__.items():
-            getattr(self.arr_state, name)[envs] = value
+        if self.stream_rngs is not None:
+            self._own_restart(envs)
+        else:
+            self.offset[envs] = rng.integers(0, self.pool.levels.shape[0], size=envs.size)
+            sub = self.tables.arrivals.start(rng, envs.size)
+            for name, value in sub.__dict__.items():
+                getattr(self.arr_state, name)[envs] = value
         self.t[envs] = 0.0
         self.accrued[envs] = 0.0
         self.late_held[envs] = 0

@@ -72,7 +72,8 @@ class DistrEEVecEnv(VectorEnv):
       autoreset, bool actions, ``human`` drawing in ``step`` and ``reset``; and with
       ``max_episode_steps`` a step that terminates at the limit is also truncated, as
       ``TimeLimit`` does; ``independent_streams`` (a generator per sub-env for its arrivals
-      and images, off by default: the default draws are unchanged).
+      and images, off by default: the default draws are unchanged; later also for its
+      resource offset and its fresh streams under ``episode_end="terminate"``).
     * v0: initial version.
     """
 
@@ -102,14 +103,15 @@ class DistrEEVecEnv(VectorEnv):
             (``agents.evaluate``), where computing them at every request's end (v2, v3) was a
             fifth of the step.
         :param independent_streams: True gives every sub-env a generator of its own for its
-            arrival times and images, seeded by ``reset``'s seed and its index, so that a
-            sub-env's stream does not depend on the policy (with one generator for all, blocks
+            resource offset, arrival times and images, seeded by ``reset``'s seed, its index
+            and (``episode_end="terminate"``) how many fresh streams it started before, so that
+            a sub-env's streams do not depend on the policy (with one generator for all, blocks
             are drawn for whichever sub-envs run low, which depends on the decisions): two
             policies reset with one seed then meet the same streams (stalls,
             ``cluster.stall_probability``, still come from one generator). The MMPP generator
             then runs once per sub-env at each refill: rollouts of many sub-envs under bursts
-            are several times slower. Off by default, where one generator drives every sub-env;
-            refused with ``episode_end="terminate"``, whose fresh streams would not pair.
+            are several times slower. Off by default, where one generator drives every sub-env
+            (training); ``agents.evaluate`` turns it on.
         :param overrides: config fields, applied last."""
         del disable_env_checker  # the sync mode's make() accepts it; a batched env has no checker
         if isinstance(num_envs, (bool, np.bool_)) or not isinstance(num_envs, (int, np.integer)):
@@ -148,12 +150,6 @@ class DistrEEVecEnv(VectorEnv):
         self.render_mode = render_mode
         self.episode_metrics = bool(episode_metrics)
         self.independent_streams = bool(independent_streams)
-        if self.independent_streams and self.config.episode_end == "terminate":
-            raise ValueError(
-                "independent_streams=True is not allowed with episode_end='terminate': each "
-                "episode end starts a fresh stream whose draws depend on when the others ended; "
-                "use 'terminate-continue' or 'truncate' (the stream goes on)"
-            )
         self.num_envs = int(num_envs)
         self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
         self.metadata = {"autoreset_mode": mode, "render_modes": list(RENDER_MODES),

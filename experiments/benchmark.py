@@ -188,15 +188,6 @@ class BenchmarkArgs:
         default=False,
         metadata={"help": "load agent archives not listed in checkpoints/MANIFEST.json"},
     )
-    independent_streams: bool = field(
-        default=False,
-        metadata={
-            "help": "evaluate every point on sub-envs that draw their arrivals and images from "
-            "generators of their own, so that policies meet the same streams on a seed (a "
-            "paired comparison; the baselines are calibrated with one generator, as without "
-            "it, LoadAware[accuracy] to the best agent's val accuracy on these points)"
-        },
-    )
     out: str | None = field(
         default=None,
         metadata={"help": f"output folder (default: {QUICK_OUT} with --quick, so a quick run "
@@ -396,7 +387,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         agents=tuple(agents),
         trust=args.trust,
         warmup=args.warmup_requests(),
-        independent_streams=args.independent_streams,
     )
     store = Finished(Path(args.out) / FINISHED_DIR, plan)
     if not args.resume:
@@ -469,9 +459,7 @@ def _warmup(plan: BenchmarkPlan) -> str:
         if not plan.warmup
         else f"counted after each stream's first {plan.warmup} requests (its warm-up)"
     )
-    if plan.independent_streams:
-        counted += ", every policy meeting the same streams (independent_streams)"
-    return counted
+    return counted + ", every policy meeting the same streams on a seed"
 
 
 def _describe(plan: BenchmarkPlan, command: str) -> str:

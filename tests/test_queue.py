@@ -298,6 +298,20 @@ def test_handover_and_stalls_delay_the_next_start():
     assert pauses.min() >= 0.0 and abs(pauses.mean() / 3.0 - 1) < 0.15
 
 
+def test_stalls_do_not_replay_the_resource_pools_draws():
+    """The resource pool is drawn from the seed's generator, the stalls from one spawned apart
+    (a generator seeded ``[seed, 0]`` is the seed's own, so at ``stall_seed=0`` the stalls
+    replayed the pool's draws); every ``stall_seed`` gives another."""
+    base = EnvConfig.from_dict({**CONSTANT, "cluster": {"stall_probability": 0.2}})
+    firsts = []
+    for stall_seed in (0, 1):
+        env = DistrEEEnv(base.replace({"cluster.stall_seed": stall_seed}))
+        env.reset(seed=5)
+        firsts.append(env.unwrapped._dyn.stall_rng.random(8))
+    pool = np.random.default_rng(5).random(8)
+    assert not np.isin(firsts[0], pool).any() and not np.isin(firsts[0], firsts[1]).any()
+
+
 def _served(cfg: EnvConfig, n: int) -> list[tuple[float, float, float]]:
     """(wait, start, answer time) of the first ``n`` requests, each run to the last exit."""
     env = DistrEEEnv(cfg)

@@ -406,34 +406,29 @@ def test_without_episode_metrics_only_their_values_change():
     assert ended > 10
 
 
+@pytest.mark.parametrize("episode_end", ["terminate-continue", "terminate"])
 @pytest.mark.parametrize("independent", [False, True])
-def test_independent_streams_meet_the_same_arrivals_whatever_the_policy(independent):
-    """With ``independent_streams`` every sub-env draws its arrivals and images from a generator
-    of its own, so two policies reset with one seed answer the same requests (arrival time and
-    image) in every stream; with one generator for all (the default) the blocks are drawn for
-    whichever streams run low, so the streams part after the first blocks."""
+def test_independent_streams_meet_the_same_arrivals_whatever_the_policy(independent, episode_end):
+    """With ``independent_streams`` every sub-env draws its arrivals, images and resource offset
+    from a generator of its own (a fresh one at each fresh stream, ``terminate``), so two
+    policies reset with one seed answer the same requests (arrival time, image, offset) in
+    every stream; with one generator for all (the default) the blocks are drawn for whichever
+    streams run low, so the streams part after the first blocks."""
     cfg = EnvConfig.scenario("bursty-stream").replace(
-        {"queue.capacity": 1024, "queue.overflow": "admit"}  # every arrival answered, in order
-    )
+        {"queue.capacity": 1024, "queue.overflow": "admit",  # every arrival answered, in order
+         "episode_end": episode_end, "requests_per_episode": 40}
+    )  # fmt: skip
 
-    def answered(action: int) -> list[list[tuple[float, int]]]:
+    def answered(action: int) -> list[list[tuple[float, int, int]]]:
         venv = DistrEEVecEnv(4, cfg, independent_streams=independent)
         venv.reset(seed=7)
         dyn, seen = venv._dyn, [[] for _ in range(4)]
         while min(map(len, seen)) < 300:
-            arrival, sample = dyn.arrival.copy(), dyn.sample.copy()
+            arrival, sample, offset = dyn.arrival.copy(), dyn.sample.copy(), dyn.offset.copy()
             *_, info = venv.step(np.full(4, action))
             for env in np.flatnonzero(info["request_done"]):
-                seen[env].append((float(arrival[env]), int(sample[env])))
+                seen[env].append((float(arrival[env]), int(sample[env]), int(offset[env])))
         return [stream[:300] for stream in seen]
 
     same = [a == b for a, b in zip(answered(1), answered(0), strict=True)]
     assert same == [independent] * 4
-
-
-def test_independent_streams_are_refused_where_episodes_start_fresh_streams():
-    """With ``episode_end="terminate"`` each episode end restarts a stream, drawing its start
-    when the others' timing says: no pairing to promise, so the option is refused."""
-    config = EnvConfig.scenario("bursty-stream").replace({"episode_end": "terminate"})
-    with pytest.raises(ValueError, match="independent_streams=True is not allowed"):
-        DistrEEVecEnv(2, config, independent_streams=True)

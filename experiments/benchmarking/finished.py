@@ -60,7 +60,6 @@ def plan_key(plan: BenchmarkPlan) -> str:
         ],
         "trust": plan.trust,
         "warmup": plan.warmup,
-        "independent_streams": plan.independent_streams,
     }
     text = json.dumps(described, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -78,9 +78,7 @@ class BenchmarkPlan:
     """What to run: scenarios, the val seeds (test takes as many held-out ones), requests per
     evaluation, the base config, the exit traces of each split, rule grid size, calibration
     sizes, the learned agents (loaded with ``trust`` as the benchmark was asked), the
-    requests each stream answers before an evaluation counts (``warmup``) and whether each
-    point's sub-envs draw their arrivals and images from generators of their own
-    (``independent_streams``: policies then meet the same streams on a seed)."""
+    requests each stream answers before an evaluation counts (``warmup``)."""
 
     scenarios: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -93,7 +91,6 @@ class BenchmarkPlan:
     agents: tuple[AgentFile, ...] = ()
     trust: bool = False
     warmup: int = 0
-    independent_streams: bool = False
 
     def split_seeds(self, split: str) -> tuple[int, ...]:
         """The seeds of ``split``: :attr:`seeds` on val, as many held-out seeds on test."""
@@ -119,17 +116,10 @@ def evaluate_point(
     seed: int,
     n_requests: int,
     warmup: int = 0,
-    independent_streams: bool = False,
 ) -> dict[str, Any]:
-    """One row: ``agents.evaluate`` of ``spec`` on ``config`` with ``seed``."""
-    metrics = evaluate(
-        spec.build(),
-        config,
-        n_requests=n_requests,
-        seed=seed,
-        warmup=warmup,
-        independent_streams=independent_streams,
-    )
+    """One row: ``agents.evaluate`` of ``spec`` on ``config`` with ``seed`` (every policy meets
+    the same streams on a seed: ``evaluate``'s independent streams)."""
+    metrics = evaluate(spec.build(), config, n_requests=n_requests, seed=seed, warmup=warmup)
     row: dict[str, Any] = {
         "split": split,
         "scenario": scenario,
@@ -205,7 +195,6 @@ def _rows(
             seed,
             plan.n_requests,
             plan.warmup,
-            plan.independent_streams,
         )
         for spec in specs
         for seed in plan.split_seeds(split)

@@ -282,9 +282,9 @@ def test_a_terminating_stream_is_warned_about(recwarn):
     assert not [w for w in recwarn if "terminate" in str(w.message)]
 
 
-def test_independent_streams_reach_the_evaluation_env(monkeypatch):
-    """``evaluate(..., independent_streams=True)`` runs on sub-envs with generators of their own
-    (the pairing itself is tested on the vector env) and is deterministic."""
+def test_evaluations_pair_policies_on_a_seed_unless_told_not_to(monkeypatch):
+    """``evaluate`` runs on sub-envs with generators of their own by default (the pairing itself
+    is tested on the vector env), deterministically, and on one shared generator when asked."""
     import agents.evaluation as evaluation
 
     made = []
@@ -293,7 +293,8 @@ def test_independent_streams_reach_the_evaluation_env(monkeypatch):
         evaluation, "make_eval_env", lambda *args: made.append(make(*args)) or made[-1]
     )
     config = EnvConfig.scenario("bursty-stream").replace(SYNTH)
-    runs = [evaluate(RandomExit(0.4), config, 256, independent_streams=True) for _ in range(2)]
-    assert runs[0] == runs[1]
-    assert [venv.independent_streams for venv in made] == [True, True]
-    assert made[0]._dyn.stream_rngs is not None
+    runs = [evaluate(RandomExit(0.4), config, 256) for _ in range(2)]
+    shared = evaluate(RandomExit(0.4), config, 256, independent_streams=False)
+    assert runs[0] == runs[1] != shared
+    assert [venv.independent_streams for venv in made] == [True, True, False]
+    assert made[0]._dyn.stream_rngs is not None and made[2]._dyn.stream_rngs is None

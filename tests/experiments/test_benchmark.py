@@ -666,32 +666,3 @@ def test_the_recorded_command_leaves_out_resume_in_every_spelling() -> None:
     assert strip(["--resu", "--requests", "5", "--readme", "R"]) == [
         "--requests", "5", "--readme", "R"
     ]  # fmt: skip
-
-
-def test_independent_streams_reach_every_point_and_the_resume_key(monkeypatch) -> None:
-    """``--independent-streams`` evaluates every point on sub-envs with generators of their own
-    (the figure is ``evaluate``'s with that flag), and a finished scenario of the other kind
-    of run is not resumed from."""
-    from experiments.benchmarking import runner
-    from experiments.benchmarking.finished import plan_key
-    from experiments.benchmarking.policies import reference_specs
-
-    plan = benchmark.BenchmarkPlan(
-        scenarios=("steady-stream",), seeds=(0,), n_requests=256, config=benchmark.EnvConfig(),
-        test_trace="synthetic:seed=1", val_trace="synthetic", thresholds=3,
-        calibration=benchmark.CalibrationSizes(), independent_streams=True,
-    )  # fmt: skip
-    assert plan_key(plan) != plan_key(dataclasses.replace(plan, independent_streams=False))
-    config = split_configs(plan, "steady-stream")["test"]
-    spec = next(s for s in reference_specs() if s.name == "LastExit")
-    flags = []
-
-    def recorded(*args, **kwargs):
-        flags.append(kwargs["independent_streams"])
-        return evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "evaluate", recorded)
-    [row] = runner._rows(plan, "steady-stream", [spec], "test", config)
-    seed = held_out_seeds(1)[0]
-    paired = evaluate(LastExit(), config, 256, seed=seed, independent_streams=True)
-    assert flags == [True] and row["mean_reward"] == paired["mean_reward"]
