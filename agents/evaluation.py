@@ -161,8 +161,9 @@ def evaluate(
         arrivals and images from a generator of its own, so that policies evaluated with one
         seed meet the same streams (a paired comparison; see ``DistrEEVecEnv``); False draws
         them from one generator, in an order that depends on the policy, so two policies share
-        the resource paths and each stream's first 64 arrivals, not the rest (faster under
-        bursts: the arrival generator then runs once for all sub-envs).
+        the resource paths (under ``episode_end="terminate"`` only until a stream restarts)
+        and each stream's first arrivals, not the rest (faster under bursts: the arrival
+        generator then runs once for all sub-envs).
     :returns: :class:`EvalResult`. ``mean_reward`` is the reward per request (answered or
         dropped), ``qos_rate`` the share of them answered within the deadline.
         ``mean_reward_se`` is its standard error estimated between the sub-envs, whose streams

@@ -132,10 +132,11 @@ EPISODE_METRICS = tuple(
 #: Arrival times and trace rows are drawn in blocks of this many per stream (a power of two).
 ARRIVAL_BLOCK = 32
 #: The spawn key, under a seed's ``numpy.random.SeedSequence``, of the stalls' generator
-#: (followed by ``cluster.stall_seed``). Why a key of its own: the resource pool is drawn from
-#: the seed itself, and ``default_rng([seed, 0])`` is ``default_rng(seed)``, so stalls seeded
-#: by ``[seed, stall_seed]`` replayed the pool's draws at ``stall_seed=0``. Independent streams
-#: use the keys ``(stream, episode)``, below ``MAX_NUM_ENVS``; this one is above.
+#: (followed by ``cluster.stall_seed``, and with independent streams by the stream and its
+#: restart). Why a key of its own: the resource pool is drawn from the seed itself, and
+#: ``default_rng([seed, 0])`` is ``default_rng(seed)``, so stalls seeded by
+#: ``[seed, stall_seed]`` replayed the pool's draws at ``stall_seed=0``. Independent streams
+#: use the keys ``(stream, restart)``, below ``MAX_NUM_ENVS``; this one is above.
 STALL_SPAWN_KEY = 2**32 - 1
 #: Samples used to estimate the mean last-exit service time (fixed seed: deterministic).
 SERVICE_SAMPLES = 4096
@@ -365,9 +366,11 @@ class Dynamics:
         self._drain_scale = self.latency_cost * tb.mean_service_ms
         self.drain_start = np.zeros(b)
         self.pool_steps = pool_steps(b)
-        #: One generator per stream for its arrival times and images (see
-        #: :meth:`own_generators`), or None: every stream draws from the caller's generator.
+        #: One generator per stream for its resource offset, arrival process and images, and
+        #: one for its stalls (see :meth:`own_generators`), or None: every stream draws from
+        #: the caller's generator, and its stalls from :attr:`stall_rng`.
         self.stream_rngs: list[np.random.Generator] | None = None
+        self.stall_rngs: list[np.random.Generator] | None = None
         self.stream_seed = 0
         self.stream_restarts = np.zeros(b, dtype=np.int64)
         self.pool_seed = -1
@@ -468,26 +471,36 @@ class Dynamics:
 
     def own_generators(self, seed: int) -> None:
         """From the next :meth:`restart` on, give every stream a generator of its own for its
-        resource offset, arrival process and images, one per stream and fresh stream
-        (spawn key ``(stream, n)`` under ``seed`` for its ``n``-th restart). Why: with one
-        generator for all, blocks are drawn for whichever streams run low, and when that
-        happens depends on the policy, so two policies run with one seed meet the same
-        arrivals only until the first refill; with a generator each, a stream's draws depend
-        on the seed alone, and a fresh stream's (``episode_end="terminate"``) on the seed and
-        how many it follows, not on when the others restarted. It costs a Python loop over
-        the streams at each refill (opt-in, for paired evaluations)."""
+        resource offset, arrival process and images, and one for its stalls, per stream and
+        fresh stream (spawn keys ``(stream, n)`` and ``(STALL_SPAWN_KEY, stall_seed, stream,
+        n)`` under ``seed`` for its ``n``-th restart). Why: with one generator for all, blocks
+        are drawn for whichever streams run low, and stalls for whichever streams hand over,
+        and when that happens depends on the policy, so two policies run with one seed meet
+        the same arrivals only until the first refill; with generators of its own, a stream's
+        draws depend on the seed alone, and a fresh stream's (``episode_end="terminate"``) on
+        the seed and how many it follows, not on when the others restarted. It costs a Python
+        loop over the streams at each refill (``agents.evaluate`` turns it on; training, where
+        no two policies are compared, does not)."""
         self.stream_seed = int(seed)
         self.stream_restarts = np.zeros(self.num_envs, dtype=np.int64)
-        self.stream_rngs = [np.random.default_rng(0)] * self.num_envs  # replaced by restart
+        placeholder = [np.random.default_rng(0)] * self.num_envs  # replaced by restart
+        self.stream_rngs, self.stall_rngs = list(placeholder), list(placeholder)
 
     def _own_restart(self, envs: np.ndarray) -> None:
         """:meth:`restart`'s draws for ``envs`` from generators of their own (see
         :meth:`own_generators`)."""
-        assert self.stream_rngs is not None and self.pool is not None
+        assert self.stream_rngs is not None and self.stall_rngs is not None
+        assert self.pool is not None
+        stall_seed = self.config.cluster.stall_seed
         for env in envs.tolist():
-            key = (env, int(self.stream_restarts[env]))
-            rng = np.random.default_rng(np.random.SeedSequence(self.stream_seed, spawn_key=key))
+            n = int(self.stream_restarts[env])
+            stream, stalls = (
+                np.random.SeedSequence(self.stream_seed, spawn_key=key)
+                for key in ((env, n), (STALL_SPAWN_KEY, stall_seed, env, n))
+            )
+            rng = np.random.default_rng(stream)
             self.stream_rngs[env] = rng
+            self.stall_rngs[env] = np.random.default_rng(stalls)
             self.stream_restarts[env] += 1
             self.offset[env] = rng.integers(0, self.pool.levels.shape[0])
             for name, value in self.tables.arrivals.start(rng, 1).__dict__.items():
@@ -751,7 +764,7 @@ class Dynamics:
             )
         start = np.maximum(t, arrival)
         if self.handover or self.stall_p:
-            busy = np.zeros(self.num_envs, dtype=bool) if self.isolated else waiting
+            busy = np.zeros(self.num_envs, dtype=bool) if self.isolated else waiting & ex
             start = start + self._handover_ms(busy)
         self.arrival = np.where(ex, arrival, self.arrival)
         self.sample = np.where(ex, sample, self.sample)
@@ -771,14 +784,22 @@ class Dynamics:
         share = self.pool.levels.take(pos * (2 * self.D) + self._cold_col[k])
         return cold * self.cold_ms[k] / share
 
-    def _handover_ms(self, busy: np.ndarray) -> np.ndarray:
-        """Hand-over times ``[n]``: ``handover_ms``, plus, where ``busy`` (the next request was
-        waiting, as the calibration measures it), an exponential stall of mean
-        ``stall_mean_ms`` with probability ``stall_probability``, drawn from the stalls' own
-        stream (no draw when that probability is 0)."""
+    def _handover_ms(self, busy: np.ndarray, envs: np.ndarray | None = None) -> np.ndarray:
+        """Hand-over times ``[n]`` of streams ``envs`` (all, or stream 0 of one): ``handover_ms``,
+        plus, where ``busy`` (the next request was waiting, as the calibration measures it), an
+        exponential stall of mean ``stall_mean_ms`` with probability ``stall_probability``,
+        drawn from the stalls' own stream, or each stream's own (no draw when that
+        probability is 0)."""
         n = busy.size
         if not self.stall_p:
             return np.full(n, self.handover)
+        if self.stall_rngs is not None:
+            out = np.full(n, self.handover)
+            for i in np.flatnonzero(busy).tolist():
+                rng = self.stall_rngs[i if envs is None else int(envs[i])]
+                if rng.random() < self.stall_p:
+                    out[i] += rng.standard_exponential() * self.stall_mean
+            return out
         stalled = (self.stall_rng.random(n) < self.stall_p) & busy
         pause = self.stall_rng.standard_exponential(n) * self.stall_mean
         return self.handover + np.where(stalled, pause, 0.0)
@@ -902,7 +923,7 @@ class Dynamics:
         f0 = self.free[m, 0]
         start = np.maximum(f0, time)
         if self.handover or self.stall_p:
-            start = start + self._handover_ms(time < f0)
+            start = start + self._handover_ms(time < f0, m)
         pos = self.tables.paths.positions(
             self.offset[m], start, self.request[m], self.pool.mask, measured=False
         )

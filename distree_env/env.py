@@ -230,6 +230,10 @@ class DistrEEEnv(gym.Env[np.ndarray, np.int64]):
     in service, true future resource levels) and ``oracle_actions()``.
 
     ## Version History
+    * Every id, later change (with ``cluster.stall_probability > 0`` only, zero in every
+      registered id): the stalls' generator is spawned apart from the resource pool's (seeded
+      ``[seed, stall_seed]``, at ``stall_seed=0`` it replayed the pool's draws), so every
+      stall realisation differs from before.
     * Every id, later addition (the dynamics unchanged): the info's ``request_drops_before``,
       with which ``agents.evaluate`` counts the drops among the counted requests' arrivals (it
       counted the drops of the steps that answered them, which with pipelining reach as far as

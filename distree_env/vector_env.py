@@ -27,7 +27,8 @@ class DistrEEVecEnv(VectorEnv):
     ## Description
     The same dynamics as the single env (one implementation, ``distree_env.dynamics``), stepped
     for all sub-environments at once with array operations; no Python loop over environments.
-    With ``num_envs=1`` and the same seed it replays the single env exactly.
+    With ``num_envs=1`` and the same seed it replays the single env exactly (without
+    ``independent_streams``, whose generators are the sub-envs' own).
 
     ## Action Space
     ``MultiDiscrete([2] * num_envs)``: per sub-env 0 = continue, 1 = exit.
@@ -107,8 +108,8 @@ class DistrEEVecEnv(VectorEnv):
             and (``episode_end="terminate"``) how many fresh streams it started before, so that
             a sub-env's streams do not depend on the policy (with one generator for all, blocks
             are drawn for whichever sub-envs run low, which depends on the decisions): two
-            policies reset with one seed then meet the same streams (stalls,
-            ``cluster.stall_probability``, still come from one generator). The MMPP generator
+            policies reset with one seed then meet the same streams (hand-over stalls,
+            ``cluster.stall_probability``, from a generator per sub-env too). The MMPP generator
             then runs once per sub-env at each refill: rollouts of many sub-envs under bursts
             are several times slower. Off by default, where one generator drives every sub-env
             (training); ``agents.evaluate`` turns it on.
@@ -197,7 +198,8 @@ class DistrEEVecEnv(VectorEnv):
         as the single env's ``reset`` does.
 
         :param seed: one integer for the batch (one generator drives every sub-env, as in
-            Gymnasium's ``CartPoleVectorEnv``; a list of per-sub-env seeds is refused).
+            Gymnasium's ``CartPoleVectorEnv``, or with ``independent_streams`` seeds the
+            sub-envs' own; a list of per-sub-env seeds is refused).
         :param options: only ``{"reset_mask": mask}``, Gymnasium's partial reset: a bool array
             ``[num_envs]`` with at least one True; only those sub-envs are reset (as ``reset()``
             without a seed resets them), the others keep their state and observation, and the

@@ -432,3 +432,26 @@ def test_independent_streams_meet_the_same_arrivals_whatever_the_policy(independ
 
     same = [a == b for a, b in zip(answered(1), answered(0), strict=True)]
     assert same == [independent] * 4
+
+
+@pytest.mark.parametrize("scenario", ["steady-stream", "pipelined-stream"])
+def test_independent_streams_pair_the_stalls_too(scenario):
+    """With ``independent_streams`` a sub-env's hand-over stalls come from a generator of its
+    own: sub-env 0, deciding alike, answers its requests at the same latencies whatever the
+    other sub-envs decide (with one stalls generator they depend on when the others hand
+    over)."""
+    cfg = EnvConfig.scenario(scenario).replace(
+        {"cluster": {"stall_probability": 0.2, "stall_mean_ms": 50.0}}
+    )
+
+    def latencies(others: int) -> list[float]:
+        venv = DistrEEVecEnv(4, cfg, independent_streams=True)
+        venv.reset(seed=3)
+        out: list[float] = []
+        while len(out) < 200:
+            *_, info = venv.step(np.array([0, others, others, others]))
+            if info["request_done"][0]:
+                out.append(float(info["request_latency_ms"][0]))
+        return out
+
+    assert latencies(0) == latencies(1)
