@@ -74,7 +74,7 @@ class DistrEEVecEnv(VectorEnv):
       ``max_episode_steps`` a step that terminates at the limit is also truncated, as
       ``TimeLimit`` does; ``independent_streams`` (a generator per sub-env for its arrivals
       and images, off by default: the default draws are unchanged; later also for its
-      resource offset and its fresh streams under ``episode_end="terminate"``).
+      resource offset, its stalls and its fresh streams under ``episode_end="terminate"``).
     * v0: initial version.
     """
 
