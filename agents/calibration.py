@@ -456,15 +456,15 @@ def calibrate_baselines(
        as good as the one before.
     5. ``Planner``: :func:`fit_planner` on the data, and again on the data of the planner
        itself (with 20% random actions): the model is fitted where the policy goes.
-    6. With ``target_accuracy`` (a learned agent's val accuracy): ``LoadAware[accuracy]``, the
-       load-aware rule moved to that operating point: from ``LoadAware``, its guard and shift
-       over their grids, then coordinate descent over its thresholds (then over finer steps
-       around them), each for the fewest deadline misses among points within
-       ``accuracy_tolerance`` of the target (the nearest accuracy while none is), averaged over
-       ``target_seeds`` (default: ``seed``). Comparing an agent's misses with a rule of another
-       accuracy, or with one that sees only confidence, would not be a fair comparison; and
-       since one seed's accuracy varies by about half a point, the point is matched on the seeds
-       the agent was measured on.
+    6. With ``target_accuracy`` (a learned agent's accuracy on ``target_seeds``):
+       ``LoadAware[accuracy]``, the load-aware rule moved to that operating point: from
+       ``LoadAware``, its guard and shift over their grids, then coordinate descent over its
+       thresholds (then over finer steps around them), each for the fewest deadline misses
+       among points within ``accuracy_tolerance`` of the target (the nearest accuracy while
+       none is), averaged over ``target_seeds`` (default: ``seed``). Comparing an agent's
+       misses with a rule of another accuracy, or with one that sees only confidence, would
+       not be a fair comparison; and since one seed's accuracy varies by about half a point,
+       the point is matched on the seeds the agent was measured on.
 
     :param config: the val environment (a test trace is refused before it is read).
     :param max_accuracy_loss: accuracy budget of the cheapest operating point, in [0, 1].

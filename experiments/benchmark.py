@@ -6,7 +6,7 @@ Per scenario: the strong baselines (``agents.calibrate_baselines``) are calibrat
 split, the classic rules are swept over thresholds placed on val, and every policy (rules,
 baselines, the scenario's learned agents, last exit, Oracle) is evaluated on val (seeds 0 to N-1)
 and on test (as many held-out seeds: ``agents.splits.held_out_seeds``). The agents go first on
-val: the best one's val accuracy is where
+val: the best one's accuracy (on the calibration seeds) is where
 ``LoadAware[accuracy]`` is calibrated, the load-aware opponent of the deadline comparison at equal
 accuracy. Every choice (the best baseline, the best agent, operating points, the point of equal
 accuracy) is made on val; test only measures. Writes a CSV of every point, a Markdown

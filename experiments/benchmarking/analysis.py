@@ -302,7 +302,8 @@ def headline(
 
 def best_agent_on_val(val_rows: Sequence[Row]) -> Row | None:
     """The learned point with the highest mean val reward: the agent the headline is about
-    (and whose val accuracy the runner calibrates ``LoadAware[accuracy]`` to)."""
+    (and whose accuracy on the calibration seeds the runner calibrates ``LoadAware[accuracy]``
+    to)."""
     learned = (r for r in val_rows if r["kind"] == LEARNED)
     return max(learned, key=lambda r: r["mean_reward"], default=None)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents import LastExit, evaluate
+from agents import FixedExit, LastExit, evaluate
 from agents.splits import held_out_seeds
 from experiments import benchmark
 from experiments.benchmarking.analysis import headline, select_point, summarize
@@ -666,3 +666,34 @@ def test_the_recorded_command_leaves_out_resume_in_every_spelling() -> None:
     assert strip(["--resu", "--requests", "5", "--readme", "R"]) == [
         "--requests", "5", "--readme", "R"
     ]  # fmt: skip
+
+
+def test_the_accuracy_target_is_the_best_agents_on_the_calibration_seeds(monkeypatch) -> None:
+    """``LoadAware[accuracy]`` is matched to the best agent's accuracy on the streams it is
+    calibrated on (the calibration seeds, requests and warm-up), not to its val accuracy."""
+    from agents.splits import calibration_seeds
+    from experiments.benchmarking import runner
+    from experiments.benchmarking.policies import PolicySpec
+
+    agent = PolicySpec("PPO", "PPO[cellular]", "learned", None, lambda: FixedExit(1))
+    plan = benchmark.BenchmarkPlan(
+        scenarios=("cellular",), seeds=(0, 1), n_requests=256, config=benchmark.EnvConfig(),
+        test_trace="synthetic:seed=1", val_trace="synthetic", thresholds=3,
+        calibration=benchmark.CalibrationSizes(n_requests=256), warmup=16,
+    )  # fmt: skip
+    val_row = {"split": "val", "scenario": "cellular", "family": "PPO", "kind": "learned",
+               "policy": "PPO[cellular]", "param": None, "seed": 0, "mean_reward": 0.5,
+               "accuracy": 0.123}  # fmt: skip
+    targets = []
+    monkeypatch.setattr(runner, "_learned", lambda plan, scenario: [agent])
+    monkeypatch.setattr(
+        runner, "_rows", lambda plan, s, specs, split, config: [val_row] if agent in specs else []
+    )
+    monkeypatch.setattr(runner, "calibrate_scenario", lambda p, c, t: targets.append(t) or {})
+    runner.choose_on_val(plan, "cellular")
+    val = split_configs(plan, "cellular")["val"]
+    expected = [
+        evaluate(FixedExit(1), val, 256, seed=s, warmup=16)["accuracy"]
+        for s in calibration_seeds(2)
+    ]
+    assert targets == [pytest.approx(sum(expected) / 2)] and targets[0] != 0.123
