@@ -92,6 +92,11 @@ class BenchmarkPlan:
     trust: bool = False
     warmup: int = 0
 
+    def calibration_seeds(self) -> tuple[int, ...]:
+        """The seeds the baselines are calibrated on, as many as :attr:`seeds` and apart from
+        them (out of sample on val, as the agents are)."""
+        return calibration_seeds(len(self.seeds))
+
     def split_seeds(self, split: str) -> tuple[int, ...]:
         """The seeds of ``split``: :attr:`seeds` on val, as many held-out seeds on test."""
         return self.seeds if split == "val" else held_out_seeds(len(self.seeds))
@@ -157,7 +162,7 @@ def calibrate_scenario(
         (``LoadAware[accuracy]``) for the equal-accuracy deadline comparison.
     """
     c = plan.calibration
-    seeds = calibration_seeds(len(plan.seeds))  # apart from the val seeds it is compared on
+    seeds = plan.calibration_seeds()
     return calibrate_baselines(
         configs["val"],
         n_requests=c.n_requests,
@@ -215,14 +220,11 @@ def calibration_accuracy(plan: BenchmarkPlan, spec: PolicySpec, config: EnvConfi
     moves with the bursts a seed brings (PPO in ``bursty-stream``: 80.1% on the val seeds, 80.9%
     on the calibration seeds), by more than the half point that counts as equal."""
     c = plan.calibration
-    return float(
-        np.mean(
-            [
-                evaluate(spec.build(), config, c.n_requests, seed=s, warmup=plan.warmup)["accuracy"]
-                for s in calibration_seeds(len(plan.seeds))
-            ]
-        )
-    )
+    runs = [
+        evaluate(spec.build(), config, c.n_requests, seed=s, warmup=plan.warmup)
+        for s in plan.calibration_seeds()
+    ]
+    return float(np.mean([r["accuracy"] for r in runs]))
 
 
 def choose_on_val(
