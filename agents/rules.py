@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from distree_env.dynamics import POLICY_SPAWN_KEY
+
 __all__ = [
     "CONTINUE",
     "EXIT",
@@ -147,8 +149,11 @@ class RandomExit(RulePolicy):
         self.seed(seed)
 
     def seed(self, seed: int) -> None:
-        """Restart the rule's own generator (``evaluate`` does this, for reproducible runs)."""
-        self.rng = np.random.default_rng(seed)
+        """Restart the rule's own generator (``evaluate`` does this, for reproducible runs),
+        spawned from ``seed`` apart from the environment's draws (``POLICY_SPAWN_KEY``)."""
+        self.rng = np.random.default_rng(
+            np.random.SeedSequence(seed, spawn_key=(POLICY_SPAWN_KEY,))
+        )
 
     def decide(self, obs: np.ndarray) -> np.ndarray:
         """Exit each row independently with probability ``p``."""

@@ -138,6 +138,10 @@ ARRIVAL_BLOCK = 32
 #: ``[seed, stall_seed]`` replayed the pool's draws at ``stall_seed=0``. Independent streams
 #: use the keys ``(stream, restart)``, below ``MAX_NUM_ENVS``; this one is above.
 STALL_SPAWN_KEY = 2**32 - 1
+#: The spawn key, under an evaluation's seed, of a stochastic policy's own generator
+#: (``RandomExit.seed``): ``default_rng(seed)`` is the generator that draws the resource pool
+#: (and Gymnasium's ``np_random``), so a policy seeded with it replayed those draws.
+POLICY_SPAWN_KEY = 2**32 - 2
 #: Samples used to estimate the mean last-exit service time (fixed seed: deterministic).
 SERVICE_SAMPLES = 4096
 _REWARD_PARTS = (

@@ -126,6 +126,14 @@ def test_random_exit_is_reproducible():
     assert 0 < a.predict(obs)[0].mean() < 1
 
 
+def test_random_exit_does_not_replay_the_environments_draws():
+    """``default_rng(seed)`` draws the resource pool (and is Gymnasium's ``np_random``): a
+    RandomExit seeded with it exited exactly where the pool's uniform draws fell below ``p``."""
+    rule = RandomExit(0.3, seed=5)
+    env_draws = np.random.default_rng(5).random(64)
+    assert not np.isin(rule.rng.random(64), env_draws).any()
+
+
 def test_last_exit_saves_nothing_and_matches_final_exit_accuracy():
     m = evaluate(LastExit(), SYNTH, n_requests=8192, seed=0, num_envs=64)
     assert m["compute_saving"] == 0.0
