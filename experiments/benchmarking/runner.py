@@ -153,20 +153,26 @@ def _load(trust: bool) -> Callable[[str], Any]:
 
 
 def calibrate_scenario(
-    plan: BenchmarkPlan, configs: dict[str, EnvConfig], target_accuracy: float | None
+    plan: BenchmarkPlan,
+    configs: dict[str, EnvConfig],
+    target_accuracy: float | None,
+    seed: int | None = None,
 ) -> dict[str, BaselineFit]:
     """The baselines of one scenario, calibrated on val with the calibration seeds.
 
     :param target_accuracy: the best agent's accuracy on the calibration seeds
         (:func:`calibration_accuracy`), where the load-aware rule gets a point of its own
         (``LoadAware[accuracy]``) for the equal-accuracy deadline comparison.
+    :param seed: the calibration's draw (its exploring data and paired evaluations); None: the
+        first calibration seed, the benchmark's (``experiments.calibration_spread`` tries
+        others).
     """
     c = plan.calibration
     seeds = plan.calibration_seeds()
     return calibrate_baselines(
         configs["val"],
         n_requests=c.n_requests,
-        seed=seeds[0],
+        seed=seeds[0] if seed is None else seed,
         points=c.points,
         rounds=c.rounds,
         data_steps=c.data_steps,
