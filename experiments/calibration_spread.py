@@ -133,7 +133,8 @@ def spread_row(args: Args, scenario: str, calibration_seed: int) -> dict[str, An
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one row per calibration, then each scenario's range of test rewards."""
     lines = [
-        "| scenario | calibration seed | best calibrated baseline on val | val reward | test reward |",
+        "| scenario | calibration seed | best calibrated baseline on val | val reward "
+        "| test reward |",
         "|---|---:|---|---:|---:|",
     ]
     lines += [
