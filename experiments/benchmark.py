@@ -3,7 +3,8 @@
 Learned agents face the best non-learned policy that sees the same observation.
 
 Per scenario: the strong baselines (``agents.calibrate_baselines``) are calibrated on the val
-split, the classic rules are swept over thresholds placed on val, and every policy (rules,
+split, with several calibration seeds (draws), each baseline keeping the draw best on the val
+seeds; the classic rules are swept over thresholds placed on val, and every policy (rules,
 baselines, the scenario's learned agents, last exit, Oracle) is evaluated on val (seeds 0 to N-1)
 and on test (as many held-out seeds: ``agents.splits.held_out_seeds``). The agents go first on
 val: the best one's accuracy (on the calibration seeds) is where
@@ -71,7 +72,12 @@ QUICK = (2, 2048, 4)
 FULL = (5, 4096, 16)
 #: Baseline calibration of --quick and of the full run.
 QUICK_CALIBRATION = CalibrationSizes(
-    n_requests=1024, points=4, rounds=1, data_steps=16_384, features=("max_prob", "entropy")
+    n_requests=1024,
+    points=4,
+    rounds=1,
+    data_steps=16_384,
+    features=("max_prob", "entropy"),
+    draws=1,
 )
 #: Requests each stream answers before an evaluation counts, in the full run and --quick: a
 #: stream's queue starts empty, and under bursty load it takes a few hundred requests to reach
@@ -155,6 +161,14 @@ class BenchmarkArgs:
             f"{QUICK_CALIBRATION.data_steps} with --quick, else {FULL_CALIBRATION.data_steps})"
         },
     )
+    calibration_draws: int | None = field(
+        default=None,
+        metadata={
+            "help": "calibrations per scenario, each with its own seed; every baseline keeps "
+            f"the draw best on val (unset: {QUICK_CALIBRATION.draws} with --quick, else "
+            f"{FULL_CALIBRATION.draws})"
+        },
+    )
     warmup: int | None = field(
         default=None,
         metadata={
@@ -222,6 +236,7 @@ class BenchmarkArgs:
             ("thresholds", self.thresholds, 1000),
             ("calibration_requests", self.calibration_requests, MAX_REQUESTS),
             ("calibration_steps", self.calibration_steps, 10**8),
+            ("calibration_draws", self.calibration_draws, 100),
             ("warmup", self.warmup, 10**6),
         ):
             if value is not None:
@@ -259,6 +274,7 @@ class BenchmarkArgs:
             base,
             n_requests=self.calibration_requests or base.n_requests,
             data_steps=self.calibration_steps or base.data_steps,
+            draws=self.calibration_draws or base.draws,
         )
 
 

@@ -17,6 +17,7 @@ arrivals and resource paths are held out too) gives every reported number.
 from __future__ import annotations
 
 import dataclasses
+import math
 import multiprocessing
 import os
 import signal
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from agents.baselines import CONFIDENCE_FEATURES
-from agents.calibration import BaselineFit, calibrate_baselines
+from agents.calibration import BaselineFit, calibrate_baselines, objective
 from agents.evaluation import evaluate
 from agents.splits import calibration_seeds, held_out_seeds, on_split
 from distree_env.config import EnvConfig
@@ -48,6 +49,7 @@ from experiments.benchmarking.policies import (
 __all__ = [
     "BenchmarkPlan",
     "CalibrationSizes",
+    "best_draws",
     "choose_on_val",
     "evaluate_point",
     "measure_on_test",
@@ -71,6 +73,9 @@ class CalibrationSizes:
     rounds: int = 2
     data_steps: int = 32_768
     features: Sequence[str] = tuple(CONFIDENCE_FEATURES)
+    #: Calibrations per scenario, each with a seed of its own (its exploring data, confidence
+    #: feature and descent start); every baseline keeps the draw best on the val seeds.
+    draws: int = 3
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,11 @@ class BenchmarkPlan:
         """The seeds the baselines are calibrated on, as many as :attr:`seeds` and apart from
         them (out of sample on val, as the agents are)."""
         return calibration_seeds(len(self.seeds))
+
+    def calibration_draws(self) -> tuple[int, ...]:
+        """The seeds of the calibration draws: the first calibration seeds, as many as
+        ``calibration.draws``."""
+        return calibration_seeds(self.calibration.draws)
 
     def split_seeds(self, split: str) -> tuple[int, ...]:
         """The seeds of ``split``: :attr:`seeds` on val, as many held-out seeds on test."""
@@ -156,23 +166,22 @@ def calibrate_scenario(
     plan: BenchmarkPlan,
     configs: dict[str, EnvConfig],
     target_accuracy: float | None,
-    seed: int | None = None,
+    seed: int,
 ) -> dict[str, BaselineFit]:
     """The baselines of one scenario, calibrated on val with the calibration seeds.
 
     :param target_accuracy: the best agent's accuracy on the calibration seeds
         (:func:`calibration_accuracy`), where the load-aware rule gets a point of its own
         (``LoadAware[accuracy]``) for the equal-accuracy deadline comparison.
-    :param seed: the calibration's draw (its exploring data and paired evaluations); None: the
-        first calibration seed, the benchmark's (``experiments.calibration_spread`` tries
-        others).
+    :param seed: the calibration's draw (its exploring data and paired evaluations), one of
+        :meth:`BenchmarkPlan.calibration_draws`.
     """
     c = plan.calibration
     seeds = plan.calibration_seeds()
     return calibrate_baselines(
         configs["val"],
         n_requests=c.n_requests,
-        seed=seeds[0] if seed is None else seed,
+        seed=seed,
         points=c.points,
         rounds=c.rounds,
         data_steps=c.data_steps,
@@ -233,24 +242,65 @@ def calibration_accuracy(plan: BenchmarkPlan, spec: PolicySpec, config: EnvConfi
     return float(np.mean([r["accuracy"] for r in runs]))
 
 
+def best_draws(
+    draws: Sequence[dict[str, BaselineFit]],
+    val_rows: Callable[[dict[str, BaselineFit]], list[dict[str, Any]]],
+    last_exit_accuracy: float,
+    target_accuracy: float | None,
+) -> tuple[dict[str, BaselineFit], list[dict[str, Any]], dict[str, dict[int, float]]]:
+    """Per baseline, the draw whose fit scores best on val by what it was fitted for
+    (``agents.calibration.objective``, on its mean over the val seeds; ``[accuracy]`` at the
+    best agent's val accuracy, where the deadline comparison looks for it; the first draw on a
+    tie). Returns the chosen fits, their val rows, and per baseline each draw's mean val reward
+    by seed (the record shows how much the draw mattered)."""
+    options: dict[str, list[tuple[tuple, BaselineFit, list[dict[str, Any]]]]] = {}
+    record: dict[str, dict[int, float]] = {}
+    for fits in draws:
+        rows = val_rows(fits)
+        means = {r["policy"]: r for r in summarize(rows)}
+        for name, fit in fits.items():
+            key = objective(
+                name, means[name], last_exit_accuracy, target_accuracy, accuracy_tolerance=TOLERANCE
+            )
+            mine = [r for r in rows if r["policy"] == name]
+            options.setdefault(name, []).append((key, fit, mine))
+            record.setdefault(name, {})[fit.seed] = means[name]["mean_reward"]
+    # max() keeps the first of equal keys: the earlier draw on a tie
+    chosen = {name: max(found, key=lambda option: option[0]) for name, found in options.items()}
+    return (
+        {name: fit for name, (_, fit, _) in chosen.items()},
+        [row for _, _, rows in chosen.values() for row in rows],
+        record,
+    )
+
+
 def choose_on_val(
     plan: BenchmarkPlan, scenario: str
-) -> tuple[list[dict[str, Any]], dict[str, BaselineFit]]:
+) -> tuple[list[dict[str, Any]], dict[str, BaselineFit], dict[str, dict[int, float]]]:
     """The val half of a scenario: the agents on val first (the best one's accuracy on the
-    calibration seeds is where the load-aware rule is also calibrated), then the baselines
-    calibrated on val and every non-learned spec on val. Returns the val rows and the
-    calibrated baselines."""
+    calibration seeds is where the load-aware rule is also calibrated), then the references
+    and rules, then the baselines of every calibration draw on val and :func:`best_draws`.
+    Returns the val rows, the calibrated baselines chosen and the draws' val rewards."""
     configs = split_configs(plan, scenario)
+    val = configs["val"]
     learned = _learned(plan, scenario)
-    learned_val = _rows(plan, scenario, learned, "val", configs["val"])
+    learned_val = _rows(plan, scenario, learned, "val", val)
     best = best_agent_on_val(summarize(learned_val))
     target = None
     if best is not None:
         spec = next(s for s in learned if s.name == best["policy"])
-        target = calibration_accuracy(plan, spec, configs["val"])
-    fits = calibrate_scenario(plan, configs, target)
-    specs = scenario_specs(plan, fits)
-    return _rows(plan, scenario, specs, "val", configs["val"]) + learned_val, fits
+        target = calibration_accuracy(plan, spec, val)
+    fixed = [*reference_specs(), *rule_specs(resolve_trace(plan.val_trace), plan.thresholds)]
+    fixed_val = _rows(plan, scenario, fixed, "val", val)
+    last = next((r for r in summarize(fixed_val) if r["family"] == "LastExit"), None)
+    draws = [calibrate_scenario(plan, configs, target, seed) for seed in plan.calibration_draws()]
+    fits, baseline_val, record = best_draws(
+        draws,
+        lambda fits: _rows(plan, scenario, baseline_specs(fits), "val", val),
+        math.nan if last is None else last["accuracy"],
+        None if best is None else best["accuracy"],
+    )
+    return fixed_val + baseline_val + learned_val, fits, record
 
 
 def measure_on_test(
@@ -263,10 +313,18 @@ def measure_on_test(
     return _rows(plan, scenario, specs, "test", test)
 
 
-def calibrated_params(fits: dict[str, BaselineFit]) -> dict[str, Any]:
-    """The calibrated baselines as the JSON record keeps them."""
+def calibrated_params(
+    fits: dict[str, BaselineFit], draws: dict[str, dict[int, float]]
+) -> dict[str, Any]:
+    """The calibrated baselines as the JSON record keeps them: the policy, its reward in its
+    own calibration, its draw, and every draw's mean reward on the val seeds."""
     return {
-        name: {"repr": repr(fit.policy), "val_reward": fit.val["mean_reward"]}
+        name: {
+            "repr": repr(fit.policy),
+            "calibration_reward": fit.val["mean_reward"],
+            "draw": fit.seed,
+            "val_reward_by_draw": {str(seed): r for seed, r in draws.get(name, {}).items()},
+        }
         for name, fit in fits.items()
     }
 
@@ -274,8 +332,8 @@ def calibrated_params(fits: dict[str, BaselineFit]) -> dict[str, Any]:
 def run_scenario(plan: BenchmarkPlan, scenario: str) -> tuple[list[dict[str, Any]], dict]:
     """For one scenario: :func:`choose_on_val`, then :func:`measure_on_test`; returns the rows
     and the calibrated parameters."""
-    val_rows, fits = choose_on_val(plan, scenario)
-    return val_rows + measure_on_test(plan, scenario, fits), calibrated_params(fits)
+    val_rows, fits, draws = choose_on_val(plan, scenario)
+    return val_rows + measure_on_test(plan, scenario, fits), calibrated_params(fits, draws)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -320,7 +378,7 @@ def _collect(
     """Submit each scenario's val half, then its test half once the val half is done; ``finish``
     gets each scenario's result as it finishes."""
     pending = {pool.submit(choose_on_val, plan, s): ("val", s) for s in plan.scenarios}
-    val: dict[str, tuple[list[dict[str, Any]], dict[str, BaselineFit]]] = {}
+    val: dict[str, tuple[list[dict[str, Any]], dict[str, BaselineFit], dict]] = {}
     while pending:
         done, _ = wait(pending, return_when=FIRST_COMPLETED)
         for future in done:
@@ -330,8 +388,8 @@ def _collect(
                 fits = val[scenario][1]
                 pending[pool.submit(measure_on_test, plan, scenario, fits)] = ("test", scenario)
             else:
-                rows, fits = val[scenario]
-                finish(scenario, (rows + future.result(), calibrated_params(fits)))
+                rows, fits, draws = val[scenario]
+                finish(scenario, (rows + future.result(), calibrated_params(fits, draws)))
 
 
 def run_benchmark(

@@ -37,6 +37,8 @@ TINY = [
     "256",
     "--calibration-steps",
     "2048",
+    "--calibration-draws",
+    "2",
     "--progress",
     "false",
 ]
@@ -84,7 +86,11 @@ def test_quick_run_writes_every_output(quick_run: Path) -> None:
     for h in data["headlines"]:
         assert h["selected_on"] == "val" and h["best_baseline"] is not None
         assert h["best_baseline"]["kind"] in ("rule", "baseline")
-    assert set(data["calibrated_baselines"]["steady-stream"]) >= {"PerExitThreshold", "Planner"}
+    calibrated = data["calibrated_baselines"]["steady-stream"]
+    assert set(calibrated) >= {"PerExitThreshold", "Planner"}
+    for fit in calibrated.values():  # each baseline kept one of the two draws
+        assert set(fit["val_reward_by_draw"]) == {"1000", "1001"}
+        assert str(fit["draw"]) in fit["val_reward_by_draw"]
     kinds = {r["kind"] for r in _read_csv(results / "benchmark_summary.csv")}
     assert kinds == {"rule", "baseline", "reference"}
     # a demo's verdicts are not the measurement: said beside them
@@ -625,14 +631,14 @@ def test_the_choices_on_val_never_see_the_test_split(monkeypatch) -> None:
     from distree_env.traces import resolve_trace
     from experiments.benchmarking import runner
 
-    calls, calibrated = [], {}
+    calls, calibrated = [], []
 
     def rows(plan, scenario, specs, split, config):
         calls.append((split, config, tuple(plan.split_seeds(split))))
         return []
 
     def calibrate(config, **kwargs):
-        calibrated.update(config=config, **kwargs)
+        calibrated.append(dict(config=config, **kwargs))
         return {}
 
     def rules(trace, thresholds):  # the rules' thresholds are placed on a trace's confidences
@@ -650,11 +656,16 @@ def test_the_choices_on_val_never_see_the_test_split(monkeypatch) -> None:
     )  # fmt: skip
     runner.choose_on_val(plan, "cellular")
     val = split_configs(plan, "cellular")["val"]
-    assert len(calls) == 2 and all(c == ("val", val, plan.seeds) for c in calls)
-    assert calibrated["config"] == val and len(calibrated["target_seeds"]) == len(plan.seeds)
-    assert calibrated["seed"] == calibrated["target_seeds"][0]
-    assert not set(calibrated["target_seeds"]) & set(plan.seeds)
-    assert max(plan.seeds) < TEST_SEED_BASE and max(calibrated["target_seeds"]) < TEST_SEED_BASE
+    draws = plan.calibration.draws
+    assert draws > 1 and len(calls) == 2 + draws  # agents, rules, each draw's baselines
+    assert all(c == ("val", val, plan.seeds) for c in calls)
+    assert len(calibrated) == draws and all(c["config"] == val for c in calibrated)
+    seeds = {c["seed"] for c in calibrated}
+    assert len(seeds) == draws and seeds == set(plan.calibration_draws())
+    for c in calibrated:
+        assert len(c["target_seeds"]) == len(plan.seeds)
+        assert not (set(c["target_seeds"]) | seeds) & set(plan.seeds)
+        assert max(c["target_seeds"]) < TEST_SEED_BASE and max(seeds) < TEST_SEED_BASE
     assert placed_on and all(t is resolve_trace(plan.val_trace) for t in placed_on)
 
 
@@ -689,11 +700,63 @@ def test_the_accuracy_target_is_the_best_agents_on_the_calibration_seeds(monkeyp
     monkeypatch.setattr(
         runner, "_rows", lambda plan, s, specs, split, config: [val_row] if agent in specs else []
     )
-    monkeypatch.setattr(runner, "calibrate_scenario", lambda p, c, t: targets.append(t) or {})
+    monkeypatch.setattr(runner, "calibrate_scenario", lambda p, c, t, seed: targets.append(t) or {})
     runner.choose_on_val(plan, "cellular")
     val = split_configs(plan, "cellular")["val"]
     expected = [
         evaluate(FixedExit(1), val, 256, seed=s, warmup=16)["accuracy"]
         for s in calibration_seeds(2)
     ]
-    assert targets == [pytest.approx(sum(expected) / 2)] and targets[0] != 0.123
+    draws = plan.calibration.draws
+    assert targets == [pytest.approx(sum(expected) / 2)] * draws and targets[0] != 0.123
+
+
+def test_each_baseline_keeps_the_draw_best_on_val_by_what_it_was_fitted_for() -> None:
+    """Two calibration draws: a reward baseline keeps the draw with the higher mean val reward,
+    ``[accuracy]`` the one that meets more deadlines within half a point of the agent's val
+    accuracy (even at a lower reward), ``[cheapest]`` the one that saves more within the
+    accuracy budget; a tie keeps the first draw; the record holds every draw's val reward."""
+    from agents.calibration import BaselineFit
+    from experiments.benchmarking.runner import best_draws
+
+    # per (draw seed, baseline): (mean reward, accuracy, qos rate, compute saving) on the val seeds
+    val = {
+        (7, "LoadAware"): (0.60, 0.80, 0.90, 0.3),
+        (8, "LoadAware"): (0.62, 0.80, 0.90, 0.3),
+        (7, "LoadAware[accuracy]"): (0.61, 0.801, 0.95, 0.3),  # at the target, fewer misses
+        (8, "LoadAware[accuracy]"): (0.63, 0.790, 0.99, 0.3),  # a point below it
+        (7, "PerExitThreshold[cheapest]"): (0.50, 0.86, 0.90, 0.20),
+        (8, "PerExitThreshold[cheapest]"): (0.55, 0.84, 0.90, 0.40),  # beyond the 1-point budget
+        (7, "Planner"): (0.58, 0.8, 0.9, 0.3),
+        (8, "Planner"): (0.58, 0.8, 0.9, 0.3),
+    }
+    draws = [
+        {name: BaselineFit(name, FixedExit(0), {}, 1, seed) for s, name in val if s == seed}
+        for seed in (7, 8)
+    ]
+
+    def val_rows(fits):
+        rows = []
+        for name, fit in fits.items():
+            reward, accuracy, qos, saving = val[(fit.seed, name)]
+            for seed, jitter in ((0, -0.01), (1, 0.01)):  # the mean over seeds decides
+                rows.append({
+                    "split": "val", "scenario": "s", "family": name.split("[")[0],
+                    "kind": "baseline", "policy": name, "param": None, "seed": seed,
+                    "mean_reward": reward + jitter, "accuracy": accuracy, "qos_rate": qos,
+                    "compute_saving": saving, "latency_mean_ms": 10.0,
+                })  # fmt: skip
+        return rows
+
+    fits, rows, record = best_draws(draws, val_rows, last_exit_accuracy=0.86, target_accuracy=0.80)
+    assert {name: fit.seed for name, fit in fits.items()} == {
+        "LoadAware": 8,
+        "LoadAware[accuracy]": 7,
+        "PerExitThreshold[cheapest]": 7,
+        "Planner": 7,
+    }
+    assert {(r["policy"], r["mean_reward"]) for r in rows if r["seed"] == 1} == {
+        (name, val[(fits[name].seed, name)][0] + 0.01) for name in fits
+    }
+    assert len(rows) == 2 * len(fits)
+    assert record["LoadAware"] == {7: pytest.approx(0.60), 8: pytest.approx(0.62)}
