@@ -184,7 +184,7 @@ class BaselineFit:
     policy: RulePolicy
     val: EvalResult
     evaluations: int
-    seed: int = 0
+    seed: int
 
 
 def objective(
@@ -544,11 +544,12 @@ def calibrate_baselines(
 
     def cheap(ts: tuple) -> tuple:
         m = per_exit(ts, feature)[1]
-        return objective(name, m, reference, max_accuracy_loss=max_accuracy_loss)
+        return objective(
+            "PerExitThreshold[cheapest]", m, reference, max_accuracy_loss=max_accuracy_loss
+        )
 
-    name = "PerExitThreshold[cheapest]"
     cheapest = _descend([None] * k1, grids, cheap, rounds)
-    done(name, *per_exit(cheapest, feature), before)
+    done("PerExitThreshold[cheapest]", *per_exit(cheapest, feature), before)
 
     # 4. deadline guard, then load shift
     table = stage_time_table(data)

@@ -168,7 +168,8 @@ def calibrate_scenario(
     target_accuracy: float | None,
     seed: int,
 ) -> dict[str, BaselineFit]:
-    """The baselines of one scenario, calibrated on val with the calibration seeds.
+    """The baselines of one scenario, calibrated on val with one draw's ``seed``; the
+    calibration seeds are where ``LoadAware[accuracy]`` matches ``target_accuracy``.
 
     :param target_accuracy: the best agent's accuracy on the calibration seeds
         (:func:`calibration_accuracy`), where the load-aware rule gets a point of its own
@@ -251,8 +252,8 @@ def best_draws(
     """Per baseline, the draw whose fit scores best on val by what it was fitted for
     (``agents.calibration.objective``, on its mean over the val seeds; ``[accuracy]`` at the
     best agent's val accuracy, where the deadline comparison looks for it; the first draw on a
-    tie). Returns the chosen fits, their val rows, and per baseline each draw's mean val reward
-    by seed (the record shows how much the draw mattered)."""
+    tie). Returns the chosen fits, their val rows, and per baseline the mean val reward of each
+    draw, keyed by the draw's seed (the record shows how much the draw mattered)."""
     options: dict[str, list[tuple[tuple, BaselineFit, list[dict[str, Any]]]]] = {}
     record: dict[str, dict[int, float]] = {}
     for fits in draws:

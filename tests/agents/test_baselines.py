@@ -364,6 +364,32 @@ def test_operating_points_are_chosen_by_their_own_criterion(monkeypatch):
     assert reward < max(v[1] for v in at_target.values())  # a real choice
 
 
+def test_each_objective_ranks_points_by_what_its_baseline_is_fitted_for():
+    """Reward baselines by mean reward; ``[cheapest]`` by saving inside the accuracy budget,
+    else by the accuracy nearest the budget's floor; ``[accuracy]`` by deadlines met within
+    the tolerance of the target, else by the nearest accuracy."""
+    from agents.calibration import objective
+
+    def point(reward, accuracy, qos=0.9, saving=0.3):
+        return {"mean_reward": reward, "accuracy": accuracy, "qos_rate": qos,
+                "compute_saving": saving}  # fmt: skip
+
+    high, low = point(0.7, 0.80), point(0.6, 0.86)
+    assert objective("LoadAware", high, 0.87) > objective("LoadAware", low, 0.87)
+    cheap = "PerExitThreshold[cheapest]"  # budget: 1 point below last exit's 0.87
+    inside, outside = point(0.5, 0.865, saving=0.2), point(0.6, 0.85, saving=0.5)
+    assert objective(cheap, inside, 0.87) > objective(cheap, outside, 0.87)
+    near, far = point(0.5, 0.855, saving=0.1), point(0.6, 0.80, saving=0.6)  # both outside
+    assert objective(cheap, near, 0.87) > objective(cheap, far, 0.87)
+    matched = "LoadAware[accuracy]"
+    on, off = point(0.5, 0.802, qos=0.95), point(0.7, 0.79, qos=0.99)
+    assert objective(matched, on, 0.87, 0.80) > objective(matched, off, 0.87, 0.80)
+    closer, farther = point(0.5, 0.79, qos=0.9), point(0.7, 0.78, qos=0.99)  # both outside
+    assert objective(matched, closer, 0.87, 0.80) > objective(matched, farther, 0.87, 0.80)
+    with pytest.raises(ValueError, match="target_accuracy"):
+        objective(matched, on, 0.87)
+
+
 @pytest.mark.parametrize("trace", ["cifar10-test", "elsewhere/cifar10-test.npz"])
 def test_calibration_refuses_test_before_reading_it(shipped, trace):
     with pytest.raises(ValueError, match="test"):
