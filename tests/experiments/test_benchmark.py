@@ -266,6 +266,7 @@ def test_learned_agent_is_compared_with_the_best_baseline(tmp_path: Path) -> Non
         (["--seeds", "0"], "--seeds"),
         (["--requests", "-5"], "--requests"),
         (["--calibration-steps", "0"], "--calibration-steps"),
+        (["--calibration-draws", "0"], "--calibration-draws"),
         (["--trace", "no-such-trace"], "--trace"),
         (["--trace", "synthetic:seed=1", "--val-trace", "missing.npz"], "--val-trace"),
         (["--trace", "synthetic", "--val-trace", "synthetic"], "held out from val"),
