@@ -14,7 +14,7 @@ accuracy) is made on val; test only measures. Writes a CSV of every point, a Mar
 table, headline figures (JSON) and PNG plots under --out; prints the headline. This is the one
 source of the README's results block.
 
-    python -m experiments.benchmark --quick                  # `make demo`: small, < 90 s
+    python -m experiments.benchmark --quick                  # `make demo`: 1-2 min on 2 cores
     python -m experiments.benchmark --update-readme          # the full run behind the README
     python -m experiments.benchmark --update-readme --resume # continue it after a stop
     python -m experiments.benchmark --trace synthetic:seed=1 # no network trace needed
@@ -82,7 +82,7 @@ QUICK_CALIBRATION = CalibrationSizes(
 #: Requests each stream answers before an evaluation counts, in the full run and --quick: a
 #: stream's queue starts empty, and under bursty load it takes a few hundred requests to reach
 #: its steady state; counted from the idle start, figures flatter every policy that lets a queue
-#: build. --quick counts from the idle start, to stay a demo of a minute.
+#: build. --quick counts from the idle start, to stay a short demo.
 FULL_WARMUP, QUICK_WARMUP = 256, 0
 #: What a --quick run says of its own verdicts.
 QUICK_NOTE = (
