@@ -49,6 +49,7 @@ from distree_env.traces import ExitTrace, resolve_trace
 __all__ = [
     "BASELINES",
     "CALIBRATED_RULES",
+    "ACCURACY_TOLERANCE",
     "MAX_ACCURACY_LOSS",
     "BaselineFit",
     "Calibration",
@@ -62,6 +63,8 @@ __all__ = [
 
 #: The accuracy budget of a "cheapest" operating point: at most this far below last-exit.
 MAX_ACCURACY_LOSS = 0.01
+#: "Equal accuracy": at most half a point apart, as a fraction (the deadline comparison's).
+ACCURACY_TOLERANCE = 0.005
 
 #: Parameters strictly inside (0, 1): at 0 or 1 every threshold rule (and RandomExit) degenerates
 #: into a fixed exit or (nearly) never exits early, which FixedExit and LastExit already cover.
@@ -193,7 +196,7 @@ def objective(
     last_exit_accuracy: float,
     target_accuracy: float | None = None,
     max_accuracy_loss: float = MAX_ACCURACY_LOSS,
-    accuracy_tolerance: float = 0.005,
+    accuracy_tolerance: float = ACCURACY_TOLERANCE,
 ) -> tuple:
     """What the calibration of baseline ``name`` maximises, as a sortable tuple of ``metrics``
     (an evaluation, or a mean over seeds): the mean reward; for ``[cheapest]`` the compute
@@ -473,7 +476,7 @@ def calibrate_baselines(
     data_steps: int = 65_536,
     features: Sequence[str] = tuple(CONFIDENCE_FEATURES),
     target_accuracy: float | None = None,
-    accuracy_tolerance: float = 0.005,
+    accuracy_tolerance: float = ACCURACY_TOLERANCE,
     target_seeds: Sequence[int] = (),
     warmup: int = 0,
 ) -> dict[str, BaselineFit]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.calibration import ACCURACY_TOLERANCE
 from agents.evaluation import METRICS
 from experiments.benchmarking.policies import BASELINE, LEARNED, NON_LEARNED, RULE
 
@@ -45,8 +46,8 @@ __all__ = [
 
 #: Columns that identify a point (everything but the seed).
 KEY = ("split", "scenario", "family", "kind", "policy", "param")
-#: "Comparable accuracy": at most half a point apart, as a fraction.
-TOLERANCE = 0.005
+#: "Comparable accuracy": at most half a point apart, as a fraction (the calibration's too).
+TOLERANCE = ACCURACY_TOLERANCE
 #: Issue 9's targets: reward per request above the best baseline on every seed, share of the
 #: baseline's gap to the Oracle closed, relative reduction of deadline misses at equal accuracy.
 MARGIN_TARGET, GAP_TARGET, MISS_TARGET = 0.02, 0.25, 0.25
